@@ -1,0 +1,296 @@
+//! Building batches: the producer's side of the codec, also used by tests and
+//! by the compactor to rewrite a batch with fewer records.
+
+use bytes::Bytes;
+
+use crate::varint::{put_varint, put_varlong};
+use crate::{BATCH_HEADER_BYTES, CRC_START, Header, MAGIC_V2};
+
+/// How the records of a batch are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Records stored as they are.
+    None,
+    /// LZ4 frame format, as Kafka writes it (the default).
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    fn id(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 3,
+        }
+    }
+}
+
+/// Kinds of control batch Strata writes. Kafka uses 0 and 1 for transaction
+/// markers; Strata's Raft entries take their own numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum ControlType {
+    /// The blank entry a new Raft leader appends.
+    RaftBlank = 100,
+    /// A Raft membership change.
+    RaftMembership = 101,
+}
+
+/// Accumulates records and encodes them as one RecordBatch v2.
+///
+/// Offsets are relative (0, 1, 2, ...); the log stamps the base offset.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    records: Vec<u8>,
+    n_records: i32,
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    offset_span: i32,
+    attributes_extra: i16,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch with no producer id (not idempotent).
+    pub fn new() -> BatchBuilder {
+        BatchBuilder {
+            records: Vec::new(),
+            n_records: 0,
+            base_timestamp: None,
+            max_timestamp: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            offset_span: 0,
+            attributes_extra: 0,
+        }
+    }
+
+    /// Marks the batch as written by an idempotent producer.
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Number of records added so far.
+    pub fn n_records(&self) -> usize {
+        self.n_records as usize
+    }
+
+    /// Bytes of encoded (uncompressed) records so far, plus the header.
+    pub fn size_bytes(&self) -> usize {
+        BATCH_HEADER_BYTES + self.records.len()
+    }
+
+    /// Appends a record at the next offset delta.
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
+        let offset_delta = self.offset_span;
+        self.push_at(offset_delta, timestamp, key, value, headers);
+    }
+
+    /// Appends a record at a given offset delta (deltas must increase). Used by
+    /// the compactor, which keeps the offsets of the records it retains.
+    pub fn push_at(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        assert!(offset_delta >= self.offset_span, "offset deltas must increase");
+        let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
+        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        body.push(0); // record attributes: unused in v2
+        put_varlong(&mut body, timestamp - base_timestamp);
+        put_varint(&mut body, offset_delta);
+        put_nullable(&mut body, key);
+        put_nullable(&mut body, value);
+        put_varint(&mut body, headers.len() as i32);
+        for header in headers {
+            put_nullable(&mut body, Some(header.key.as_bytes()));
+            put_nullable(&mut body, header.value.as_deref());
+        }
+        put_varint(&mut self.records, body.len() as i32);
+        self.records.extend_from_slice(&body);
+        self.n_records += 1;
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        self.offset_span = offset_delta + 1;
+    }
+
+    /// Keeps the batch's offset span at least `n_offsets` even if its last
+    /// records were removed (compaction keeps `last_offset_delta`).
+    pub fn reserve_offsets(&mut self, n_offsets: i32) {
+        self.offset_span = self.offset_span.max(n_offsets);
+    }
+
+    /// Encodes the batch. Base offset and leader epoch are left 0 for the log
+    /// to stamp.
+    pub fn build(&self, compression: Compression) -> Bytes {
+        let records: std::borrow::Cow<'_, [u8]> = match compression {
+            Compression::None => std::borrow::Cow::Borrowed(&self.records),
+            Compression::Lz4 => std::borrow::Cow::Owned(compress_lz4(&self.records)),
+        };
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+        out.extend_from_slice(&0i64.to_be_bytes()); // base offset
+        let batch_length = (BATCH_HEADER_BYTES - 12 + records.len()) as i32;
+        out.extend_from_slice(&batch_length.to_be_bytes());
+        out.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+        out.push(MAGIC_V2 as u8);
+        out.extend_from_slice(&[0; 4]); // crc, filled below
+        out.extend_from_slice(&(compression.id() | self.attributes_extra).to_be_bytes());
+        out.extend_from_slice(&(self.offset_span.max(1) - 1).to_be_bytes());
+        let base_timestamp = self.base_timestamp.unwrap_or(self.max_timestamp);
+        out.extend_from_slice(&base_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&self.n_records.to_be_bytes());
+        debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
+        out.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(out)
+    }
+}
+
+/// Builds a control batch carrying `payload` as the value of its one record,
+/// keyed by the control type (version 0, type) as Kafka keys control records.
+/// Control batches take no offsets in a Strata log.
+pub fn build_control(control_type: ControlType, timestamp: i64, payload: &[u8]) -> Bytes {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&(control_type as i16).to_be_bytes());
+    let mut builder = BatchBuilder::new();
+    builder.attributes_extra = 1 << 5;
+    builder.push(timestamp, Some(&key), Some(payload), &[]);
+    builder.build(Compression::None)
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn compress_lz4(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2 + 64));
+    // Writing into a Vec cannot fail; the frame encoder only reports the
+    // inner writer's errors.
+    encoder.write_all(raw).expect("lz4 into a Vec");
+    encoder.finish().expect("lz4 into a Vec")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BatchError, decode_records, split_batches, stamp, validate};
+
+    fn sample(compression: Compression) -> Bytes {
+        let mut b = BatchBuilder::new().producer(7, 1, 40);
+        b.push(1000, Some(b"k1"), Some(b"v1"), &[]);
+        b.push(1005, None, Some(b"v2"), &[Header { key: "h".into(), value: Some(Bytes::from_static(b"x")) }]);
+        b.push(999, Some(b"k3"), None, &[]);
+        b.build(compression)
+    }
+
+    #[test]
+    fn built_batch_validates_and_decodes_back() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let batch = sample(compression);
+            let header = validate(&batch).expect("valid");
+            assert_eq!(header.record_count, 3);
+            assert_eq!(header.last_offset_delta, 2);
+            assert_eq!(header.max_timestamp, 1005);
+            assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 1, 40));
+            let records: Vec<Record> = decode_records(&batch).expect("decode").collect::<Result<_, _>>().expect("records");
+            assert_eq!(records.len(), 3);
+            assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
+            assert_eq!(records[1].headers[0].key, "h");
+            assert_eq!(records[2].value, None);
+            assert_eq!(records[2].timestamp, 999);
+            assert_eq!(records[2].offset, 2);
+        }
+    }
+
+    use crate::Record;
+
+    #[test]
+    fn stamping_keeps_the_crc_valid() {
+        let mut batch = sample(Compression::None).to_vec();
+        stamp(&mut batch, 12345, 9);
+        let header = validate(&batch).expect("still valid");
+        assert_eq!((header.base_offset, header.partition_leader_epoch), (12345, 9));
+    }
+
+    #[test]
+    fn every_flipped_bit_after_the_crc_field_is_caught() {
+        let batch = sample(Compression::Lz4).to_vec();
+        for i in CRC_START..batch.len() {
+            let mut bad = batch.clone();
+            bad[i] ^= 0x10;
+            assert!(validate(&bad).is_err(), "flip at byte {i} not caught");
+        }
+    }
+
+    #[test]
+    fn truncated_and_padded_batches_are_refused() {
+        let batch = sample(Compression::None);
+        for cut in [0, 5, 12, 60, batch.len() - 1] {
+            assert!(validate(&batch[..cut]).is_err(), "cut {cut}");
+        }
+        let mut padded = batch.to_vec();
+        padded.push(0);
+        assert!(matches!(validate(&padded), Err(BatchError::LengthMismatch { .. })));
+    }
+
+    #[test]
+    fn control_batches_take_no_offsets() {
+        let batch = build_control(ControlType::RaftMembership, 5, b"members");
+        let header = validate(&batch).expect("valid");
+        assert!(header.is_control());
+        assert_eq!(header.n_offsets(), 0);
+        assert_eq!(sample(Compression::None).len(), validate(&sample(Compression::None)).expect("ok").total_len());
+    }
+
+    #[test]
+    fn split_walks_batches_and_stops_at_damage() {
+        let mut buf = sample(Compression::None).to_vec();
+        buf.extend_from_slice(&sample(Compression::Lz4));
+        let n_whole = buf.len();
+        buf.extend_from_slice(&sample(Compression::None)[..30]);
+        let items: Vec<_> = split_batches(&buf).collect();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[1].is_ok());
+        assert!(items[2].is_err());
+        assert_eq!(split_batches(&buf[..n_whole]).count(), 2);
+    }
+
+    #[test]
+    fn compaction_style_batch_keeps_its_offset_span() {
+        let mut b = BatchBuilder::new();
+        b.push_at(3, 10, Some(b"k"), Some(b"v"), &[]);
+        b.reserve_offsets(10);
+        let batch = b.build(Compression::None);
+        let header = validate(&batch).expect("valid");
+        assert_eq!((header.record_count, header.last_offset_delta), (1, 9));
+        let record = decode_records(&batch).expect("ok").next().expect("one").expect("ok");
+        assert_eq!(record.offset, 3);
+    }
+}

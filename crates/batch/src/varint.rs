@@ -1,0 +1,57 @@
+//! Zig-zag varints as Kafka's record format uses them.
+
+/// Appends `value` zig-zag encoded.
+pub(crate) fn put_varlong(out: &mut Vec<u8>, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a 32-bit value zig-zag encoded.
+pub(crate) fn put_varint(out: &mut Vec<u8>, value: i32) {
+    put_varlong(out, i64::from(value));
+}
+
+/// Reads a zig-zag varlong from the front of `buf`, returning it and the bytes
+/// consumed, or `None` when the buffer ends first or the value overflows.
+pub(crate) fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, &byte) in buf.iter().enumerate().take(10) {
+        raw |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Reads a zig-zag varint that must fit in 32 bits.
+pub(crate) fn get_varint(buf: &[u8]) -> Option<(i32, usize)> {
+    let (value, n) = get_varlong(buf)?;
+    i32::try_from(value).ok().map(|v| (v, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for value in [0, 1, -1, 63, -64, 64, 300, -300, i64::from(i32::MAX), i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            put_varlong(&mut out, value);
+            assert_eq!(get_varlong(&out), Some((value, out.len())), "value {value}");
+        }
+    }
+
+    #[test]
+    fn truncated_varint_is_none() {
+        assert_eq!(get_varlong(&[0x80, 0x80]), None);
+        assert_eq!(get_varlong(&[]), None);
+        assert_eq!(get_varlong(&[0xff; 11]), None);
+    }
+}
