@@ -1,0 +1,66 @@
+//! Per-log configuration, validated on open.
+
+use std::time::Duration;
+
+use crate::LogError;
+use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+
+/// When appended data is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// An append is reported durable only after an fdatasync covering it
+    /// (group-committed with every other append made while the previous sync
+    /// ran). The default, and the only policy under which an acknowledged
+    /// write survives power loss.
+    #[default]
+    Always,
+    /// Appends are reported durable at once and synced every interval.
+    /// Weaker: a power loss can lose up to one interval of acknowledged data
+    /// on this replica.
+    Interval(Duration),
+}
+
+/// Settings of one partition log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A segment is rolled before an append would grow it past this many
+    /// bytes. Default 128 MiB; bounds 64 KiB ..= 4 GiB. Smaller segments make
+    /// retention finer and more of the log mmap-served, at the cost of more
+    /// files.
+    pub segment_bytes: u64,
+    /// A non-empty segment is rolled once its first entry is this old.
+    /// Default 7 days; `None` disables.
+    pub segment_age_max: Option<Duration>,
+    /// Durability of appends. Default [`FlushPolicy::Always`].
+    pub flush_policy: FlushPolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 * 1024 * 1024,
+            segment_age_max: Some(Duration::from_secs(7 * 24 * 3600)),
+            flush_policy: FlushPolicy::Always,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks every field against its bounds.
+    pub fn validate(&self) -> Result<(), LogError> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(LogError::InvalidArgument(format!(
+                "segment_bytes = {} is outside [{SEGMENT_BYTES_MIN}, {SEGMENT_BYTES_MAX}]",
+                self.segment_bytes
+            )));
+        }
+        if let FlushPolicy::Interval(interval) = self.flush_policy {
+            if interval.is_zero() || interval > Duration::from_secs(3600) {
+                return Err(LogError::InvalidArgument(format!(
+                    "flush interval {interval:?} is outside (0, 1h]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

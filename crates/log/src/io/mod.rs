@@ -1,0 +1,55 @@
+//! The I/O seam: every byte the engine reads or writes goes through [`Dir`]
+//! and [`File`], so tests can run the engine on a simulated disk that, at a
+//! crash, keeps only what was synced.
+//!
+//! Two implementations: [`fs`] (real files, `pread`/`pwrite`/`fdatasync`, and
+//! `mmap` for immutable files) and [`sim`] (in memory, crashable).
+//!
+//! **Architecture Invariant:** the engine never calls `std::fs` directly; the
+//! seam is narrow (read_at, write_at, set_len, sync_data, sync_dir, map) so a
+//! simulated disk can model exactly what a crash keeps.
+
+pub mod fs;
+mod mmap;
+pub mod sim;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One open file. Positions are absolute; there is no cursor.
+pub trait File: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `position`.
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `position`, growing the file if needed.
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Grows or shrinks the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the data and length durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Returns bytes `[0, len)` of a file that will not change any more, as a
+    /// `Bytes` that keeps its backing alive: a memory map on a real disk.
+    ///
+    /// To ensure correctness: the caller must never write to, or shrink, a
+    /// file after mapping it; files are replaced by rename instead.
+    fn map(&self, len: u64) -> io::Result<Bytes>;
+}
+
+/// One directory: the partition directory holding segments and metadata.
+pub trait Dir: Send + Sync {
+    /// Opens an existing file for reading and writing.
+    fn open(&self, name: &str) -> io::Result<Arc<dyn File>>;
+    /// Creates a new, empty file; fails if it exists.
+    fn create(&self, name: &str) -> io::Result<Arc<dyn File>>;
+    /// Removes a file (open handles and maps stay valid).
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Names of the files in the directory, in no particular order.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Makes creations, removals and renames durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+}

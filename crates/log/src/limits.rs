@@ -1,0 +1,25 @@
+//! Every bound of the storage engine, in one place, with the relations
+//! between them checked at compile time.
+
+/// Largest batch the log accepts (a topic's `max.message.bytes` is lower).
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest segment data file. Positions in the index are u64, but a segment
+/// is mapped whole, so it must stay well within the address space.
+pub const SEGMENT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Smallest segment, so a roll cannot happen on every append.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Entries the active segment may hold; its index lives in memory until the
+/// segment is sealed, so this bounds that memory (32 bytes per entry).
+pub const SEGMENT_ENTRIES_MAX: usize = 4 * 1024 * 1024;
+/// Largest opaque vote the metadata file stores.
+pub const VOTE_BYTES_MAX: usize = 256;
+/// Pending flush requests one log may queue before `flush` fails, bounding
+/// the callbacks held in memory.
+pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
+/// Bytes one copy-read of the active segment may return beyond the budget
+/// (the first batch is always returned whole).
+pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);

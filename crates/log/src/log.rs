@@ -1,0 +1,750 @@
+//! [`Log`]: one partition's log, the segments in order, and the operations
+//! the Raft layer and the broker call.
+//!
+//! Concurrency: one writer (the Raft log store) and many readers (fetches,
+//! replication). State sits behind an `RwLock`; an append holds the write lock
+//! for its `pwrite`, so readers see it as soon as `append` returns. Reads hold
+//! the read lock only while they slice maps or copy from the active segment.
+
+use std::ops::Range;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+
+use crate::config::LogConfig;
+use crate::error::{LogError, Result};
+use crate::flush::{Durability, FlushCallback, Flusher, FlusherHandle};
+use crate::index::IndexEntry;
+use crate::io::Dir;
+use crate::limits::{BATCH_BYTES_MAX, SEGMENT_ENTRIES_MAX};
+use crate::meta::Meta;
+use crate::plan::{ActiveSegment, SegmentInfo, roll_reason};
+use crate::segment::{Scan, ScanStop, Segment, index_file_name, parse_data_file_name, scan};
+use crate::types::{Appended, Entry, LogId, LogState, Offset, OffsetRead, RaftIndex, Term};
+
+/// Suffixes of temporary files; any found on open are leftovers of an
+/// interrupted operation and are removed.
+const TEMP_SUFFIXES: [&str; 3] = [".tmp", ".truncating", ".compacting"];
+
+/// A partition log. See the crate docs for the model.
+pub struct Log {
+    dir: Arc<dyn Dir>,
+    config: LogConfig,
+    inner: RwLock<Inner>,
+    durability: Arc<Durability>,
+    flusher: FlusherHandle,
+}
+
+struct Inner {
+    /// Never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    meta: Meta,
+    write_buf: Vec<u8>,
+}
+
+impl Inner {
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has an active segment")
+    }
+
+    fn first_index(&self) -> RaftIndex {
+        let first = self.segments[0].base_index;
+        match self.meta.last_purged {
+            Some((id, _)) => first.max(id.index.next()),
+            None => first,
+        }
+    }
+
+    /// One past the last stored index.
+    fn end_index(&self) -> RaftIndex {
+        self.active().end_index()
+    }
+
+    fn last_entry_id(&self) -> Option<LogId> {
+        let first = self.first_index();
+        self.segments.iter().rev().find(|s| s.n_entries() > 0 && s.end_index() > first).and_then(|s| {
+            s.entries.last().map(|e| LogId { term: e.term, index: RaftIndex(s.end_index().0 - 1) })
+        })
+    }
+
+    /// The segment holding `index`, if stored.
+    fn segment_of(&self, index: RaftIndex) -> Option<usize> {
+        if index < self.first_index() || index >= self.end_index() {
+            return None;
+        }
+        let i = self.segments.partition_point(|s| s.base_index <= index);
+        (i > 0).then(|| i - 1).filter(|&i| index < self.segments[i].end_index())
+    }
+
+    fn entry_at(&self, index: RaftIndex) -> Option<(usize, usize, IndexEntry)> {
+        let s = self.segment_of(index)?;
+        let ordinal = (index.0 - self.segments[s].base_index.0) as usize;
+        Some((s, ordinal, self.segments[s].entries.get(ordinal)))
+    }
+
+    fn log_start_offset(&self) -> Offset {
+        match self.entry_at(self.first_index()) {
+            Some((_, _, e)) => e.base_offset,
+            None => self.active().next_offset,
+        }
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from any crash: a torn
+    /// tail is cut off, damaged or missing index files are rebuilt, leftovers
+    /// of interrupted operations are removed. Syncs go to `flusher`'s thread,
+    /// or are made inline when it is `None`.
+    pub fn open(dir: Arc<dyn Dir>, config: LogConfig, flusher: Option<&Flusher>) -> Result<Log> {
+        config.validate()?;
+        let meta = Meta::load(dir.as_ref())?;
+        let segments = recover_segments(dir.as_ref(), &meta)?;
+        let inner = Inner { segments, meta, write_buf: Vec::new() };
+        let appended = inner.last_entry_id().map(|id| id.index);
+        let durability = Arc::new(Durability::new(dir.clone(), config.flush_policy, appended));
+        let flusher = flusher.map_or_else(FlusherHandle::inline, Flusher::handle);
+        Ok(Log { dir, config, inner: RwLock::new(inner), durability, flusher })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one batch in `term`; see [`Log::append_many`].
+    pub fn append(&self, batch: &[u8], term: Term) -> Result<Appended> {
+        let appended = self.append_many(&[(batch, term)])?;
+        Ok(appended[0])
+    }
+
+    /// Appends batches, each validated (length, magic, CRC) and stamped with
+    /// its base offset and term. They are visible to readers when this
+    /// returns and durable once a later [`Log::flush`] reports so. All the
+    /// batches are checked before any is written: on error nothing is.
+    pub fn append_many(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
+        let mut inner = self.write();
+        if let Some(reason) = &self.durability.lock().poisoned {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        // Check everything first.
+        let mut last_term = inner.last_entry_id().map(|id| id.term).unwrap_or_default();
+        let mut headers = Vec::with_capacity(batches.len());
+        for (batch, term) in batches {
+            if batch.len() > BATCH_BYTES_MAX {
+                return Err(LogError::InvalidArgument(format!(
+                    "batch of {} bytes exceeds the {BATCH_BYTES_MAX}-byte limit",
+                    batch.len()
+                )));
+            }
+            let header = strata_batch::validate(batch)?;
+            if *term < last_term {
+                return Err(LogError::InvalidArgument(format!("term {term} is below the log's last term {last_term}")));
+            }
+            if term.0 > i32::MAX as u64 {
+                return Err(LogError::InvalidArgument(format!("term {term} does not fit the leader epoch field")));
+            }
+            last_term = *term;
+            headers.push(header);
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        let mut pending: Vec<(usize, IndexEntry, u64, i64)> = Vec::new();
+        let mut buf = std::mem::take(&mut inner.write_buf);
+        buf.clear();
+        let mut result = Ok(());
+        for ((batch, term), header) in batches.iter().zip(&headers) {
+            let active = inner.active();
+            let incoming = buf.len() as u64 + batch.len() as u64;
+            let roll = roll_reason(
+                ActiveSegment {
+                    size_bytes: active.data_len,
+                    n_entries: active.n_entries() + pending.len(),
+                    age: active.first_append_at.map(|t| t.elapsed()),
+                },
+                incoming,
+                self.config.segment_bytes,
+                self.config.segment_age_max,
+                SEGMENT_ENTRIES_MAX,
+            );
+            if let Some(reason) = roll {
+                if let Err(err) = self.write_pending(&mut inner, &buf, &pending) {
+                    result = Err(err);
+                    break;
+                }
+                buf.clear();
+                pending.clear();
+                tracing::debug!(?reason, segment = %inner.active().name, "rolling segment");
+                if let Err(err) = self.roll(&mut inner) {
+                    result = Err(err);
+                    break;
+                }
+            }
+            let active = inner.active();
+            let index = RaftIndex(active.end_index().0 + pending.len() as u64);
+            let base_offset = match pending.last() {
+                Some((_, e, n, _)) => Offset(e.base_offset.0 + n),
+                None => active.next_offset,
+            };
+            let start = buf.len();
+            buf.extend_from_slice(batch);
+            strata_batch::stamp(&mut buf[start..], base_offset.0 as i64, term.0 as i32);
+            let n_offsets = header.n_offsets();
+            let entry = IndexEntry { position: 0, base_offset, term: *term, max_timestamp_so_far: 0 };
+            pending.push((batch.len(), entry, n_offsets, header.max_timestamp));
+            out.push(Appended { index, base_offset, n_offsets });
+        }
+        if result.is_ok() {
+            result = self.write_pending(&mut inner, &buf, &pending);
+        }
+        inner.write_buf = buf;
+        result.map(|()| out)
+    }
+
+    fn write_pending(&self, inner: &mut Inner, buf: &[u8], pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let active = inner.segments.last_mut().expect("a log always has an active segment");
+        active.append(buf, pending)?;
+        self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one.
+    fn roll(&self, inner: &mut Inner) -> Result<()> {
+        let active = inner.segments.last_mut().expect("a log always has an active segment");
+        active.seal(self.dir.as_ref())?;
+        let (base_index, base_offset) = (active.end_index(), active.next_offset);
+        let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
+        inner.segments.push(segment);
+        self.durability.lock().dir_dirty = true;
+        Ok(())
+    }
+
+    /// Asks for everything appended so far to be made durable; `on_durable`
+    /// runs (on the flusher thread) once it is, in append order with every
+    /// other callback of this log. Under [`crate::FlushPolicy::Interval`] it
+    /// runs at once.
+    pub fn flush(&self, on_durable: FlushCallback) {
+        self.flusher.request(&self.durability, on_durable);
+    }
+
+    /// Makes everything appended so far durable before returning.
+    pub fn sync(&self) -> Result<()> {
+        self.durability.sync_now()
+    }
+
+    /// The highest index known durable.
+    pub fn durable_index(&self) -> Option<RaftIndex> {
+        self.durability.lock().durable
+    }
+
+    /// Entries `range` by Raft index, stopping early once `max_bytes` is
+    /// reached (at least one entry is returned when the range is not empty).
+    pub fn entries(&self, range: Range<RaftIndex>, max_bytes: usize) -> Result<Vec<Entry>> {
+        let inner = self.read();
+        let (first, end) = (inner.first_index(), inner.end_index());
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        if range.start < first || range.end > end {
+            let index = if range.start < first { range.start } else { range.end };
+            return Err(LogError::IndexOutOfRange { index, first, last_plus_one: end });
+        }
+        let mut out = Vec::new();
+        let mut n_bytes = 0usize;
+        let mut index = range.start;
+        while index < range.end {
+            let (s, ordinal, _) = inner.entry_at(index).expect("checked in range");
+            let segment = &inner.segments[s];
+            // One read (or map slice) for the run in this segment.
+            let last_ordinal = ((range.end.0 - segment.base_index.0) as usize).min(segment.n_entries());
+            let mut stop = ordinal + 1;
+            let mut budget = n_bytes + (segment.entry_span(ordinal).1 - segment.entry_span(ordinal).0) as usize;
+            while stop < last_ordinal {
+                let (a, b) = segment.entry_span(stop);
+                if budget + (b - a) as usize > max_bytes {
+                    break;
+                }
+                budget += (b - a) as usize;
+                stop += 1;
+            }
+            let start_pos = segment.entry_span(ordinal).0;
+            let end_pos = segment.entry_span(stop - 1).1;
+            let bytes = segment.read_range(start_pos, end_pos)?;
+            for i in ordinal..stop {
+                let (a, b) = segment.entry_span(i);
+                let e = segment.entries.get(i);
+                out.push(Entry {
+                    index: RaftIndex(segment.base_index.0 + i as u64),
+                    term: e.term,
+                    base_offset: e.base_offset,
+                    batch: bytes.slice((a - start_pos) as usize..(b - start_pos) as usize),
+                });
+            }
+            n_bytes = budget;
+            index = RaftIndex(segment.base_index.0 + stop as u64);
+            if n_bytes >= max_bytes || stop < last_ordinal {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads data batches from the one holding offset `from`, whole batches
+    /// only, none holding an offset at or above `upper` (the high watermark),
+    /// and stops once `max_bytes` is reached; the first batch is returned even
+    /// when larger, so a reader always makes progress. Control entries are
+    /// never returned.
+    pub fn read_offsets(&self, from: Offset, max_bytes: usize, upper: Offset) -> Result<OffsetRead> {
+        let inner = self.read();
+        let (log_start, log_end) = (inner.log_start_offset(), inner.active().next_offset);
+        if from < log_start || from > log_end {
+            return Err(LogError::OffsetOutOfRange { offset: from, log_start, log_end });
+        }
+        let mut out = OffsetRead { chunks: Vec::new(), next_offset: from, n_bytes: 0 };
+        let upper = upper.min(log_end);
+        if from >= upper {
+            return Ok(out);
+        }
+        let first_index = inner.first_index();
+        // Segments whose offsets reach past `from`.
+        let mut s = inner.segments.partition_point(|seg| seg.base_offset <= from).saturating_sub(1);
+        while s < inner.segments.len() {
+            let segment = &inner.segments[s];
+            s += 1;
+            if segment.next_offset <= from || segment.n_entries() == 0 {
+                continue;
+            }
+            let mut i = segment.entries.partition_point_le(from.0, |e| e.base_offset.0).unwrap_or(0);
+            let min_ordinal = first_index.0.saturating_sub(segment.base_index.0) as usize;
+            i = i.max(min_ordinal);
+            let mut run: Option<(u64, u64)> = None;
+            let mut done = false;
+            while i < segment.n_entries() {
+                let entry = segment.entries.get(i);
+                let n_offsets = segment.entry_n_offsets(i);
+                let (a, b) = segment.entry_span(i);
+                i += 1;
+                if n_offsets == 0 || entry.base_offset.0 + n_offsets <= from.0 {
+                    // A control entry, or data wholly before `from`: cut here.
+                    if let Some((ra, rb)) = run.take() {
+                        out.chunks.push(segment.read_range(ra, rb)?);
+                    }
+                    continue;
+                }
+                let size = (b - a) as usize;
+                if entry.base_offset.0 + n_offsets > upper.0 || (out.n_bytes > 0 && out.n_bytes + size > max_bytes) {
+                    done = true;
+                    break;
+                }
+                run = Some(match run {
+                    Some((ra, _)) => (ra, b),
+                    None => (a, b),
+                });
+                out.n_bytes += size;
+                out.next_offset = Offset(entry.base_offset.0 + n_offsets);
+                if out.n_bytes >= max_bytes {
+                    done = true;
+                    break;
+                }
+            }
+            if let Some((ra, rb)) = run.take() {
+                out.chunks.push(segment.read_range(ra, rb)?);
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first offset of the first batch whose records reach timestamp
+    /// `timestamp_ms` (batch granularity, as the index keeps the largest
+    /// timestamp so far), or `None` when no stored record is that recent.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Option<Offset> {
+        let inner = self.read();
+        let first_index = inner.first_index();
+        for segment in &inner.segments {
+            if segment.max_timestamp < timestamp_ms || segment.end_index() <= first_index {
+                continue;
+            }
+            let i = segment.entries.first_with_max_timestamp_at_least(timestamp_ms)?;
+            let min_ordinal = first_index.0.saturating_sub(segment.base_index.0) as usize;
+            let e = segment.entries.get(i.max(min_ordinal));
+            return Some(e.base_offset);
+        }
+        None
+    }
+
+    /// Removes every entry at or after `index` (Raft's conflict truncation).
+    /// Later segments are deleted from the last backwards, then the segment
+    /// holding `index` is cut; each step is durable before the next, so a
+    /// crash leaves a prefix of the log and never a hole.
+    pub fn truncate_from(&self, index: RaftIndex) -> Result<()> {
+        let mut inner = self.write();
+        let (first, end) = (inner.first_index(), inner.end_index());
+        if index < first {
+            return Err(LogError::IndexOutOfRange { index, first, last_plus_one: end });
+        }
+        if index >= end {
+            return Ok(());
+        }
+        // Make what stays durable first, so the reset below reports truth.
+        self.durability.sync_now()?;
+        while inner.segments.len() > 1 && inner.segments.last().is_some_and(|s| s.base_index >= index) {
+            let segment = inner.segments.pop().expect("checked non-empty");
+            self.remove_segment_files(&segment)?;
+            self.dir.sync_dir().map_err(LogError::io("sync directory after removing a segment"))?;
+        }
+        let last = inner.segments.len() - 1;
+        let segment = &mut inner.segments[last];
+        let keep = (index.0.saturating_sub(segment.base_index.0)) as usize;
+        if keep == segment.n_entries() {
+            // A cut exactly at the end of a sealed segment: start a new active one.
+            if segment.is_sealed() {
+                let (base_index, base_offset) = (segment.end_index(), segment.next_offset);
+                let fresh = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
+                inner.segments.push(fresh);
+                self.dir.sync_dir().map_err(LogError::io("sync directory after creating a segment"))?;
+            }
+        } else {
+            self.cut_segment(segment, keep)?;
+        }
+        let last = inner.last_entry_id().map(|id| id.index);
+        self.durability.reset_after_truncate(last);
+        Ok(())
+    }
+
+    /// Keeps the first `keep` entries of `segment` and makes it the active one.
+    fn cut_segment(&self, segment: &mut Segment, keep: usize) -> Result<()> {
+        let new_len = segment.entry_span(keep).0;
+        let next_offset = segment.entries.get(keep).base_offset;
+        let kept: Vec<IndexEntry> = (0..keep).map(|i| segment.entries.get(i)).collect();
+        if segment.is_sealed() {
+            // Copy-on-truncate: the old inode may be mapped by live readers,
+            // so it is never shrunk; the prefix goes to a new file renamed over it.
+            let tmp = format!("{}.truncating", segment.name);
+            let _ = self.dir.remove(&tmp);
+            let file = self.dir.create(&tmp).map_err(LogError::io(format!("create {tmp}")))?;
+            if new_len > 0 {
+                let prefix = segment.read_range(0, new_len)?;
+                file.write_all_at(&prefix, 0).map_err(LogError::io(format!("write {tmp}")))?;
+            }
+            file.sync_data().map_err(LogError::io(format!("sync {tmp}")))?;
+            let index_name = index_file_name(&segment.name);
+            let _ = self.dir.remove(&index_name);
+            self.dir.rename(&tmp, &segment.name).map_err(LogError::io(format!("rename {tmp}")))?;
+            self.dir.sync_dir().map_err(LogError::io("sync directory after truncation"))?;
+            let scan = Scan {
+                entries: kept,
+                valid_len: new_len,
+                next_offset,
+                max_timestamp: -1,
+                last_term: None,
+                stop: ScanStop::Clean,
+            };
+            let mut fresh = Segment::from_scan(segment.name.clone(), segment.base_index, segment.base_offset, file, scan);
+            fresh.max_timestamp = fresh.entries.last().map_or(-1, |e| e.max_timestamp_so_far);
+            *segment = fresh;
+        } else {
+            segment.file.set_len(new_len).map_err(LogError::io(format!("truncate {}", segment.name)))?;
+            segment.file.sync_data().map_err(LogError::io(format!("sync {}", segment.name)))?;
+            segment.entries.truncate(keep);
+            segment.data_len = new_len;
+            segment.next_offset = next_offset;
+            segment.max_timestamp = segment.entries.last().map_or(-1, |e| e.max_timestamp_so_far);
+        }
+        Ok(())
+    }
+
+    fn remove_segment_files(&self, segment: &Segment) -> Result<()> {
+        self.dir.remove(&segment.name).map_err(LogError::io(format!("remove segment {}", segment.name)))?;
+        let index_name = index_file_name(&segment.name);
+        match self.dir.remove(&index_name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LogError::io(format!("remove index {index_name}"))(e)),
+        }
+    }
+
+    /// Removes entries up to and including `upto` (Raft's purge). The purged
+    /// log id is saved first; whole segments below it are then deleted, never
+    /// the active one, so some entries at or below `upto` may stay on disk,
+    /// hidden.
+    pub fn purge_upto(&self, upto: RaftIndex) -> Result<()> {
+        let mut inner = self.write();
+        let (first, end) = (inner.first_index(), inner.end_index());
+        if upto < first {
+            return Ok(()); // already purged
+        }
+        if upto >= end {
+            return Err(LogError::IndexOutOfRange { index: upto, first, last_plus_one: end });
+        }
+        let (_, _, entry) = inner.entry_at(upto).expect("checked in range");
+        let next_offset = match inner.entry_at(upto.next()) {
+            Some((_, _, next)) => next.base_offset,
+            None => inner.active().next_offset,
+        };
+        inner.meta.last_purged = Some((LogId { term: entry.term, index: upto }, next_offset));
+        inner.meta.store(self.dir.as_ref())?;
+        let mut n_removed = 0;
+        while inner.segments.len() > 1 && inner.segments[0].end_index() <= upto.next() {
+            let segment = inner.segments.remove(0);
+            self.remove_segment_files(&segment)?;
+            n_removed += 1;
+        }
+        if n_removed > 0 {
+            self.dir.sync_dir().map_err(LogError::io("sync directory after purge"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole log by an empty one that continues after
+    /// `last_purged` at `next_offset` (a follower installing a snapshot past
+    /// its log). Crash-safe: the purged id is saved first; segments go from
+    /// the last backwards; the new segment is created last.
+    pub fn reset(&self, last_purged: LogId, next_offset: Offset) -> Result<()> {
+        let mut inner = self.write();
+        self.durability.sync_now()?;
+        inner.meta.last_purged = Some((last_purged, next_offset));
+        inner.meta.store(self.dir.as_ref())?;
+        while let Some(segment) = inner.segments.pop() {
+            self.remove_segment_files(&segment)?;
+        }
+        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        let segment = Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?;
+        inner.segments.push(segment);
+        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        self.durability.reset_after_truncate(Some(last_purged.index));
+        Ok(())
+    }
+
+    /// The log's extent.
+    pub fn state(&self) -> LogState {
+        let inner = self.read();
+        LogState {
+            first_index: inner.first_index(),
+            last_log_id: inner.last_entry_id().or(inner.meta.last_purged.map(|(id, _)| id)),
+            last_purged: inner.meta.last_purged.map(|(id, _)| id),
+            next_offset: inner.active().next_offset,
+            log_start_offset: inner.log_start_offset(),
+            size_bytes: inner.segments.iter().map(|s| s.data_len).sum(),
+            n_segments: inner.segments.len(),
+            durable_index: self.durability.lock().durable,
+        }
+    }
+
+    /// The term of the entry at `index`, if stored (or purged last).
+    pub fn term_at(&self, index: RaftIndex) -> Option<Term> {
+        let inner = self.read();
+        match inner.entry_at(index) {
+            Some((_, _, e)) => Some(e.term),
+            None => inner.meta.last_purged.filter(|(id, _)| id.index == index).map(|(id, _)| id.term),
+        }
+    }
+
+    /// Segments, oldest first, for retention planning.
+    pub fn segment_infos(&self) -> Vec<SegmentInfo> {
+        let inner = self.read();
+        inner
+            .segments
+            .iter()
+            .map(|s| SegmentInfo {
+                base_index: s.base_index,
+                end_index: s.end_index(),
+                size_bytes: s.data_len,
+                max_timestamp: s.max_timestamp,
+                sealed: s.is_sealed(),
+            })
+            .collect()
+    }
+
+    /// The metadata saved with [`Log::save_vote`] and [`Log::save_committed`].
+    pub fn meta(&self) -> Meta {
+        self.read().meta.clone()
+    }
+
+    /// Saves Raft's vote durably (the metadata file is replaced and synced).
+    pub fn save_vote(&self, vote: &[u8]) -> Result<()> {
+        let mut inner = self.write();
+        let mut meta = inner.meta.clone();
+        meta.vote = vote.to_vec();
+        meta.store(self.dir.as_ref())?;
+        inner.meta = meta;
+        Ok(())
+    }
+
+    /// Saves the committed log id durably.
+    pub fn save_committed(&self, committed: Option<LogId>) -> Result<()> {
+        let mut inner = self.write();
+        let mut meta = inner.meta.clone();
+        meta.committed = committed;
+        meta.store(self.dir.as_ref())?;
+        inner.meta = meta;
+        Ok(())
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub(crate) fn with_segments_mut<T>(&self, f: impl FnOnce(&mut Vec<Segment>, &dyn Dir) -> Result<T>) -> Result<T> {
+        let mut inner = self.write();
+        f(&mut inner.segments, self.dir.as_ref())
+    }
+}
+
+/// Finds, checks and opens the segments of a partition directory.
+fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
+    let names = dir.list().map_err(LogError::io("list partition directory"))?;
+    let mut data_files = Vec::new();
+    let mut index_files = std::collections::HashSet::new();
+    for name in &names {
+        if TEMP_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
+            tracing::info!(file = %name, "removing leftover of an interrupted operation");
+            dir.remove(name).map_err(LogError::io(format!("remove leftover {name}")))?;
+        } else if let Some((base_index, base_offset)) = parse_data_file_name(name) {
+            data_files.push((base_index, base_offset, name.clone()));
+        } else if name.ends_with(".index") {
+            index_files.insert(name.clone());
+        }
+    }
+    data_files.sort();
+    for index_name in &index_files {
+        let data_name = format!("{}.log", index_name.trim_end_matches(".index"));
+        if !data_files.iter().any(|(_, _, n)| *n == data_name) {
+            dir.remove(index_name).map_err(LogError::io(format!("remove orphan index {index_name}")))?;
+        }
+    }
+    let mut segments: Vec<Segment> = Vec::new();
+    let n_files = data_files.len();
+    let mut cut_from = None;
+    for (k, (base_index, base_offset, name)) in data_files.iter().cloned().enumerate() {
+        if let Some(prev) = segments.last() {
+            if base_index != prev.end_index() || base_offset != prev.next_offset {
+                if base_index > prev.end_index() {
+                    // A gap: the previous segment lost its unsynced tail in a
+                    // crash, so nothing from here on was ever durable.
+                    cut_from = Some(k);
+                    break;
+                }
+                return Err(LogError::Corrupt {
+                    file: name.into(),
+                    position: 0,
+                    reason: format!(
+                        "segment starts at index {base_index} offset {base_offset}, but the previous one ends at index {} offset {}",
+                        prev.end_index(),
+                        prev.next_offset
+                    ),
+                });
+            }
+        }
+        let file = dir.open(&name).map_err(LogError::io(format!("open segment {name}")))?;
+        let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
+        let is_last = k + 1 == n_files;
+        let has_index = index_files.contains(&index_file_name(&name));
+        if !is_last {
+            let opened = Segment::open_sealed(dir, name.clone(), base_index, base_offset, file.clone(), file_len, has_index)?;
+            if let Some(segment) = opened {
+                segments.push(segment);
+                continue;
+            }
+        }
+        let result = scan(file.as_ref(), file_len, base_offset)?;
+        match &result.stop {
+            ScanStop::Clean => {}
+            ScanStop::Torn { position, reason } => {
+                tracing::warn!(segment = %name, position, %reason, "cutting a torn tail left by a crash");
+                file.set_len(*position).map_err(LogError::io(format!("truncate torn tail of {name}")))?;
+                file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
+            }
+            ScanStop::Corrupt { position, reason } => {
+                return Err(LogError::Corrupt { file: name.into(), position: *position, reason: reason.clone() });
+            }
+        }
+        let torn = result.stop != ScanStop::Clean;
+        let mut segment = Segment::from_scan(name, base_index, base_offset, file, result);
+        if !is_last && !torn {
+            segment.seal(dir)?;
+        }
+        segments.push(segment);
+        if torn && !is_last {
+            cut_from = Some(k + 1);
+            break;
+        }
+    }
+    if let Some(k) = cut_from {
+        for (_, _, name) in data_files[k..].iter().rev() {
+            tracing::warn!(segment = %name, "removing a segment that follows a torn one");
+            dir.remove(name).map_err(LogError::io(format!("remove segment {name}")))?;
+            let _ = dir.remove(&index_file_name(name));
+        }
+        dir.sync_dir().map_err(LogError::io("sync directory after recovery"))?;
+        // The last kept segment becomes the active one again; it may have been
+        // sealed above, so reopen it unsealed.
+        if let Some(last) = segments.pop() {
+            segments.push(unseal(dir, last)?);
+        }
+    }
+    // Finish an interrupted purge: drop segments wholly at or below it.
+    if let Some((purged, next_offset)) = meta.last_purged {
+        while segments.first().is_some_and(|s| s.end_index() <= purged.index.next()) {
+            let segment = segments.remove(0);
+            dir.remove(&segment.name).map_err(LogError::io(format!("remove purged segment {}", segment.name)))?;
+            let _ = dir.remove(&index_file_name(&segment.name));
+        }
+        if let Some(first) = segments.first() {
+            if first.base_index > purged.index.next() {
+                return Err(LogError::Corrupt {
+                    file: first.name.clone().into(),
+                    position: 0,
+                    reason: format!("log starts at {} but only up to {} was purged", first.base_index, purged.index),
+                });
+            }
+        } else {
+            segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
+            dir.sync_dir().map_err(LogError::io("sync directory after recovery"))?;
+        }
+    }
+    if segments.is_empty() {
+        segments.push(Segment::new_active(dir, RaftIndex(0), Offset(0))?);
+        dir.sync_dir().map_err(LogError::io("sync new partition directory"))?;
+    }
+    // The last segment must be active (writable, unmapped).
+    let last = segments.pop().expect("checked non-empty");
+    segments.push(unseal(dir, last)?);
+    Ok(segments)
+}
+
+/// Turns a sealed segment back into the active one (on open, the last
+/// segment always is): drops its index file, keeps the entries in memory.
+fn unseal(dir: &dyn Dir, segment: Segment) -> Result<Segment> {
+    if !segment.is_sealed() {
+        return Ok(segment);
+    }
+    let _ = dir.remove(&index_file_name(&segment.name));
+    let entries: Vec<IndexEntry> = (0..segment.n_entries()).map(|i| segment.entries.get(i)).collect();
+    let scan = Scan {
+        valid_len: segment.data_len,
+        next_offset: segment.next_offset,
+        max_timestamp: segment.max_timestamp,
+        last_term: segment.last_term(),
+        entries,
+        stop: ScanStop::Clean,
+    };
+    Ok(Segment::from_scan(segment.name.clone(), segment.base_index, segment.base_offset, segment.file.clone(), scan))
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("state", &self.state()).finish()
+    }
+}
+
+const _: () = {
+    const fn check<T: Send + Sync>() {}
+    check::<Log>();
+};

@@ -1,0 +1,423 @@
+//! One segment: a data file of batches stored back to back, and its index.
+//!
+//! A segment is *active* (the last one; appended to; read by copying with
+//! `pread`, because it still changes) or *sealed* (immutable; data and index
+//! read through a memory map, as `Bytes` slices that own the map).
+//!
+//! Invariants:
+//! - entry `i` holds Raft index `base_index + i`; entries are dense;
+//! - entry positions increase, start at 0 and end at `data_len`;
+//! - base offsets never decrease; an entry's width in offsets is the next
+//!   entry's base offset minus its own (0 exactly for control entries);
+//! - a sealed segment's bytes below `verified_len` have passed their CRC in
+//!   this process; nothing above it is served before it is checked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use strata_batch::{BATCH_HEADER_BYTES, BatchHeader};
+
+use crate::error::{LogError, Result};
+use crate::index::{Entries, IndexEntry, decode_index_file, encode_index_file};
+use crate::io::{Dir, File};
+use crate::types::{Offset, RaftIndex, Term};
+
+/// Name of a segment's data file: first Raft index and first offset, zero
+/// padded so names sort in log order.
+pub(crate) fn data_file_name(base_index: RaftIndex, base_offset: Offset) -> String {
+    format!("{:020}-{:020}.log", base_index.0, base_offset.0)
+}
+
+/// Name of the index file that goes with a data file.
+pub(crate) fn index_file_name(data_name: &str) -> String {
+    format!("{}.index", data_name.trim_end_matches(".log"))
+}
+
+/// Parses a data file name back into (base index, base offset).
+pub(crate) fn parse_data_file_name(name: &str) -> Option<(RaftIndex, Offset)> {
+    let stem = name.strip_suffix(".log")?;
+    let (index, offset) = stem.split_once('-')?;
+    if index.len() != 20 || offset.len() != 20 {
+        return None;
+    }
+    Some((RaftIndex(index.parse().ok()?), Offset(offset.parse().ok()?)))
+}
+
+pub(crate) struct Segment {
+    pub base_index: RaftIndex,
+    pub base_offset: Offset,
+    pub name: String,
+    pub file: Arc<dyn File>,
+    pub entries: Entries,
+    /// Bytes of valid data (== the file length once recovered).
+    pub data_len: u64,
+    /// Offset after the last entry.
+    pub next_offset: Offset,
+    /// Largest batch max timestamp in the segment, -1 when empty.
+    pub max_timestamp: i64,
+    /// When the first entry was appended in this process (age-based roll).
+    pub first_append_at: Option<Instant>,
+    /// Mapping of a sealed segment's data, made on first read.
+    map: OnceLock<Bytes>,
+    verified_len: AtomicU64,
+}
+
+impl Segment {
+    pub fn new_active(dir: &dyn Dir, base_index: RaftIndex, base_offset: Offset) -> Result<Segment> {
+        let name = data_file_name(base_index, base_offset);
+        let file = dir.create(&name).map_err(LogError::io(format!("create segment {name}")))?;
+        Ok(Segment {
+            base_index,
+            base_offset,
+            name,
+            file,
+            entries: Entries::Active(Vec::new()),
+            data_len: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            first_append_at: None,
+            map: OnceLock::new(),
+            verified_len: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        matches!(self.entries, Entries::Sealed { .. })
+    }
+
+    pub fn n_entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// One past the last Raft index held.
+    pub fn end_index(&self) -> RaftIndex {
+        RaftIndex(self.base_index.0 + self.entries.len() as u64)
+    }
+
+    pub fn last_term(&self) -> Option<Term> {
+        self.entries.last().map(|e| e.term)
+    }
+
+    /// Byte range of entry `i`.
+    pub fn entry_span(&self, i: usize) -> (u64, u64) {
+        let start = self.entries.get(i).position;
+        let end = if i + 1 < self.entries.len() { self.entries.get(i + 1).position } else { self.data_len };
+        (start, end)
+    }
+
+    /// Offsets entry `i` takes (0 for a control entry).
+    pub fn entry_n_offsets(&self, i: usize) -> u64 {
+        let base = self.entries.get(i).base_offset;
+        let next = if i + 1 < self.entries.len() { self.entries.get(i + 1).base_offset } else { self.next_offset };
+        next.0 - base.0
+    }
+
+    /// Appends already stamped and validated batches, written with one
+    /// `pwrite`. `items` gives each batch's length, index entry and width.
+    pub fn append(&mut self, buf: &[u8], items: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
+        debug_assert!(!self.is_sealed());
+        self.file
+            .write_all_at(buf, self.data_len)
+            .map_err(LogError::io(format!("write to segment {}", self.name)))?;
+        let Entries::Active(entries) = &mut self.entries else {
+            unreachable!("append to a sealed segment");
+        };
+        let mut position = self.data_len;
+        for &(len, mut entry, n_offsets, max_timestamp) in items {
+            assert_eq!(entry.base_offset, self.next_offset, "offsets are assigned in order");
+            entry.position = position;
+            self.max_timestamp = self.max_timestamp.max(max_timestamp);
+            entry.max_timestamp_so_far = self.max_timestamp;
+            entries.push(entry);
+            position += len as u64;
+            self.next_offset = Offset(self.next_offset.0 + n_offsets);
+        }
+        assert_eq!(position, self.data_len + buf.len() as u64, "item lengths cover the buffer");
+        self.data_len = position;
+        self.first_append_at.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Seals the segment: writes its index file (not synced: it is derived
+    /// data, checked on open) and switches reads to the memory map.
+    pub fn seal(&mut self, dir: &dyn Dir) -> Result<()> {
+        if self.is_sealed() {
+            return Ok(());
+        }
+        let index_name = index_file_name(&self.name);
+        let bytes = encode_index_file(self.base_index, self.data_len, &self.entries);
+        let _ = dir.remove(&index_name);
+        let file = dir.create(&index_name).map_err(LogError::io(format!("create index {index_name}")))?;
+        file.write_all_at(&bytes, 0).map_err(LogError::io(format!("write index {index_name}")))?;
+        let map = file.map(bytes.len() as u64).map_err(LogError::io(format!("map index {index_name}")))?;
+        self.entries = Entries::Sealed { map, n: self.entries.len() };
+        // Everything in this segment was validated when appended or scanned.
+        self.verified_len.store(self.data_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Opens a sealed segment through its index file, if the file is there
+    /// and describes this data file. `None` means: rebuild by scanning.
+    pub fn open_sealed(
+        dir: &dyn Dir,
+        name: String,
+        base_index: RaftIndex,
+        base_offset: Offset,
+        file: Arc<dyn File>,
+        data_len: u64,
+        has_index_file: bool,
+    ) -> Result<Option<Segment>> {
+        if !has_index_file || data_len == 0 {
+            return Ok(None);
+        }
+        let index_name = index_file_name(&name);
+        let index_file = dir.open(&index_name).map_err(LogError::io(format!("open index {index_name}")))?;
+        let index_len = index_file.len().map_err(LogError::io(format!("stat index {index_name}")))?;
+        let map = index_file.map(index_len).map_err(LogError::io(format!("map index {index_name}")))?;
+        let entries = match decode_index_file(map, base_index, data_len) {
+            Ok(entries) => entries,
+            Err(reason) => {
+                tracing::warn!(index = %index_name, %reason, "index file not usable, rebuilding from the data");
+                return Ok(None);
+            }
+        };
+        let Some(first) = (entries.len() > 0).then(|| entries.get(0)) else { return Ok(None) };
+        let Some(last) = entries.last() else { return Ok(None) };
+        if first.position != 0 || first.base_offset != base_offset {
+            return Ok(None);
+        }
+        // The width of the last entry comes from its batch header.
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        if data_len - last.position < BATCH_HEADER_BYTES as u64 {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut header, last.position).map_err(LogError::io(format!("read segment {name}")))?;
+        let Ok(parsed) = BatchHeader::parse(&header) else { return Ok(None) };
+        if parsed.total_len() as u64 != data_len - last.position || parsed.base_offset as u64 != last.base_offset.0 {
+            return Ok(None);
+        }
+        let max_timestamp = last.max_timestamp_so_far;
+        Ok(Some(Segment {
+            base_index,
+            base_offset,
+            name,
+            file,
+            next_offset: Offset(last.base_offset.0 + parsed.n_offsets()),
+            entries,
+            data_len,
+            max_timestamp,
+            first_append_at: None,
+            map: OnceLock::new(),
+            verified_len: AtomicU64::new(0),
+        }))
+    }
+
+    /// Builds a segment from a scan's result. The scanned bytes were all
+    /// validated, so they count as verified.
+    pub fn from_scan(name: String, base_index: RaftIndex, base_offset: Offset, file: Arc<dyn File>, scan: Scan) -> Segment {
+        Segment {
+            base_index,
+            base_offset,
+            name,
+            file,
+            entries: Entries::Active(scan.entries),
+            data_len: scan.valid_len,
+            next_offset: scan.next_offset,
+            max_timestamp: scan.max_timestamp,
+            first_append_at: None,
+            map: OnceLock::new(),
+            verified_len: AtomicU64::new(scan.valid_len),
+        }
+    }
+
+    /// Returns bytes `[start, end)` of the data: a slice of the map when
+    /// sealed (CRC-checked on first touch), a fresh copy when active.
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Bytes> {
+        debug_assert!(start <= end && end <= self.data_len);
+        if self.is_sealed() {
+            let map = self.map()?;
+            self.verify_through(&map, start, end)?;
+            return Ok(map.slice(start as usize..end as usize));
+        }
+        let mut buf = BytesMut::zeroed((end - start) as usize);
+        self.file.read_exact_at(&mut buf, start).map_err(LogError::io(format!("read segment {}", self.name)))?;
+        Ok(buf.freeze())
+    }
+
+    fn map(&self) -> Result<Bytes> {
+        if let Some(map) = self.map.get() {
+            return Ok(map.clone());
+        }
+        let map = self.file.map(self.data_len).map_err(LogError::io(format!("map segment {}", self.name)))?;
+        Ok(self.map.get_or_init(|| map).clone())
+    }
+
+    /// Checks the CRC of every batch from the verified mark up to `end`, so
+    /// that damage on disk is reported (naming file and position) instead of
+    /// served.
+    fn verify_through(&self, map: &Bytes, start: u64, end: u64) -> Result<()> {
+        let verified = self.verified_len.load(Ordering::Acquire);
+        if end <= verified {
+            return Ok(());
+        }
+        // Verify from the first entry not yet verified that overlaps the read.
+        let from = verified.max(start);
+        let mut i = self
+            .entries
+            .partition_point_le(from, |e| e.position)
+            .ok_or_else(|| self.corrupt(from, "no index entry covers the position".into()))?;
+        let mut position = self.entries.get(i).position;
+        while position < end {
+            let (s, e) = self.entry_span(i);
+            let entry = self.entries.get(i);
+            let header = strata_batch::validate(&map[s as usize..e as usize])
+                .map_err(|err| self.corrupt(s, err.to_string()))?;
+            if header.base_offset as u64 != entry.base_offset.0 || header.partition_leader_epoch as u64 != entry.term.0 {
+                return Err(self.corrupt(s, "batch header disagrees with the index".into()));
+            }
+            position = e;
+            i += 1;
+        }
+        if start <= verified {
+            self.verified_len.fetch_max(position, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    pub fn corrupt(&self, position: u64, reason: String) -> LogError {
+        LogError::Corrupt { file: self.name.clone().into(), position, reason }
+    }
+}
+
+/// The result of reading a data file from the start and validating every
+/// batch.
+pub(crate) struct Scan {
+    pub entries: Vec<IndexEntry>,
+    pub valid_len: u64,
+    pub next_offset: Offset,
+    pub max_timestamp: i64,
+    pub last_term: Option<Term>,
+    pub stop: ScanStop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// Every byte of the file is a valid batch.
+    Clean,
+    /// The tail from `position` is not a whole valid batch and nothing valid
+    /// follows it: a torn write, to be cut off.
+    Torn { position: u64, reason: String },
+    /// A bad batch with valid data after it: damage, not a crash.
+    Corrupt { position: u64, reason: String },
+}
+
+/// Bytes read per `pread` while scanning.
+const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads a data file and validates each batch: length, magic, CRC, stamped
+/// base offset equal to the running next offset, non-decreasing terms.
+pub(crate) fn scan(file: &dyn File, file_len: u64, base_offset: Offset) -> Result<Scan> {
+    let mut out = Scan {
+        entries: Vec::new(),
+        valid_len: 0,
+        next_offset: base_offset,
+        max_timestamp: -1,
+        last_term: None,
+        stop: ScanStop::Clean,
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = 0u64; // file position of buf[0]
+    let mut position = 0u64;
+    while position < file_len {
+        // Make sure the header, then the whole batch, is in the buffer.
+        let need_header = ensure(file, file_len, &mut buf, &mut buf_start, position, BATCH_HEADER_BYTES)?;
+        if !need_header {
+            out.stop = ScanStop::Torn { position, reason: "header cut short".into() };
+            break;
+        }
+        let at = (position - buf_start) as usize;
+        let total = match strata_batch::batch_total_len(&buf[at..]) {
+            Ok(total) => total,
+            Err(err) => {
+                out.stop = ScanStop::Torn { position, reason: err.to_string() };
+                break;
+            }
+        };
+        if !ensure(file, file_len, &mut buf, &mut buf_start, position, total)? {
+            out.stop = ScanStop::Torn { position, reason: "batch cut short".into() };
+            break;
+        }
+        let at = (position - buf_start) as usize;
+        let problem = match strata_batch::validate(&buf[at..at + total]) {
+            Err(err) => Some(err.to_string()),
+            Ok(h) if h.base_offset < 0 || h.base_offset as u64 != out.next_offset.0 => {
+                Some(format!("base offset {} where {} was expected", h.base_offset, out.next_offset))
+            }
+            Ok(h) if h.partition_leader_epoch < 0 => Some("negative term".into()),
+            Ok(h) if out.last_term.is_some_and(|t| (h.partition_leader_epoch as u64) < t.0) => {
+                Some("term goes backwards".into())
+            }
+            Ok(h) => {
+                out.max_timestamp = out.max_timestamp.max(h.max_timestamp);
+                out.entries.push(IndexEntry {
+                    position,
+                    base_offset: out.next_offset,
+                    term: Term(h.partition_leader_epoch as u64),
+                    max_timestamp_so_far: out.max_timestamp,
+                });
+                out.last_term = Some(Term(h.partition_leader_epoch as u64));
+                out.next_offset = Offset(out.next_offset.0 + h.n_offsets());
+                None
+            }
+        };
+        if let Some(reason) = problem {
+            // A valid batch right after a bad one means damage in place, not a
+            // write torn by a crash (which leaves nothing valid behind it).
+            let next = position + total as u64;
+            let followed_by_valid = next < file_len && batch_at_is_valid(file, file_len, next)?;
+            out.stop = if followed_by_valid {
+                ScanStop::Corrupt { position, reason }
+            } else {
+                ScanStop::Torn { position, reason }
+            };
+            break;
+        }
+        position += total as u64;
+        out.valid_len = position;
+    }
+    Ok(out)
+}
+
+fn batch_at_is_valid(file: &dyn File, file_len: u64, position: u64) -> Result<bool> {
+    let mut header = [0u8; 12];
+    if file_len - position < 12 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut header, position).map_err(LogError::io("read segment while scanning"))?;
+    let Ok(total) = strata_batch::batch_total_len(&header) else { return Ok(false) };
+    if file_len - position < total as u64 {
+        return Ok(false);
+    }
+    let mut batch = vec![0u8; total];
+    file.read_exact_at(&mut batch, position).map_err(LogError::io("read segment while scanning"))?;
+    Ok(strata_batch::validate(&batch).is_ok())
+}
+
+/// Makes `buf` hold file bytes `[position, position + len)`, reading ahead in
+/// large chunks. Returns false if the file ends first.
+fn ensure(file: &dyn File, file_len: u64, buf: &mut Vec<u8>, buf_start: &mut u64, position: u64, len: usize) -> Result<bool> {
+    if position + len as u64 > file_len {
+        return Ok(false);
+    }
+    let have_end = *buf_start + buf.len() as u64;
+    if position >= *buf_start && position + len as u64 <= have_end {
+        return Ok(true);
+    }
+    let read_len = (len.max(SCAN_CHUNK_BYTES) as u64).min(file_len - position) as usize;
+    buf.resize(read_len, 0);
+    file.read_exact_at(buf, position).map_err(LogError::io("read segment while scanning"))?;
+    *buf_start = position;
+    Ok(true)
+}
