@@ -1,1 +1,2 @@
-fn main(){}
+//! Strata's benchmark harness (scenarios are added per issue).
+fn main() {}

@@ -219,7 +219,8 @@ mod tests {
             assert_eq!(header.last_offset_delta, 2);
             assert_eq!(header.max_timestamp, 1005);
             assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 1, 40));
-            let records: Vec<Record> = decode_records(&batch).expect("decode").collect::<Result<_, _>>().expect("records");
+            let records: Vec<Record> =
+                decode_records(&batch).expect("decode").collect::<Result<_, _>>().expect("records");
             assert_eq!(records.len(), 3);
             assert_eq!(records[0].key.as_deref(), Some(&b"k1"[..]));
             assert_eq!(records[1].headers[0].key, "h");

@@ -56,9 +56,7 @@ impl LogConfig {
         }
         if let FlushPolicy::Interval(interval) = self.flush_policy {
             if interval.is_zero() || interval > Duration::from_secs(3600) {
-                return Err(LogError::InvalidArgument(format!(
-                    "flush interval {interval:?} is outside (0, 1h]"
-                )));
+                return Err(LogError::InvalidArgument(format!("flush interval {interval:?} is outside (0, 1h]")));
             }
         }
         Ok(())

@@ -18,7 +18,6 @@
 //! async runtime, no openraft and no protobuf type. All file access goes
 //! through the [`io`] seam; `unsafe` lives only in `io::mmap`.
 
-
 mod config;
 mod error;
 mod flush;
@@ -30,7 +29,6 @@ mod meta;
 pub mod plan;
 mod segment;
 mod types;
-
 
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{ErrorKind, LogError, Result};

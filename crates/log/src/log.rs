@@ -9,7 +9,6 @@
 use std::ops::Range;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-
 use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::flush::{Durability, FlushCallback, Flusher, FlusherHandle};
@@ -61,9 +60,11 @@ impl Inner {
 
     fn last_entry_id(&self) -> Option<LogId> {
         let first = self.first_index();
-        self.segments.iter().rev().find(|s| s.n_entries() > 0 && s.end_index() > first).and_then(|s| {
-            s.entries.last().map(|e| LogId { term: e.term, index: RaftIndex(s.end_index().0 - 1) })
-        })
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| s.n_entries() > 0 && s.end_index() > first)
+            .and_then(|s| s.entries.last().map(|e| LogId { term: e.term, index: RaftIndex(s.end_index().0 - 1) }))
     }
 
     /// The segment holding `index`, if stored.
@@ -214,11 +215,15 @@ impl Log {
     /// Seals the active segment and starts a new one.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let active = inner.segments.last_mut().expect("a log always has an active segment");
-        active.seal(self.dir.as_ref())?;
+        let index_file = active.seal(self.dir.as_ref())?;
         let (base_index, base_offset) = (active.end_index(), active.next_offset);
         let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
         inner.segments.push(segment);
-        self.durability.lock().dir_dirty = true;
+        // The new segment's name and the index file become durable with the
+        // next group commit, off the append path.
+        let mut durability = self.durability.lock();
+        durability.dir_dirty = true;
+        durability.dirty_files.extend(index_file);
         Ok(())
     }
 
@@ -445,7 +450,8 @@ impl Log {
                 last_term: None,
                 stop: ScanStop::Clean,
             };
-            let mut fresh = Segment::from_scan(segment.name.clone(), segment.base_index, segment.base_offset, file, scan);
+            let mut fresh =
+                Segment::from_scan(segment.name.clone(), segment.base_index, segment.base_offset, file, scan);
             fresh.max_timestamp = fresh.entries.last().map_or(-1, |e| e.max_timestamp_so_far);
             *segment = fresh;
         } else {
@@ -590,11 +596,6 @@ impl Log {
     pub fn config(&self) -> &LogConfig {
         &self.config
     }
-
-    pub(crate) fn with_segments_mut<T>(&self, f: impl FnOnce(&mut Vec<Segment>, &dyn Dir) -> Result<T>) -> Result<T> {
-        let mut inner = self.write();
-        f(&mut inner.segments, self.dir.as_ref())
-    }
 }
 
 /// Finds, checks and opens the segments of a partition directory.
@@ -647,7 +648,8 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         let is_last = k + 1 == n_files;
         let has_index = index_files.contains(&index_file_name(&name));
         if !is_last {
-            let opened = Segment::open_sealed(dir, name.clone(), base_index, base_offset, file.clone(), file_len, has_index)?;
+            let opened =
+                Segment::open_sealed(dir, name.clone(), base_index, base_offset, file.clone(), file_len, has_index)?;
             if let Some(segment) = opened {
                 segments.push(segment);
                 continue;
@@ -668,7 +670,9 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         let torn = result.stop != ScanStop::Clean;
         let mut segment = Segment::from_scan(name, base_index, base_offset, file, result);
         if !is_last && !torn {
-            segment.seal(dir)?;
+            if let Some(index_file) = segment.seal(dir)? {
+                index_file.sync_data().map_err(LogError::io("sync rebuilt index"))?;
+            }
         }
         segments.push(segment);
         if torn && !is_last {

@@ -110,7 +110,13 @@ mod tests {
     use super::*;
 
     fn seg(base: u64, end: u64, size: u64, ts: i64, sealed: bool) -> SegmentInfo {
-        SegmentInfo { base_index: RaftIndex(base), end_index: RaftIndex(end), size_bytes: size, max_timestamp: ts, sealed }
+        SegmentInfo {
+            base_index: RaftIndex(base),
+            end_index: RaftIndex(end),
+            size_bytes: size,
+            max_timestamp: ts,
+            sealed,
+        }
     }
 
     fn check_roll(size: u64, n: usize, age_s: Option<u64>, incoming: u64, expect: Option<RollReason>) {

@@ -118,9 +118,7 @@ impl Segment {
     /// `pwrite`. `items` gives each batch's length, index entry and width.
     pub fn append(&mut self, buf: &[u8], items: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
         debug_assert!(!self.is_sealed());
-        self.file
-            .write_all_at(buf, self.data_len)
-            .map_err(LogError::io(format!("write to segment {}", self.name)))?;
+        self.file.write_all_at(buf, self.data_len).map_err(LogError::io(format!("write to segment {}", self.name)))?;
         let Entries::Active(entries) = &mut self.entries else {
             unreachable!("append to a sealed segment");
         };
@@ -140,11 +138,13 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: writes its index file (not synced: it is derived
-    /// data, checked on open) and switches reads to the memory map.
-    pub fn seal(&mut self, dir: &dyn Dir) -> Result<()> {
+    /// Seals the segment: writes its index file and switches reads to the
+    /// memory map. The index file is not synced here: it is derived data,
+    /// checked on open and rebuilt if damaged, so the caller may sync it
+    /// lazily (it is returned for that).
+    pub fn seal(&mut self, dir: &dyn Dir) -> Result<Option<Arc<dyn File>>> {
         if self.is_sealed() {
-            return Ok(());
+            return Ok(None);
         }
         let index_name = index_file_name(&self.name);
         let bytes = encode_index_file(self.base_index, self.data_len, &self.entries);
@@ -155,7 +155,7 @@ impl Segment {
         self.entries = Entries::Sealed { map, n: self.entries.len() };
         // Everything in this segment was validated when appended or scanned.
         self.verified_len.store(self.data_len, Ordering::Release);
-        Ok(())
+        Ok(Some(file))
     }
 
     /// Opens a sealed segment through its index file, if the file is there
@@ -216,7 +216,13 @@ impl Segment {
 
     /// Builds a segment from a scan's result. The scanned bytes were all
     /// validated, so they count as verified.
-    pub fn from_scan(name: String, base_index: RaftIndex, base_offset: Offset, file: Arc<dyn File>, scan: Scan) -> Segment {
+    pub fn from_scan(
+        name: String,
+        base_index: RaftIndex,
+        base_offset: Offset,
+        file: Arc<dyn File>,
+        scan: Scan,
+    ) -> Segment {
         Segment {
             base_index,
             base_offset,
@@ -272,9 +278,10 @@ impl Segment {
         while position < end {
             let (s, e) = self.entry_span(i);
             let entry = self.entries.get(i);
-            let header = strata_batch::validate(&map[s as usize..e as usize])
-                .map_err(|err| self.corrupt(s, err.to_string()))?;
-            if header.base_offset as u64 != entry.base_offset.0 || header.partition_leader_epoch as u64 != entry.term.0 {
+            let header =
+                strata_batch::validate(&map[s as usize..e as usize]).map_err(|err| self.corrupt(s, err.to_string()))?;
+            if header.base_offset as u64 != entry.base_offset.0 || header.partition_leader_epoch as u64 != entry.term.0
+            {
                 return Err(self.corrupt(s, "batch header disagrees with the index".into()));
             }
             position = e;
@@ -407,7 +414,14 @@ fn batch_at_is_valid(file: &dyn File, file_len: u64, position: u64) -> Result<bo
 
 /// Makes `buf` hold file bytes `[position, position + len)`, reading ahead in
 /// large chunks. Returns false if the file ends first.
-fn ensure(file: &dyn File, file_len: u64, buf: &mut Vec<u8>, buf_start: &mut u64, position: u64, len: usize) -> Result<bool> {
+fn ensure(
+    file: &dyn File,
+    file_len: u64,
+    buf: &mut Vec<u8>,
+    buf_start: &mut u64,
+    position: u64,
+    len: usize,
+) -> Result<bool> {
     if position + len as u64 > file_len {
         return Ok(false);
     }

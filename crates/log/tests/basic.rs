@@ -169,7 +169,8 @@ fn bad_batches_and_backwards_terms_are_refused_and_nothing_is_written() {
 fn flusher_reports_appends_durable_in_order() {
     let dir = TempDir::new("flush");
     let flusher = Flusher::spawn("test").expect("flusher");
-    let log = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), LogConfig::default(), Some(&flusher)).expect("open");
+    let log =
+        Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), LogConfig::default(), Some(&flusher)).expect("open");
     let (tx, rx) = mpsc::channel();
     for i in 0..50u64 {
         log.append(&data_batch(i, 1, 100, 0), Term(1)).expect("append");
@@ -179,7 +180,8 @@ fn flusher_reports_appends_durable_in_order() {
             let _ = tx.send(i);
         }));
     }
-    let order: Vec<u64> = (0..50).map(|_| rx.recv_timeout(std::time::Duration::from_secs(30)).expect("callback")).collect();
+    let order: Vec<u64> =
+        (0..50).map(|_| rx.recv_timeout(std::time::Duration::from_secs(30)).expect("callback")).collect();
     assert_eq!(order, (0..50).collect::<Vec<_>>());
     assert_eq!(log.durable_index(), Some(RaftIndex(49)));
 }
@@ -188,7 +190,8 @@ fn flusher_reports_appends_durable_in_order() {
 fn interval_policy_reports_at_once_and_syncs_later() {
     let dir = TempDir::new("interval");
     let flusher = Flusher::spawn("test").expect("flusher");
-    let config = LogConfig { flush_policy: FlushPolicy::Interval(std::time::Duration::from_millis(20)), ..LogConfig::default() };
+    let config =
+        LogConfig { flush_policy: FlushPolicy::Interval(std::time::Duration::from_millis(20)), ..LogConfig::default() };
     let log = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), config, Some(&flusher)).expect("open");
     log.append(&data_batch(1, 1, 100, 0), Term(1)).expect("append");
     let (tx, rx) = mpsc::channel();

@@ -59,8 +59,7 @@ impl Dir for FsDir {
         Ok(Arc::new(FsFile { file }))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn File>> {
-        let file =
-            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path.join(name))?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path.join(name))?;
         Ok(Arc::new(FsFile { file }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 /// One open file. Positions are absolute; there is no cursor.
+#[allow(clippy::len_without_is_empty)]
 pub trait File: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;

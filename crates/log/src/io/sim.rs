@@ -33,10 +33,19 @@ struct Inode {
 
 #[derive(Debug, Clone)]
 enum DirOp {
-    Link { name: String, inode: u64 },
-    Unlink { name: String },
+    Link {
+        name: String,
+        inode: u64,
+    },
+    Unlink {
+        name: String,
+    },
     /// Atomic, as a journaling file system makes it.
-    Rename { from: String, to: String, inode: u64 },
+    Rename {
+        from: String,
+        to: String,
+        inode: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -122,7 +131,11 @@ impl SimDisk {
             }
         }
         let mut inodes = HashMap::new();
-        for (&id, inode) in &state.inodes {
+        // Sorted, so a seed replays the same crash (HashMap order is random).
+        let mut ids: Vec<u64> = state.inodes.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let inode = &state.inodes[&id];
             let mut data = inode.durable.clone();
             if let Some(r) = rng.as_mut() {
                 let n_ops = r.below(inode.pending.len() as u64 + 1) as usize;
@@ -130,7 +143,11 @@ impl SimDisk {
                     let last = i + 1 == n_ops;
                     match op {
                         FileOp::Write { position, data: bytes } => {
-                            let n = if last && r.below(2) == 0 { r.below(bytes.len() as u64 + 1) as usize } else { bytes.len() };
+                            let n = if last && r.below(2) == 0 {
+                                r.below(bytes.len() as u64 + 1) as usize
+                            } else {
+                                bytes.len()
+                            };
                             write_into(&mut data, *position, &bytes[..n]);
                         }
                         FileOp::SetLen(len) => data.resize(*len as usize, 0),
