@@ -50,6 +50,7 @@ pub struct BatchBuilder {
     base_sequence: i32,
     offset_span: i32,
     attributes_extra: i16,
+    fixed_max_timestamp: bool,
 }
 
 impl Default for BatchBuilder {
@@ -71,6 +72,7 @@ impl BatchBuilder {
             base_sequence: -1,
             offset_span: 0,
             attributes_extra: 0,
+            fixed_max_timestamp: false,
         }
     }
 
@@ -79,6 +81,16 @@ impl BatchBuilder {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Fixes the batch's base and max timestamps instead of deriving them
+    /// from the records pushed (the compactor keeps a batch's original ones,
+    /// so the time index stays true). Call before pushing.
+    pub fn keep_timestamps(mut self, base_timestamp: i64, max_timestamp: i64) -> Self {
+        self.base_timestamp = Some(base_timestamp);
+        self.max_timestamp = max_timestamp;
+        self.fixed_max_timestamp = true;
         self
     }
 
@@ -124,7 +136,9 @@ impl BatchBuilder {
         put_varint(&mut self.records, body.len() as i32);
         self.records.extend_from_slice(&body);
         self.n_records += 1;
-        self.max_timestamp = self.max_timestamp.max(timestamp);
+        if !self.fixed_max_timestamp {
+            self.max_timestamp = self.max_timestamp.max(timestamp);
+        }
         self.offset_span = offset_delta + 1;
     }
 

@@ -17,7 +17,7 @@
 //! **Architecture Invariant:** this crate is synchronous and depends on no
 //! async runtime, no openraft and no protobuf type. All file access goes
 //! through the [`io`] seam; `unsafe` lives only in `io::mmap`.
-
+mod compact;
 mod config;
 mod error;
 mod flush;
@@ -30,6 +30,7 @@ pub mod plan;
 mod segment;
 mod types;
 
+pub use compact::{Compaction, CompactionStats};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{ErrorKind, LogError, Result};
 pub use flush::{FlushCallback, Flusher};

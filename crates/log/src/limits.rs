@@ -20,6 +20,10 @@ pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
 /// (the first batch is always returned whole).
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Distinct keys one compaction pass tracks; past it, the pass compacts only
+/// the segments scanned so far (bounding the cleaner's memory).
+pub const COMPACTION_KEYS_MAX: usize = 4 * 1024 * 1024;
+
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);

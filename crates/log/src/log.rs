@@ -9,12 +9,15 @@
 use std::ops::Range;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
+
+use crate::compact::{Compaction, CompactionStats, KeyMap, Rewritten, rewrite_batch};
 use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::flush::{Durability, FlushCallback, Flusher, FlusherHandle};
 use crate::index::IndexEntry;
 use crate::io::Dir;
-use crate::limits::{BATCH_BYTES_MAX, SEGMENT_ENTRIES_MAX};
+use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, SEGMENT_ENTRIES_MAX};
 use crate::meta::Meta;
 use crate::plan::{ActiveSegment, SegmentInfo, roll_reason};
 use crate::segment::{Scan, ScanStop, Segment, index_file_name, parse_data_file_name, scan};
@@ -592,10 +595,145 @@ impl Log {
         Ok(())
     }
 
+    /// Compacts sealed segments wholly below `compaction.boundary` by key
+    /// (see [`Compaction`]). Each rewritten segment is written to a temporary
+    /// file, synced, and renamed over the old one, so a crash leaves either
+    /// the old or the new segment; readers holding slices of the old map keep
+    /// them. Appends and reads go on meanwhile: the log is locked only to
+    /// take the list of segments and to swap each one in.
+    pub fn compact(&self, compaction: Compaction) -> Result<CompactionStats> {
+        // 1. The candidates, and their bytes (map slices, CRC-checked).
+        let candidates: Vec<Candidate> = {
+            let inner = self.read();
+            let mut out = Vec::new();
+            for segment in &inner.segments {
+                if !segment.is_sealed() || segment.end_index() > compaction.boundary || segment.n_entries() == 0 {
+                    break;
+                }
+                let bytes = segment.read_range(0, segment.data_len)?;
+                let spans = (0..segment.n_entries()).map(|i| segment.entry_span(i)).collect();
+                out.push(Candidate {
+                    name: segment.name.clone(),
+                    base_index: segment.base_index,
+                    n_entries: segment.n_entries(),
+                    bytes,
+                    spans,
+                });
+            }
+            out
+        };
+        // 2. Latest offset per key, over as many segments as the bound allows.
+        let mut map = KeyMap::default();
+        let mut n_mapped = 0;
+        for Candidate { bytes, spans, .. } in &candidates {
+            for &(a, b) in spans {
+                map.add_batch(&bytes.slice(a as usize..b as usize))?;
+            }
+            n_mapped += 1;
+            if map.len() >= COMPACTION_KEYS_MAX {
+                break;
+            }
+        }
+        // 3. Rewrite each segment that has something to drop, and swap it in.
+        let mut stats = CompactionStats::default();
+        for Candidate { name, base_index, n_entries, bytes, spans } in candidates.into_iter().take(n_mapped) {
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut n_removed = 0;
+            let mut n_kept = 0;
+            let mut positions = Vec::with_capacity(spans.len());
+            for &(a, b) in &spans {
+                positions.push(out.len() as u64);
+                let batch = bytes.slice(a as usize..b as usize);
+                match rewrite_batch(&batch, &map, &compaction)? {
+                    Rewritten::Unchanged { n_records } => {
+                        n_kept += n_records;
+                        out.extend_from_slice(&batch);
+                    }
+                    Rewritten::Changed { batch, n_kept: k, n_removed: r } => {
+                        n_kept += k;
+                        n_removed += r;
+                        out.extend_from_slice(&batch);
+                    }
+                }
+            }
+            if n_removed == 0 {
+                continue;
+            }
+            if self.swap_compacted(&name, base_index, n_entries, &out, &positions)? {
+                stats.n_segments_rewritten += 1;
+                stats.n_records_kept += n_kept;
+                stats.n_records_removed += n_removed;
+                stats.bytes_before += bytes.len() as u64;
+                stats.bytes_after += out.len() as u64;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Writes a compacted segment next to the old one and renames it over,
+    /// if the old one is still there unchanged. Returns whether it swapped.
+    fn swap_compacted(
+        &self,
+        name: &str,
+        base_index: RaftIndex,
+        n_entries: usize,
+        data: &[u8],
+        positions: &[u64],
+    ) -> Result<bool> {
+        let tmp = format!("{name}.compacting");
+        let _ = self.dir.remove(&tmp);
+        let file = self.dir.create(&tmp).map_err(LogError::io(format!("create {tmp}")))?;
+        file.write_all_at(data, 0).map_err(LogError::io(format!("write {tmp}")))?;
+        file.sync_data().map_err(LogError::io(format!("sync {tmp}")))?;
+        let mut inner = self.write();
+        let Some(slot) = inner.segments.iter().position(|s| s.name == name && s.base_index == base_index) else {
+            // Purged or truncated meanwhile.
+            let _ = self.dir.remove(&tmp);
+            return Ok(false);
+        };
+        let old = &inner.segments[slot];
+        if !old.is_sealed() || old.n_entries() != n_entries {
+            let _ = self.dir.remove(&tmp);
+            return Ok(false);
+        }
+        let entries: Vec<IndexEntry> =
+            (0..n_entries).map(|i| IndexEntry { position: positions[i], ..old.entries.get(i) }).collect();
+        let scan = Scan {
+            entries,
+            valid_len: data.len() as u64,
+            next_offset: old.next_offset,
+            max_timestamp: old.max_timestamp,
+            last_term: old.last_term(),
+            stop: ScanStop::Clean,
+        };
+        let (base_offset, old_name) = (old.base_offset, old.name.clone());
+        // Old index first: between the two renames a crash must not pair
+        // the new data with the old index.
+        let index_name = index_file_name(&old_name);
+        let _ = self.dir.remove(&index_name);
+        self.dir.rename(&tmp, &old_name).map_err(LogError::io(format!("rename {tmp}")))?;
+        let mut segment = Segment::from_scan(old_name, base_index, base_offset, file, scan);
+        if let Some(index_file) = segment.seal(self.dir.as_ref())? {
+            index_file.sync_data().map_err(LogError::io(format!("sync {index_name}")))?;
+        }
+        self.dir.sync_dir().map_err(LogError::io("sync directory after compaction"))?;
+        inner.segments[slot] = segment;
+        Ok(true)
+    }
+
     /// The configuration the log was opened with.
     pub fn config(&self) -> &LogConfig {
         &self.config
     }
+}
+
+/// A sealed segment picked for compaction, with its bytes and entry spans.
+struct Candidate {
+    name: String,
+    base_index: RaftIndex,
+    n_entries: usize,
+    bytes: Bytes,
+    spans: Vec<(u64, u64)>,
 }
 
 /// Finds, checks and opens the segments of a partition directory.

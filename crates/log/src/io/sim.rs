@@ -61,6 +61,9 @@ struct DiskState {
     /// When set, every operation fails: the disk "died" (used to stop the old
     /// engine instance from touching the disk after a simulated crash).
     dead: bool,
+    /// Mutating operations left before the disk dies (a crash in the middle
+    /// of a multi-step operation); `None` = unlimited.
+    ops_left: Option<u64>,
 }
 
 /// A crashable in-memory disk with one directory. Clones share the disk.
@@ -94,6 +97,32 @@ impl SimDisk {
             return Err(io::Error::other("sim disk: crashed"));
         }
         Ok(state)
+    }
+
+    /// Like `lock`, for an operation that changes the disk: counts it against
+    /// the budget set by [`SimDisk::die_after`].
+    fn lock_mut(&self) -> io::Result<MutexGuard<'_, DiskState>> {
+        let mut state = self.lock()?;
+        match state.ops_left {
+            Some(0) => {
+                state.dead = true;
+                Err(io::Error::other("sim disk: died mid-operation"))
+            }
+            Some(n) => {
+                state.ops_left = Some(n - 1);
+                Ok(state)
+            }
+            None => Ok(state),
+        }
+    }
+
+    /// Lets `n_ops` more mutating operations (writes, syncs, renames, ...)
+    /// succeed, then fails every operation, as power loss in the middle of a
+    /// multi-step operation would. Follow with [`SimDisk::crash`].
+    pub fn die_after(&self, n_ops: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.ops_left = Some(n_ops);
+        }
     }
 
     /// Number of `sync_data` and `sync_dir` calls so far.
@@ -164,6 +193,7 @@ impl SimDisk {
             next_inode: state.next_inode,
             n_syncs: 0,
             dead: false,
+            ops_left: None,
         };
         SimDisk { state: Arc::new(Mutex::new(fresh)) }
     }
@@ -220,6 +250,12 @@ impl SimFile {
         let inode = state.inodes.get_mut(&self.inode).ok_or_else(|| io::Error::other("sim disk: inode gone"))?;
         f(inode)
     }
+
+    fn with_mut<T>(&self, f: impl FnOnce(&mut Inode) -> io::Result<T>) -> io::Result<T> {
+        let mut state = self.disk.lock_mut()?;
+        let inode = state.inodes.get_mut(&self.inode).ok_or_else(|| io::Error::other("sim disk: inode gone"))?;
+        f(inode)
+    }
 }
 
 impl File for SimFile {
@@ -234,7 +270,7 @@ impl File for SimFile {
         })
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        self.with(|inode| {
+        self.with_mut(|inode| {
             write_into(&mut inode.current, position, buf);
             inode.pending.push(FileOp::Write { position, data: buf.to_vec() });
             Ok(())
@@ -244,14 +280,14 @@ impl File for SimFile {
         self.with(|inode| Ok(inode.current.len() as u64))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.with(|inode| {
+        self.with_mut(|inode| {
             inode.current.resize(len as usize, 0);
             inode.pending.push(FileOp::SetLen(len));
             Ok(())
         })
     }
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.disk.lock()?;
+        let mut state = self.disk.lock_mut()?;
         state.n_syncs += 1;
         let inode = state.inodes.get_mut(&self.inode).ok_or_else(|| io::Error::other("sim disk: inode gone"))?;
         inode.durable = inode.current.clone();
@@ -275,7 +311,7 @@ impl Dir for SimDisk {
         Ok(Arc::new(SimFile { disk: self.clone(), inode }))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn File>> {
-        let mut state = self.lock()?;
+        let mut state = self.lock_mut()?;
         if state.names.contains_key(name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("sim disk: {name} exists")));
         }
@@ -287,13 +323,13 @@ impl Dir for SimDisk {
         Ok(Arc::new(SimFile { disk: self.clone(), inode }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        let mut state = self.lock()?;
+        let mut state = self.lock_mut()?;
         state.names.remove(name).ok_or_else(|| not_found(name))?;
         state.pending_dir.push(DirOp::Unlink { name: name.to_string() });
         Ok(())
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let mut state = self.lock()?;
+        let mut state = self.lock_mut()?;
         let inode = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_string(), inode);
         state.pending_dir.push(DirOp::Rename { from: from.to_string(), to: to.to_string(), inode });
@@ -303,7 +339,7 @@ impl Dir for SimDisk {
         Ok(self.lock()?.names.keys().cloned().collect())
     }
     fn sync_dir(&self) -> io::Result<()> {
-        let mut state = self.lock()?;
+        let mut state = self.lock_mut()?;
         state.n_syncs += 1;
         state.durable_names = state.names.clone();
         state.pending_dir.clear();
