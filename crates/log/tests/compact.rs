@@ -49,7 +49,7 @@ fn compaction_keeps_the_latest_value_per_key_and_expires_tombstones() {
     let log = open(&dir);
     let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut writes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    let value = vec![7u8; 200];
+    let value = [7u8; 200];
     for i in 0..400u64 {
         let mut builder = BatchBuilder::new();
         for j in 0..5u64 {
