@@ -19,7 +19,7 @@ use crate::index::IndexEntry;
 use crate::io::Dir;
 use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, SEGMENT_ENTRIES_MAX};
 use crate::meta::Meta;
-use crate::plan::{ActiveSegment, SegmentInfo, roll_reason};
+use crate::plan::{ActiveSegment, Retention, SegmentInfo, retention_purge_before, roll_reason};
 use crate::segment::{Scan, ScanStop, Segment, index_file_name, parse_data_file_name, scan};
 use crate::types::{Appended, Entry, LogId, LogState, Offset, OffsetRead, RaftIndex, Term};
 
@@ -508,6 +508,22 @@ impl Log {
             self.dir.sync_dir().map_err(LogError::io("sync directory after purge"))?;
         }
         Ok(())
+    }
+
+    /// Applies time and size retention: plans with
+    /// [`crate::plan::retention_purge_before`] (whole sealed segments, never
+    /// at or past `boundary`) and purges. Returns the new first index if
+    /// anything was purged.
+    pub fn apply_retention(&self, now_ms: i64, retention: Retention, boundary: RaftIndex) -> Result<Option<RaftIndex>> {
+        let infos = self.segment_infos();
+        let first = self.read().first_index();
+        match retention_purge_before(&infos, now_ms, retention, boundary) {
+            Some(before) if before > first => {
+                self.purge_upto(RaftIndex(before.0 - 1))?;
+                Ok(Some(before))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Replaces the whole log by an empty one that continues after

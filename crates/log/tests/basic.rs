@@ -213,3 +213,36 @@ fn invalid_config_is_refused_with_the_field_named() {
     let err = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), config, None).expect_err("refused");
     assert!(err.to_string().contains("segment_bytes"), "{err}");
 }
+
+#[test]
+fn retention_deletes_exactly_the_expired_or_excess_segments() {
+    use strata_log::plan::Retention;
+    let dir = TempDir::new("retention");
+    let log = open(&dir, small_segments());
+    // ~2 KB batches, timestamps rising 1 s per batch.
+    for i in 0..200u64 {
+        log.append(&data_batch(i, 4, 500, 1_000 * i as i64), Term(1)).expect("append");
+    }
+    let infos = log.segment_infos();
+    assert!(infos.len() > 4);
+    // Time: everything whose newest record is older than 100 s at t = 150 s,
+    // i.e. segments whose max timestamp < 50 s.
+    let expected = infos.iter().take_while(|s| s.sealed && s.max_timestamp < 50_000).last().map(|s| s.end_index);
+    let retention = Retention { retention_ms: Some(100_000), retention_bytes: None };
+    let got = log.apply_retention(150_000, retention, RaftIndex(200)).expect("retention");
+    assert_eq!(got, expected);
+    assert_eq!(log.state().first_index, expected.expect("something expired"));
+    // Size: keep at most 3 segments' worth.
+    let infos = log.segment_infos();
+    let total: u64 = infos.iter().map(|s| s.size_bytes).sum();
+    let limit = infos.iter().rev().take(3).map(|s| s.size_bytes).sum::<u64>();
+    let retention = Retention { retention_ms: None, retention_bytes: Some(limit) };
+    log.apply_retention(150_000, retention, RaftIndex(200)).expect("retention");
+    let left: u64 = log.segment_infos().iter().map(|s| s.size_bytes).sum();
+    assert!(left >= limit && left < total, "left {left} of {total}, limit {limit}");
+    assert_eq!(log.segment_infos().len(), 3);
+    // Nothing at or past the boundary goes, whatever the limits say.
+    let first = log.state().first_index;
+    let retention = Retention { retention_ms: Some(0), retention_bytes: Some(0) };
+    assert_eq!(log.apply_retention(i64::MAX / 2, retention, first).expect("retention"), None);
+}
