@@ -37,6 +37,11 @@ pub(crate) struct Durability {
     pub dir: Arc<dyn Dir>,
     pub policy: FlushPolicy,
     state: Mutex<DurState>,
+    /// Held for a whole sync, so that two syncers (the flusher thread and a
+    /// caller of `Log::sync`) cannot interleave: otherwise the second could
+    /// find the dirty list already taken and report durable what the first
+    /// is still syncing.
+    sync_lock: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -95,6 +100,7 @@ impl Durability {
     /// Syncs everything written so far and reports it durable. Used by the
     /// flusher thread and by `Log::sync`.
     pub fn sync_now(&self) -> Result<()> {
+        let _one_syncer = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (target, files, dir_dirty, generation) = {
             let mut s = self.lock();
             if let Some(reason) = &s.poisoned {
