@@ -62,7 +62,8 @@ pub(crate) struct DurState {
 
 impl Durability {
     pub fn new(dir: Arc<dyn Dir>, policy: FlushPolicy, appended: Option<RaftIndex>) -> Durability {
-        Durability { dir, policy, state: Mutex::new(DurState { appended, durable: appended, ..DurState::default() }) }
+        let state = Mutex::new(DurState { appended, durable: appended, ..DurState::default() });
+        Durability { dir, policy, state, sync_lock: Mutex::new(()) }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, DurState> {
