@@ -94,6 +94,13 @@ impl BatchBuilder {
         self
     }
 
+    /// Carries over attribute bits other than the codec (timestamp type,
+    /// transactional), as the compactor must when it rewrites a batch.
+    pub fn attributes_from(mut self, attributes: i16) -> Self {
+        self.attributes_extra |= attributes & !0b111 & !(1 << 5);
+        self
+    }
+
     /// Number of records added so far.
     pub fn n_records(&self) -> usize {
         self.n_records as usize

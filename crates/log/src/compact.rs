@@ -96,8 +96,8 @@ pub(crate) fn rewrite_batch(batch: &Bytes, map: &KeyMap, compaction: &Compaction
     if header.is_control() || !readable(&header) {
         return Ok(Rewritten::Unchanged { n_records: header.record_count.max(0) as u64 });
     }
-    let tombstones_expired =
-        compaction.now_ms.saturating_sub(header.max_timestamp) > compaction.delete_retention_ms as i64;
+    let delete_retention_ms = i64::try_from(compaction.delete_retention_ms).unwrap_or(i64::MAX);
+    let tombstones_expired = compaction.now_ms.saturating_sub(header.max_timestamp) > delete_retention_ms;
     let mut kept = Vec::new();
     let mut n_removed = 0u64;
     for record in strata_batch::decode_records(batch)? {
@@ -110,7 +110,8 @@ pub(crate) fn rewrite_batch(batch: &Bytes, map: &KeyMap, compaction: &Compaction
     }
     let mut builder = BatchBuilder::new()
         .producer(header.producer_id, header.producer_epoch, header.base_sequence)
-        .keep_timestamps(header.base_timestamp, header.max_timestamp);
+        .keep_timestamps(header.base_timestamp, header.max_timestamp)
+        .attributes_from(header.attributes);
     for record in &kept {
         let delta = (record.offset - header.base_offset) as i32;
         builder.push_at(delta, record.timestamp, record.key.as_deref(), record.value.as_deref(), &record.headers);

@@ -58,6 +58,10 @@ pub(crate) struct DurState {
     /// report indexes that no longer exist.
     pub generation: u64,
     pub poisoned: Option<String>,
+    /// Callbacks released and not yet run, with the error they get, if any.
+    ready: VecDeque<(FlushCallback, Option<String>)>,
+    /// True while a thread is running callbacks from `ready`.
+    delivering: bool,
 }
 
 impl Durability {
@@ -101,6 +105,12 @@ impl Durability {
     /// Syncs everything written so far and reports it durable. Used by the
     /// flusher thread and by `Log::sync`.
     pub fn sync_now(&self) -> Result<()> {
+        let result = self.sync_and_release();
+        self.deliver();
+        result
+    }
+
+    fn sync_and_release(&self) -> Result<()> {
         let _one_syncer = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (target, files, dir_dirty, generation) = {
             let mut s = self.lock();
@@ -119,50 +129,69 @@ impl Durability {
             }
             Ok(())
         })();
-        let ready = {
-            let mut s = self.lock();
-            if let Err(err) = &result {
-                s.poisoned = Some(err.to_string());
-                let failed: Vec<_> = s.waiters.drain(..).collect();
-                drop(s);
-                let reason = err.to_string();
-                for (_, callback) in failed {
-                    callback(Err(LogError::Poisoned(reason.clone())));
-                }
-                return result;
+        let mut s = self.lock();
+        if let Err(err) = &result {
+            let reason = err.to_string();
+            s.poisoned = Some(reason.clone());
+            let failed: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, Some(reason.clone()))).collect();
+            s.ready.extend(failed);
+            return result;
+        }
+        if s.generation == generation && target > s.durable {
+            s.durable = target;
+        }
+        let durable = s.durable;
+        while s.waiters.front().is_some_and(|(at, _)| *at <= durable) {
+            if let Some((_, cb)) = s.waiters.pop_front() {
+                s.ready.push_back((cb, None));
             }
-            if s.generation == generation && target > s.durable {
-                s.durable = target;
-            }
-            let durable = s.durable;
-            let mut ready = Vec::new();
-            while s.waiters.front().is_some_and(|(at, _)| *at <= durable) {
-                if let Some((_, cb)) = s.waiters.pop_front() {
-                    ready.push(cb);
-                }
-            }
-            ready
-        };
-        for callback in ready {
-            callback(Ok(()));
         }
         Ok(())
     }
 
-    /// After a truncation made everything left durable: all waiters are done.
+    /// Runs released callbacks in release order, without holding any lock,
+    /// so a callback may call back into the log. One thread delivers at a
+    /// time; others leave their callbacks to it, which keeps the order.
+    fn deliver(&self) {
+        {
+            let mut s = self.lock();
+            if s.delivering {
+                return;
+            }
+            s.delivering = true;
+        }
+        loop {
+            let next = {
+                let mut s = self.lock();
+                match s.ready.pop_front() {
+                    Some(item) => item,
+                    None => {
+                        s.delivering = false;
+                        return;
+                    }
+                }
+            };
+            match next {
+                (callback, None) => callback(Ok(())),
+                (callback, Some(reason)) => callback(Err(LogError::Poisoned(reason))),
+            }
+        }
+    }
+
+    /// After a truncation made everything left durable: all waiters are
+    /// released. Call without holding the log's lock (callbacks run here).
     pub fn reset_after_truncate(&self, last: Option<RaftIndex>) {
-        let done: Vec<_> = {
+        {
             let mut s = self.lock();
             s.appended = last;
             s.durable = last;
             s.generation += 1;
             s.dirty_files.clear();
             s.dir_dirty = false;
-            s.waiters.drain(..).map(|(_, cb)| cb).collect()
-        };
-        for callback in done {
-            callback(Ok(()));
+            let done: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, None)).collect();
+            s.ready.extend(done);
         }
+        self.deliver();
     }
 }
 

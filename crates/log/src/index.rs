@@ -9,8 +9,9 @@
 //! The active segment keeps its index in memory (bounded by
 //! `SEGMENT_ENTRIES_MAX`); a sealed segment's index is written to
 //! `<segment>.index` once, at seal, and mapped. The file is derived data: it is
-//! not fsynced, and on open it is used only if its checksum and its recorded
-//! data length match; otherwise it is rebuilt from the data file.
+//! not synced at seal (the next group commit syncs it, off the append path),
+//! and on open it is used only if its checksum and its recorded data length
+//! match; otherwise it is rebuilt from the data file.
 //!
 //! Index file layout (little-endian):
 //!
@@ -162,8 +163,9 @@ pub(crate) fn decode_index_file(map: Bytes, base_index: RaftIndex, data_len: u64
     if u64_at(8) != base_index.0 {
         return Err(format!("describes base index {}, not {base_index}", u64_at(8)));
     }
-    let n = u64_at(16) as usize;
-    if map.len() != INDEX_HEADER_BYTES + n.saturating_mul(INDEX_ENTRY_BYTES) {
+    let n = usize::try_from(u64_at(16)).unwrap_or(usize::MAX);
+    let expected_len = n.checked_mul(INDEX_ENTRY_BYTES).and_then(|b| b.checked_add(INDEX_HEADER_BYTES));
+    if expected_len != Some(map.len()) {
         return Err("entry count does not match the file length".into());
     }
     if u64_at(24) != data_len {

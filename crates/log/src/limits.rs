@@ -16,8 +16,9 @@ pub const VOTE_BYTES_MAX: usize = 256;
 /// Pending flush requests one log may queue before `flush` fails, bounding
 /// the callbacks held in memory.
 pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
-/// Bytes one copy-read of the active segment may return beyond the budget
-/// (the first batch is always returned whole).
+/// Most bytes one read (by index or by offset) returns, whatever budget the
+/// caller asks for; the first batch is always returned whole, and it is at
+/// most `BATCH_BYTES_MAX`.
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Distinct keys one compaction pass tracks; past it, the pass compacts only

@@ -17,7 +17,7 @@ use crate::error::{LogError, Result};
 use crate::flush::{Durability, FlushCallback, Flusher, FlusherHandle};
 use crate::index::IndexEntry;
 use crate::io::Dir;
-use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, SEGMENT_ENTRIES_MAX};
+use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, READ_BYTES_MAX, SEGMENT_ENTRIES_MAX};
 use crate::meta::Meta;
 use crate::plan::{ActiveSegment, Retention, SegmentInfo, retention_purge_before, roll_reason};
 use crate::segment::{Scan, ScanStop, Segment, index_file_name, parse_data_file_name, scan};
@@ -126,12 +126,12 @@ impl Log {
     /// Appends batches, each validated (length, magic, CRC) and stamped with
     /// its base offset and term. They are visible to readers when this
     /// returns and durable once a later [`Log::flush`] reports so. All the
-    /// batches are checked before any is written: on error nothing is.
+    /// batches are checked before any is written: on invalid input nothing
+    /// is. On an I/O error some may have been written; the log is then
+    /// poisoned (refuses writes) until reopened, which recovers a valid log.
     pub fn append_many(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
         let mut inner = self.write();
-        if let Some(reason) = &self.durability.lock().poisoned {
-            return Err(LogError::Poisoned(reason.clone()));
-        }
+        self.check_not_poisoned()?;
         // Check everything first.
         let mut last_term = inner.last_entry_id().map(|id| id.term).unwrap_or_default();
         let mut headers = Vec::with_capacity(batches.len());
@@ -202,7 +202,7 @@ impl Log {
             result = self.write_pending(&mut inner, &buf, &pending);
         }
         inner.write_buf = buf;
-        result.map(|()| out)
+        self.poison(result).map(|()| out)
     }
 
     fn write_pending(&self, inner: &mut Inner, buf: &[u8], pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
@@ -216,11 +216,17 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one.
+    ///
+    /// The old segment's data is synced first, so a segment that is not the
+    /// last one is always whole on disk: recovery can then treat any damage
+    /// in it as corruption, never as a torn write. One fdatasync per segment
+    /// (every `segment_bytes`) is the price.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let active = inner.segments.last_mut().expect("a log always has an active segment");
-        let index_file = active.seal(self.dir.as_ref())?;
+        active.file.sync_data().map_err(LogError::io(format!("sync segment {} before rolling", active.name)))?;
         let (base_index, base_offset) = (active.end_index(), active.next_offset);
         let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
+        let index_file = active.seal(self.dir.as_ref())?;
         inner.segments.push(segment);
         // The new segment's name and the index file become durable with the
         // next group commit, off the append path.
@@ -228,6 +234,25 @@ impl Log {
         durability.dir_dirty = true;
         durability.dirty_files.extend(index_file);
         Ok(())
+    }
+
+    /// Refuses further writes after a failed one: what is on disk past the
+    /// last good state is unknown until recovery (reopening) sorts it out.
+    fn poison<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(err) = &result {
+            if err.kind() == crate::ErrorKind::Io {
+                let mut durability = self.durability.lock();
+                durability.poisoned.get_or_insert_with(|| err.to_string());
+            }
+        }
+        result
+    }
+
+    fn check_not_poisoned(&self) -> Result<()> {
+        match &self.durability.lock().poisoned {
+            Some(reason) => Err(LogError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Asks for everything appended so far to be made durable; `on_durable`
@@ -251,6 +276,7 @@ impl Log {
     /// Entries `range` by Raft index, stopping early once `max_bytes` is
     /// reached (at least one entry is returned when the range is not empty).
     pub fn entries(&self, range: Range<RaftIndex>, max_bytes: usize) -> Result<Vec<Entry>> {
+        let max_bytes = max_bytes.min(READ_BYTES_MAX);
         let inner = self.read();
         let (first, end) = (inner.first_index(), inner.end_index());
         if range.start >= range.end {
@@ -266,6 +292,10 @@ impl Log {
         while index < range.end {
             let (s, ordinal, _) = inner.entry_at(index).expect("checked in range");
             let segment = &inner.segments[s];
+            let (a, b) = segment.entry_span(ordinal);
+            if !out.is_empty() && n_bytes + (b - a) as usize > max_bytes {
+                break;
+            }
             // One read (or map slice) for the run in this segment.
             let last_ordinal = ((range.end.0 - segment.base_index.0) as usize).min(segment.n_entries());
             let mut stop = ordinal + 1;
@@ -306,6 +336,7 @@ impl Log {
     /// when larger, so a reader always makes progress. Control entries are
     /// never returned.
     pub fn read_offsets(&self, from: Offset, max_bytes: usize, upper: Offset) -> Result<OffsetRead> {
+        let max_bytes = max_bytes.min(READ_BYTES_MAX);
         let inner = self.read();
         let (log_start, log_end) = (inner.log_start_offset(), inner.active().next_offset);
         if from < log_start || from > log_end {
@@ -391,6 +422,12 @@ impl Log {
     /// holding `index` is cut; each step is durable before the next, so a
     /// crash leaves a prefix of the log and never a hole.
     pub fn truncate_from(&self, index: RaftIndex) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.truncate_from_inner(index);
+        self.poison(result)
+    }
+
+    fn truncate_from_inner(&self, index: RaftIndex) -> Result<()> {
         let mut inner = self.write();
         let (first, end) = (inner.first_index(), inner.end_index());
         if index < first {
@@ -421,6 +458,7 @@ impl Log {
             self.cut_segment(segment, keep)?;
         }
         let last = inner.last_entry_id().map(|id| id.index);
+        drop(inner);
         self.durability.reset_after_truncate(last);
         Ok(())
     }
@@ -483,6 +521,12 @@ impl Log {
     /// the active one, so some entries at or below `upto` may stay on disk,
     /// hidden.
     pub fn purge_upto(&self, upto: RaftIndex) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.purge_upto_inner(upto);
+        self.poison(result)
+    }
+
+    fn purge_upto_inner(&self, upto: RaftIndex) -> Result<()> {
         let mut inner = self.write();
         let (first, end) = (inner.first_index(), inner.end_index());
         if upto < first {
@@ -496,8 +540,10 @@ impl Log {
             Some((_, _, next)) => next.base_offset,
             None => inner.active().next_offset,
         };
-        inner.meta.last_purged = Some((LogId { term: entry.term, index: upto }, next_offset));
-        inner.meta.store(self.dir.as_ref())?;
+        let mut meta = inner.meta.clone();
+        meta.last_purged = Some((LogId { term: entry.term, index: upto }, next_offset));
+        meta.store(self.dir.as_ref())?;
+        inner.meta = meta;
         let mut n_removed = 0;
         while inner.segments.len() > 1 && inner.segments[0].end_index() <= upto.next() {
             let segment = inner.segments.remove(0);
@@ -528,20 +574,39 @@ impl Log {
 
     /// Replaces the whole log by an empty one that continues after
     /// `last_purged` at `next_offset` (a follower installing a snapshot past
-    /// its log). Crash-safe: the purged id is saved first; segments go from
-    /// the last backwards; the new segment is created last.
+    /// its log; `last_purged` must be at or past the last stored entry).
+    /// Crash-safe: the purged id is saved first, then the new segment is
+    /// created, then the old segments are removed from the last backwards;
+    /// recovery drops segments wholly at or below the purged id.
     pub fn reset(&self, last_purged: LogId, next_offset: Offset) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.reset_inner(last_purged, next_offset);
+        self.poison(result)
+    }
+
+    fn reset_inner(&self, last_purged: LogId, next_offset: Offset) -> Result<()> {
         let mut inner = self.write();
+        if let Some(last) = inner.last_entry_id() {
+            if last_purged.index < last.index {
+                return Err(LogError::InvalidArgument(format!(
+                    "reset to {} would keep stored entries up to {}; truncate or purge instead",
+                    last_purged.index, last.index
+                )));
+            }
+        }
         self.durability.sync_now()?;
-        inner.meta.last_purged = Some((last_purged, next_offset));
-        inner.meta.store(self.dir.as_ref())?;
-        while let Some(segment) = inner.segments.pop() {
-            self.remove_segment_files(&segment)?;
+        let mut meta = inner.meta.clone();
+        meta.last_purged = Some((last_purged, next_offset));
+        meta.store(self.dir.as_ref())?;
+        inner.meta = meta;
+        let fresh = Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?;
+        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        let old = std::mem::replace(&mut inner.segments, vec![fresh]);
+        for segment in old.iter().rev() {
+            self.remove_segment_files(segment)?;
         }
         self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
-        let segment = Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?;
-        inner.segments.push(segment);
-        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        drop(inner);
         self.durability.reset_after_truncate(Some(last_purged.index));
         Ok(())
     }
@@ -615,9 +680,16 @@ impl Log {
     /// (see [`Compaction`]). Each rewritten segment is written to a temporary
     /// file, synced, and renamed over the old one, so a crash leaves either
     /// the old or the new segment; readers holding slices of the old map keep
-    /// them. Appends and reads go on meanwhile: the log is locked only to
-    /// take the list of segments and to swap each one in.
+    /// them. Appends go on meanwhile: the log is read-locked while the
+    /// candidates are listed and CRC-checked, and write-locked only to swap
+    /// each rewritten segment in.
     pub fn compact(&self, compaction: Compaction) -> Result<CompactionStats> {
+        self.check_not_poisoned()?;
+        let result = self.compact_inner(compaction);
+        self.poison(result)
+    }
+
+    fn compact_inner(&self, compaction: Compaction) -> Result<CompactionStats> {
         // 1. The candidates, and their bytes (map slices, CRC-checked).
         let candidates: Vec<Candidate> = {
             let inner = self.read();
@@ -753,6 +825,11 @@ struct Candidate {
 }
 
 /// Finds, checks and opens the segments of a partition directory.
+///
+/// Rules: every segment but the last is whole on disk (a roll syncs it
+/// first), so damage there, or a gap or overlap between segments, is
+/// corruption and an error naming the file. The last segment may end in a
+/// write torn by a crash: a bad batch with nothing valid after it is cut off.
 fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     let names = dir.list().map_err(LogError::io("list partition directory"))?;
     let mut data_files = Vec::new();
@@ -774,18 +851,21 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
             dir.remove(index_name).map_err(LogError::io(format!("remove orphan index {index_name}")))?;
         }
     }
+    // Finish an interrupted purge or reset: a segment followed by one that
+    // starts at or below the first unpurged index holds only purged entries.
+    if let Some((purged, _)) = meta.last_purged {
+        while data_files.len() > 1 && data_files[1].0 <= purged.index.next() {
+            let (_, _, name) = data_files.remove(0);
+            tracing::info!(segment = %name, "removing a purged segment");
+            dir.remove(&name).map_err(LogError::io(format!("remove purged segment {name}")))?;
+            let _ = dir.remove(&index_file_name(&name));
+        }
+    }
     let mut segments: Vec<Segment> = Vec::new();
     let n_files = data_files.len();
-    let mut cut_from = None;
-    for (k, (base_index, base_offset, name)) in data_files.iter().cloned().enumerate() {
+    for (k, (base_index, base_offset, name)) in data_files.into_iter().enumerate() {
         if let Some(prev) = segments.last() {
             if base_index != prev.end_index() || base_offset != prev.next_offset {
-                if base_index > prev.end_index() {
-                    // A gap: the previous segment lost its unsynced tail in a
-                    // crash, so nothing from here on was ever durable.
-                    cut_from = Some(k);
-                    break;
-                }
                 return Err(LogError::Corrupt {
                     file: name.into(),
                     position: 0,
@@ -800,7 +880,8 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         let file = dir.open(&name).map_err(LogError::io(format!("open segment {name}")))?;
         let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
         let is_last = k + 1 == n_files;
-        let has_index = index_files.contains(&index_file_name(&name));
+        let index_name = index_file_name(&name);
+        let has_index = index_files.contains(&index_name);
         if !is_last {
             let opened =
                 Segment::open_sealed(dir, name.clone(), base_index, base_offset, file.clone(), file_len, has_index)?;
@@ -808,52 +889,31 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 segments.push(segment);
                 continue;
             }
+        } else if has_index {
+            // The active segment keeps its index in memory.
+            dir.remove(&index_name).map_err(LogError::io(format!("remove index {index_name}")))?;
         }
         let result = scan(file.as_ref(), file_len, base_offset)?;
         match &result.stop {
             ScanStop::Clean => {}
-            ScanStop::Torn { position, reason } => {
+            ScanStop::Torn { position, reason } if is_last => {
                 tracing::warn!(segment = %name, position, %reason, "cutting a torn tail left by a crash");
                 file.set_len(*position).map_err(LogError::io(format!("truncate torn tail of {name}")))?;
                 file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
             }
-            ScanStop::Corrupt { position, reason } => {
+            ScanStop::Torn { position, reason } | ScanStop::Corrupt { position, reason } => {
                 return Err(LogError::Corrupt { file: name.into(), position: *position, reason: reason.clone() });
             }
         }
-        let torn = result.stop != ScanStop::Clean;
         let mut segment = Segment::from_scan(name, base_index, base_offset, file, result);
-        if !is_last && !torn {
+        if !is_last {
             if let Some(index_file) = segment.seal(dir)? {
                 index_file.sync_data().map_err(LogError::io("sync rebuilt index"))?;
             }
         }
         segments.push(segment);
-        if torn && !is_last {
-            cut_from = Some(k + 1);
-            break;
-        }
     }
-    if let Some(k) = cut_from {
-        for (_, _, name) in data_files[k..].iter().rev() {
-            tracing::warn!(segment = %name, "removing a segment that follows a torn one");
-            dir.remove(name).map_err(LogError::io(format!("remove segment {name}")))?;
-            let _ = dir.remove(&index_file_name(name));
-        }
-        dir.sync_dir().map_err(LogError::io("sync directory after recovery"))?;
-        // The last kept segment becomes the active one again; it may have been
-        // sealed above, so reopen it unsealed.
-        if let Some(last) = segments.pop() {
-            segments.push(unseal(dir, last)?);
-        }
-    }
-    // Finish an interrupted purge: drop segments wholly at or below it.
     if let Some((purged, next_offset)) = meta.last_purged {
-        while segments.first().is_some_and(|s| s.end_index() <= purged.index.next()) {
-            let segment = segments.remove(0);
-            dir.remove(&segment.name).map_err(LogError::io(format!("remove purged segment {}", segment.name)))?;
-            let _ = dir.remove(&index_file_name(&segment.name));
-        }
         if let Some(first) = segments.first() {
             if first.base_index > purged.index.next() {
                 return Err(LogError::Corrupt {
@@ -864,36 +924,19 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
             }
         } else {
             segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
-            dir.sync_dir().map_err(LogError::io("sync directory after recovery"))?;
         }
     }
     if segments.is_empty() {
         segments.push(Segment::new_active(dir, RaftIndex(0), Offset(0))?);
-        dir.sync_dir().map_err(LogError::io("sync new partition directory"))?;
     }
-    // The last segment must be active (writable, unmapped).
-    let last = segments.pop().expect("checked non-empty");
-    segments.push(unseal(dir, last)?);
+    // A crash may have left written but unsynced data in the page cache,
+    // which a scan reads as if it were on disk. Sync everything once, so
+    // that what the reopened log reports durable is.
+    for segment in &segments {
+        segment.file.sync_data().map_err(LogError::io(format!("sync segment {} on open", segment.name)))?;
+    }
+    dir.sync_dir().map_err(LogError::io("sync partition directory on open"))?;
     Ok(segments)
-}
-
-/// Turns a sealed segment back into the active one (on open, the last
-/// segment always is): drops its index file, keeps the entries in memory.
-fn unseal(dir: &dyn Dir, segment: Segment) -> Result<Segment> {
-    if !segment.is_sealed() {
-        return Ok(segment);
-    }
-    let _ = dir.remove(&index_file_name(&segment.name));
-    let entries: Vec<IndexEntry> = (0..segment.n_entries()).map(|i| segment.entries.get(i)).collect();
-    let scan = Scan {
-        valid_len: segment.data_len,
-        next_offset: segment.next_offset,
-        max_timestamp: segment.max_timestamp,
-        last_term: segment.last_term(),
-        entries,
-        stop: ScanStop::Clean,
-    };
-    Ok(Segment::from_scan(segment.name.clone(), segment.base_index, segment.base_offset, segment.file.clone(), scan))
 }
 
 impl std::fmt::Debug for Log {

@@ -142,3 +142,23 @@ fn compaction_never_touches_segments_at_or_past_the_boundary() {
         log.compact(Compaction { boundary: RaftIndex(200), now_ms: 0, delete_retention_ms: 0 }).expect("compact");
     assert!(stats.n_segments_rewritten > 0);
 }
+
+#[test]
+fn compaction_keeps_a_batch_attribute_bits() {
+    // Regression: rewritten batches lost the transactional bit.
+    let dir = TempDir::new("compact-attrs");
+    let log = open(&dir);
+    for i in 0..200u64 {
+        let mut builder = BatchBuilder::new().attributes_from(1 << 4);
+        builder.push(0, Some(b"k"), Some(&[i as u8; 500]), &[]);
+        builder.push(0, Some(format!("u{i}").as_bytes()), Some(b"v"), &[]);
+        log.append(&builder.build(Compression::None), Term(1)).expect("append");
+    }
+    let stats = log
+        .compact(Compaction { boundary: RaftIndex(200), now_ms: 0, delete_retention_ms: u64::MAX })
+        .expect("compact");
+    assert!(stats.n_records_removed > 0);
+    for entry in log.entries(RaftIndex(0)..RaftIndex(200), usize::MAX).expect("entries") {
+        assert!(strata_batch::validate(&entry.batch).expect("valid").is_transactional());
+    }
+}

@@ -401,3 +401,79 @@ fn every_multi_step_operation_survives_power_loss_at_each_step() {
     }
     assert!(n_interrupted > 50, "only {n_interrupted} operations were interrupted");
 }
+
+#[test]
+fn data_found_after_a_process_crash_is_synced_before_it_is_reported_durable() {
+    // Regression: a reopened log reported page-cache data durable unsynced.
+    let disk = SimDisk::new();
+    let log = open(&disk);
+    for i in 0..5 {
+        log.append(&data_batch(i, 2, 100, 0), Term(1)).expect("append");
+    }
+    drop(log); // a process crash: the "page cache" (current state) survives
+    let log = open(&disk);
+    assert_eq!(log.durable_index(), Some(RaftIndex(4)));
+    drop(log);
+    let disk = disk.crash(CrashMode::SyncedOnly); // then power loss
+    assert_eq!(open(&disk).state().last_log_id.map(|id| id.index), Some(RaftIndex(4)));
+}
+
+#[test]
+fn a_flush_callback_may_call_back_into_the_log() {
+    // Regression: callbacks ran under the sync lock and deadlocked.
+    let disk = SimDisk::new();
+    let log = Arc::new(open(&disk));
+    log.append(&data_batch(1, 1, 10, 0), Term(1)).expect("append");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inner_log = log.clone();
+    log.flush(Box::new(move |r| {
+        r.expect("flushed");
+        inner_log.append(&data_batch(2, 1, 10, 0), Term(1)).expect("append from callback");
+        inner_log.flush(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }));
+    }));
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(true));
+    assert_eq!(log.durable_index(), Some(RaftIndex(1)));
+}
+
+#[test]
+fn an_index_file_with_a_huge_entry_count_is_rebuilt_not_a_panic() {
+    // Regression: the length check overflowed on a corrupt entry count.
+    use strata_log::io::Dir;
+    let disk = SimDisk::new();
+    let log = open(&disk);
+    for i in 0..100 {
+        log.append(&data_batch(i, 4, 1000, 0), Term(1)).expect("append");
+    }
+    drop(log);
+    let index = disk.list().expect("list").into_iter().find(|n| n.ends_with(".index")).expect("an index");
+    disk.corrupt(&index, 23, &[0xa5]).expect("corrupt");
+    assert_eq!(open(&disk).entries(RaftIndex(0)..RaftIndex(100), usize::MAX).expect("entries").len(), 100);
+}
+
+#[test]
+fn damage_at_the_end_of_a_sealed_segment_is_an_error_not_a_silent_cut() {
+    // Regression: damage in the last batch of a non-last segment was taken
+    // for a torn write, and every later (durable) segment was deleted.
+    use strata_log::io::Dir;
+    let disk = SimDisk::new();
+    let log = open(&disk);
+    for i in 0..100 {
+        log.append(&data_batch(i, 4, 1000, 0), Term(1)).expect("append");
+    }
+    log.sync().expect("sync");
+    drop(log);
+    let mut names: Vec<String> = disk.list().expect("list").into_iter().filter(|n| n.ends_with(".log")).collect();
+    names.sort();
+    let len = disk.file_len(&names[0]).expect("len");
+    disk.corrupt(&names[0], len - 3, &[0x77]).expect("corrupt");
+    disk.remove(&names[0].replace(".log", ".index")).expect("remove index");
+    let err = Log::open(Arc::new(disk.clone()), config(), None).expect_err("must refuse");
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        disk.list().expect("list").iter().filter(|n| n.ends_with(".log")).count(),
+        names.len(),
+        "nothing deleted"
+    );
+}
