@@ -110,7 +110,10 @@ impl Durability {
         result
     }
 
-    fn sync_and_release(&self) -> Result<()> {
+    /// Syncs and releases the waiters it covers, but leaves running their
+    /// callbacks to [`Durability::deliver`]: for callers that hold the log's
+    /// lock, where a callback calling into the log would deadlock.
+    pub fn sync_and_release(&self) -> Result<()> {
         let _one_syncer = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (target, files, dir_dirty, generation) = {
             let mut s = self.lock();
@@ -152,7 +155,7 @@ impl Durability {
     /// Runs released callbacks in release order, without holding any lock,
     /// so a callback may call back into the log. One thread delivers at a
     /// time; others leave their callbacks to it, which keeps the order.
-    fn deliver(&self) {
+    pub fn deliver(&self) {
         {
             let mut s = self.lock();
             if s.delivering {
@@ -178,20 +181,31 @@ impl Durability {
         }
     }
 
-    /// After a truncation made everything left durable: all waiters are
-    /// released. Call without holding the log's lock (callbacks run here).
-    pub fn reset_after_truncate(&self, last: Option<RaftIndex>) {
-        {
-            let mut s = self.lock();
-            s.appended = last;
-            s.durable = last;
-            s.generation += 1;
-            s.dirty_files.clear();
-            s.dir_dirty = false;
-            let done: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, None)).collect();
-            s.ready.extend(done);
+    /// Records a truncation that left everything kept durable: all waiters
+    /// are released (run them with [`Durability::deliver`] once the log's
+    /// lock is dropped). Call with the log's write lock held, so no append
+    /// can slip in between the truncation and this.
+    pub fn note_truncated(&self, last: Option<RaftIndex>) {
+        let mut s = self.lock();
+        s.appended = last;
+        s.durable = last;
+        s.generation += 1;
+        s.dirty_files.clear();
+        s.dir_dirty = false;
+        let done: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, None)).collect();
+        s.ready.extend(done);
+    }
+
+    /// Poisons the log: later syncs and appends are refused, and every
+    /// queued waiter is released with the error (run by `deliver`).
+    pub fn poison(&self, reason: String) {
+        let mut s = self.lock();
+        if s.poisoned.is_none() {
+            s.poisoned = Some(reason);
         }
-        self.deliver();
+        let reason = s.poisoned.clone();
+        let failed: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, reason.clone())).collect();
+        s.ready.extend(failed);
     }
 }
 
@@ -242,6 +256,11 @@ impl FlusherHandle {
         match durability.policy {
             FlushPolicy::Interval(_) => {
                 // Weaker by design: reported at once, synced on the timer.
+                let poisoned = durability.lock().poisoned.clone();
+                if let Some(reason) = poisoned {
+                    callback(Err(LogError::Poisoned(reason)));
+                    return;
+                }
                 callback(Ok(()));
                 let mut s = durability.lock();
                 let wake = !s.queued;

@@ -130,6 +130,11 @@ impl Log {
     /// is. On an I/O error some may have been written; the log is then
     /// poisoned (refuses writes) until reopened, which recovers a valid log.
     pub fn append_many(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
+        let result = self.append_many_inner(batches);
+        self.poison(result)
+    }
+
+    fn append_many_inner(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
         let mut inner = self.write();
         self.check_not_poisoned()?;
         // Check everything first.
@@ -202,7 +207,7 @@ impl Log {
             result = self.write_pending(&mut inner, &buf, &pending);
         }
         inner.write_buf = buf;
-        self.poison(result).map(|()| out)
+        result.map(|()| out)
     }
 
     fn write_pending(&self, inner: &mut Inner, buf: &[u8], pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
@@ -238,13 +243,15 @@ impl Log {
 
     /// Refuses further writes after a failed one: what is on disk past the
     /// last good state is unknown until recovery (reopening) sorts it out.
+    /// Queued flush callbacks get the error. Call without the log's lock
+    /// held: callbacks run here.
     fn poison<T>(&self, result: Result<T>) -> Result<T> {
         if let Err(err) = &result {
-            if err.kind() == crate::ErrorKind::Io {
-                let mut durability = self.durability.lock();
-                durability.poisoned.get_or_insert_with(|| err.to_string());
+            if matches!(err.kind(), crate::ErrorKind::Io | crate::ErrorKind::Corrupt) {
+                self.durability.poison(err.to_string());
             }
         }
+        self.durability.deliver();
         result
     }
 
@@ -256,8 +263,9 @@ impl Log {
     }
 
     /// Asks for everything appended so far to be made durable; `on_durable`
-    /// runs (on the flusher thread) once it is, in append order with every
-    /// other callback of this log. Under [`crate::FlushPolicy::Interval`] it
+    /// runs once it is (usually on the flusher thread; on whichever thread is
+    /// delivering callbacks), in append order with every other callback of
+    /// this log, with no lock held, so it may call back into the log. Under [`crate::FlushPolicy::Interval`] it
     /// runs at once.
     pub fn flush(&self, on_durable: FlushCallback) {
         self.flusher.request(&self.durability, on_durable);
@@ -437,7 +445,7 @@ impl Log {
             return Ok(());
         }
         // Make what stays durable first, so the reset below reports truth.
-        self.durability.sync_now()?;
+        self.durability.sync_and_release()?;
         while inner.segments.len() > 1 && inner.segments.last().is_some_and(|s| s.base_index >= index) {
             let segment = inner.segments.pop().expect("checked non-empty");
             self.remove_segment_files(&segment)?;
@@ -458,8 +466,7 @@ impl Log {
             self.cut_segment(segment, keep)?;
         }
         let last = inner.last_entry_id().map(|id| id.index);
-        drop(inner);
-        self.durability.reset_after_truncate(last);
+        self.durability.note_truncated(last);
         Ok(())
     }
 
@@ -594,20 +601,25 @@ impl Log {
                 )));
             }
         }
-        self.durability.sync_now()?;
+        self.durability.sync_and_release()?;
         let mut meta = inner.meta.clone();
         meta.last_purged = Some((last_purged, next_offset));
         meta.store(self.dir.as_ref())?;
         inner.meta = meta;
-        let fresh = Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?;
+        let mut old = std::mem::take(&mut inner.segments);
+        // Resetting twice to the same point finds the new segment there.
+        let fresh_name = crate::segment::data_file_name(last_purged.index.next(), next_offset);
+        let fresh = match old.iter().position(|s| s.name == fresh_name && s.n_entries() == 0) {
+            Some(i) => old.remove(i),
+            None => Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?,
+        };
+        inner.segments.push(fresh);
         self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
-        let old = std::mem::replace(&mut inner.segments, vec![fresh]);
         for segment in old.iter().rev() {
             self.remove_segment_files(segment)?;
         }
         self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
-        drop(inner);
-        self.durability.reset_after_truncate(Some(last_purged.index));
+        self.durability.note_truncated(Some(last_purged.index));
         Ok(())
     }
 
@@ -658,6 +670,12 @@ impl Log {
 
     /// Saves Raft's vote durably (the metadata file is replaced and synced).
     pub fn save_vote(&self, vote: &[u8]) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.save_vote_inner(vote);
+        self.poison(result)
+    }
+
+    fn save_vote_inner(&self, vote: &[u8]) -> Result<()> {
         let mut inner = self.write();
         let mut meta = inner.meta.clone();
         meta.vote = vote.to_vec();
@@ -668,6 +686,12 @@ impl Log {
 
     /// Saves the committed log id durably.
     pub fn save_committed(&self, committed: Option<LogId>) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.save_committed_inner(committed);
+        self.poison(result)
+    }
+
+    fn save_committed_inner(&self, committed: Option<LogId>) -> Result<()> {
         let mut inner = self.write();
         let mut meta = inner.meta.clone();
         meta.committed = committed;
@@ -923,6 +947,15 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 });
             }
         } else {
+            segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
+        }
+        // A reset interrupted before its new segment was durable leaves an
+        // old last segment ending before the purged id: replace it.
+        if segments.len() == 1 && segments[0].end_index() < purged.index.next() {
+            let old = segments.remove(0);
+            tracing::info!(segment = %old.name, "finishing an interrupted reset");
+            dir.remove(&old.name).map_err(LogError::io(format!("remove purged segment {}", old.name)))?;
+            let _ = dir.remove(&index_file_name(&old.name));
             segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
         }
     }
