@@ -563,6 +563,36 @@ impl Log {
         Ok(())
     }
 
+    /// Moves the start of a log that holds no entries to `next_index`, keeping
+    /// its next offset (a Raft log whose first entry arrives at an index past
+    /// 0). Nothing is marked purged. The old empty segment is removed before
+    /// the new one is created, so a crash between leaves an empty log.
+    pub fn rebase_empty(&self, next_index: RaftIndex) -> Result<()> {
+        self.check_not_poisoned()?;
+        let result = self.rebase_empty_inner(next_index);
+        self.poison(result)
+    }
+
+    fn rebase_empty_inner(&self, next_index: RaftIndex) -> Result<()> {
+        let mut inner = self.write();
+        if inner.segments.len() != 1 || inner.active().n_entries() != 0 || next_index < inner.first_index() {
+            return Err(LogError::InvalidArgument(format!(
+                "rebase to {next_index} needs an empty log starting at or before it"
+            )));
+        }
+        if next_index == inner.active().base_index {
+            return Ok(());
+        }
+        let next_offset = inner.active().next_offset;
+        let old = inner.segments.pop().expect("checked one segment");
+        self.remove_segment_files(&old)?;
+        self.dir.sync_dir().map_err(LogError::io("sync directory after rebase"))?;
+        let fresh = Segment::new_active(self.dir.as_ref(), next_index, next_offset)?;
+        inner.segments.push(fresh);
+        self.dir.sync_dir().map_err(LogError::io("sync directory after rebase"))?;
+        Ok(())
+    }
+
     /// Applies time and size retention: plans with
     /// [`crate::plan::retention_purge_before`] (whole sealed segments, never
     /// at or past `boundary`) and purges. Returns the new first index if

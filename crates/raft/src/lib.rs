@@ -1,0 +1,23 @@
+//! `strata-raft`: replication of each partition with Raft (openraft), over
+//! the storage engine.
+//!
+//! - [`LogStore`]: openraft's log storage on `strata_log::Log` — one entry is
+//!   one batch, stored once; Raft's blank and membership entries are control
+//!   batches that take no offsets.
+//! - [`PartitionStateMachine`]: the high watermark and membership; tiny
+//!   snapshots.
+//!
+//! **Architecture Invariant:** openraft types stay inside this crate's API
+//! surface; the storage engine below knows nothing of them, and a bump of
+//! the pinned openraft version touches only this crate.
+
+mod codec;
+pub mod limits;
+mod log_store;
+mod state_machine;
+mod types;
+
+pub use codec::{entry_to_batch, stored_to_entry};
+pub use log_store::LogStore;
+pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
+pub use types::{BatchData, C, RaftEntry, RaftLogId, RaftMembership, RaftVote, TypeConfig, WriteResult, log_id, term_of};

@@ -1,0 +1,220 @@
+//! The partition state machine: what applying committed entries yields.
+//!
+//! Its state is small: the last applied log id, the membership, and the high
+//! watermark (the offset after the last applied data batch; consumers read
+//! below it). Records are not copied anywhere: they stay in the log.
+//!
+//! Snapshots are tiny (that state, as JSON) and saved durably in the
+//! partition directory as `snapshot`, replaced atomically. A follower whose
+//! log is behind a snapshot it installs resets its log to start right after
+//! it, at the snapshot's next offset.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use strata_log::{Log, Offset, RaftIndex, Term};
+
+use crate::log_store::io_error;
+use crate::types::{C, RaftLogId, RaftMembership, WriteResult, term_of};
+
+/// A snapshot's data: what a replica needs to continue after the snapshot's
+/// last log id without the entries before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// Offset the next data batch after the snapshot gets.
+    pub next_offset: u64,
+}
+
+/// A snapshot with its metadata, as kept on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: openraft::alias::SnapshotMetaOf<C>,
+    data: PartitionSnapshot,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last_applied: Option<RaftLogId>,
+    membership: RaftMembership,
+    high_watermark: u64,
+    snapshot: Option<StoredSnapshot>,
+}
+
+/// The state machine of one partition group. Clones share the state, so the
+/// broker can read the high watermark while openraft owns the machine.
+#[derive(Clone)]
+pub struct PartitionStateMachine {
+    log: Arc<Log>,
+    snapshot_path: PathBuf,
+    state: Arc<Mutex<State>>,
+}
+
+const SNAPSHOT_FILE: &str = "snapshot";
+
+impl PartitionStateMachine {
+    /// Opens the state machine of the partition whose directory is `dir`,
+    /// starting from its saved snapshot if there is one.
+    pub fn open(dir: &Path, log: Arc<Log>) -> io::Result<PartitionStateMachine> {
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
+        let mut state = State::default();
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("read {}: {e}", snapshot_path.display()))
+                })?;
+                state.last_applied = stored.meta.last_log_id;
+                state.membership = stored.meta.last_membership.clone();
+                state.high_watermark = stored.data.next_offset;
+                state.snapshot = Some(stored);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(PartitionStateMachine { log, snapshot_path, state: Arc::new(Mutex::new(state)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The offset below which records are committed and may be served.
+    pub fn high_watermark(&self) -> Offset {
+        Offset(self.lock().high_watermark)
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<RaftLogId> {
+        self.lock().last_applied
+    }
+
+    fn save(&self, stored: &StoredSnapshot) -> io::Result<()> {
+        let bytes = serde_json::to_vec(stored).map_err(io::Error::other)?;
+        write_atomically(&self.snapshot_path, &bytes)
+    }
+}
+
+/// Write to `path.tmp`, fsync, rename over `path`, fsync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<C> for PartitionStateMachine {
+    type SnapshotData = PartitionSnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<C, PartitionSnapshot>, io::Error> {
+        let stored = {
+            let state = self.lock();
+            StoredSnapshot {
+                meta: openraft::SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.membership.clone(),
+                },
+                data: PartitionSnapshot { next_offset: state.high_watermark },
+            }
+        };
+        let this = self.clone();
+        let to_save = stored.clone();
+        tokio::task::spawn_blocking(move || this.save(&to_save)).await.map_err(io::Error::other)??;
+        self.lock().snapshot = Some(stored.clone());
+        Ok(openraft::Snapshot { meta: stored.meta, snapshot: stored.data })
+    }
+}
+
+impl RaftStateMachine<C> for PartitionStateMachine {
+    type SnapshotData = PartitionSnapshot;
+    type SnapshotBuilder = PartitionStateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<RaftLogId>, RaftMembership), io::Error> {
+        let state = self.lock();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = {
+                let mut state = self.lock();
+                state.last_applied = Some(entry.log_id);
+                let base_offset = state.high_watermark;
+                match &entry.payload {
+                    EntryPayload::Normal(batch) => {
+                        let header = strata_batch::BatchHeader::parse(&batch.0)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        let n_offsets = header.n_offsets();
+                        state.high_watermark += n_offsets;
+                        WriteResult { base_offset, n_offsets }
+                    }
+                    EntryPayload::Blank => WriteResult { base_offset, n_offsets: 0 },
+                    EntryPayload::Membership(membership) => {
+                        state.membership = RaftMembership::new(Some(entry.log_id), membership.clone());
+                        WriteResult { base_offset, n_offsets: 0 }
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &openraft::alias::SnapshotMetaOf<C>,
+        snapshot: PartitionSnapshot,
+    ) -> Result<(), io::Error> {
+        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
+        let this = self.clone();
+        let to_save = stored.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            this.save(&to_save)?;
+            // A log that ends before the snapshot restarts right after it.
+            if let Some(last) = to_save.meta.last_log_id {
+                let state = this.log.state();
+                let end = state.last_log_id.map_or(0, |id| id.index.0 + 1);
+                if last.index + 1 > end || state.last_log_id.map(|id| id.index.0) == Some(last.index) {
+                    let id = strata_log::LogId { term: Term(term_of(&last)), index: RaftIndex(last.index) };
+                    if last.index + 1 > end {
+                        this.log.reset(id, Offset(to_save.data.next_offset)).map_err(io_error)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut state = self.lock();
+        state.last_applied = stored.meta.last_log_id;
+        state.membership = stored.meta.last_membership.clone();
+        state.high_watermark = stored.data.next_offset;
+        state.snapshot = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<C, PartitionSnapshot>>, io::Error> {
+        Ok(self.lock().snapshot.clone().map(|s| openraft::Snapshot { meta: s.meta, snapshot: s.data }))
+    }
+}
