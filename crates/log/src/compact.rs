@@ -59,8 +59,11 @@ impl KeyMap {
         if header.is_control() || !readable(&header) {
             return Ok(());
         }
-        for record in strata_batch::decode_records(batch)? {
-            let record = record?;
+        // A batch whose records do not decode is kept as it is (its CRC is
+        // good, so it is what the producer sent); compaction skips it.
+        let Ok(records) = strata_batch::decode_records(batch) else { return Ok(()) };
+        for record in records {
+            let Ok(record) = record else { return Ok(()) };
             if let Some(key) = record.key {
                 let slot = self.latest.entry(key).or_insert(record.offset);
                 *slot = (*slot).max(record.offset);
@@ -100,8 +103,13 @@ pub(crate) fn rewrite_batch(batch: &Bytes, map: &KeyMap, compaction: &Compaction
     let tombstones_expired = compaction.now_ms.saturating_sub(header.max_timestamp) > delete_retention_ms;
     let mut kept = Vec::new();
     let mut n_removed = 0u64;
-    for record in strata_batch::decode_records(batch)? {
-        let record = record?;
+    let Ok(records) = strata_batch::decode_records(batch) else {
+        return Ok(Rewritten::Unchanged { n_records: header.record_count.max(0) as u64 });
+    };
+    let Ok(records) = records.collect::<Result<Vec<_>, _>>() else {
+        return Ok(Rewritten::Unchanged { n_records: header.record_count.max(0) as u64 });
+    };
+    for record in records {
         let keep = map.is_latest(&record) && !(record.value.is_none() && record.key.is_some() && tombstones_expired);
         if keep { kept.push(record) } else { n_removed += 1 }
     }

@@ -52,9 +52,11 @@ pub enum LogError {
     /// A call broke the API's contract (e.g. a term going backwards).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// An earlier fsync failed; the log refuses writes until reopened, since
-    /// the kernel may have dropped the dirty pages (see "fsyncgate").
-    #[error("log is poisoned by an earlier failed sync: {0}")]
+    /// An earlier write, sync or check failed; the log refuses writes until
+    /// reopened (after a failed fsync the kernel may have dropped the dirty
+    /// pages, see "fsyncgate"; after a failed write the file's tail is
+    /// unknown), and recovery on open sorts it out.
+    #[error("log refuses writes after an earlier failure: {0}")]
     Poisoned(String),
 }
 

@@ -636,14 +636,16 @@ impl Log {
         meta.last_purged = Some((last_purged, next_offset));
         meta.store(self.dir.as_ref())?;
         inner.meta = meta;
-        let mut old = std::mem::take(&mut inner.segments);
         // Resetting twice to the same point finds the new segment there.
         let fresh_name = crate::segment::data_file_name(last_purged.index.next(), next_offset);
-        let fresh = match old.iter().position(|s| s.name == fresh_name && s.n_entries() == 0) {
-            Some(i) => old.remove(i),
+        let reuse = inner.segments.iter().position(|s| s.name == fresh_name && s.n_entries() == 0);
+        let fresh = match reuse {
+            Some(i) => inner.segments.remove(i),
+            // Created before the old segments leave the list, so a failure
+            // here leaves the log whole (and poisoned), never without segments.
             None => Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?,
         };
-        inner.segments.push(fresh);
+        let old = std::mem::replace(&mut inner.segments, vec![fresh]);
         self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
         for segment in old.iter().rev() {
             self.remove_segment_files(segment)?;
@@ -907,7 +909,20 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     }
     // Finish an interrupted purge or reset: a segment followed by one that
     // starts at or below the first unpurged index holds only purged entries.
-    if let Some((purged, _)) = meta.last_purged {
+    if let Some((purged, next_offset)) = meta.last_purged {
+        // Two resets to the same index with different offsets leave two files
+        // at purged + 1; the one the metadata names is the right one.
+        let wanted = crate::segment::data_file_name(purged.index.next(), next_offset);
+        if data_files.iter().any(|(_, _, n)| *n == wanted) {
+            let (stale, keep): (Vec<_>, Vec<_>) =
+                data_files.into_iter().partition(|(index, _, name)| *index == purged.index.next() && *name != wanted);
+            for (_, _, name) in stale {
+                tracing::info!(segment = %name, "removing a segment left by an earlier reset");
+                dir.remove(&name).map_err(LogError::io(format!("remove stale segment {name}")))?;
+                let _ = dir.remove(&index_file_name(&name));
+            }
+            data_files = keep;
+        }
         while data_files.len() > 1 && data_files[1].0 <= purged.index.next() {
             let (_, _, name) = data_files.remove(0);
             tracing::info!(segment = %name, "removing a purged segment");
@@ -980,8 +995,12 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
             segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
         }
         // A reset interrupted before its new segment was durable leaves an
-        // old last segment ending before the purged id: replace it.
-        if segments.len() == 1 && segments[0].end_index() < purged.index.next() {
+        // old last segment holding only purged entries, at the wrong offset
+        // or ending before the purged id: replace it.
+        let lone_purged = segments.len() == 1
+            && (segments[0].end_index() < purged.index.next()
+                || (segments[0].end_index() == purged.index.next() && segments[0].next_offset != next_offset));
+        if lone_purged {
             let old = segments.remove(0);
             tracing::info!(segment = %old.name, "finishing an interrupted reset");
             dir.remove(&old.name).map_err(LogError::io(format!("remove purged segment {}", old.name)))?;

@@ -519,28 +519,37 @@ fn a_failed_write_fails_the_queued_flushes_instead_of_dropping_them() {
 
 #[test]
 fn reset_is_idempotent_and_survives_a_crash_at_every_step() {
-    for n_ops in 0..12u64 {
-        let disk = SimDisk::new();
-        let log = open(&disk);
-        for i in 0..100 {
-            log.append(&data_batch(i, 4, 100, 0), Term(1)).expect("append");
-        }
-        log.sync().expect("sync");
-        let target = strata_log::LogId { term: Term(3), index: RaftIndex(110) };
-        disk.die_after(n_ops);
-        let _ = log.reset(target, Offset(1000));
-        drop(log);
-        let disk = disk.crash(CrashMode::Random { seed: n_ops });
-        let log = open(&disk);
-        let state = log.state();
-        if state.first_index == RaftIndex(111) {
-            let appended = log.append(&data_batch(1, 1, 1, 0), Term(3)).expect("append");
-            assert_eq!((appended.index, appended.base_offset), (RaftIndex(111), Offset(1000)), "died after {n_ops}");
-        } else {
-            assert_eq!(state.first_index, RaftIndex(0), "died after {n_ops}: neither old nor new log");
-            assert_eq!(state.last_log_id.map(|id| id.index), Some(RaftIndex(99)));
-            log.reset(target, Offset(1000)).expect("reset again");
-            log.reset(target, Offset(1000)).expect("reset is idempotent");
+    // Past the log, and exactly at its last entry (where an interrupted reset
+    // once reopened with the old segment's next offset).
+    for target_index in [110u64, 99] {
+        for n_ops in 0..12u64 {
+            let disk = SimDisk::new();
+            let log = open(&disk);
+            for i in 0..100 {
+                log.append(&data_batch(i, 4, 100, 0), Term(1)).expect("append");
+            }
+            log.sync().expect("sync");
+            let target = strata_log::LogId { term: Term(3), index: RaftIndex(target_index) };
+            disk.die_after(n_ops);
+            let _ = log.reset(target, Offset(1000));
+            drop(log);
+            let disk = disk.crash(CrashMode::Random { seed: n_ops });
+            let log = open(&disk);
+            let state = log.state();
+            let ctx = format!("reset to {target_index}, died after {n_ops}");
+            if state.first_index == RaftIndex(target_index + 1) {
+                let appended = log.append(&data_batch(1, 1, 1, 0), Term(3)).expect("append");
+                assert_eq!(
+                    (appended.index, appended.base_offset),
+                    (RaftIndex(target_index + 1), Offset(1000)),
+                    "{ctx}"
+                );
+            } else {
+                assert_eq!(state.first_index, RaftIndex(0), "{ctx}: neither old nor new log");
+                assert_eq!(state.last_log_id.map(|id| id.index), Some(RaftIndex(99)), "{ctx}");
+                log.reset(target, Offset(1000)).expect("reset again");
+                log.reset(target, Offset(1000)).expect("reset is idempotent");
+            }
         }
     }
 }
