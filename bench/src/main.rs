@@ -43,6 +43,9 @@ options of `log`:
   --interval-ms N    flush interval of the interval policy (default 100)
   --quick            small volumes, to check the harness itself (figures are
                      not meaningful)
+  --only PATTERN     only the append figures whose name contains PATTERN
+                     (e.g. append_always_w4); skips reads, reopen and memory
+  --no-append        no append figures: reads, reopen and memory only
 ";
 
 /// Size the pre-built batches aim for (fio's `bs=100k`).
@@ -101,13 +104,25 @@ struct LogOpts {
     window: usize,
     interval: Duration,
     quick: bool,
+    /// Only the append figures whose name contains this (and no reads).
+    only: Option<String>,
+    /// No append figures (reads, reopen and memory only).
+    no_append: bool,
 }
 
 impl LogOpts {
     /// Parses the options; `None` when help was asked for.
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<LogOpts>> {
-        let mut opts =
-            LogOpts { dir: None, runs: 5, writers: 4, window: 8, interval: Duration::from_millis(100), quick: false };
+        let mut opts = LogOpts {
+            dir: None,
+            runs: 5,
+            writers: 4,
+            window: 8,
+            interval: Duration::from_millis(100),
+            quick: false,
+            only: None,
+            no_append: false,
+        };
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
             match arg.as_str() {
@@ -120,6 +135,8 @@ impl LogOpts {
                         Duration::from_millis(parse_count("--interval-ms", &value("--interval-ms")?)? as u64)
                 }
                 "--quick" => opts.quick = true,
+                "--only" => opts.only = Some(value("--only")?),
+                "--no-append" => opts.no_append = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option {other:?} (see --help)"),
             }
@@ -280,9 +297,9 @@ fn open_log(path: &Path, config: LogConfig, flusher: Option<&Flusher>) -> Result
 // Batches
 
 /// One uncompressed batch of records whose values are `value_bytes` long,
-/// as many as fit in [`BATCH_TARGET_BYTES`]. Values are pseudo-random so that
-/// nothing on the way can shrink them.
-fn build_batch(value_bytes: usize, seed: u64) -> Bytes {
+/// as many as fit in `target_bytes` (at least one). Values are pseudo-random
+/// so that nothing on the way can shrink them.
+fn build_batch(value_bytes: usize, target_bytes: usize, seed: u64) -> Bytes {
     // Per-record framing beyond the value: length, attributes, timestamp
     // and offset deltas, key and value lengths, header count (varints).
     const RECORD_OVERHEAD_MAX: usize = 24;
@@ -290,7 +307,7 @@ fn build_batch(value_bytes: usize, seed: u64) -> Bytes {
     let mut value = vec![0u8; value_bytes];
     let mut state = seed | 1;
     let base_timestamp = 1_700_000_000_000i64;
-    while builder.n_records() == 0 || builder.size_bytes() + value_bytes + RECORD_OVERHEAD_MAX <= BATCH_TARGET_BYTES {
+    while builder.n_records() == 0 || builder.size_bytes() + value_bytes + RECORD_OVERHEAD_MAX <= target_bytes {
         for byte in &mut value {
             // xorshift64
             state ^= state << 13;
@@ -329,25 +346,29 @@ fn append_once(dir: &Path, spec: &AppendSpec<'_>) -> Result<f64> {
     let logs = (0..spec.writers)
         .map(|i| open_log(&dir.join(format!("p{i}")), config.clone(), Some(&flusher)))
         .collect::<Result<Vec<Log>>>()?;
-    let barrier = Barrier::new(spec.writers + 1);
-    let elapsed = std::thread::scope(|scope| -> Result<Duration> {
+    // Each writer notes when it starts (after the barrier) and ends; the run
+    // lasts from the first start to the last end. (Timing from the main
+    // thread would miss the work done before it is scheduled again after the
+    // barrier, with more threads than CPUs.)
+    let barrier = Barrier::new(spec.writers);
+    let spans = std::thread::scope(|scope| -> Result<Vec<(Instant, Instant)>> {
         let handles: Vec<_> = logs
             .iter()
             .map(|log| {
                 let barrier = &barrier;
-                scope.spawn(move || {
+                scope.spawn(move || -> Result<(Instant, Instant)> {
                     barrier.wait();
-                    append_durably(log, spec.batch, per_writer, spec.window)
+                    let start = Instant::now();
+                    append_durably(log, spec.batch, per_writer, spec.window)?;
+                    Ok((start, Instant::now()))
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for handle in handles {
-            handle.join().map_err(|_| anyhow!("a writer thread panicked"))??;
-        }
-        Ok(start.elapsed())
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow!("a writer thread panicked"))?).collect()
     })?;
+    let start = spans.iter().map(|s| s.0).min().context("no writers")?;
+    let end = spans.iter().map(|s| s.1).max().context("no writers")?;
+    let elapsed = end - start;
     // The logs hold senders to the flusher thread; they go first, so that
     // dropping the flusher (which joins its thread) returns.
     drop(logs);
@@ -396,7 +417,10 @@ fn settle() {
 }
 
 fn append_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &mut Report) -> Result<()> {
-    let batches = [("100b", build_batch(100, 0x5eed_0001)), ("1k", build_batch(1000, 0x5eed_0002))];
+    let batches = [
+        ("100b", build_batch(100, BATCH_TARGET_BYTES, 0x5eed_0001)),
+        ("1k", build_batch(1000, BATCH_TARGET_BYTES, 0x5eed_0002)),
+    ];
     for (name, batch) in &batches {
         report.params.insert(format!("batch_bytes_{name}"), batch.len() as f64);
         let header = strata_batch::validate(batch).context("a built batch does not validate")?;
@@ -407,7 +431,11 @@ fn append_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &mut Repor
         ("always", FlushPolicy::Always, sizes.always_bytes),
         ("interval", FlushPolicy::Interval(opts.interval), sizes.interval_bytes),
     ] {
-        for writers in [opts.writers, 1] {
+        let mut writer_counts = vec![opts.writers];
+        if opts.writers != 1 {
+            writer_counts.push(1);
+        }
+        for &writers in &writer_counts {
             for (record_name, batch) in &batches {
                 specs.push(AppendSpec {
                     label: format!("append_{policy_name}_w{writers}_{record_name}_mbps"),
@@ -419,6 +447,9 @@ fn append_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &mut Repor
                 });
             }
         }
+    }
+    if let Some(only) = &opts.only {
+        specs.retain(|spec| spec.label.contains(only.as_str()));
     }
     // Runs are interleaved (every figure once, then again) so that a slow
     // phase of the disk spreads over all figures rather than skewing one.
@@ -581,7 +612,7 @@ fn read_and_reopen_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &
     const MIB: f64 = 1024.0 * 1024.0;
     let dir = work.join("read-log");
     let config = LogConfig { segment_bytes: sizes.segment_bytes, ..LogConfig::default() };
-    let batch = build_batch(1000, 0x5eed_0003);
+    let batch = build_batch(1000, BATCH_TARGET_BYTES, 0x5eed_0003);
     report.params.insert("read_log_segment_bytes".into(), sizes.segment_bytes as f64);
     report.params.insert("read_budget_bytes".into(), READ_BUDGET_BYTES as f64);
     report.params.insert("opens_per_figure".into(), OPENS as f64);
@@ -683,6 +714,46 @@ fn read_and_reopen_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &
     Ok(())
 }
 
+/// The one thing a log keeps in anonymous memory in proportion to its data:
+/// the index of the active segment (32 bytes per entry, until it is sealed).
+/// Fills an active segment with one-record batches, the worst case, and
+/// measures a process opening it.
+fn tiny_batches_memory(work: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
+    const GROUP: usize = 1024;
+    let dir = work.join("tiny-batches");
+    let config = LogConfig { segment_bytes: sizes.segment_bytes, ..LogConfig::default() };
+    let batch = build_batch(100, 1, 0x5eed_0004);
+    let group: Vec<(&[u8], Term)> = vec![(&batch[..], Term(1)); GROUP];
+    let full_at = sizes.segment_bytes - 2 * (GROUP * batch.len()) as u64;
+    let entries = {
+        let log = open_log(&dir, config, None)?;
+        while log.state().size_bytes < full_at {
+            log.append_many(&group).context("append")?;
+        }
+        log.sync().context("sync")?;
+        let state = log.state();
+        ensure!(state.n_segments == 1, "the tiny-batch log rolled a segment");
+        state.last_log_id.map_or(0, |id| id.index.0 + 1)
+    };
+    let probe = run_probe(&dir, sizes.segment_bytes, false)?;
+    report.params.insert("tiny_batch_bytes".into(), batch.len() as f64);
+    report.add("tiny_active_entries", entries as f64);
+    report.add("tiny_active_open_ms", probe_field(&probe, "open_ms")?);
+    report.add("tiny_active_open_peak_rss_mib", probe_field(&probe, "open_hwm_kib")? / 1024.0);
+    report.add(
+        "tiny_active_open_anon_growth_mib",
+        (probe_field(&probe, "open_anon_kib")? - probe_field(&probe, "base_anon_kib")?) / 1024.0,
+    );
+    eprintln!(
+        "tiny batches: an active segment of {entries} one-record batches opens in {:.1} ms, \
+         peak RSS {:.1} MiB, anonymous memory +{:.1} MiB",
+        report.results["tiny_active_open_ms"],
+        report.results["tiny_active_open_peak_rss_mib"],
+        report.results["tiny_active_open_anon_growth_mib"],
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The `log` scenario
 
@@ -698,9 +769,15 @@ fn log_scenario(opts: &LogOpts) -> Result<Report> {
     report.params.insert("always_bytes_per_run".into(), sizes.always_bytes as f64);
     report.params.insert("interval_bytes_per_run".into(), sizes.interval_bytes as f64);
     report.params.insert("quick".into(), if opts.quick { 1.0 } else { 0.0 });
+    report.params.insert("append_segment_bytes".into(), LogConfig::default().segment_bytes as f64);
     let start = Instant::now();
-    append_figures(&work.path, opts, &sizes, &mut report)?;
-    read_and_reopen_figures(&work.path, opts, &sizes, &mut report)?;
+    if !opts.no_append {
+        append_figures(&work.path, opts, &sizes, &mut report)?;
+    }
+    if opts.only.is_none() {
+        read_and_reopen_figures(&work.path, opts, &sizes, &mut report)?;
+        tiny_batches_memory(&work.path, &sizes, &mut report)?;
+    }
     let mem = memory()?;
     report.add("bench_peak_rss_mib", mem.hwm_kib as f64 / 1024.0);
     report.add("bench_seconds", start.elapsed().as_secs_f64());
@@ -721,11 +798,17 @@ mod tests {
     #[test]
     fn batches_are_valid_and_near_the_target_size() {
         for value_bytes in [100, 1000] {
-            let batch = build_batch(value_bytes, 7);
+            let batch = build_batch(value_bytes, BATCH_TARGET_BYTES, 7);
             assert!(strata_batch::validate(&batch).is_ok());
             assert!(batch.len() <= BATCH_TARGET_BYTES);
             assert!(batch.len() + 2 * (value_bytes + 24) > BATCH_TARGET_BYTES, "{} bytes", batch.len());
         }
+    }
+
+    #[test]
+    fn a_tiny_batch_holds_one_record() {
+        let batch = build_batch(100, 1, 7);
+        assert_eq!(strata_batch::validate(&batch).map(|h| h.record_count).ok(), Some(1));
     }
 
     #[test]

@@ -211,9 +211,10 @@ impl Durability {
 
 /// The group-commit thread of one disk, shared by every log on it.
 ///
-/// Dropping the flusher stops the thread after it has served what was queued.
+/// Dropping the flusher stops the thread after it has served what was
+/// queued; logs that outlive it then sync inline.
 pub struct Flusher {
-    tx: Option<Sender<Arc<Durability>>>,
+    tx: Option<Sender<Wake>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -232,7 +233,11 @@ impl Flusher {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        self.tx.take();
+        // Logs may still hold senders, so the channel would never close on
+        // its own: tell the thread to stop.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -242,8 +247,11 @@ impl Drop for Flusher {
 /// What a log keeps to reach its flusher.
 #[derive(Clone)]
 pub(crate) struct FlusherHandle {
-    tx: Option<Sender<Arc<Durability>>>,
+    tx: Option<Sender<Wake>>,
 }
+
+/// A log to serve, or `None`: stop.
+type Wake = Option<Arc<Durability>>;
 
 impl FlusherHandle {
     /// No flusher thread: every flush syncs inline.
@@ -279,7 +287,7 @@ impl FlusherHandle {
     }
 
     fn send_or_sync(&self, durability: &Arc<Durability>) {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(durability.clone()).is_ok());
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Some(durability.clone())).is_ok());
         if !sent {
             // No flusher thread (or it stopped): sync inline so callers are
             // never left waiting.
@@ -290,28 +298,28 @@ impl FlusherHandle {
     }
 }
 
-fn run(rx: Receiver<Arc<Durability>>) {
+fn run(rx: Receiver<Wake>) {
     let mut interval_due: Vec<(Instant, Arc<Durability>)> = Vec::new();
     loop {
-        let first = match interval_due.iter().map(|(due, _)| *due).min() {
-            None => match rx.recv() {
-                Ok(d) => Some(d),
-                Err(_) => return,
-            },
-            Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(d) => Some(d),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    for (_, d) in interval_due.drain(..) {
-                        let _ = d.sync_now();
-                    }
-                    return;
-                }
-            },
+        let timeout = interval_due.iter().map(|(due, _)| due.saturating_duration_since(Instant::now())).min();
+        let first = match timeout {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(timeout) => rx.recv_timeout(timeout),
         };
+        let mut stop = false;
+        let mut group: Vec<Arc<Durability>> = Vec::new();
+        match first {
+            Ok(Some(d)) => group.push(d),
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => stop = true,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
         // Everything queued while the last round of syncs ran is one group.
-        let mut group: Vec<Arc<Durability>> = first.into_iter().collect();
-        group.extend(rx.try_iter());
+        for wake in rx.try_iter() {
+            match wake {
+                Some(d) => group.push(d),
+                None => stop = true,
+            }
+        }
         for d in group {
             match d.policy {
                 FlushPolicy::Always => {
@@ -323,12 +331,15 @@ fn run(rx: Receiver<Arc<Durability>>) {
             }
         }
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = interval_due.drain(..).partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = interval_due.drain(..).partition(|(at, _)| stop || *at <= now);
         interval_due = later;
         for (_, d) in due {
             if let Err(err) = d.sync_now() {
                 tracing::error!(error = %err, "interval flush failed; log poisoned");
             }
+        }
+        if stop {
+            return;
         }
     }
 }

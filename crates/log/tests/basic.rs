@@ -246,3 +246,20 @@ fn retention_deletes_exactly_the_expired_or_excess_segments() {
     let retention = Retention { retention_ms: Some(0), retention_bytes: Some(0) };
     assert_eq!(log.apply_retention(i64::MAX / 2, retention, first).expect("retention"), None);
 }
+
+#[test]
+fn dropping_the_flusher_before_its_logs_does_not_hang_and_syncs_fall_back_inline() {
+    // Regression: Flusher::drop waited for every log to go away.
+    let dir = TempDir::new("flusher-drop");
+    let flusher = Flusher::spawn("test").expect("flusher");
+    let log =
+        Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), LogConfig::default(), Some(&flusher)).expect("open");
+    log.append(&data_batch(1, 1, 10, 0), Term(1)).expect("append");
+    drop(flusher);
+    let (tx, rx) = mpsc::channel();
+    log.flush(Box::new(move |r| {
+        let _ = tx.send(r.is_ok());
+    }));
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(true));
+    assert_eq!(log.durable_index(), Some(RaftIndex(0)));
+}

@@ -6,6 +6,8 @@
 //!   batches that take no offsets.
 //! - [`PartitionStateMachine`]: the high watermark and membership; tiny
 //!   snapshots.
+//! - [`RaftNode`]: a node's groups, its flusher, and the transport that
+//!   carries every group's messages to a peer over one gRPC stream.
 //!
 //! **Architecture Invariant:** openraft types stay inside this crate's API
 //! surface; the storage engine below knows nothing of them, and a bump of
@@ -14,10 +16,16 @@
 mod codec;
 pub mod limits;
 mod log_store;
+mod network;
+mod node;
 mod state_machine;
 mod types;
 
 pub use codec::{entry_to_batch, stored_to_entry};
 pub use log_store::LogStore;
+pub use network::server::GroupRaft;
+pub use node::{Group, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
-pub use types::{BatchData, C, RaftEntry, RaftLogId, RaftMembership, RaftVote, TypeConfig, WriteResult, log_id, term_of};
+pub use types::{
+    BatchData, C, RaftEntry, RaftLogId, RaftMembership, RaftVote, TypeConfig, WriteResult, log_id, term_of,
+};

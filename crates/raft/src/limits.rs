@@ -4,3 +4,19 @@
 /// always sent whole). Keeps a replication message well inside the
 /// transport's message limit.
 pub const REPLICATION_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Largest message on the Raft transport; above `REPLICATION_BYTES_MAX` plus
+/// one largest batch, so a bounded AppendEntries always fits.
+pub const TRANSPORT_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// Requests queued to one peer before senders wait.
+pub const PEER_QUEUE_MAX: usize = 1024;
+/// Requests of one group queued on one stream before the stream's reader waits.
+pub const GROUP_QUEUE_MAX: usize = 64;
+/// How long connecting to a peer may take.
+pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a stopping node waits for its transport's connections to close
+/// before cutting them.
+pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+const _: () = assert!(TRANSPORT_MESSAGE_BYTES_MAX >= REPLICATION_BYTES_MAX + strata_log::limits::BATCH_BYTES_MAX);

@@ -1,0 +1,140 @@
+//! The client side of the shared stream: one connection per peer node,
+//! carrying the requests of every group, answered by id in any order.
+//!
+//! The connection is made lazily on first use and again after it breaks;
+//! a call on a broken connection fails at once (the caller's group reports
+//! the peer unreachable and openraft backs off).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use strata_proto::raft as pb;
+use strata_proto::raft::raft_transport_client::RaftTransportClient;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::limits::{PEER_CONNECT_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::RaftResponse>>>>;
+
+struct Connection {
+    tx: mpsc::Sender<pb::RaftRequest>,
+    pending: Pending,
+}
+
+impl Connection {
+    fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// A connection to one peer node, shared by all groups.
+pub struct Peer {
+    addr: String,
+    next_id: AtomicU64,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+impl Peer {
+    pub fn new(addr: String) -> Peer {
+        Peer { addr, next_id: AtomicU64::new(1), connection: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, String> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(self.connect().await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<Connection, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| format!("bad peer address {}: {e}", self.addr))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
+        let (tx, rx) = mpsc::channel::<pb::RaftRequest>(PEER_QUEUE_MAX);
+        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut inbound =
+            client.exchange(outbound).await.map_err(|e| format!("open stream to {}: {e}", self.addr))?.into_inner();
+        let pending: Pending = Arc::default();
+        let reader_pending = pending.clone();
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                match message {
+                    Ok(response) => {
+                        let waiter = reader_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&response.id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(response);
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(peer = %addr, %status, "raft stream ended");
+                        break;
+                    }
+                }
+            }
+            // Dropping the waiters fails every call still in flight.
+            reader_pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Ok(Connection { tx, pending })
+    }
+
+    /// Sends one request for `group` and waits for its answer, at most `ttl`.
+    pub async fn call(
+        &self,
+        group: u64,
+        body: pb::raft_request::Body,
+        ttl: Duration,
+    ) -> Result<pb::RaftResponse, String> {
+        let conn = self.connection().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let request = pb::RaftRequest { id, group, body: Some(body) };
+        let result = tokio::time::timeout(ttl, async {
+            conn.tx.send(request).await.map_err(|_| format!("stream to {} closed", self.addr))?;
+            rx.await.map_err(|_| format!("stream to {} broke", self.addr))
+        })
+        .await;
+        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match result {
+            Ok(inner) => inner,
+            Err(_) => Err(format!("no answer from {} within {ttl:?}", self.addr)),
+        }
+    }
+}
+
+/// The peers of a node, by node id.
+#[derive(Default)]
+pub struct Peers {
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+}
+
+impl Peers {
+    /// The connection to `node` at `addr` (replaced if the address changed).
+    pub fn get(&self, node: u64, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        match peers.get(&node) {
+            Some(peer) if peer.addr() == addr => peer.clone(),
+            _ => {
+                let peer = Arc::new(Peer::new(addr.to_string()));
+                peers.insert(node, peer.clone());
+                peer
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The receiving side of the shared stream: the gRPC service and the router
+//! that hands each request to its group's Raft.
+//!
+//! Requests of one group on one stream are handled in order by one task per
+//! group (Raft expects its appends in order); different groups proceed in
+//! parallel, and their answers go back on the stream as they are ready.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::Raft;
+use strata_proto::raft as pb;
+use strata_proto::raft::raft_request::Body;
+use strata_proto::raft::raft_response::Body as ReplyBody;
+use tokio::sync::mpsc;
+
+use super::convert::{
+    append_from_pb, append_reply_to_pb, from_json, vote_from_pb, vote_reply_to_pb, vote_request_from_pb, vote_to_pb,
+};
+use crate::limits::{GROUP_QUEUE_MAX, PEER_QUEUE_MAX};
+use crate::state_machine::{PartitionSnapshot, PartitionStateMachine};
+use crate::types::C;
+
+/// A running group's Raft handle.
+pub type GroupRaft = Raft<C, PartitionStateMachine>;
+
+/// The groups this node runs, by group id.
+#[derive(Default)]
+pub struct Router {
+    groups: RwLock<HashMap<u64, GroupRaft>>,
+}
+
+impl Router {
+    pub fn insert(&self, group: u64, raft: GroupRaft) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
+    }
+
+    pub fn remove(&self, group: u64) -> Option<GroupRaft> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
+    }
+
+    pub fn get(&self, group: u64) -> Option<GroupRaft> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+    }
+
+    async fn handle(&self, group: u64, body: Option<Body>) -> ReplyBody {
+        let Some(raft) = self.get(group) else {
+            return ReplyBody::Error(format!("group {group} is not on this node"));
+        };
+        match handle_with(&raft, body).await {
+            Ok(reply) => reply,
+            Err(message) => ReplyBody::Error(message),
+        }
+    }
+}
+
+async fn handle_with(raft: &GroupRaft, body: Option<Body>) -> Result<ReplyBody, String> {
+    match body.ok_or("empty request")? {
+        Body::Append(req) => {
+            let req = append_from_pb(req)?;
+            let resp = raft.append_entries(req).await.map_err(|e| e.to_string())?;
+            Ok(ReplyBody::Append(append_reply_to_pb(&resp)))
+        }
+        Body::Vote(req) => {
+            let req = vote_request_from_pb(req)?;
+            let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
+            Ok(ReplyBody::Vote(vote_reply_to_pb(&resp)))
+        }
+        Body::Snapshot(req) => {
+            let vote = vote_from_pb(req.vote)?;
+            let meta = from_json(&req.meta_json)?;
+            let data: PartitionSnapshot = from_json(&req.data_json)?;
+            let snapshot = openraft::Snapshot { meta, snapshot: data };
+            let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+            Ok(ReplyBody::Snapshot(pb::InstallSnapshotReply { vote: Some(vote_to_pb(&resp.vote)) }))
+        }
+    }
+}
+
+/// The gRPC service: one `Exchange` stream per connected peer.
+pub struct TransportService {
+    router: Arc<Router>,
+}
+
+impl TransportService {
+    pub fn new(router: Arc<Router>) -> TransportService {
+        TransportService { router }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::RaftResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::raft_transport_server::RaftTransport for TransportService {
+    type ExchangeStream = ResponseStream;
+
+    async fn exchange(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::RaftRequest>>,
+    ) -> Result<tonic::Response<Self::ExchangeStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel::<Result<pb::RaftResponse, tonic::Status>>(PEER_QUEUE_MAX);
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            // One ordered worker per group on this stream.
+            let mut workers: HashMap<u64, mpsc::Sender<pb::RaftRequest>> = HashMap::new();
+            while let Some(Ok(request)) = inbound.next().await {
+                let group = request.group;
+                let worker = workers.entry(group).or_insert_with(|| {
+                    let (tx, mut rx) = mpsc::channel::<pb::RaftRequest>(GROUP_QUEUE_MAX);
+                    let router = router.clone();
+                    let out = out_tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(request) = rx.recv().await {
+                            let body = router.handle(request.group, request.body).await;
+                            let reply = pb::RaftResponse { id: request.id, body: Some(body) };
+                            if out.send(Ok(reply)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    tx
+                });
+                if worker.send(request).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,217 @@
+//! [`RaftNode`]: the Raft side of one Strata node — its transport server,
+//! its connections to peers, its flusher, and the groups it runs (one per
+//! partition replica, plus, later, the metadata group).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use strata_log::io::fs::FsDir;
+use strata_log::{Flusher, Log, LogConfig};
+use strata_proto::raft::raft_transport_server::RaftTransportServer;
+use tokio::sync::oneshot;
+
+use crate::limits::{SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
+use crate::log_store::LogStore;
+use crate::network::client::GroupNetworkFactory;
+use crate::network::peer::Peers;
+use crate::network::server::{GroupRaft, Router, TransportService};
+use crate::state_machine::PartitionStateMachine;
+
+/// Errors of starting a node or opening a group.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage engine refused to open a log.
+    #[error("open log of group {group}: {source}")]
+    Log {
+        /// The group.
+        group: u64,
+        /// The engine's error.
+        #[source]
+        source: strata_log::LogError,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct RaftNodeConfig {
+    /// This node's id (unique in the cluster, never reused).
+    pub node_id: u64,
+    /// Where the transport listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Root of this node's data; group `g` lives in `<data_dir>/group-<g>`.
+    pub data_dir: PathBuf,
+    /// Timing of Raft (validated on start).
+    pub raft: openraft::Config,
+    /// Settings of each group's log.
+    pub log: LogConfig,
+}
+
+/// Raft timing for a LAN: heartbeats every 100 ms, elections after 1–2 s of
+/// silence, no automatic snapshots (retention snapshots and purges), and no
+/// leader restore (the committed index is not persisted, see DESIGN).
+pub fn default_raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "strata".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_payload_entries: 256,
+        enable_leader_restore: Some(false),
+        install_snapshot_timeout: 2000,
+        ..openraft::Config::default()
+    }
+}
+
+/// One group a node runs: its Raft handle, its log and its state machine.
+#[derive(Clone)]
+pub struct Group {
+    /// The group's id.
+    pub id: u64,
+    /// The Raft handle (cheap to clone).
+    pub raft: GroupRaft,
+    /// The group's log, for reads.
+    pub log: Arc<Log>,
+    /// The group's state machine, for the high watermark.
+    pub state_machine: PartitionStateMachine,
+}
+
+/// The Raft side of a node.
+pub struct RaftNode {
+    config: RaftNodeConfig,
+    raft_config: Arc<openraft::Config>,
+    addr: SocketAddr,
+    router: Arc<Router>,
+    peers: Arc<Peers>,
+    flusher: Arc<Flusher>,
+    groups: Mutex<HashMap<u64, Group>>,
+    stop_server: Mutex<Option<oneshot::Sender<()>>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    /// Binds the transport and starts serving it.
+    pub async fn start(config: RaftNodeConfig) -> Result<RaftNode, NodeError> {
+        let raft_config = Arc::new(config.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Io { context: format!("bind raft transport on {}", config.listen), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| NodeError::Io { context: "read raft transport address".into(), source })?;
+        let flusher = Flusher::spawn(&format!("node{}", config.node_id))
+            .map_err(|source| NodeError::Io { context: "start flusher thread".into(), source })?;
+        let router = Arc::new(Router::default());
+        let service = RaftTransportServer::new(TransportService::new(router.clone()))
+            .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "raft transport stopped");
+            }
+        });
+        Ok(RaftNode {
+            config,
+            raft_config,
+            addr,
+            router,
+            peers: Arc::default(),
+            flusher: Arc::new(flusher),
+            groups: Mutex::default(),
+            stop_server: Mutex::new(Some(stop_tx)),
+            server: Mutex::new(Some(server)),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// The address the transport listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Opens (creating or recovering) group `group` on this node and starts
+    /// its Raft. A new group must then be initialized by one member.
+    pub async fn open_group(&self, group: u64) -> Result<Group, NodeError> {
+        if let Some(existing) = self.group(group) {
+            return Ok(existing);
+        }
+        let dir = self.config.data_dir.join(format!("group-{group}"));
+        let fs = FsDir::open(&dir)
+            .map_err(|source| NodeError::Io { context: format!("create {}", dir.display()), source })?;
+        let log = Log::open(Arc::new(fs), self.config.log.clone(), Some(&self.flusher))
+            .map_err(|source| NodeError::Log { group, source })?;
+        let log = Arc::new(log);
+        let state_machine = PartitionStateMachine::open(&dir, log.clone())
+            .map_err(|source| NodeError::Io { context: format!("open state machine in {}", dir.display()), source })?;
+        let network = GroupNetworkFactory::new(group, self.peers.clone());
+        let raft = openraft::Raft::new(
+            self.config.node_id,
+            self.raft_config.clone(),
+            network,
+            LogStore::new(log.clone()),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(format!("start group {group}: {e}")))?;
+        let handle = Group { id: group, raft: raft.clone(), log, state_machine };
+        self.router.insert(group, raft);
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
+        Ok(handle)
+    }
+
+    /// A running group.
+    pub fn group(&self, group: u64) -> Option<Group> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+    }
+
+    /// Stops every group and the transport. Data stays on disk; a node
+    /// started again on the same directory recovers it.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Group> =
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, g)| g).collect();
+        for group in groups {
+            self.router.remove(group.id);
+            if let Err(err) = group.raft.shutdown().await {
+                tracing::warn!(group = group.id, error = %err, "raft did not shut down cleanly");
+            }
+        }
+        if let Some(stop) = self.stop_server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut server) = server {
+            // Graceful shutdown waits for every connection to close, and peers
+            // keep their streams open: give it a moment, then cut them.
+            if tokio::time::timeout(SERVER_STOP_GRACE, &mut server).await.is_err() {
+                server.abort();
+                let _ = server.await;
+            }
+        }
+    }
+}
