@@ -23,6 +23,7 @@ mod types;
 
 pub use codec::{entry_to_batch, stored_to_entry};
 pub use log_store::LogStore;
+pub use network::faults::{FaultAction, FaultRates, TransportFaults};
 pub use network::server::GroupRaft;
 pub use node::{Group, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use strata_log::io::fs::FsDir;
 use strata_log::{Flusher, Log, LogConfig};
 use strata_proto::raft::raft_transport_server::RaftTransportServer;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::limits::{SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
 use crate::log_store::LogStore;
 use crate::network::client::GroupNetworkFactory;
+use crate::network::faults::TransportFaults;
 use crate::network::peer::Peers;
 use crate::network::server::{GroupRaft, Router, TransportService};
 use crate::state_machine::PartitionStateMachine;
@@ -97,9 +98,11 @@ pub struct RaftNode {
     addr: SocketAddr,
     router: Arc<Router>,
     peers: Arc<Peers>,
+    faults: Arc<TransportFaults>,
     flusher: Arc<Flusher>,
     groups: Mutex<HashMap<u64, Group>>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
+    stopping: watch::Sender<bool>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -116,7 +119,8 @@ impl RaftNode {
         let flusher = Flusher::spawn(&format!("node{}", config.node_id))
             .map_err(|source| NodeError::Io { context: "start flusher thread".into(), source })?;
         let router = Arc::new(Router::default());
-        let service = RaftTransportServer::new(TransportService::new(router.clone()))
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let service = RaftTransportServer::new(TransportService::new(router.clone(), stopping_rx))
             .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -138,9 +142,11 @@ impl RaftNode {
             addr,
             router,
             peers: Arc::default(),
+            faults: Arc::default(),
             flusher: Arc::new(flusher),
             groups: Mutex::default(),
             stop_server: Mutex::new(Some(stop_tx)),
+            stopping: stopping_tx,
             server: Mutex::new(Some(server)),
         })
     }
@@ -169,7 +175,7 @@ impl RaftNode {
         let log = Arc::new(log);
         let state_machine = PartitionStateMachine::open(&dir, log.clone())
             .map_err(|source| NodeError::Io { context: format!("open state machine in {}", dir.display()), source })?;
-        let network = GroupNetworkFactory::new(group, self.peers.clone());
+        let network = GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone());
         let raft = openraft::Raft::new(
             self.config.node_id,
             self.raft_config.clone(),
@@ -183,6 +189,11 @@ impl RaftNode {
         self.router.insert(group, raft);
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
         Ok(handle)
+    }
+
+    /// Fault injection on this node's outgoing messages (tests).
+    pub fn faults(&self) -> &TransportFaults {
+        &self.faults
     }
 
     /// A running group.
@@ -201,6 +212,7 @@ impl RaftNode {
                 tracing::warn!(group = group.id, error = %err, "raft did not shut down cleanly");
             }
         }
+        let _ = self.stopping.send(true);
         if let Some(stop) = self.stop_server.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
         }

@@ -14,6 +14,7 @@ use strata_proto::raft::raft_response::Body as ReplyBody;
 use super::convert::{
     append_reply_from_pb, append_to_pb, json_bytes, vote_from_pb, vote_reply_from_pb, vote_request_to_pb, vote_to_pb,
 };
+use super::faults::{FaultAction, TransportFaults};
 use super::peer::{Peer, Peers};
 use crate::state_machine::PartitionSnapshot;
 use crate::types::{C, RaftVote};
@@ -23,11 +24,12 @@ use crate::types::{C, RaftVote};
 pub struct GroupNetworkFactory {
     group: u64,
     peers: Arc<Peers>,
+    faults: Arc<TransportFaults>,
 }
 
 impl GroupNetworkFactory {
-    pub fn new(group: u64, peers: Arc<Peers>) -> GroupNetworkFactory {
-        GroupNetworkFactory { group, peers }
+    pub fn new(group: u64, peers: Arc<Peers>, faults: Arc<TransportFaults>) -> GroupNetworkFactory {
+        GroupNetworkFactory { group, peers, faults }
     }
 }
 
@@ -35,14 +37,16 @@ impl RaftNetworkFactory<C> for GroupNetworkFactory {
     type Network = GroupClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupClient {
-        GroupClient { group: self.group, peer: self.peers.get(target, &node.addr) }
+        GroupClient { group: self.group, target, peer: self.peers.get(target, &node.addr), faults: self.faults.clone() }
     }
 }
 
 /// One group's view of one peer.
 pub struct GroupClient {
     group: u64,
+    target: u64,
     peer: Arc<Peer>,
+    faults: Arc<TransportFaults>,
 }
 
 fn unreachable(message: String) -> RPCError<C> {
@@ -51,6 +55,16 @@ fn unreachable(message: String) -> RPCError<C> {
 
 impl GroupClient {
     async fn call(&self, body: Body, option: &RPCOption) -> Result<ReplyBody, RPCError<C>> {
+        match self.faults.decide(self.target) {
+            FaultAction::Deliver => {}
+            FaultAction::Drop => {
+                return Err(unreachable(format!("fault injected: message to {} dropped", self.target)));
+            }
+            FaultAction::Duplicate => {
+                let _ = self.peer.call(self.group, body.clone(), option.hard_ttl()).await;
+            }
+            FaultAction::Delay(delay) => tokio::time::sleep(delay).await,
+        }
         let response = self.peer.call(self.group, body, option.hard_ttl()).await.map_err(unreachable)?;
         match response.body {
             Some(ReplyBody::Error(message)) => Err(unreachable(format!("peer {}: {message}", self.peer.addr()))),

@@ -5,9 +5,11 @@
 //! - `peer`: the sending side, one lazily made connection per peer node;
 //! - `server`: the receiving side, routing requests to the group's Raft;
 //! - `client`: openraft's `RaftNetworkV2` for one group over a peer;
-//! - `convert`: protobuf ↔ openraft types, one function per type.
+//! - `convert`: protobuf ↔ openraft types, one function per type;
+//! - `faults`: seeded fault injection on the sending side, for tests.
 
 pub(crate) mod client;
 pub(crate) mod convert;
+pub mod faults;
 pub(crate) mod peer;
 pub(crate) mod server;

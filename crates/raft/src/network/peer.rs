@@ -6,7 +6,7 @@
 //! the peer unreachable and openraft backs off).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,11 +22,14 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::RaftResponse>>>>;
 struct Connection {
     tx: mpsc::Sender<pb::RaftRequest>,
     pending: Pending,
+    /// Cleared by the reader task when the stream ends: the request side
+    /// may stay open on a dead connection, so it cannot tell.
+    alive: Arc<AtomicBool>,
 }
 
 impl Connection {
     fn is_alive(&self) -> bool {
-        !self.tx.is_closed()
+        self.alive.load(Ordering::Acquire) && !self.tx.is_closed()
     }
 }
 
@@ -71,6 +74,8 @@ impl Peer {
             client.exchange(outbound).await.map_err(|e| format!("open stream to {}: {e}", self.addr))?.into_inner();
         let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader_alive = alive.clone();
         let addr = self.addr.clone();
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
@@ -87,10 +92,12 @@ impl Peer {
                     }
                 }
             }
-            // Dropping the waiters fails every call still in flight.
+            // Dropping the waiters fails every call still in flight; the next
+            // call reconnects.
+            reader_alive.store(false, Ordering::Release);
             reader_pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
-        Ok(Connection { tx, pending })
+        Ok(Connection { tx, pending, alive })
     }
 
     /// Sends one request for `group` and waits for its answer, at most `ttl`.
@@ -100,21 +107,29 @@ impl Peer {
         body: pb::raft_request::Body,
         ttl: Duration,
     ) -> Result<pb::RaftResponse, String> {
+        // The whole call, connecting included, is bounded by `ttl`.
+        match tokio::time::timeout(ttl, self.call_unbounded(group, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer from {} within {ttl:?}", self.addr)),
+        }
+    }
+
+    async fn call_unbounded(&self, group: u64, body: pb::raft_request::Body) -> Result<pb::RaftResponse, String> {
         let conn = self.connection().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let request = pb::RaftRequest { id, group, body: Some(body) };
-        let result = tokio::time::timeout(ttl, async {
-            conn.tx.send(request).await.map_err(|_| format!("stream to {} closed", self.addr))?;
-            rx.await.map_err(|_| format!("stream to {} broke", self.addr))
-        })
-        .await;
-        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        match result {
-            Ok(inner) => inner,
-            Err(_) => Err(format!("no answer from {} within {ttl:?}", self.addr)),
+        // Removes the waiter however this future ends (answer, error, timeout).
+        struct Forget<'a>(&'a Pending, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+            }
         }
+        let _forget = Forget(&conn.pending, id);
+        let request = pb::RaftRequest { id, group, body: Some(body) };
+        conn.tx.send(request).await.map_err(|_| format!("stream to {} closed", self.addr))?;
+        rx.await.map_err(|_| format!("stream to {} broke", self.addr))
     }
 }
 

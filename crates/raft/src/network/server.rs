@@ -14,7 +14,7 @@ use openraft::Raft;
 use strata_proto::raft as pb;
 use strata_proto::raft::raft_request::Body;
 use strata_proto::raft::raft_response::Body as ReplyBody;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::convert::{
     append_from_pb, append_reply_to_pb, from_json, vote_from_pb, vote_reply_to_pb, vote_request_from_pb, vote_to_pb,
@@ -82,11 +82,15 @@ async fn handle_with(raft: &GroupRaft, body: Option<Body>) -> Result<ReplyBody, 
 /// The gRPC service: one `Exchange` stream per connected peer.
 pub struct TransportService {
     router: Arc<Router>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl TransportService {
-    pub fn new(router: Arc<Router>) -> TransportService {
-        TransportService { router }
+    /// `stopping` turning true ends every open stream: the server's own
+    /// shutdown does not end tasks a stream spawned, and a peer would keep
+    /// talking to a stopped node over a connection that never breaks.
+    pub fn new(router: Arc<Router>, stopping: watch::Receiver<bool>) -> TransportService {
+        TransportService { router, stopping }
     }
 }
 
@@ -103,10 +107,16 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         let mut inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::RaftResponse, tonic::Status>>(PEER_QUEUE_MAX);
         let router = self.router.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             // One ordered worker per group on this stream.
             let mut workers: HashMap<u64, mpsc::Sender<pb::RaftRequest>> = HashMap::new();
-            while let Some(Ok(request)) = inbound.next().await {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                };
+                let Some(Ok(request)) = next else { break };
                 let group = request.group;
                 let worker = workers.entry(group).or_insert_with(|| {
                     let (tx, mut rx) = mpsc::channel::<pb::RaftRequest>(GROUP_QUEUE_MAX);
@@ -127,6 +137,9 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     break;
                 }
             }
+            // Dropping the workers' senders ends them, and with the last
+            // answer sender gone the response stream ends: the peer sees the
+            // stream close and reconnects.
         });
         let stream = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         Ok(tonic::Response::new(Box::pin(stream)))
