@@ -18,6 +18,8 @@ pub mod limits;
 mod log_store;
 mod network;
 mod node;
+mod partition;
+mod producer;
 mod state_machine;
 mod types;
 
@@ -26,6 +28,8 @@ pub use log_store::LogStore;
 pub use network::faults::{FaultAction, FaultRates, TransportFaults};
 pub use network::server::GroupRaft;
 pub use node::{Group, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
+pub use partition::{ProduceError, ProduceGate, Produced, produce};
+pub use producer::{ProducerStates, SequenceCheck, SequencedBatch};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
 pub use types::{
     BatchData, C, RaftEntry, RaftLogId, RaftMembership, RaftVote, TypeConfig, WriteResult, log_id, term_of,

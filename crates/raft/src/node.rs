@@ -18,6 +18,7 @@ use crate::network::client::GroupNetworkFactory;
 use crate::network::faults::TransportFaults;
 use crate::network::peer::Peers;
 use crate::network::server::{GroupRaft, Router, TransportService};
+use crate::partition::ProduceGate;
 use crate::state_machine::PartitionStateMachine;
 
 /// Errors of starting a node or opening a group.
@@ -89,6 +90,8 @@ pub struct Group {
     pub log: Arc<Log>,
     /// The group's state machine, for the high watermark.
     pub state_machine: PartitionStateMachine,
+    /// The produce path's lock and in-flight table (see `produce`).
+    pub gate: Arc<ProduceGate>,
 }
 
 /// The Raft side of a node.
@@ -185,7 +188,7 @@ impl RaftNode {
         )
         .await
         .map_err(|e| NodeError::Raft(format!("start group {group}: {e}")))?;
-        let handle = Group { id: group, raft: raft.clone(), log, state_machine };
+        let handle = Group { id: group, raft: raft.clone(), log, state_machine, gate: Arc::default() };
         self.router.insert(group, raft);
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
         Ok(handle)

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use strata_log::{Log, Offset, RaftIndex, Term};
 
 use crate::log_store::io_error;
+use crate::producer::{ProducerStates, SequenceCheck, SequencedBatch, last_seq};
 use crate::types::{C, RaftLogId, RaftMembership, WriteResult, term_of};
 
 /// A snapshot's data: what a replica needs to continue after the snapshot's
@@ -28,6 +29,9 @@ use crate::types::{C, RaftLogId, RaftMembership, WriteResult, term_of};
 pub struct PartitionSnapshot {
     /// Offset the next data batch after the snapshot gets.
     pub next_offset: u64,
+    /// Idempotent producers' recent batches.
+    #[serde(default)]
+    pub producers: ProducerStates,
 }
 
 /// A snapshot with its metadata, as kept on disk.
@@ -42,6 +46,7 @@ struct State {
     last_applied: Option<RaftLogId>,
     membership: RaftMembership,
     high_watermark: u64,
+    producers: ProducerStates,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -71,6 +76,7 @@ impl PartitionStateMachine {
                 state.last_applied = stored.meta.last_log_id;
                 state.membership = stored.meta.last_membership.clone();
                 state.high_watermark = stored.data.next_offset;
+                state.producers = stored.data.producers.clone();
                 state.snapshot = Some(stored);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -91,6 +97,11 @@ impl PartitionStateMachine {
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<RaftLogId> {
         self.lock().last_applied
+    }
+
+    /// Checks an idempotent producer's batch against what was applied.
+    pub fn check_sequence(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> SequenceCheck {
+        self.lock().producers.check(producer_id, epoch, first_seq, last_seq)
     }
 
     fn save(&self, stored: &StoredSnapshot) -> io::Result<()> {
@@ -124,7 +135,7 @@ impl RaftSnapshotBuilder<C> for PartitionStateMachine {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 },
-                data: PartitionSnapshot { next_offset: state.high_watermark },
+                data: PartitionSnapshot { next_offset: state.high_watermark, producers: state.producers.clone() },
             }
         };
         let this = self.clone();
@@ -159,6 +170,16 @@ impl RaftStateMachine<C> for PartitionStateMachine {
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                         let n_offsets = header.n_offsets();
                         state.high_watermark += n_offsets;
+                        if header.producer_id >= 0 {
+                            let first_seq = header.base_sequence;
+                            let batch = SequencedBatch {
+                                first_seq,
+                                last_seq: last_seq(first_seq, header.record_count),
+                                base_offset,
+                                n_offsets,
+                            };
+                            state.producers.record(header.producer_id, header.producer_epoch, batch);
+                        }
                         WriteResult { base_offset, n_offsets }
                     }
                     EntryPayload::Blank => WriteResult { base_offset, n_offsets: 0 },
@@ -208,6 +229,7 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         state.last_applied = stored.meta.last_log_id;
         state.membership = stored.meta.last_membership.clone();
         state.high_watermark = stored.data.next_offset;
+        state.producers = stored.data.producers.clone();
         state.snapshot = Some(stored);
         Ok(())
     }

@@ -1,0 +1,210 @@
+//! The produce path of one partition on its leader: validation, the
+//! idempotent-producer check, and the proposal to Raft.
+//!
+//! A batch from an idempotent producer is checked, under one lock per
+//! partition, against the applied producer state *and* the batches this
+//! leader proposed that are not applied yet; only a new batch is proposed,
+//! and it is submitted before the lock is released, so proposals follow the
+//! order of the checks. A retry of a batch still in flight waits for the
+//! original's answer. The first produce of a leadership term first waits
+//! until everything committed before the term is applied
+//! (`ensure_linearizable`), so a retry of a batch written under the previous
+//! leader is recognised.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use openraft::impls::ProgressResponder;
+use tokio::sync::{Mutex, watch};
+
+use crate::node::Group;
+use crate::producer::{SequenceCheck, last_seq, next_seq};
+use crate::types::{BatchData, WriteResult};
+
+/// Why a produce failed. Cheap to clone (shared by retries of one batch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// This node does not lead the partition; retry on the leader.
+    #[error("not the leader; leader is {leader:?}")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
+    /// The batch is not a valid RecordBatch v2.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The producer skipped or rewound sequence numbers.
+    #[error("out of order sequence: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// Sequence the producer should have sent.
+        expected: i32,
+        /// Sequence it sent.
+        got: i32,
+    },
+    /// The producer's epoch is older than the partition's.
+    #[error("producer fenced: epoch {current} is current")]
+    ProducerFenced {
+        /// The current epoch.
+        current: i16,
+    },
+    /// Raft failed (stopped, storage error).
+    #[error("replication failed: {0}")]
+    Raft(String),
+}
+
+/// Where a produced batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offsets the batch took.
+    pub n_offsets: u64,
+    /// True when the batch was already stored and is answered from there.
+    pub duplicate: bool,
+}
+
+type Outcome = Option<Result<WriteResult, ProduceError>>;
+
+struct Pending {
+    epoch: i16,
+    first_seq: i32,
+    last_seq: i32,
+    outcome: watch::Receiver<Outcome>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// The term in which the applied state was last brought up to the commit.
+    linearized_term: Option<u64>,
+    pending: HashMap<i64, Vec<Pending>>,
+}
+
+/// The per-partition lock and in-flight table of the produce path.
+#[derive(Default)]
+pub struct ProduceGate {
+    state: Mutex<GateState>,
+}
+
+fn not_leader(group: &Group) -> ProduceError {
+    use openraft::async_runtime::WatchReceiver;
+    ProduceError::NotLeader { leader: group.raft.metrics().borrow_watched().current_leader }
+}
+
+fn from_write_error(group: &Group, err: impl std::fmt::Display + ForwardHint) -> ProduceError {
+    if err.is_forward() { not_leader(group) } else { ProduceError::Raft(err.to_string()) }
+}
+
+/// Tells a Raft error that means "ask the leader" from a real failure.
+trait ForwardHint {
+    fn is_forward(&self) -> bool;
+}
+
+impl<E: std::error::Error> ForwardHint for openraft::errors::RaftError<crate::C, E>
+where
+    E: ForwardHintInner,
+{
+    fn is_forward(&self) -> bool {
+        self.api_error().is_some_and(ForwardHintInner::is_forward)
+    }
+}
+
+trait ForwardHintInner {
+    fn is_forward(&self) -> bool;
+}
+
+impl ForwardHintInner for openraft::errors::ClientWriteError<crate::C> {
+    fn is_forward(&self) -> bool {
+        matches!(self, openraft::errors::ClientWriteError::ForwardToLeader(_))
+    }
+}
+
+impl ForwardHintInner for openraft::errors::LinearizableReadError<crate::C> {
+    fn is_forward(&self) -> bool {
+        matches!(self, openraft::errors::LinearizableReadError::ForwardToLeader(_))
+    }
+}
+
+/// Appends `batch` to the partition through Raft, answering once a majority
+/// has it on disk and the leader applied it.
+pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceError> {
+    let header = strata_batch::validate(&batch).map_err(|e| ProduceError::InvalidBatch(e.to_string()))?;
+    if header.is_control() {
+        return Err(ProduceError::InvalidBatch("clients may not write control batches".into()));
+    }
+    if header.producer_id < 0 {
+        let response = group.raft.client_write(BatchData(batch)).await.map_err(|e| from_write_error(group, e))?;
+        return Ok(Produced {
+            base_offset: response.data.base_offset,
+            n_offsets: response.data.n_offsets,
+            duplicate: false,
+        });
+    }
+    let (pid, epoch) = (header.producer_id, header.producer_epoch);
+    let first = header.base_sequence;
+    let last = last_seq(first, header.record_count);
+
+    let mut gate = group.gate.state.lock().await;
+    let term = {
+        use openraft::async_runtime::WatchReceiver;
+        group.raft.metrics().borrow_watched().current_term
+    };
+    if gate.linearized_term != Some(term) {
+        group
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| from_write_error(group, e))?;
+        gate.linearized_term = Some(term);
+        gate.pending.clear();
+    }
+    let in_flight = gate.pending.get(&pid).map(|v| v.as_slice()).unwrap_or_default();
+    if let Some(same) = in_flight.iter().find(|p| p.epoch == epoch && p.first_seq == first && p.last_seq == last) {
+        let mut outcome = same.outcome.clone();
+        drop(gate);
+        let result =
+            outcome.wait_for(Option::is_some).await.map_err(|_| ProduceError::Raft("write abandoned".into()))?;
+        let written = result.clone().expect("waited for Some")?;
+        return Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: true });
+    }
+    let check = match in_flight.iter().rev().find(|p| p.epoch == epoch) {
+        Some(newest) if first == next_seq(newest.last_seq) => SequenceCheck::New,
+        Some(newest) => SequenceCheck::OutOfOrder { expected: next_seq(newest.last_seq), got: first },
+        None => group.state_machine.check_sequence(pid, epoch, first, last),
+    };
+    match check {
+        SequenceCheck::New => {}
+        SequenceCheck::Duplicate(stored) => {
+            return Ok(Produced { base_offset: stored.base_offset, n_offsets: stored.n_offsets, duplicate: true });
+        }
+        SequenceCheck::OutOfOrder { expected, got } => return Err(ProduceError::OutOfOrderSequence { expected, got }),
+        SequenceCheck::Fenced { current } => return Err(ProduceError::ProducerFenced { current }),
+    }
+    // Submit while holding the gate, so proposals keep the order of checks.
+    let (responder, answer) = ProgressResponder::complete_only();
+    group
+        .raft
+        .client_write_ff(BatchData(batch), Some(responder))
+        .await
+        .map_err(|e| ProduceError::Raft(e.to_string()))?;
+    let (publish, outcome) = watch::channel::<Outcome>(None);
+    gate.pending.entry(pid).or_default().push(Pending { epoch, first_seq: first, last_seq: last, outcome });
+    drop(gate);
+
+    let result = match answer.await {
+        Ok(Ok(response)) => Ok(response.data),
+        Ok(Err(err)) if err.is_forward() => Err(not_leader(group)),
+        Ok(Err(err)) => Err(ProduceError::Raft(err.to_string())),
+        Err(_) => Err(ProduceError::Raft("raft dropped the write".into())),
+    };
+    let _ = publish.send(Some(result.clone()));
+    let mut gate = group.gate.state.lock().await;
+    if let Some(list) = gate.pending.get_mut(&pid) {
+        list.retain(|p| !(p.epoch == epoch && p.first_seq == first));
+        if list.is_empty() {
+            gate.pending.remove(&pid);
+        }
+    }
+    drop(gate);
+    let written = result?;
+    Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: false })
+}
