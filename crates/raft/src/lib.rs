@@ -13,9 +13,11 @@
 //! surface; the storage engine below knows nothing of them, and a bump of
 //! the pinned openraft version touches only this crate.
 
+mod cluster;
 mod codec;
 pub mod limits;
 mod log_store;
+pub mod metadata;
 mod network;
 mod node;
 mod partition;
@@ -23,11 +25,12 @@ mod producer;
 mod state_machine;
 mod types;
 
+pub use cluster::{ClusterError, ClusterNode};
 pub use codec::{entry_to_batch, stored_to_entry};
 pub use log_store::LogStore;
 pub use network::faults::{FaultAction, FaultRates, TransportFaults};
 pub use network::server::GroupRaft;
-pub use node::{Group, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
+pub use node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
 pub use partition::{ProduceError, ProduceGate, Produced, produce};
 pub use producer::{ProducerStates, SequenceCheck, SequencedBatch};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};

@@ -79,6 +79,15 @@ pub fn default_raft_config() -> openraft::Config {
     }
 }
 
+/// What a group's records mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    /// A topic partition: records are the users'.
+    Partition,
+    /// The controller: records are metadata commands.
+    Controller,
+}
+
 /// One group a node runs: its Raft handle, its log and its state machine.
 #[derive(Clone)]
 pub struct Group {
@@ -167,6 +176,11 @@ impl RaftNode {
     /// Opens (creating or recovering) group `group` on this node and starts
     /// its Raft. A new group must then be initialized by one member.
     pub async fn open_group(&self, group: u64) -> Result<Group, NodeError> {
+        self.open_group_as(group, GroupRole::Partition).await
+    }
+
+    /// Opens a group with the given role (see [`GroupRole`]).
+    pub async fn open_group_as(&self, group: u64, role: GroupRole) -> Result<Group, NodeError> {
         if let Some(existing) = self.group(group) {
             return Ok(existing);
         }
@@ -176,7 +190,11 @@ impl RaftNode {
         let log = Log::open(Arc::new(fs), self.config.log.clone(), Some(&self.flusher))
             .map_err(|source| NodeError::Log { group, source })?;
         let log = Arc::new(log);
-        let state_machine = PartitionStateMachine::open(&dir, log.clone())
+        let opened = match role {
+            GroupRole::Partition => PartitionStateMachine::open(&dir, log.clone()),
+            GroupRole::Controller => PartitionStateMachine::open_controller(&dir, log.clone()),
+        };
+        let state_machine = opened
             .map_err(|source| NodeError::Io { context: format!("open state machine in {}", dir.display()), source })?;
         let network = GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone());
         let raft = openraft::Raft::new(

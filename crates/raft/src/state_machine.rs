@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use strata_log::{Log, Offset, RaftIndex, Term};
 
 use crate::log_store::io_error;
+use crate::metadata::{ClusterMetadata, MetadataCommand};
 use crate::producer::{ProducerStates, SequenceCheck, SequencedBatch, last_seq};
 use crate::types::{C, RaftLogId, RaftMembership, WriteResult, term_of};
 
@@ -32,6 +33,9 @@ pub struct PartitionSnapshot {
     /// Idempotent producers' recent batches.
     #[serde(default)]
     pub producers: ProducerStates,
+    /// The cluster metadata, in the controller group only.
+    #[serde(default)]
+    pub metadata: Option<ClusterMetadata>,
 }
 
 /// A snapshot with its metadata, as kept on disk.
@@ -47,6 +51,8 @@ struct State {
     membership: RaftMembership,
     high_watermark: u64,
     producers: ProducerStates,
+    /// `Some` in the controller group: its records are metadata commands.
+    metadata: Option<ClusterMetadata>,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -77,12 +83,26 @@ impl PartitionStateMachine {
                 state.membership = stored.meta.last_membership.clone();
                 state.high_watermark = stored.data.next_offset;
                 state.producers = stored.data.producers.clone();
+                state.metadata = stored.data.metadata.clone();
                 state.snapshot = Some(stored);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         Ok(PartitionStateMachine { log, snapshot_path, state: Arc::new(Mutex::new(state)) })
+    }
+
+    /// Opens the state machine of the controller group: like a partition's,
+    /// and its records are applied as metadata commands.
+    pub fn open_controller(dir: &Path, log: Arc<Log>) -> io::Result<PartitionStateMachine> {
+        let sm = PartitionStateMachine::open(dir, log)?;
+        sm.lock().metadata.get_or_insert_with(ClusterMetadata::default);
+        Ok(sm)
+    }
+
+    /// The cluster metadata this node has applied (controller group only).
+    pub fn metadata(&self) -> Option<ClusterMetadata> {
+        self.lock().metadata.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -107,6 +127,27 @@ impl PartitionStateMachine {
     fn save(&self, stored: &StoredSnapshot) -> io::Result<()> {
         let bytes = serde_json::to_vec(stored).map_err(io::Error::other)?;
         write_atomically(&self.snapshot_path, &bytes)
+    }
+}
+
+/// Applies the metadata commands in one controller batch. A record that is
+/// not a command is skipped (and logged): the controller log is written only
+/// through the controller, so this is damage, not input.
+fn apply_metadata(metadata: &mut ClusterMetadata, batch: &bytes::Bytes) {
+    let records = match strata_batch::decode_records(batch) {
+        Ok(records) => records,
+        Err(err) => {
+            tracing::error!(error = %err, "controller batch does not decode; skipped");
+            return;
+        }
+    };
+    for record in records {
+        let Ok(record) = record else { return };
+        let Some(value) = record.value else { continue };
+        match serde_json::from_slice::<MetadataCommand>(&value) {
+            Ok(command) => metadata.apply(record.offset as u64, &command),
+            Err(err) => tracing::error!(offset = record.offset, error = %err, "not a metadata command; skipped"),
+        }
     }
 }
 
@@ -135,7 +176,11 @@ impl RaftSnapshotBuilder<C> for PartitionStateMachine {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 },
-                data: PartitionSnapshot { next_offset: state.high_watermark, producers: state.producers.clone() },
+                data: PartitionSnapshot {
+                    next_offset: state.high_watermark,
+                    producers: state.producers.clone(),
+                    metadata: state.metadata.clone(),
+                },
             }
         };
         let this = self.clone();
@@ -179,6 +224,9 @@ impl RaftStateMachine<C> for PartitionStateMachine {
                                 n_offsets,
                             };
                             state.producers.record(header.producer_id, header.producer_epoch, batch);
+                        }
+                        if let Some(metadata) = state.metadata.as_mut() {
+                            apply_metadata(metadata, &batch.0);
                         }
                         WriteResult { base_offset, n_offsets }
                     }
@@ -230,6 +278,9 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         state.membership = stored.meta.last_membership.clone();
         state.high_watermark = stored.data.next_offset;
         state.producers = stored.data.producers.clone();
+        if state.metadata.is_some() {
+            state.metadata = Some(stored.data.metadata.clone().unwrap_or_default());
+        }
         state.snapshot = Some(stored);
         Ok(())
     }

@@ -1,0 +1,217 @@
+//! The cluster's metadata and the controller's state machine logic: brokers,
+//! topics, partition → replica assignment, topic configs and producer ids.
+//!
+//! The controller is Raft group 0. Its log is a log like any partition's;
+//! each record's value is one JSON [`MetadataCommand`], applied in log order
+//! by every node, so every node answers metadata from its own copy.
+//! Producer ids are the offsets of `AllocateProducerId` records: unique,
+//! increasing and the same on every replica, with nothing else to store.
+//!
+//! Everything here is pure (no I/O), so the decisions are tested directly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The controller's group id.
+pub const CONTROLLER_GROUP: u64 = 0;
+
+/// One change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MetadataCommand {
+    /// A broker joins (or changes its address).
+    RegisterBroker {
+        /// Its node id.
+        id: u64,
+        /// Its Raft transport address.
+        raft_addr: String,
+    },
+    /// A topic is created with replicas already assigned by the proposer
+    /// (so every replica applies the same assignment).
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Replicas of each partition, leader-preferred first.
+        assignment: Vec<Vec<u64>>,
+        /// Topic configuration, key = value.
+        configs: BTreeMap<String, String>,
+    },
+    /// A topic is deleted.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Sets configuration keys of a topic.
+    AlterTopicConfig {
+        /// Topic name.
+        name: String,
+        /// Keys to set.
+        configs: BTreeMap<String, String>,
+    },
+    /// Allocates one producer id: the offset of this record.
+    AllocateProducerId,
+}
+
+/// A broker of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    /// Node id.
+    pub id: u64,
+    /// Raft transport address.
+    pub raft_addr: String,
+}
+
+/// One partition: its Raft group and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// The Raft group replicating it.
+    pub group: u64,
+    /// Replica node ids, leader-preferred first.
+    pub replicas: Vec<u64>,
+}
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Partitions, by partition number.
+    pub partitions: Vec<PartitionInfo>,
+    /// Configuration.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The whole cluster metadata, as of some controller log position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    /// Brokers by id.
+    pub brokers: BTreeMap<u64, BrokerInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicInfo>,
+    /// The next Raft group id to hand out (group 0 is the controller).
+    pub next_group: u64,
+    /// The last producer id allocated, if any.
+    pub last_producer_id: Option<u64>,
+}
+
+impl ClusterMetadata {
+    /// Applies a command found at `offset` of the controller log. Commands
+    /// that no longer make sense (a topic created twice) change nothing.
+    pub fn apply(&mut self, offset: u64, command: &MetadataCommand) {
+        self.next_group = self.next_group.max(1);
+        match command {
+            MetadataCommand::RegisterBroker { id, raft_addr } => {
+                self.brokers.insert(*id, BrokerInfo { id: *id, raft_addr: raft_addr.clone() });
+            }
+            MetadataCommand::CreateTopic { name, assignment, configs } => {
+                if self.topics.contains_key(name) {
+                    return;
+                }
+                let partitions = assignment
+                    .iter()
+                    .map(|replicas| {
+                        let group = self.next_group;
+                        self.next_group += 1;
+                        PartitionInfo { group, replicas: replicas.clone() }
+                    })
+                    .collect();
+                self.topics
+                    .insert(name.clone(), TopicInfo { name: name.clone(), partitions, configs: configs.clone() });
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            MetadataCommand::AlterTopicConfig { name, configs } => {
+                if let Some(topic) = self.topics.get_mut(name) {
+                    topic.configs.extend(configs.clone());
+                }
+            }
+            MetadataCommand::AllocateProducerId => self.last_producer_id = Some(offset),
+        }
+    }
+
+    /// The partitions `node` holds a replica of: (group, replicas).
+    pub fn groups_of(&self, node: u64) -> Vec<(u64, Vec<u64>)> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.replicas.contains(&node))
+            .map(|p| (p.group, p.replicas.clone()))
+            .collect()
+    }
+}
+
+/// Spreads `n_partitions` × `replication_factor` replicas over `brokers`:
+/// partition p's replicas are consecutive brokers starting at `(start + p)`,
+/// so replicas and preferred leaders (the first replica) are balanced.
+pub fn assign_replicas(
+    brokers: &[u64],
+    n_partitions: u32,
+    replication_factor: u32,
+    start: usize,
+) -> Result<Vec<Vec<u64>>, String> {
+    if n_partitions == 0 {
+        return Err("a topic needs at least one partition".into());
+    }
+    if replication_factor == 0 || replication_factor as usize > brokers.len() {
+        return Err(format!(
+            "replication factor {replication_factor} is outside [1, {}] (the number of brokers)",
+            brokers.len()
+        ));
+    }
+    let mut sorted = brokers.to_vec();
+    sorted.sort_unstable();
+    Ok((0..n_partitions as usize)
+        .map(|p| (0..replication_factor as usize).map(|r| sorted[(start + p + r) % sorted.len()]).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_balances_replicas_and_leaders() {
+        let assignment = assign_replicas(&[3, 1, 2], 6, 3, 0).expect("assign");
+        let mut leaders = BTreeMap::new();
+        let mut replicas = BTreeMap::new();
+        for partition in &assignment {
+            assert_eq!(partition.len(), 3);
+            let mut distinct = partition.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "a partition's replicas are distinct brokers");
+            *leaders.entry(partition[0]).or_insert(0) += 1;
+            for r in partition {
+                *replicas.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(replicas.values().copied().collect::<Vec<_>>(), vec![6, 6, 6]);
+        assert!(assign_replicas(&[1, 2], 3, 3, 0).is_err());
+        assert!(assign_replicas(&[1, 2], 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn commands_apply_deterministically() {
+        let mut md = ClusterMetadata::default();
+        md.apply(0, &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into() });
+        let create = MetadataCommand::CreateTopic {
+            name: "orders".into(),
+            assignment: vec![vec![1], vec![1]],
+            configs: BTreeMap::new(),
+        };
+        md.apply(1, &create);
+        md.apply(2, &create); // a second create changes nothing
+        assert_eq!(md.topics["orders"].partitions.iter().map(|p| p.group).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(md.next_group, 3);
+        md.apply(3, &MetadataCommand::AllocateProducerId);
+        assert_eq!(md.last_producer_id, Some(3));
+        assert_eq!(md.groups_of(1).len(), 2);
+        md.apply(4, &MetadataCommand::DeleteTopic { name: "orders".into() });
+        assert!(md.topics.is_empty());
+        let json = serde_json::to_string(&create).expect("json");
+        assert!(json.contains("\"op\":\"create_topic\""), "{json}");
+    }
+}

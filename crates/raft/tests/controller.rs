@@ -1,0 +1,111 @@
+//! A cluster bootstrapped from a static peer list: the controller group
+//! registers brokers, creates a topic with balanced replicas, every node
+//! follows the metadata and runs the partitions assigned to it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Root, batch, fast_raft};
+use strata_log::LogConfig;
+use strata_raft::{ClusterNode, RaftNodeConfig, produce};
+
+const T: Duration = Duration::from_secs(15);
+
+fn free_addrs(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect()
+}
+
+async fn start(id: u64, peers: &BTreeMap<u64, String>, root: &std::path::Path) -> ClusterNode {
+    let config = RaftNodeConfig {
+        node_id: id,
+        listen: peers[&id].parse().expect("addr"),
+        data_dir: root.join(format!("node-{id}")),
+        raft: fast_raft(),
+        log: LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() },
+    };
+    ClusterNode::start(config, peers.clone()).await.expect("start cluster node")
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_static_cluster_boots_creates_a_balanced_topic_and_serves_it() {
+    let root = Root::new("controller");
+    let addrs = free_addrs(3);
+    let peers: BTreeMap<u64, String> = (1..=3).zip(addrs).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, &peers, &root.0).await);
+    }
+    wait_until("every node to see three brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 3)).await;
+    let leader_id = nodes[0].controller_leader().expect("controller leader");
+    let leader = nodes.iter().find(|n| n.raft_node().id() == leader_id).expect("leader node");
+
+    let topic = leader.create_topic("orders", 6, 3, BTreeMap::new()).await.expect("create topic");
+    assert_eq!(topic.partitions.len(), 6);
+    assert!(leader.create_topic("orders", 1, 1, BTreeMap::new()).await.is_err(), "a second create is refused");
+    assert!(leader.create_topic("too-wide", 1, 4, BTreeMap::new()).await.is_err(), "RF above the broker count");
+    // Every node follows the same metadata.
+    wait_until("every node to see the topic", || {
+        nodes.iter().all(|n| n.metadata().topics.get("orders") == Some(&topic))
+    })
+    .await;
+    // Preferred leaders are spread: two partitions per broker.
+    let mut preferred = BTreeMap::new();
+    for p in &topic.partitions {
+        *preferred.entry(p.replicas[0]).or_insert(0) += 1;
+    }
+    assert_eq!(preferred.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+
+    // Every partition gets a leader and takes writes.
+    for (p, partition) in topic.partitions.iter().enumerate() {
+        let deadline = Instant::now() + T;
+        let produced = loop {
+            let leading =
+                nodes.iter().filter_map(|n| n.raft_node().group(partition.group)).find(|g| g.raft.is_leader());
+            if let Some(group) = leading {
+                // A new leader may not have established its lease yet.
+                match produce(&group, batch(p as u64)).await {
+                    Ok(produced) => break produced,
+                    Err(strata_raft::ProduceError::NotLeader { .. }) => {}
+                    Err(other) => panic!("produce to partition {p}: {other}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "partition {p} has no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(produced.base_offset, 0);
+    }
+
+    // Producer ids are unique and increasing.
+    let a = leader.allocate_producer_id().await.expect("producer id");
+    let b = leader.allocate_producer_id().await.expect("producer id");
+    assert!(b > a);
+
+    // A restarted node recovers the metadata and its partitions from disk.
+    let restarted_id = nodes.iter().map(|n| n.raft_node().id()).find(|id| *id != leader_id).expect("a follower");
+    let position = nodes.iter().position(|n| n.raft_node().id() == restarted_id).expect("position");
+    let old = nodes.remove(position);
+    old.shutdown().await;
+    drop(old);
+    let restarted = start(restarted_id, &peers, &root.0).await;
+    wait_until("the restarted node to see the topic", || restarted.metadata().topics.get("orders") == Some(&topic))
+        .await;
+    wait_until("the restarted node to reopen its partitions", || {
+        topic.partitions.iter().all(|p| restarted.raft_node().group(p.group).is_some())
+    })
+    .await;
+    restarted.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
