@@ -104,6 +104,32 @@ impl ClusterNode {
             .ok_or_else(|| ClusterError::Invalid(format!("topic {name} was not created")))
     }
 
+    /// Registers a broker joining a running cluster (on the controller's
+    /// leader); the controller then adds it as a learner so it follows the
+    /// metadata.
+    pub async fn add_broker(&self, id: u64, raft_addr: &str) -> Result<(), ClusterError> {
+        self.propose(MetadataCommand::RegisterBroker { id, raft_addr: raft_addr.to_string() }).await.map(|_| ())
+    }
+
+    /// Moves partition `partition` of `topic` to `replicas` (on the
+    /// controller's leader); the partition's leader then changes the group's
+    /// membership, new replicas catching up as learners first.
+    pub async fn reassign(&self, topic: &str, partition: u32, replicas: Vec<u64>) -> Result<(), ClusterError> {
+        let metadata = self.metadata();
+        let exists = metadata.topics.get(topic).is_some_and(|t| (partition as usize) < t.partitions.len());
+        if !exists {
+            return Err(ClusterError::Invalid(format!("no partition {partition} in topic {topic}")));
+        }
+        if let Some(unknown) = replicas.iter().find(|r| !metadata.brokers.contains_key(r)) {
+            return Err(ClusterError::Invalid(format!("broker {unknown} is not registered")));
+        }
+        if replicas.is_empty() {
+            return Err(ClusterError::Invalid("a partition needs at least one replica".into()));
+        }
+        let command = MetadataCommand::ReassignPartition { topic: topic.to_string(), partition, replicas };
+        self.propose(command).await.map(|_| ())
+    }
+
     /// Allocates a producer id (unique in the cluster, increasing).
     pub async fn allocate_producer_id(&self) -> Result<u64, ClusterError> {
         let offset = self.propose(MetadataCommand::AllocateProducerId).await?;
@@ -141,47 +167,96 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Opens the groups assigned to this node and initializes those it is the
-/// first replica of.
+/// Keeps this node in line with the metadata: registers peers (controller
+/// leader), adds brokers to the controller as learners (controller leader),
+/// opens assigned groups, initializes groups it created, and carries out
+/// reassignments of groups it leads.
 async fn reconcile(node: Arc<RaftNode>, controller: Group, peers: BTreeMap<u64, String>) {
     let mut initialized: BTreeSet<u64> = BTreeSet::new();
     loop {
         let metadata = controller.state_machine.metadata().unwrap_or_default();
-        // The controller's leader registers the static peers as brokers.
         if controller.raft.is_leader() {
-            for (id, addr) in &peers {
-                if metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
-                    let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone() };
-                    if let Err(err) = propose(&controller, &command).await {
-                        tracing::debug!(broker = id, error = %err, "broker registration will be retried");
-                    }
-                }
-            }
+            reconcile_controller(&controller, &metadata, &peers).await;
         }
-        for (group_id, replicas) in metadata.groups_of(node.id()) {
-            let group = match node.open_group(group_id).await {
+        for partition in metadata.partitions_of(node.id()) {
+            let group = match node.open_group(partition.group).await {
                 Ok(group) => group,
                 Err(err) => {
-                    tracing::error!(group = group_id, error = %err, "cannot open an assigned partition");
+                    tracing::error!(group = partition.group, error = %err, "cannot open an assigned partition");
                     continue;
                 }
             };
-            if replicas.first() == Some(&node.id()) && !initialized.contains(&group_id) {
-                let members: BTreeMap<u64, BasicNode> = replicas
-                    .iter()
-                    .filter_map(|r| {
-                        let addr =
-                            metadata.brokers.get(r).map(|b| b.raft_addr.clone()).or_else(|| peers.get(r).cloned());
-                        addr.map(|a| (*r, BasicNode::new(a)))
-                    })
-                    .collect();
-                if members.len() == replicas.len() {
+            if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
+                let members = nodes_of(&partition.initial_replicas, &metadata, &peers);
+                if members.len() == partition.initial_replicas.len() {
                     // NotAllowed means "already initialized" (a restart).
                     let _ = group.raft.initialize(members).await;
-                    initialized.insert(group_id);
+                    initialized.insert(partition.group);
                 }
+            }
+            if group.raft.is_leader() {
+                move_replicas(&group, &partition.replicas, &metadata, &peers).await;
             }
         }
         tokio::time::sleep(RECONCILE_INTERVAL).await;
+    }
+}
+
+fn nodes_of(ids: &[u64], metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) -> BTreeMap<u64, BasicNode> {
+    ids.iter()
+        .filter_map(|r| {
+            let addr = metadata.brokers.get(r).map(|b| b.raft_addr.clone()).or_else(|| peers.get(r).cloned());
+            addr.map(|a| (*r, BasicNode::new(a)))
+        })
+        .collect()
+}
+
+fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    (membership.voter_ids().collect(), membership.nodes().map(|(id, _)| *id).collect())
+}
+
+/// On the controller's leader: registers static peers and makes every
+/// broker at least a learner of the controller, so it follows the metadata.
+async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) {
+    for (id, addr) in peers {
+        if metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
+            let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone() };
+            if let Err(err) = propose(controller, &command).await {
+                tracing::debug!(broker = id, error = %err, "broker registration will be retried");
+            }
+        }
+    }
+    let (_, members) = membership_of(controller);
+    for broker in metadata.brokers.values() {
+        if !members.contains(&broker.id) {
+            let node = BasicNode::new(broker.raft_addr.clone());
+            if let Err(err) = controller.raft.add_learner(broker.id, node, false).await {
+                tracing::debug!(broker = broker.id, error = %err, "adding the broker to the controller will be retried");
+            }
+        }
+    }
+}
+
+/// On a partition's leader: makes the group's voters the assigned replicas,
+/// adding new ones as learners first (blocking until they catch up).
+async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) {
+    let wanted: BTreeSet<u64> = replicas.iter().copied().collect();
+    let (voters, members) = membership_of(group);
+    if voters == wanted {
+        return;
+    }
+    for (id, node) in nodes_of(replicas, metadata, peers) {
+        if !members.contains(&id) {
+            if let Err(err) = group.raft.add_learner(id, node, true).await {
+                tracing::debug!(group = group.id, learner = id, error = %err, "adding a replica will be retried");
+                return;
+            }
+        }
+    }
+    if let Err(err) = group.raft.change_membership(wanted, false).await {
+        tracing::debug!(group = group.id, error = %err, "membership change will be retried");
     }
 }

@@ -51,6 +51,16 @@ pub enum MetadataCommand {
     },
     /// Allocates one producer id: the offset of this record.
     AllocateProducerId,
+    /// Moves a partition to another set of replicas; the partition's Raft
+    /// leader carries it out as a membership change.
+    ReassignPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// The new replicas.
+        replicas: Vec<u64>,
+    },
 }
 
 /// A broker of the cluster.
@@ -69,6 +79,9 @@ pub struct PartitionInfo {
     pub group: u64,
     /// Replica node ids, leader-preferred first.
     pub replicas: Vec<u64>,
+    /// The replicas it was created with; the first of them, and only it,
+    /// initializes the group (never a replica added later).
+    pub initial_replicas: Vec<u64>,
 }
 
 /// A topic.
@@ -113,7 +126,7 @@ impl ClusterMetadata {
                     .map(|replicas| {
                         let group = self.next_group;
                         self.next_group += 1;
-                        PartitionInfo { group, replicas: replicas.clone() }
+                        PartitionInfo { group, replicas: replicas.clone(), initial_replicas: replicas.clone() }
                     })
                     .collect();
                 self.topics
@@ -128,16 +141,23 @@ impl ClusterMetadata {
                 }
             }
             MetadataCommand::AllocateProducerId => self.last_producer_id = Some(offset),
+            MetadataCommand::ReassignPartition { topic, partition, replicas } => {
+                let known = replicas.iter().all(|r| self.brokers.contains_key(r));
+                let target = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(*partition as usize));
+                if let (Some(target), true, false) = (target, known, replicas.is_empty()) {
+                    target.replicas = replicas.clone();
+                }
+            }
         }
     }
 
-    /// The partitions `node` holds a replica of: (group, replicas).
-    pub fn groups_of(&self, node: u64) -> Vec<(u64, Vec<u64>)> {
+    /// The partitions `node` holds (or held first) a replica of.
+    pub fn partitions_of(&self, node: u64) -> Vec<PartitionInfo> {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter())
-            .filter(|p| p.replicas.contains(&node))
-            .map(|p| (p.group, p.replicas.clone()))
+            .filter(|p| p.replicas.contains(&node) || p.initial_replicas.first() == Some(&node))
+            .cloned()
             .collect()
     }
 }
@@ -208,8 +228,10 @@ mod tests {
         assert_eq!(md.next_group, 3);
         md.apply(3, &MetadataCommand::AllocateProducerId);
         assert_eq!(md.last_producer_id, Some(3));
-        assert_eq!(md.groups_of(1).len(), 2);
-        md.apply(4, &MetadataCommand::DeleteTopic { name: "orders".into() });
+        assert_eq!(md.partitions_of(1).len(), 2);
+        md.apply(4, &MetadataCommand::ReassignPartition { topic: "orders".into(), partition: 0, replicas: vec![9] });
+        assert_eq!(md.topics["orders"].partitions[0].replicas, vec![1], "unknown brokers are refused");
+        md.apply(5, &MetadataCommand::DeleteTopic { name: "orders".into() });
         assert!(md.topics.is_empty());
         let json = serde_json::to_string(&create).expect("json");
         assert!(json.contains("\"op\":\"create_topic\""), "{json}");

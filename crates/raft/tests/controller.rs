@@ -109,3 +109,68 @@ async fn a_static_cluster_boots_creates_a_balanced_topic_and_serves_it() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_to_a_running_cluster_takes_over_a_replica() {
+    let root = Root::new("controller-add");
+    let addrs = free_addrs(4);
+    let initial: BTreeMap<u64, String> = (1..=3).zip(addrs.iter().cloned()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(id, &initial, &root.0).await);
+    }
+    wait_until("three brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 3)).await;
+    let leader_id = nodes[0].controller_leader().expect("controller leader");
+    let controller = nodes.iter().find(|n| n.raft_node().id() == leader_id).expect("leader");
+    let topic = controller.create_topic("payments", 1, 3, BTreeMap::new()).await.expect("create");
+    let group_id = topic.partitions[0].group;
+    let leader_group =
+        |nodes: &[ClusterNode]| nodes.iter().filter_map(|n| n.raft_node().group(group_id)).find(|g| g.raft.is_leader());
+    let mut written = 0;
+    let deadline = Instant::now() + T;
+    while written < 5 {
+        if let Some(group) = leader_group(&nodes) {
+            if produce(&group, batch(written)).await.is_ok() {
+                written += 1;
+                continue;
+            }
+        }
+        assert!(Instant::now() < deadline, "no writes to the partition");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Node 4 starts, is registered, follows the metadata, and takes the
+    // place of one replica.
+    let mut all = initial.clone();
+    all.insert(4, addrs[3].clone());
+    let newcomer = start(4, &all, &root.0).await;
+    controller.add_broker(4, &addrs[3]).await.expect("add broker");
+    wait_until("node 4 to follow the metadata", || newcomer.metadata().topics.contains_key("payments")).await;
+    let dropped = topic.partitions[0].replicas[2];
+    let mut replicas = topic.partitions[0].replicas.clone();
+    replicas[2] = 4;
+    controller.reassign("payments", 0, replicas.clone()).await.expect("reassign");
+    let wanted: std::collections::BTreeSet<u64> = replicas.iter().copied().collect();
+    wait_until("the group's voters to become the new replicas", || {
+        leader_group(&nodes).is_some_and(|g| {
+            use openraft::async_runtime::WatchReceiver;
+            let voters: std::collections::BTreeSet<u64> =
+                g.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+            voters == wanted
+        })
+    })
+    .await;
+    // Node 4 holds the partition's data, including writes made after the move.
+    let group = leader_group(&nodes).expect("leader");
+    produce(&group, batch(99)).await.expect("produce after the move");
+    let hw = group.state_machine.high_watermark();
+    wait_until("node 4 to catch up", || {
+        newcomer.raft_node().group(group_id).is_some_and(|g| g.state_machine.high_watermark() == hw)
+    })
+    .await;
+    assert_ne!(dropped, 4);
+    newcomer.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
