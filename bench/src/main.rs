@@ -10,6 +10,9 @@
 //! - `log`: the storage engine (`strata-log`) alone: durable append
 //!   throughput with group commit, append throughput under an interval flush
 //!   policy, sequential reads through the memory maps, reopen time and memory.
+//! - `raft`: three Raft nodes in one process (`strata-raft`): committed
+//!   throughput and latency with RF=3 against the log's single-node appends,
+//!   and the CPU and memory of an idle cluster holding many partitions.
 //!
 //! Arguments are parsed by hand (`strata-bench log --help` lists them).
 
@@ -27,12 +30,17 @@ use strata_log::io::Dir;
 use strata_log::io::fs::FsDir;
 use strata_log::{FlushPolicy, Flusher, Log, LogConfig, Term};
 
+mod raft;
+
 const USAGE: &str = "\
 usage: strata-bench <scenario> [options]
 
 scenarios:
   log    the storage engine alone: durable appends (group commit), interval
          flush appends, mmap reads, reopen time and memory
+  raft   three Raft nodes in this process: committed throughput and latency
+         (RF=3) against single-node appends; CPU and memory of an idle
+         cluster holding many partitions
 
 options of `log`:
   --dir DIR          work under DIR (a fresh subdirectory, removed at the end);
@@ -77,6 +85,15 @@ fn run() -> Result<ExitCode> {
             println!("{}", report.to_json());
             Ok(ExitCode::SUCCESS)
         }
+        Some("raft") => {
+            let Some(opts) = raft::RaftOpts::parse(args)? else {
+                print!("{USAGE}\n{}", raft::USAGE);
+                return Ok(ExitCode::SUCCESS);
+            };
+            let report = raft::raft_scenario(&opts)?;
+            println!("{}", report.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
         // Internal: run by the `log` scenario in a child process, so that the
         // child's peak RSS is that of opening (and reading) one log only.
         Some("probe-open") => {
@@ -84,7 +101,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
+            print!("{USAGE}\n{}", raft::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         _ => {
