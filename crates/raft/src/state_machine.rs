@@ -262,11 +262,9 @@ impl RaftStateMachine<C> for PartitionStateMachine {
             if let Some(last) = to_save.meta.last_log_id {
                 let state = this.log.state();
                 let end = state.last_log_id.map_or(0, |id| id.index.0 + 1);
-                if last.index + 1 > end || state.last_log_id.map(|id| id.index.0) == Some(last.index) {
+                if last.index + 1 > end {
                     let id = strata_log::LogId { term: Term(term_of(&last)), index: RaftIndex(last.index) };
-                    if last.index + 1 > end {
-                        this.log.reset(id, Offset(to_save.data.next_offset)).map_err(io_error)?;
-                    }
+                    this.log.reset(id, Offset(to_save.data.next_offset)).map_err(io_error)?;
                 }
             }
             Ok(())
