@@ -25,6 +25,10 @@ use crate::partition::{ProduceError, produce};
 
 /// How often the reconciler compares assignments with the open groups.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest one reconcile step (a proposal, a learner catching up, a
+/// membership change) may take before the pass moves on; it is retried on
+/// a later pass, so one unreachable broker never stalls the others.
+const RECONCILE_STEP_MAX: Duration = Duration::from_secs(5);
 
 /// Errors of cluster operations.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +48,7 @@ pub enum ClusterError {
 pub struct ClusterNode {
     node: Arc<RaftNode>,
     controller: Group,
-    reconciler: JoinHandle<()>,
+    reconciler: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ClusterNode {
@@ -65,7 +69,7 @@ impl ClusterNode {
             let _ = controller.raft.initialize(members).await;
         }
         let reconciler = tokio::spawn(reconcile(node.clone(), controller.clone(), peers));
-        Ok(ClusterNode { node, controller, reconciler })
+        Ok(ClusterNode { node, controller, reconciler: std::sync::Mutex::new(Some(reconciler)) })
     }
 
     /// The Raft side of this node.
@@ -149,7 +153,13 @@ impl ClusterNode {
 
     /// Stops reconciling and every group, keeping the data.
     pub async fn shutdown(&self) {
-        self.reconciler.abort();
+        // Wait for the reconciler to be gone, so it cannot open a group after
+        // the node has closed them.
+        let reconciler = self.reconciler.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+            let _ = reconciler.await;
+        }
         self.node.shutdown().await;
     }
 }
@@ -190,7 +200,7 @@ async fn reconcile(node: Arc<RaftNode>, controller: Group, peers: BTreeMap<u64, 
                 let members = nodes_of(&partition.initial_replicas, &metadata, &peers);
                 if members.len() == partition.initial_replicas.len() {
                     // NotAllowed means "already initialized" (a restart).
-                    let _ = group.raft.initialize(members).await;
+                    let _ = bounded(group.raft.initialize(members)).await;
                     initialized.insert(partition.group);
                 }
             }
@@ -224,7 +234,7 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
     for (id, addr) in peers {
         if metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
             let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone() };
-            if let Err(err) = propose(controller, &command).await {
+            if let Err(err) = bounded(propose(controller, &command)).await {
                 tracing::debug!(broker = id, error = %err, "broker registration will be retried");
             }
         }
@@ -233,7 +243,7 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
     for broker in metadata.brokers.values() {
         if !members.contains(&broker.id) {
             let node = BasicNode::new(broker.raft_addr.clone());
-            if let Err(err) = controller.raft.add_learner(broker.id, node, false).await {
+            if let Err(err) = bounded(controller.raft.add_learner(broker.id, node, false)).await {
                 tracing::debug!(broker = broker.id, error = %err, "adding the broker to the controller will be retried");
             }
         }
@@ -250,13 +260,22 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
     }
     for (id, node) in nodes_of(replicas, metadata, peers) {
         if !members.contains(&id) {
-            if let Err(err) = group.raft.add_learner(id, node, true).await {
+            if let Err(err) = bounded(group.raft.add_learner(id, node, true)).await {
                 tracing::debug!(group = group.id, learner = id, error = %err, "adding a replica will be retried");
                 return;
             }
         }
     }
-    if let Err(err) = group.raft.change_membership(wanted, false).await {
+    if let Err(err) = bounded(group.raft.change_membership(wanted, false)).await {
         tracing::debug!(group = group.id, error = %err, "membership change will be retried");
+    }
+}
+
+/// Runs one reconcile step for at most `RECONCILE_STEP_MAX`; a step that
+/// takes longer is abandoned (as an error) and retried on a later pass.
+async fn bounded<T, E: std::fmt::Display>(step: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(RECONCILE_STEP_MAX, step).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("step took over {RECONCILE_STEP_MAX:?}")),
     }
 }

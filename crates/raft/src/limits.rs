@@ -15,6 +15,10 @@ pub const GROUP_QUEUE_MAX: usize = 64;
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often an idle peer connection is pinged.
+pub const PEER_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is dropped.
+pub const PEER_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a stopping node waits for its transport's connections to close
 /// before cutting them.
 pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);

@@ -45,8 +45,22 @@ impl LogStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        let stored = self.log.entries(RaftIndex(start)..RaftIndex(end), max_bytes).map_err(io_error)?;
-        stored.iter().map(stored_to_entry).collect()
+        // The log caps one read (READ_BYTES_MAX): read on until the range or
+        // the budget is covered, since openraft's apply path needs every
+        // entry of the range it asks for.
+        let mut out = Vec::new();
+        let mut n_bytes = 0usize;
+        let mut next = start;
+        while next < end && n_bytes < max_bytes {
+            let stored = self.log.entries(RaftIndex(next)..RaftIndex(end), max_bytes - n_bytes).map_err(io_error)?;
+            let Some(last) = stored.last() else { break };
+            next = last.index.0 + 1;
+            for entry in &stored {
+                n_bytes = n_bytes.saturating_add(entry.batch.len());
+                out.push(stored_to_entry(entry)?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -166,11 +166,12 @@ pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceErr
         let written = result.clone().expect("waited for Some")?;
         return Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: true });
     }
-    let check = match in_flight.iter().rev().find(|p| p.epoch == epoch) {
-        Some(newest) if first == next_seq(newest.last_seq) => SequenceCheck::New,
-        Some(newest) => SequenceCheck::OutOfOrder { expected: next_seq(newest.last_seq), got: first },
-        None => group.state_machine.check_sequence(pid, epoch, first, last),
-    };
+    // Applied state first: a retry of an applied batch is a duplicate even
+    // while later batches are in flight; then the newest in-flight batch
+    // decides what comes next.
+    let applied = group.state_machine.check_sequence(pid, epoch, first, last);
+    let newest_in_flight = in_flight.iter().rev().find(|p| p.epoch == epoch).map(|p| p.last_seq);
+    let check = combine_checks(applied, newest_in_flight, first);
     match check {
         SequenceCheck::New => {}
         SequenceCheck::Duplicate(stored) => {
@@ -207,4 +208,39 @@ pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceErr
     drop(gate);
     let written = result?;
     Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: false })
+}
+
+/// Combines the check against applied state with the newest in-flight batch
+/// of the same epoch (its last sequence), if any.
+fn combine_checks(applied: SequenceCheck, newest_in_flight_last_seq: Option<i32>, first_seq: i32) -> SequenceCheck {
+    match (applied, newest_in_flight_last_seq) {
+        (SequenceCheck::Duplicate(_) | SequenceCheck::Fenced { .. }, _) | (_, None) => applied,
+        (_, Some(last)) if first_seq == next_seq(last) => SequenceCheck::New,
+        (_, Some(last)) => SequenceCheck::OutOfOrder { expected: next_seq(last), got: first_seq },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::SequencedBatch;
+
+    #[test]
+    fn a_retry_of_an_applied_batch_is_a_duplicate_even_with_later_batches_in_flight() {
+        // Regression: the in-flight batch was consulted first, so the retry
+        // of an applied batch was refused as out of order.
+        let stored = SequencedBatch { first_seq: 0, last_seq: 4, base_offset: 0, n_offsets: 5 };
+        assert_eq!(combine_checks(SequenceCheck::Duplicate(stored), Some(9), 0), SequenceCheck::Duplicate(stored));
+        let out_of_order = SequenceCheck::OutOfOrder { expected: 5, got: 10 };
+        assert_eq!(combine_checks(out_of_order, Some(9), 10), SequenceCheck::New);
+        assert_eq!(
+            combine_checks(SequenceCheck::New, Some(9), 12),
+            SequenceCheck::OutOfOrder { expected: 10, got: 12 }
+        );
+        assert_eq!(combine_checks(SequenceCheck::New, None, 12), SequenceCheck::New);
+        assert_eq!(
+            combine_checks(SequenceCheck::Fenced { current: 2 }, Some(9), 10),
+            SequenceCheck::Fenced { current: 2 }
+        );
+    }
 }

@@ -84,6 +84,16 @@ impl PartitionStateMachine {
                 state.high_watermark = stored.data.next_offset;
                 state.producers = stored.data.producers.clone();
                 state.metadata = stored.data.metadata.clone();
+                // A crash between saving an installed snapshot and resetting
+                // the log leaves the log ending before the snapshot: finish.
+                if let Some(last) = stored.meta.last_log_id {
+                    let log_state = log.state();
+                    let end = log_state.last_log_id.map_or(log_state.first_index.0, |id| id.index.0 + 1);
+                    if last.index + 1 > end {
+                        let id = strata_log::LogId { term: Term(term_of(&last)), index: RaftIndex(last.index) };
+                        log.reset(id, Offset(stored.data.next_offset)).map_err(io_error)?;
+                    }
+                }
                 state.snapshot = Some(stored);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

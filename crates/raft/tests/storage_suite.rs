@@ -45,3 +45,26 @@ fn openraft_storage_suite_passes_on_strata_log() {
         Suite::test_all(Builder).await.expect("suite");
     });
 }
+
+#[test]
+fn reading_a_range_larger_than_one_log_read_returns_all_of_it() {
+    // Regression: the log caps one read at READ_BYTES_MAX, and
+    // try_get_log_entries returned only the first part, so openraft's apply
+    // skipped committed entries.
+    use openraft::storage::RaftLogReader;
+    C::run(async {
+        let (_guard, store, _sm) = Builder.build().await.expect("store");
+        let big = {
+            let mut builder = strata_batch::BatchBuilder::new();
+            builder.push(0, None, Some(&vec![7u8; 2 * 1024 * 1024]), &[]);
+            builder.build(strata_batch::Compression::None)
+        };
+        let n = (strata_log::limits::READ_BYTES_MAX / big.len()) as u64 + 5;
+        for _ in 0..n {
+            store.log().append(&big, strata_log::Term(1)).expect("append");
+        }
+        let mut reader = store.clone();
+        let entries = reader.try_get_log_entries(0..n).await.expect("read");
+        assert_eq!(entries.len() as u64, n);
+    });
+}

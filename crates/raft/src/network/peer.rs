@@ -15,7 +15,9 @@ use strata_proto::raft as pb;
 use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::limits::{PEER_CONNECT_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX};
+use crate::limits::{
+    PEER_CONNECT_TIMEOUT, PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX,
+};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::RaftResponse>>>>;
 
@@ -63,7 +65,12 @@ impl Peer {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| format!("bad peer address {}: {e}", self.addr))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A peer that vanished without closing (host down, blackhole) is
+            // noticed by HTTP/2 pings instead of TCP's minutes-long timeout.
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)

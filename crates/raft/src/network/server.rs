@@ -4,6 +4,9 @@
 //! Requests of one group on one stream are handled in order by one task per
 //! group (Raft expects its appends in order); different groups proceed in
 //! parallel, and their answers go back on the stream as they are ready.
+//! A group whose queue (`GROUP_QUEUE_MAX`) is full holds up the stream's
+//! reader, and with it the other groups on that stream, until it drains:
+//! back-pressure, not loss.
 
 use std::collections::HashMap;
 use std::pin::Pin;
