@@ -56,11 +56,29 @@ impl ClusterNode {
     /// broker and starts reconciling its partitions. `peers` maps every
     /// node id of the cluster (this one included) to its Raft address.
     pub async fn start(config: RaftNodeConfig, peers: BTreeMap<u64, String>) -> Result<ClusterNode, ClusterError> {
-        let id = config.node_id;
-        if !peers.contains_key(&id) {
-            return Err(ClusterError::Invalid(format!("node {id} is not in its own peer list")));
+        if !peers.contains_key(&config.node_id) {
+            return Err(ClusterError::Invalid(format!("node {} is not in its own peer list", config.node_id)));
         }
-        let node = Arc::new(RaftNode::start(config).await?);
+        let node = RaftNode::start(config).await?;
+        ClusterNode::start_with(node, peers).await
+    }
+
+    /// As [`ClusterNode::start`], on an already bound transport listener.
+    pub async fn start_on(
+        config: RaftNodeConfig,
+        listener: tokio::net::TcpListener,
+        peers: BTreeMap<u64, String>,
+    ) -> Result<ClusterNode, ClusterError> {
+        if !peers.contains_key(&config.node_id) {
+            return Err(ClusterError::Invalid(format!("node {} is not in its own peer list", config.node_id)));
+        }
+        let node = RaftNode::start_on(config, listener).await?;
+        ClusterNode::start_with(node, peers).await
+    }
+
+    async fn start_with(node: RaftNode, peers: BTreeMap<u64, String>) -> Result<ClusterNode, ClusterError> {
+        let id = node.id();
+        let node = Arc::new(node);
         let controller = node.open_group_as(CONTROLLER_GROUP, GroupRole::Controller).await?;
         if peers.keys().next() == Some(&id) {
             let members: BTreeMap<u64, BasicNode> =

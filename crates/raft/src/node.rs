@@ -121,10 +121,17 @@ pub struct RaftNode {
 impl RaftNode {
     /// Binds the transport and starts serving it.
     pub async fn start(config: RaftNodeConfig) -> Result<RaftNode, NodeError> {
-        let raft_config = Arc::new(config.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| NodeError::Io { context: format!("bind raft transport on {}", config.listen), source })?;
+        RaftNode::start_on(config, listener).await
+    }
+
+    /// Starts serving the transport on an already bound listener
+    /// (`config.listen` is then ignored): tests bind first, so no other
+    /// socket can take the port between choosing and binding it.
+    pub async fn start_on(config: RaftNodeConfig, listener: tokio::net::TcpListener) -> Result<RaftNode, NodeError> {
+        let raft_config = Arc::new(config.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let addr = listener
             .local_addr()
             .map_err(|source| NodeError::Io { context: "read raft transport address".into(), source })?;

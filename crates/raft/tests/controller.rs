@@ -13,20 +13,39 @@ use strata_raft::{ClusterNode, RaftNodeConfig, produce};
 
 const T: Duration = Duration::from_secs(15);
 
-fn free_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect()
+/// Listeners bound now and kept until their node starts on them, so no other
+/// socket can take a port between choosing it and using it.
+async fn listeners(n: usize) -> (Vec<String>, Vec<tokio::net::TcpListener>) {
+    let mut bound = Vec::new();
+    for _ in 0..n {
+        bound.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs = bound.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+    (addrs, bound)
 }
 
-async fn start(id: u64, peers: &BTreeMap<u64, String>, root: &std::path::Path) -> ClusterNode {
-    let config = RaftNodeConfig {
+async fn start_on(
+    id: u64,
+    listener: tokio::net::TcpListener,
+    peers: &BTreeMap<u64, String>,
+    root: &std::path::Path,
+) -> ClusterNode {
+    ClusterNode::start_on(config(id, peers, root), listener, peers.clone()).await.expect("start cluster node")
+}
+
+fn config(id: u64, peers: &BTreeMap<u64, String>, root: &std::path::Path) -> RaftNodeConfig {
+    RaftNodeConfig {
         node_id: id,
         listen: peers[&id].parse().expect("addr"),
         data_dir: root.join(format!("node-{id}")),
         raft: fast_raft(),
         log: LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() },
-    };
-    ClusterNode::start(config, peers.clone()).await.expect("start cluster node")
+    }
+}
+
+/// Restarts a node on the address it had (released when it stopped).
+async fn start(id: u64, peers: &BTreeMap<u64, String>, root: &std::path::Path) -> ClusterNode {
+    ClusterNode::start(config(id, peers, root), peers.clone()).await.expect("start cluster node")
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -40,11 +59,11 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_static_cluster_boots_creates_a_balanced_topic_and_serves_it() {
     let root = Root::new("controller");
-    let addrs = free_addrs(3);
+    let (addrs, bound) = listeners(3).await;
     let peers: BTreeMap<u64, String> = (1..=3).zip(addrs).collect();
     let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start(id, &peers, &root.0).await);
+    for (id, listener) in (1..=3).zip(bound) {
+        nodes.push(start_on(id, listener, &peers, &root.0).await);
     }
     wait_until("every node to see three brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 3)).await;
     let leader_id = nodes[0].controller_leader().expect("controller leader");
@@ -113,11 +132,12 @@ async fn a_static_cluster_boots_creates_a_balanced_topic_and_serves_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_added_to_a_running_cluster_takes_over_a_replica() {
     let root = Root::new("controller-add");
-    let addrs = free_addrs(4);
+    let (addrs, mut bound) = listeners(4).await;
+    let fourth = bound.pop().expect("four listeners");
     let initial: BTreeMap<u64, String> = (1..=3).zip(addrs.iter().cloned()).collect();
     let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start(id, &initial, &root.0).await);
+    for (id, listener) in (1..=3).zip(bound) {
+        nodes.push(start_on(id, listener, &initial, &root.0).await);
     }
     wait_until("three brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 3)).await;
     let leader_id = nodes[0].controller_leader().expect("controller leader");
@@ -143,7 +163,7 @@ async fn a_node_added_to_a_running_cluster_takes_over_a_replica() {
     // place of one replica.
     let mut all = initial.clone();
     all.insert(4, addrs[3].clone());
-    let newcomer = start(4, &all, &root.0).await;
+    let newcomer = start_on(4, fourth, &all, &root.0).await;
     controller.add_broker(4, &addrs[3]).await.expect("add broker");
     wait_until("node 4 to follow the metadata", || newcomer.metadata().topics.contains_key("payments")).await;
     let dropped = topic.partitions[0].replicas[2];
