@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::TempDir;
 use strata_batch::{BatchBuilder, Compression};
 use strata_log::io::fs::FsDir;
@@ -22,25 +21,13 @@ fn open(dir: &TempDir) -> Log {
 
 /// All records from the start: (offset, key, value).
 fn read_all(log: &Log) -> Vec<(i64, String, Option<Vec<u8>>)> {
-    let state = log.state();
-    let mut out = Vec::new();
-    let mut from = state.log_start_offset;
-    while from < state.next_offset {
-        let read = log.read_offsets(from, 1 << 20, state.next_offset).expect("read");
-        for chunk in &read.chunks {
-            for item in strata_batch::split_batches(chunk) {
-                let (_, bytes) = item.expect("valid batch");
-                let batch = Bytes::copy_from_slice(bytes);
-                for record in strata_batch::decode_records(&batch).expect("decode") {
-                    let record = record.expect("record");
-                    let key = String::from_utf8(record.key.expect("keyed").to_vec()).expect("utf8");
-                    out.push((record.offset, key, record.value.map(|v| v.to_vec())));
-                }
-            }
-        }
-        from = read.next_offset;
-    }
-    out
+    common::records_from_start(log)
+        .into_iter()
+        .map(|r| {
+            let key = String::from_utf8(r.key.expect("keyed").to_vec()).expect("utf8");
+            (r.offset, key, r.value.map(|v| v.to_vec()))
+        })
+        .collect()
 }
 
 #[test]

@@ -291,24 +291,7 @@ fn a_torn_tail_is_cut_to_the_last_whole_batch() {
 
 /// Records readable by offset: offset -> (key, value).
 fn records_by_offset(log: &Log) -> std::collections::BTreeMap<i64, (Option<bytes::Bytes>, Option<bytes::Bytes>)> {
-    let state = log.state();
-    let mut out = std::collections::BTreeMap::new();
-    let mut from = state.log_start_offset;
-    while from < state.next_offset {
-        let read = log.read_offsets(from, 1 << 20, state.next_offset).expect("read");
-        for chunk in &read.chunks {
-            for item in strata_batch::split_batches(chunk) {
-                let (_, bytes) = item.expect("valid");
-                let batch = bytes::Bytes::copy_from_slice(bytes);
-                for record in strata_batch::decode_records(&batch).expect("decode") {
-                    let record = record.expect("record");
-                    out.insert(record.offset, (record.key, record.value));
-                }
-            }
-        }
-        from = read.next_offset;
-    }
-    out
+    common::records_from_start(log).into_iter().map(|r| (r.offset, (r.key, r.value))).collect()
 }
 
 #[derive(Debug, Clone, Copy)]

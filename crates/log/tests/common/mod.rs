@@ -52,3 +52,25 @@ pub fn unstamped(batch: &[u8]) -> Vec<u8> {
     strata_batch::stamp(&mut out, 0, 0);
     out
 }
+
+/// Every record readable by offset, from the log start to its end, in order.
+pub fn records_from_start(log: &strata_log::Log) -> Vec<strata_batch::Record> {
+    let state = log.state();
+    let mut out = Vec::new();
+    let mut from = state.log_start_offset;
+    while from < state.next_offset {
+        let read = log.read_offsets(from, 1 << 20, state.next_offset).expect("read");
+        for chunk in &read.chunks {
+            for item in strata_batch::split_batches(chunk) {
+                let (_, bytes) = item.expect("valid batch");
+                let batch = Bytes::copy_from_slice(bytes);
+                for record in strata_batch::decode_records(&batch).expect("decode") {
+                    out.push(record.expect("record"));
+                }
+            }
+        }
+        assert!(read.next_offset > from, "no progress reading at {from}");
+        from = read.next_offset;
+    }
+    out
+}
