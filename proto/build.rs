@@ -8,5 +8,5 @@ fn main() -> std::io::Result<()> {
     // Batches stay `Bytes` end to end: decoding a message slices its buffer
     // instead of copying each entry.
     config.bytes(["."]);
-    tonic_prost_build::configure().compile_with_config(config, &["raft.proto"], &["."])
+    tonic_prost_build::configure().compile_with_config(config, &["raft.proto", "api.proto"], &["."])
 }

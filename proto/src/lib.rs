@@ -3,10 +3,16 @@
 //!
 //! **Architecture Invariant:** protobuf types stop at the edge. The crates
 //! that speak these protocols convert them to their own types in one place
-//! per type (e.g. `strata-raft`'s `network/convert.rs`).
+//! per type (`strata-raft`'s `network/convert.rs`, `strata-broker`'s and `strata-client`'s `convert.rs`).
 
 /// Node-to-node Raft transport (`raft.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod raft {
     tonic::include_proto!("strata.raft.v1");
+}
+
+/// The client API (`api.proto`): produce, fetch, offsets, metadata, admin.
+#[allow(missing_docs, clippy::all)]
+pub mod api {
+    tonic::include_proto!("strata.api.v1");
 }

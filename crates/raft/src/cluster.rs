@@ -48,6 +48,9 @@ pub enum ClusterError {
 pub struct ClusterNode {
     node: Arc<RaftNode>,
     controller: Group,
+    peers: BTreeMap<u64, String>,
+    /// The client API address this node announces to the cluster.
+    client_addr: Arc<std::sync::Mutex<Option<String>>>,
     reconciler: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -86,8 +89,21 @@ impl ClusterNode {
             // NotAllowed means "already initialized": a restart.
             let _ = controller.raft.initialize(members).await;
         }
-        let reconciler = tokio::spawn(reconcile(node.clone(), controller.clone(), peers));
-        Ok(ClusterNode { node, controller, reconciler: std::sync::Mutex::new(Some(reconciler)) })
+        let client_addr = Arc::new(std::sync::Mutex::new(None));
+        let reconciler = Reconciler {
+            node: node.clone(),
+            controller: controller.clone(),
+            peers: peers.clone(),
+            client_addr: client_addr.clone(),
+        };
+        let reconciler = tokio::spawn(reconciler.run());
+        Ok(ClusterNode { node, controller, peers, client_addr, reconciler: std::sync::Mutex::new(Some(reconciler)) })
+    }
+
+    /// Sets the address clients reach this node at; the node registers it
+    /// with the controller (and again whenever the metadata disagrees).
+    pub fn announce_client_addr(&self, addr: String) {
+        *self.client_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
     }
 
     /// The Raft side of this node.
@@ -100,9 +116,9 @@ impl ClusterNode {
         self.controller.state_machine.metadata().unwrap_or_default()
     }
 
-    /// Creates a topic (on the controller's leader; NotLeader elsewhere),
-    /// assigning replicas over the registered brokers, and returns it as
-    /// applied.
+    /// Creates a topic, assigning replicas over the registered brokers, and
+    /// returns it as applied here. Any node may be asked: the command goes
+    /// to the controller's leader.
     pub async fn create_topic(
         &self,
         name: &str,
@@ -119,18 +135,40 @@ impl ClusterNode {
         let assignment =
             assign_replicas(&brokers, n_partitions, replication_factor, start).map_err(ClusterError::Invalid)?;
         self.propose(MetadataCommand::CreateTopic { name: name.to_string(), assignment, configs }).await?;
-        self.metadata()
-            .topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ClusterError::Invalid(format!("topic {name} was not created")))
+        // The command was applied on the controller's leader; wait until this
+        // node has applied it too, so the caller sees its own write.
+        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
+        loop {
+            if let Some(topic) = self.metadata().topics.get(name) {
+                return Ok(topic.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Invalid(format!("topic {name} was not created")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Deletes a topic; every replica then closes its partitions and removes
+    /// their data.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {
+        if !self.metadata().topics.contains_key(name) {
+            return Err(ClusterError::Invalid(format!("topic {name} does not exist")));
+        }
+        self.propose(MetadataCommand::DeleteTopic { name: name.to_string() }).await?;
+        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
+        while self.metadata().topics.contains_key(name) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// Registers a broker joining a running cluster (on the controller's
     /// leader); the controller then adds it as a learner so it follows the
     /// metadata.
     pub async fn add_broker(&self, id: u64, raft_addr: &str) -> Result<(), ClusterError> {
-        self.propose(MetadataCommand::RegisterBroker { id, raft_addr: raft_addr.to_string() }).await.map(|_| ())
+        let command = MetadataCommand::RegisterBroker { id, raft_addr: raft_addr.to_string(), client_addr: None };
+        self.propose(command).await.map(|_| ())
     }
 
     /// Moves partition `partition` of `topic` to `replicas` (on the
@@ -158,15 +196,37 @@ impl ClusterNode {
         Ok(offset)
     }
 
-    /// Proposes one command to the controller; returns its offset once applied here.
+    /// Proposes one command to the controller, on its leader wherever that
+    /// is; returns its offset once applied there.
     async fn propose(&self, command: MetadataCommand) -> Result<u64, ClusterError> {
-        propose(&self.controller, &command).await
+        propose_anywhere(&self.node, &self.controller, &self.peers, &command).await
     }
 
     /// The node currently leading the controller, if known.
     pub fn controller_leader(&self) -> Option<u64> {
         use openraft::async_runtime::WatchReceiver;
         self.controller.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Hands the leadership of every group this node leads to another
+    /// voter, and waits (at most `wait`) until none is led here any more:
+    /// a node about to stop spares its partitions an election timeout.
+    pub async fn hand_over_leadership(&self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let led: Vec<Group> = self.node.groups().into_iter().filter(|g| g.raft.is_leader()).collect();
+            if led.is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            for group in &led {
+                let (voters, _) = membership_of(group);
+                let successor = voters.into_iter().find(|v| *v != self.node.id());
+                if let Some(successor) = successor {
+                    let _ = group.raft.trigger().transfer_leader(successor).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops reconciling and every group, keeping the data.
@@ -182,7 +242,34 @@ impl ClusterNode {
     }
 }
 
-/// Proposes one command to the controller group (on its leader).
+/// Proposes one command to the controller group: here when this node leads
+/// it, otherwise forwarded over the transport to the node that does.
+async fn propose_anywhere(
+    node: &RaftNode,
+    controller: &Group,
+    peers: &BTreeMap<u64, String>,
+    command: &MetadataCommand,
+) -> Result<u64, ClusterError> {
+    let value = serde_json::to_vec(command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let mut builder = BatchBuilder::new();
+    builder.push(now_ms(), None, Some(&value), &[]);
+    let batch: Bytes = builder.build(Compression::None);
+    match produce(controller, batch.clone()).await {
+        Ok(produced) => Ok(produced.base_offset),
+        Err(ProduceError::NotLeader { leader: Some(leader) }) if leader != node.id() => {
+            let metadata = controller.state_machine.metadata().unwrap_or_default();
+            let addr =
+                metadata.brokers.get(&leader).map(|b| b.raft_addr.clone()).or_else(|| peers.get(&leader).cloned());
+            let Some(addr) = addr else {
+                return Err(ProduceError::NotLeader { leader: Some(leader) }.into());
+            };
+            Ok(node.forward(leader, &addr, CONTROLLER_GROUP, batch).await?.base_offset)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Proposes one command to the controller group here (its leader).
 async fn propose(controller: &Group, command: &MetadataCommand) -> Result<u64, ClusterError> {
     let value = serde_json::to_vec(command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let mut builder = BatchBuilder::new();
@@ -197,36 +284,76 @@ fn now_ms() -> i64 {
 
 /// Keeps this node in line with the metadata: registers peers (controller
 /// leader), adds brokers to the controller as learners (controller leader),
-/// opens assigned groups, initializes groups it created, and carries out
-/// reassignments of groups it leads.
-async fn reconcile(node: Arc<RaftNode>, controller: Group, peers: BTreeMap<u64, String>) {
-    let mut initialized: BTreeSet<u64> = BTreeSet::new();
-    loop {
-        let metadata = controller.state_machine.metadata().unwrap_or_default();
-        if controller.raft.is_leader() {
-            reconcile_controller(&controller, &metadata, &peers).await;
-        }
-        for partition in metadata.partitions_of(node.id()) {
-            let group = match node.open_group(partition.group).await {
-                Ok(group) => group,
-                Err(err) => {
-                    tracing::error!(group = partition.group, error = %err, "cannot open an assigned partition");
-                    continue;
+/// announces this node's client address, opens assigned groups, initializes
+/// groups it created, carries out reassignments of groups it leads, and
+/// closes the groups of deleted topics.
+struct Reconciler {
+    node: Arc<RaftNode>,
+    controller: Group,
+    peers: BTreeMap<u64, String>,
+    client_addr: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Reconciler {
+    async fn run(self) {
+        let (node, controller, peers) = (&self.node, &self.controller, &self.peers);
+        let mut initialized: BTreeSet<u64> = BTreeSet::new();
+        loop {
+            let metadata = controller.state_machine.metadata().unwrap_or_default();
+            if controller.raft.is_leader() {
+                reconcile_controller(controller, &metadata, peers).await;
+            }
+            self.announce(&metadata).await;
+            let assigned = metadata.partitions_of(node.id());
+            for partition in &assigned {
+                let group = match node.open_group(partition.group).await {
+                    Ok(group) => group,
+                    Err(err) => {
+                        tracing::error!(group = partition.group, error = %err, "cannot open an assigned partition");
+                        continue;
+                    }
+                };
+                if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
+                    let members = nodes_of(&partition.initial_replicas, &metadata, peers);
+                    if members.len() == partition.initial_replicas.len() {
+                        // NotAllowed means "already initialized" (a restart).
+                        let _ = bounded(group.raft.initialize(members)).await;
+                        initialized.insert(partition.group);
+                    }
                 }
-            };
-            if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
-                let members = nodes_of(&partition.initial_replicas, &metadata, &peers);
-                if members.len() == partition.initial_replicas.len() {
-                    // NotAllowed means "already initialized" (a restart).
-                    let _ = bounded(group.raft.initialize(members)).await;
-                    initialized.insert(partition.group);
+                if group.raft.is_leader() {
+                    move_replicas(&group, &partition.replicas, &metadata, peers).await;
                 }
             }
-            if group.raft.is_leader() {
-                move_replicas(&group, &partition.replicas, &metadata, &peers).await;
+            // Groups of topics deleted since they were opened.
+            let assigned: BTreeSet<u64> = assigned.iter().map(|p| p.group).collect();
+            for group in node.groups() {
+                let deleted = group.id != CONTROLLER_GROUP
+                    && !assigned.contains(&group.id)
+                    && metadata.partition_of_group(group.id).is_none();
+                if deleted {
+                    if let Err(err) = node.close_group(group.id, true).await {
+                        tracing::warn!(group = group.id, error = %err, "cannot remove a deleted partition");
+                    }
+                }
             }
+            tokio::time::sleep(RECONCILE_INTERVAL).await;
         }
-        tokio::time::sleep(RECONCILE_INTERVAL).await;
+    }
+
+    /// Registers this node's client address when the metadata lacks it.
+    async fn announce(&self, metadata: &ClusterMetadata) {
+        let wanted = self.client_addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(wanted) = wanted else { return };
+        let id = self.node.id();
+        let Some(raft_addr) = self.peers.get(&id).cloned() else { return };
+        if metadata.brokers.get(&id).is_some_and(|b| b.client_addr.as_deref() == Some(wanted.as_str())) {
+            return;
+        }
+        let command = MetadataCommand::RegisterBroker { id, raft_addr, client_addr: Some(wanted) };
+        if let Err(err) = bounded(propose_anywhere(&self.node, &self.controller, &self.peers, &command)).await {
+            tracing::debug!(error = %err, "announcing the client address will be retried");
+        }
     }
 }
 
@@ -251,7 +378,7 @@ fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
 async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) {
     for (id, addr) in peers {
         if metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
-            let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone() };
+            let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone(), client_addr: None };
             if let Err(err) = bounded(propose(controller, &command)).await {
                 tracing::debug!(broker = id, error = %err, "broker registration will be retried");
             }

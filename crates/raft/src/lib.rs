@@ -31,7 +31,7 @@ pub use log_store::LogStore;
 pub use network::faults::{FaultAction, FaultRates, TransportFaults};
 pub use network::server::GroupRaft;
 pub use node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
-pub use partition::{ProduceError, ProduceGate, Produced, produce};
+pub use partition::{ProduceError, ProduceGate, Produced, Submission, produce, submit};
 pub use producer::{ProducerStates, SequenceCheck, SequencedBatch};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
 pub use types::{

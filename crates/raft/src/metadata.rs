@@ -26,6 +26,9 @@ pub enum MetadataCommand {
         id: u64,
         /// Its Raft transport address.
         raft_addr: String,
+        /// The address clients reach it at; `None` keeps the known one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_addr: Option<String>,
     },
     /// A topic is created with replicas already assigned by the proposer
     /// (so every replica applies the same assignment).
@@ -70,6 +73,9 @@ pub struct BrokerInfo {
     pub id: u64,
     /// Raft transport address.
     pub raft_addr: String,
+    /// Client API address, once the broker announced it.
+    #[serde(default)]
+    pub client_addr: Option<String>,
 }
 
 /// One partition: its Raft group and its replicas.
@@ -114,8 +120,10 @@ impl ClusterMetadata {
     pub fn apply(&mut self, offset: u64, command: &MetadataCommand) {
         self.next_group = self.next_group.max(1);
         match command {
-            MetadataCommand::RegisterBroker { id, raft_addr } => {
-                self.brokers.insert(*id, BrokerInfo { id: *id, raft_addr: raft_addr.clone() });
+            MetadataCommand::RegisterBroker { id, raft_addr, client_addr } => {
+                let known = self.brokers.get(id).and_then(|b| b.client_addr.clone());
+                let client_addr = client_addr.clone().or(known);
+                self.brokers.insert(*id, BrokerInfo { id: *id, raft_addr: raft_addr.clone(), client_addr });
             }
             MetadataCommand::CreateTopic { name, assignment, configs } => {
                 if self.topics.contains_key(name) {
@@ -149,6 +157,13 @@ impl ClusterMetadata {
                 }
             }
         }
+    }
+
+    /// The partition served by Raft group `group`, with its topic's name.
+    pub fn partition_of_group(&self, group: u64) -> Option<(&str, u32)> {
+        self.topics
+            .values()
+            .find_map(|t| t.partitions.iter().position(|p| p.group == group).map(|i| (t.name.as_str(), i as u32)))
     }
 
     /// The partitions `node` holds (or held first) a replica of.
@@ -216,7 +231,12 @@ mod tests {
     #[test]
     fn commands_apply_deterministically() {
         let mut md = ClusterMetadata::default();
-        md.apply(0, &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into() });
+        md.apply(
+            0,
+            &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into(), client_addr: Some("a:0".into()) },
+        );
+        md.apply(0, &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into(), client_addr: None });
+        assert_eq!(md.brokers[&1].client_addr.as_deref(), Some("a:0"), "a registration without address keeps it");
         let create = MetadataCommand::CreateTopic {
             name: "orders".into(),
             assignment: vec![vec![1], vec![1]],

@@ -7,18 +7,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use strata_log::io::fs::FsDir;
 use strata_log::{Flusher, Log, LogConfig};
 use strata_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio::sync::{oneshot, watch};
 
-use crate::limits::{SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
+use crate::limits::{FORWARD_TIMEOUT, SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
 use crate::log_store::LogStore;
 use crate::network::client::GroupNetworkFactory;
+use crate::network::convert::propose_reply_from_pb;
 use crate::network::faults::TransportFaults;
 use crate::network::peer::Peers;
 use crate::network::server::{GroupRaft, Router, TransportService};
 use crate::partition::ProduceGate;
+use crate::partition::{ProduceError, Produced};
 use crate::state_machine::PartitionStateMachine;
 
 /// Errors of starting a node or opening a group.
@@ -214,7 +218,7 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Raft(format!("start group {group}: {e}")))?;
         let handle = Group { id: group, raft: raft.clone(), log, state_machine, gate: Arc::default() };
-        self.router.insert(group, raft);
+        self.router.insert(handle.clone());
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
         Ok(handle)
     }
@@ -227,6 +231,47 @@ impl RaftNode {
     /// A running group.
     pub fn group(&self, group: u64) -> Option<Group> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+    }
+
+    /// Every running group.
+    pub fn groups(&self) -> Vec<Group> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Closes group `group` on this node (its replica was moved away or its
+    /// topic deleted) and, with `delete_data`, removes its directory.
+    pub async fn close_group(&self, group: u64, delete_data: bool) -> Result<(), NodeError> {
+        let removed = self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&group);
+        let Some(handle) = removed else { return Ok(()) };
+        self.router.remove(group);
+        if let Err(err) = handle.raft.shutdown().await {
+            tracing::warn!(group, error = %err, "raft did not shut down cleanly");
+        }
+        if delete_data {
+            drop(handle);
+            let dir = self.config.data_dir.join(format!("group-{group}"));
+            std::fs::remove_dir_all(&dir)
+                .map_err(|source| NodeError::Io { context: format!("remove {}", dir.display()), source })?;
+        }
+        Ok(())
+    }
+
+    /// Sends a write for `group` to `node` (at `addr`), which should lead it,
+    /// and returns its answer; see `ClusterNode`'s metadata commands.
+    pub async fn forward(&self, node: u64, addr: &str, group: u64, batch: Bytes) -> Result<Produced, ProduceError> {
+        use strata_proto::raft::raft_response::Body as ReplyBody;
+        let body = strata_proto::raft::raft_request::Body::Propose(strata_proto::raft::ProposeRequest { batch });
+        let reply = self
+            .peers
+            .get(node, addr)
+            .call(group, body, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| ProduceError::Unavailable(format!("forward to node {node}: {e}")))?;
+        match reply.body {
+            Some(ReplyBody::Propose(reply)) => propose_reply_from_pb(reply),
+            Some(ReplyBody::Error(message)) => Err(ProduceError::Unavailable(format!("node {node}: {message}"))),
+            _ => Err(ProduceError::Unavailable(format!("node {node} sent an answer of the wrong kind"))),
+        }
     }
 
     /// Stops every group and the transport. Data stays on disk; a node

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use openraft::impls::ProgressResponder;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, oneshot, watch};
 
 use crate::node::Group;
 use crate::producer::{SequenceCheck, last_seq, next_seq};
@@ -50,6 +50,9 @@ pub enum ProduceError {
     /// Raft failed (stopped, storage error).
     #[error("replication failed: {0}")]
     Raft(String),
+    /// The node a write was forwarded to could not be reached; retriable.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where a produced batch landed.
@@ -127,17 +130,52 @@ impl ForwardHintInner for openraft::errors::LinearizableReadError<crate::C> {
 /// Appends `batch` to the partition through Raft, answering once a majority
 /// has it on disk and the leader applied it.
 pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceError> {
+    submit(group, batch).await?.wait().await
+}
+
+/// A batch the leader accepted: checked, sequenced and handed to Raft, not
+/// yet committed.
+pub enum Submission {
+    /// A retry of a batch already stored: answered from there.
+    Stored(Produced),
+    /// Proposed (or a retry of a batch in flight): its outcome will come.
+    InFlight(oneshot::Receiver<Result<Produced, ProduceError>>),
+}
+
+impl Submission {
+    /// Waits for the batch to be committed and applied.
+    pub async fn wait(self) -> Result<Produced, ProduceError> {
+        match self {
+            Submission::Stored(produced) => Ok(produced),
+            Submission::InFlight(answer) => {
+                answer.await.unwrap_or_else(|_| Err(ProduceError::Raft("write abandoned".into())))
+            }
+        }
+    }
+}
+
+/// Validates `batch`, checks an idempotent producer's sequence, and hands it
+/// to Raft in the order of the checks; returns once it is proposed. The
+/// outcome is carried to the [`Submission`] by a task, so a caller that does
+/// not wait (acks = leader) leaves nothing half done.
+pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceError> {
     let header = strata_batch::validate(&batch).map_err(|e| ProduceError::InvalidBatch(e.to_string()))?;
     if header.is_control() {
         return Err(ProduceError::InvalidBatch("clients may not write control batches".into()));
     }
+    let (tx, rx) = oneshot::channel();
     if header.producer_id < 0 {
-        let response = group.raft.client_write(BatchData(batch)).await.map_err(|e| from_write_error(group, e))?;
-        return Ok(Produced {
-            base_offset: response.data.base_offset,
-            n_offsets: response.data.n_offsets,
-            duplicate: false,
+        let (responder, answer) = ProgressResponder::complete_only();
+        group
+            .raft
+            .client_write_ff(BatchData(batch), Some(responder))
+            .await
+            .map_err(|e| ProduceError::Raft(e.to_string()))?;
+        let group = group.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(outcome_of(&group, answer.await).map(|w| produced(w, false)));
         });
+        return Ok(Submission::InFlight(rx));
     }
     let (pid, epoch) = (header.producer_id, header.producer_epoch);
     let first = header.base_sequence;
@@ -161,10 +199,14 @@ pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceErr
     if let Some(same) = in_flight.iter().find(|p| p.epoch == epoch && p.first_seq == first && p.last_seq == last) {
         let mut outcome = same.outcome.clone();
         drop(gate);
-        let result =
-            outcome.wait_for(Option::is_some).await.map_err(|_| ProduceError::Raft("write abandoned".into()))?;
-        let written = result.clone().expect("waited for Some")?;
-        return Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: true });
+        tokio::spawn(async move {
+            let result = match outcome.wait_for(Option::is_some).await {
+                Ok(result) => result.clone().expect("waited for Some").map(|w| produced(w, true)),
+                Err(_) => Err(ProduceError::Raft("write abandoned".into())),
+            };
+            let _ = tx.send(result);
+        });
+        return Ok(Submission::InFlight(rx));
     }
     // Applied state first: a retry of an applied batch is a duplicate even
     // while later batches are in flight; then the newest in-flight batch
@@ -175,7 +217,11 @@ pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceErr
     match check {
         SequenceCheck::New => {}
         SequenceCheck::Duplicate(stored) => {
-            return Ok(Produced { base_offset: stored.base_offset, n_offsets: stored.n_offsets, duplicate: true });
+            return Ok(Submission::Stored(Produced {
+                base_offset: stored.base_offset,
+                n_offsets: stored.n_offsets,
+                duplicate: true,
+            }));
         }
         SequenceCheck::OutOfOrder { expected, got } => return Err(ProduceError::OutOfOrderSequence { expected, got }),
         SequenceCheck::Fenced { current } => return Err(ProduceError::ProducerFenced { current }),
@@ -191,23 +237,36 @@ pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceErr
     gate.pending.entry(pid).or_default().push(Pending { epoch, first_seq: first, last_seq: last, outcome });
     drop(gate);
 
-    let result = match answer.await {
+    let group = group.clone();
+    tokio::spawn(async move {
+        let result = outcome_of(&group, answer.await);
+        let _ = publish.send(Some(result.clone()));
+        let mut gate = group.gate.state.lock().await;
+        if let Some(list) = gate.pending.get_mut(&pid) {
+            list.retain(|p| !(p.epoch == epoch && p.first_seq == first));
+            if list.is_empty() {
+                gate.pending.remove(&pid);
+            }
+        }
+        drop(gate);
+        let _ = tx.send(result.map(|w| produced(w, false)));
+    });
+    Ok(Submission::InFlight(rx))
+}
+
+type WriteAnswer = Result<openraft::raft::ClientWriteResponse<crate::C>, openraft::errors::ClientWriteError<crate::C>>;
+
+fn outcome_of<E>(group: &Group, answer: Result<WriteAnswer, E>) -> Result<WriteResult, ProduceError> {
+    match answer {
         Ok(Ok(response)) => Ok(response.data),
         Ok(Err(err)) if err.is_forward() => Err(not_leader(group)),
         Ok(Err(err)) => Err(ProduceError::Raft(err.to_string())),
         Err(_) => Err(ProduceError::Raft("raft dropped the write".into())),
-    };
-    let _ = publish.send(Some(result.clone()));
-    let mut gate = group.gate.state.lock().await;
-    if let Some(list) = gate.pending.get_mut(&pid) {
-        list.retain(|p| !(p.epoch == epoch && p.first_seq == first));
-        if list.is_empty() {
-            gate.pending.remove(&pid);
-        }
     }
-    drop(gate);
-    let written = result?;
-    Ok(Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate: false })
+}
+
+fn produced(written: WriteResult, duplicate: bool) -> Produced {
+    Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate }
 }
 
 /// Combines the check against applied state with the newest in-flight batch

@@ -63,6 +63,8 @@ pub struct PartitionStateMachine {
     log: Arc<Log>,
     snapshot_path: PathBuf,
     state: Arc<Mutex<State>>,
+    /// The high watermark, for readers that wait for it to move (long polls).
+    high_watermark: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -99,7 +101,8 @@ impl PartitionStateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        Ok(PartitionStateMachine { log, snapshot_path, state: Arc::new(Mutex::new(state)) })
+        let high_watermark = Arc::new(tokio::sync::watch::Sender::new(state.high_watermark));
+        Ok(PartitionStateMachine { log, snapshot_path, state: Arc::new(Mutex::new(state)), high_watermark })
     }
 
     /// Opens the state machine of the controller group: like a partition's,
@@ -122,6 +125,11 @@ impl PartitionStateMachine {
     /// The offset below which records are committed and may be served.
     pub fn high_watermark(&self) -> Offset {
         Offset(self.lock().high_watermark)
+    }
+
+    /// A receiver that sees the high watermark change.
+    pub fn watch_high_watermark(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.high_watermark.subscribe()
     }
 
     /// The last applied log id.
@@ -215,11 +223,11 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let result = {
+            let (result, high_watermark) = {
                 let mut state = self.lock();
                 state.last_applied = Some(entry.log_id);
                 let base_offset = state.high_watermark;
-                match &entry.payload {
+                let result = match &entry.payload {
                     EntryPayload::Normal(batch) => {
                         let header = strata_batch::BatchHeader::parse(&batch.0)
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -245,8 +253,10 @@ impl RaftStateMachine<C> for PartitionStateMachine {
                         state.membership = RaftMembership::new(Some(entry.log_id), membership.clone());
                         WriteResult { base_offset, n_offsets: 0 }
                     }
-                }
+                };
+                (result, state.high_watermark)
             };
+            self.high_watermark.send_if_modified(|hw| std::mem::replace(hw, high_watermark) != high_watermark);
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -290,6 +300,7 @@ impl RaftStateMachine<C> for PartitionStateMachine {
             state.metadata = Some(stored.data.metadata.clone().unwrap_or_default());
         }
         state.snapshot = Some(stored);
+        self.high_watermark.send_replace(state.high_watermark);
         Ok(())
     }
 

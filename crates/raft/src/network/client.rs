@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend};
 use strata_proto::raft::raft_request::Body;
 use strata_proto::raft::raft_response::Body as ReplyBody;
 
 use super::convert::{
-    append_reply_from_pb, append_to_pb, json_bytes, vote_from_pb, vote_reply_from_pb, vote_request_to_pb, vote_to_pb,
+    append_reply_from_pb, append_to_pb, from_json, json_bytes, vote_from_pb, vote_reply_from_pb, vote_request_to_pb,
+    vote_to_pb,
 };
 use super::faults::{FaultAction, TransportFaults};
 use super::peer::{Peer, Peers};
@@ -93,6 +97,20 @@ impl RaftNetworkV2<C> for GroupClient {
         match self.call(Body::Vote(vote_request_to_pb(&rpc)), &option).await? {
             ReplyBody::Vote(reply) => vote_reply_from_pb(reply).map_err(unreachable),
             _ => Err(unreachable("answer of the wrong kind to vote".into())),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        let body = Body::TransferLeader(strata_proto::raft::TransferLeaderRequest {
+            request_json: json_bytes(&req).map_err(unreachable)?,
+        });
+        match self.call(body, &option).await? {
+            ReplyBody::TransferLeader(reply) => from_json(&reply.response_json).map_err(unreachable),
+            _ => Err(unreachable("answer of the wrong kind to transfer leader".into())),
         }
     }
 

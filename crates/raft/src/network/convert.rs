@@ -6,6 +6,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, V
 use strata_proto::raft as pb;
 
 use crate::codec::{entry_to_batch, stored_to_entry};
+use crate::partition::{ProduceError, Produced};
 use crate::types::{C, RaftEntry, RaftLogId, RaftVote, log_id, term_of};
 
 /// Why a message could not be converted.
@@ -128,6 +129,53 @@ pub fn json_bytes<T: serde::Serialize>(value: &T) -> Result<Bytes, ConvertError>
 
 pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConvertError> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// A forwarded write's outcome, as sent back to the forwarding node.
+pub fn propose_reply_to_pb(result: &Result<Produced, ProduceError>) -> pb::ProposeReply {
+    use pb::propose_error::Kind;
+    match result {
+        Ok(p) => {
+            pb::ProposeReply { base_offset: p.base_offset, n_offsets: p.n_offsets, duplicate: p.duplicate, error: None }
+        }
+        Err(err) => {
+            let mut e = pb::ProposeError { message: err.to_string(), ..Default::default() };
+            match err {
+                ProduceError::NotLeader { leader } => {
+                    e.set_kind(Kind::NotLeader);
+                    e.leader = *leader;
+                }
+                ProduceError::InvalidBatch(_) => e.set_kind(Kind::InvalidBatch),
+                ProduceError::OutOfOrderSequence { expected, got } => {
+                    e.set_kind(Kind::OutOfOrderSequence);
+                    (e.expected, e.got) = (*expected, *got);
+                }
+                ProduceError::ProducerFenced { current } => {
+                    e.set_kind(Kind::ProducerFenced);
+                    e.current_epoch = i32::from(*current);
+                }
+                ProduceError::Raft(_) => e.set_kind(Kind::Raft),
+                ProduceError::Unavailable(_) => e.set_kind(Kind::Unavailable),
+            }
+            pb::ProposeReply { error: Some(e), ..Default::default() }
+        }
+    }
+}
+
+/// The outcome of a write forwarded to another node.
+pub fn propose_reply_from_pb(reply: pb::ProposeReply) -> Result<Produced, ProduceError> {
+    use pb::propose_error::Kind;
+    let Some(e) = reply.error else {
+        return Ok(Produced { base_offset: reply.base_offset, n_offsets: reply.n_offsets, duplicate: reply.duplicate });
+    };
+    Err(match e.kind() {
+        Kind::NotLeader => ProduceError::NotLeader { leader: e.leader },
+        Kind::InvalidBatch => ProduceError::InvalidBatch(e.message),
+        Kind::OutOfOrderSequence => ProduceError::OutOfOrderSequence { expected: e.expected, got: e.got },
+        Kind::ProducerFenced => ProduceError::ProducerFenced { current: e.current_epoch as i16 },
+        Kind::Raft => ProduceError::Raft(e.message),
+        Kind::Unavailable => ProduceError::Unavailable(e.message),
+    })
 }
 
 #[cfg(test)]

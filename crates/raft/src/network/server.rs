@@ -20,9 +20,11 @@ use strata_proto::raft::raft_response::Body as ReplyBody;
 use tokio::sync::{mpsc, watch};
 
 use super::convert::{
-    append_from_pb, append_reply_to_pb, from_json, vote_from_pb, vote_reply_to_pb, vote_request_from_pb, vote_to_pb,
+    append_from_pb, append_reply_to_pb, from_json, json_bytes, propose_reply_to_pb, vote_from_pb, vote_reply_to_pb,
+    vote_request_from_pb, vote_to_pb,
 };
 use crate::limits::{GROUP_QUEUE_MAX, PEER_QUEUE_MAX};
+use crate::node::Group;
 use crate::state_machine::{PartitionSnapshot, PartitionStateMachine};
 use crate::types::C;
 
@@ -32,35 +34,45 @@ pub type GroupRaft = Raft<C, PartitionStateMachine>;
 /// The groups this node runs, by group id.
 #[derive(Default)]
 pub struct Router {
-    groups: RwLock<HashMap<u64, GroupRaft>>,
+    groups: RwLock<HashMap<u64, Group>>,
 }
 
 impl Router {
-    pub fn insert(&self, group: u64, raft: GroupRaft) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
+    pub fn insert(&self, group: Group) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group.id, group);
     }
 
-    pub fn remove(&self, group: u64) -> Option<GroupRaft> {
+    pub fn remove(&self, group: u64) -> Option<Group> {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
     }
 
-    pub fn get(&self, group: u64) -> Option<GroupRaft> {
+    pub fn get(&self, group: u64) -> Option<Group> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
     }
 
     async fn handle(&self, group: u64, body: Option<Body>) -> ReplyBody {
-        let Some(raft) = self.get(group) else {
+        let Some(group) = self.get(group) else {
             return ReplyBody::Error(format!("group {group} is not on this node"));
         };
-        match handle_with(&raft, body).await {
+        match handle_with(&group, body).await {
             Ok(reply) => reply,
             Err(message) => ReplyBody::Error(message),
         }
     }
 }
 
-async fn handle_with(raft: &GroupRaft, body: Option<Body>) -> Result<ReplyBody, String> {
+async fn handle_with(group: &Group, body: Option<Body>) -> Result<ReplyBody, String> {
+    let raft = &group.raft;
     match body.ok_or("empty request")? {
+        Body::Propose(req) => {
+            let result = crate::partition::produce(group, req.batch).await;
+            Ok(ReplyBody::Propose(propose_reply_to_pb(&result)))
+        }
+        Body::TransferLeader(req) => {
+            let req = from_json(&req.request_json)?;
+            let resp = raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())?;
+            Ok(ReplyBody::TransferLeader(pb::TransferLeaderReply { response_json: json_bytes(&resp)? }))
+        }
         Body::Append(req) => {
             let req = append_from_pb(req)?;
             let resp = raft.append_entries(req).await.map_err(|e| e.to_string())?;

@@ -1,0 +1,468 @@
+//! The server's configuration: defaults, then a TOML file, then `STRATA_*`
+//! environment variables, then command-line settings, each overriding the
+//! one before; every value is checked and an error names the key, the
+//! value, where it came from, and what is accepted.
+//!
+//! Keys are dotted (`limits.max_message_bytes`); a TOML table `[limits]`
+//! holds the keys under it. The environment variable of a key is `STRATA_`
+//! and the key upper-cased with dots as underscores
+//! (`STRATA_LIMITS_MAX_MESSAGE_BYTES`). Sizes take units (`"1 GiB"`,
+//! `"64KiB"`, `"1000"` bytes), durations too (`"30s"`, `"100ms"`, `"7d"`).
+//! `deploy/strata.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use strata_log::{FlushPolicy, LogConfig};
+
+/// A configuration error: which key, what value, from where, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is not acceptable.
+    #[error("invalid {key} = {value:?} (from {source_name}): {reason}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Where it came from (file, environment, flag).
+        source_name: String,
+        /// What is accepted.
+        reason: String,
+    },
+    /// A key nobody reads: probably a typo.
+    #[error("unknown setting {key} (from {source_name}); known settings: {known}")]
+    Unknown {
+        /// The key.
+        key: String,
+        /// Where it came from.
+        source_name: String,
+        /// The known keys.
+        known: String,
+    },
+    /// The file could not be read or is not TOML.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Settings that are fine alone but not together.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Every key the server reads, with its default (`None`: derived).
+pub const KEYS: &[(&str, Option<&str>)] = &[
+    ("node_id", Some("1")),
+    ("data_dir", Some("./data")),
+    ("peers", None),
+    ("listen.client", Some("0.0.0.0:7070")),
+    ("listen.peer", Some("0.0.0.0:7071")),
+    ("listen.http", Some("0.0.0.0:7072")),
+    ("advertise.client", None),
+    ("advertise.peer", None),
+    ("log.segment_bytes", Some("128 MiB")),
+    ("log.segment_age", Some("7d")),
+    ("log.flush_policy", Some("always")),
+    ("log.flush_interval", Some("1s")),
+    ("raft.heartbeat_interval", Some("100ms")),
+    ("raft.election_timeout_min", Some("1s")),
+    ("raft.election_timeout_max", Some("2s")),
+    ("limits.max_message_bytes", Some("1 MiB")),
+    ("limits.request_bytes", Some("64 MiB")),
+    ("limits.connections", Some("1024")),
+    ("limits.produce_memory_bytes", Some("256 MiB")),
+    ("shutdown.grace", Some("10s")),
+];
+
+/// The whole server configuration, checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's id, unique in the cluster and never reused.
+    pub node_id: u64,
+    /// Where partitions are stored.
+    pub data_dir: PathBuf,
+    /// Every node of the cluster, this one included, by id → peer address.
+    pub peers: BTreeMap<u64, String>,
+    /// Client gRPC listener.
+    pub listen_client: SocketAddr,
+    /// Peer (Raft) listener.
+    pub listen_peer: SocketAddr,
+    /// HTTP (health) listener.
+    pub listen_http: SocketAddr,
+    /// The client address other brokers hand to clients.
+    pub advertise_client: String,
+    /// Settings of every partition log.
+    pub log: LogConfig,
+    /// Raft heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Default max.message.bytes of a topic.
+    pub max_message_bytes: u64,
+    /// Largest request a client may send.
+    pub request_bytes: u64,
+    /// Client connections served at once; more wait to be accepted.
+    pub connections: usize,
+    /// Bytes of produce data in flight at once; beyond, THROTTLED.
+    pub produce_memory_bytes: u64,
+    /// How long a graceful shutdown may take.
+    pub shutdown_grace: Duration,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone)]
+struct Setting {
+    value: String,
+    source_name: String,
+}
+
+/// Collects settings from each source, then checks them.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigBuilder {
+    settings: BTreeMap<String, Setting>,
+}
+
+impl ConfigBuilder {
+    /// A builder with nothing set (every key at its default).
+    pub fn new() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Reads a TOML file.
+    pub fn file(mut self, path: &Path) -> Result<ConfigBuilder, ConfigError> {
+        let file_error = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+        let mut flat = Vec::new();
+        flatten("", &table, &mut flat);
+        let source_name = path.display().to_string();
+        for (key, value) in flat {
+            self.set_from(&key, value, &source_name)?;
+        }
+        Ok(self)
+    }
+
+    /// Reads `STRATA_*` variables from `vars` (the process environment in
+    /// production). Variables that match no key are ignored: the
+    /// environment holds other programs' settings too.
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> ConfigBuilder {
+        let by_name: BTreeMap<String, &str> = KEYS.iter().map(|(k, _)| (env_name(k), *k)).collect();
+        for (name, value) in vars {
+            if let Some(key) = by_name.get(&name) {
+                self.settings.insert(key.to_string(), Setting { value, source_name: format!("${name}") });
+            }
+        }
+        self
+    }
+
+    /// Sets one key from the command line.
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Result<ConfigBuilder, ConfigError> {
+        self.set_from(key, value.into(), "the command line")?;
+        Ok(self)
+    }
+
+    fn set_from(&mut self, key: &str, value: String, source_name: &str) -> Result<(), ConfigError> {
+        if !KEYS.iter().any(|(k, _)| *k == key) {
+            let known = KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+            return Err(ConfigError::Unknown { key: key.into(), source_name: source_name.into(), known });
+        }
+        self.settings.insert(key.into(), Setting { value, source_name: source_name.into() });
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Option<Setting> {
+        self.settings.get(key).cloned().or_else(|| {
+            let default = KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| *d)?;
+            Some(Setting { value: default.into(), source_name: "the default".into() })
+        })
+    }
+
+    fn parse<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
+        let Some(setting) = self.get(key) else { return Ok(None) };
+        parse(setting.value.trim()).map(Some).map_err(|reason| ConfigError::Invalid {
+            key: key.into(),
+            value: setting.value.clone(),
+            source_name: setting.source_name.clone(),
+            reason,
+        })
+    }
+
+    fn required<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        self.parse(key, parse)?.ok_or_else(|| ConfigError::Inconsistent(format!("{key} must be set")))
+    }
+
+    /// Checks every setting and builds the configuration.
+    pub fn build(&self) -> Result<ServerConfig, ConfigError> {
+        let node_id = self.required("node_id", |v| parse_int(v, 1, u64::MAX >> 1))?;
+        let data_dir = PathBuf::from(self.required("data_dir", parse_nonempty)?);
+        let listen_client = self.required("listen.client", parse_addr)?;
+        let listen_peer = self.required("listen.peer", parse_addr)?;
+        let listen_http = self.required("listen.http", parse_addr)?;
+        let advertise_client =
+            self.parse("advertise.client", parse_host_port)?.unwrap_or_else(|| advertised(listen_client));
+        let advertise_peer = self.parse("advertise.peer", parse_host_port)?.unwrap_or_else(|| advertised(listen_peer));
+        let peers = match self.parse("peers", parse_peers)? {
+            Some(peers) => peers,
+            None => BTreeMap::from([(node_id, advertise_peer)]),
+        };
+        if !peers.contains_key(&node_id) {
+            return Err(ConfigError::Inconsistent(format!(
+                "node_id {node_id} is not in peers ({}); every node lists the whole cluster, itself included",
+                peers.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",")
+            )));
+        }
+        let flush_policy = match self.required("log.flush_policy", parse_nonempty)?.as_str() {
+            "always" => FlushPolicy::Always,
+            "interval" => FlushPolicy::Interval(self.required("log.flush_interval", parse_duration)?),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "log.flush_policy".into(),
+                    value: self.get("log.flush_policy").map(|s| s.value).unwrap_or_default(),
+                    source_name: self.get("log.flush_policy").map(|s| s.source_name).unwrap_or_default(),
+                    reason: "expected \"always\" or \"interval\"".into(),
+                });
+            }
+        };
+        let log = LogConfig {
+            segment_bytes: self.required("log.segment_bytes", |v| {
+                parse_size(v).and_then(|n| {
+                    in_range(n, strata_log::limits::SEGMENT_BYTES_MIN, strata_log::limits::SEGMENT_BYTES_MAX)
+                })
+            })?,
+            segment_age_max: Some(self.required("log.segment_age", parse_duration)?),
+            flush_policy,
+        };
+        let heartbeat_interval = self.required("raft.heartbeat_interval", parse_duration)?;
+        let election_min = self.required("raft.election_timeout_min", parse_duration)?;
+        let election_max = self.required("raft.election_timeout_max", parse_duration)?;
+        if heartbeat_interval.is_zero() || election_min <= heartbeat_interval * 2 || election_max <= election_min {
+            return Err(ConfigError::Inconsistent(format!(
+                "raft timing: need 0 < heartbeat_interval ({heartbeat_interval:?}) < election_timeout_min / 2 \
+                 ({election_min:?}) and election_timeout_min < election_timeout_max ({election_max:?})"
+            )));
+        }
+        let batch_max = strata_log::limits::BATCH_BYTES_MAX as u64;
+        Ok(ServerConfig {
+            node_id,
+            data_dir,
+            peers,
+            listen_client,
+            listen_peer,
+            listen_http,
+            advertise_client,
+            log,
+            heartbeat_interval,
+            election_timeout: (election_min, election_max),
+            max_message_bytes: self
+                .required("limits.max_message_bytes", |v| parse_size(v).and_then(|n| in_range(n, 1, batch_max)))?,
+            request_bytes: self.required("limits.request_bytes", |v| {
+                parse_size(v).and_then(|n| in_range(n, 1024, crate::limits::REQUEST_BYTES_MAX))
+            })?,
+            connections: self.required("limits.connections", |v| parse_int(v, 1, 1_000_000))? as usize,
+            produce_memory_bytes: self.required("limits.produce_memory_bytes", |v| {
+                parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
+            })?,
+            shutdown_grace: self.required("shutdown.grace", parse_duration)?,
+        })
+    }
+}
+
+impl ServerConfig {
+    /// The Raft timing this configuration asks for.
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout.0.as_millis() as u64,
+            election_timeout_max: self.election_timeout.1.as_millis() as u64,
+            ..strata_raft::default_raft_config()
+        }
+    }
+}
+
+/// The environment variable of a key.
+pub fn env_name(key: &str) -> String {
+    format!("STRATA_{}", key.to_uppercase().replace('.', "_"))
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Array(items) => {
+                let joined = items
+                    .iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                out.push((key, joined));
+            }
+            other => out.push((key, other.to_string())),
+        }
+    }
+}
+
+/// A listen address made reachable: 0.0.0.0 becomes 127.0.0.1.
+fn advertised(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() { format!("127.0.0.1:{}", listen.port()) } else { listen.to_string() }
+}
+
+fn in_range(n: u64, min: u64, max: u64) -> Result<u64, String> {
+    if n < min || n > max {
+        return Err(format!("must be between {} and {}", show_size(min), show_size(max)));
+    }
+    Ok(n)
+}
+
+fn show_size(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    n.to_string()
+}
+
+fn parse_nonempty(v: &str) -> Result<String, String> {
+    if v.is_empty() { Err("must not be empty".into()) } else { Ok(v.to_string()) }
+}
+
+fn parse_int(v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = v.parse().map_err(|_| "expected a whole number".to_string())?;
+    if n < min || n > max {
+        return Err(format!("must be between {min} and {max}"));
+    }
+    Ok(n)
+}
+
+fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse().map_err(|_| "expected IP:PORT, e.g. 0.0.0.0:7070".to_string())
+}
+
+fn parse_host_port(v: &str) -> Result<String, String> {
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.to_string()),
+        _ => Err("expected HOST:PORT".into()),
+    }
+}
+
+/// `1=host:7071,2=host:7081`.
+pub fn parse_peers(v: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{part:?}: the node id must be a number"))?;
+        let addr = parse_host_port(addr.trim()).map_err(|e| format!("{part:?}: {e}"))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("expected at least one ID=HOST:PORT".into());
+    }
+    Ok(peers)
+}
+
+/// A size: a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB,
+/// TB, TiB; K/M/G as binary).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits.replace('_', "").parse().map_err(|_| "expected a size like \"1 GiB\" or \"512KiB\"")?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "k" | "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "m" | "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "g" | "gib" => 1 << 30,
+        "tb" => 1_000_000_000_000,
+        "t" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+    };
+    n.checked_mul(multiplier).ok_or_else(|| "too large".to_string())
+}
+
+/// A duration: a number with a unit (ms, s, m, h, d).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| "expected a duration like \"30s\" or \"100ms\"")?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" => return Err("give a unit: ms, s, m, h or d".into()),
+        other => return Err(format!("unknown duration unit {other:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(|| "too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_take_units() {
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2 MB"), Ok(2_000_000));
+        assert!(parse_size("1 parsec").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("30").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn later_sources_override_earlier_ones_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("strata-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("strata.toml");
+        std::fs::write(&file, "node_id = 2\npeers = \"1=a:1,2=b:2\"\n[limits]\nmax_message_bytes = \"2 MiB\"\n")
+            .expect("write");
+        let env = vec![("STRATA_LIMITS_CONNECTIONS".to_string(), "7".to_string()), ("STRATA_SEED".into(), "1".into())];
+        let config = ConfigBuilder::new().file(&file).expect("file").env(env).build().expect("valid");
+        assert_eq!((config.node_id, config.max_message_bytes, config.connections), (2, 2 << 20, 7));
+        let flagged = ConfigBuilder::new().file(&file).expect("file").set("node_id", "1").expect("known");
+        assert_eq!(flagged.build().expect("valid").node_id, 1);
+
+        let bad = ConfigBuilder::new().set("limits.max_message_bytes", "1 TiB").expect("known").build();
+        let message = bad.expect_err("too large").to_string();
+        assert!(message.contains("limits.max_message_bytes") && message.contains("the command line"), "{message}");
+        let typo = ConfigBuilder::new().set("limits.max_mesage_bytes", "1").expect_err("unknown");
+        assert!(typo.to_string().contains("unknown setting limits.max_mesage_bytes"), "{typo}");
+        let alone = ConfigBuilder::new().set("node_id", "3").expect("known").set("peers", "1=a:1").expect("known");
+        assert!(alone.build().expect_err("not in peers").to_string().contains("not in peers"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn the_documented_config_file_sets_every_key_and_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/strata.toml");
+        let text = std::fs::read_to_string(&path).expect("deploy/strata.toml");
+        let table: toml::Table = text.parse().expect("toml");
+        let mut flat = Vec::new();
+        flatten("", &table, &mut flat);
+        let documented: Vec<&str> = flat.iter().map(|(k, _)| k.as_str()).collect();
+        for (key, _) in KEYS {
+            assert!(documented.contains(key), "deploy/strata.toml does not document {key}");
+        }
+        ConfigBuilder::new().file(&path).expect("file").build().expect("valid");
+    }
+}

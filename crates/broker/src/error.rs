@@ -1,0 +1,115 @@
+//! The errors a client sees: a typed code, whether a retry may succeed, a
+//! message, and for some codes a hint (the leader, a retry-after).
+
+use std::time::Duration;
+
+use strata_raft::{ClusterError, ProduceError};
+
+/// What went wrong, as a client can act on it (mirrors `ErrorCode` in
+/// `proto/api.proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Unexpected.
+    Unknown,
+    /// Another broker leads the partition.
+    NotLeader,
+    /// No such topic.
+    UnknownTopic,
+    /// No such partition.
+    UnknownPartition,
+    /// Offset outside the log.
+    OffsetOutOfRange,
+    /// Batch above max.message.bytes.
+    MessageTooLarge,
+    /// Batch damaged or not RecordBatch v2.
+    CorruptBatch,
+    /// Sequence gap of an idempotent producer.
+    OutOfOrderSequence,
+    /// Producer epoch superseded.
+    ProducerFenced,
+    /// Broker at a limit; retry later.
+    Throttled,
+    /// Bad config key or value.
+    InvalidConfig,
+    /// Topic exists.
+    TopicAlreadyExists,
+    /// Bad request field.
+    InvalidRequest,
+    /// Request too large.
+    RequestTooLarge,
+    /// No answer in time.
+    Timeout,
+    /// No leader or replication failing; retry.
+    Unavailable,
+}
+
+impl Code {
+    /// Whether retrying the same request may succeed.
+    pub fn retriable(self) -> bool {
+        matches!(self, Code::NotLeader | Code::Throttled | Code::Timeout | Code::Unavailable)
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong.
+    pub code: Code,
+    /// In words.
+    pub message: String,
+    /// NOT_LEADER: the leader's id and client address, if known.
+    pub leader: Option<(u64, String)>,
+    /// THROTTLED: when to retry.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: Code, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), leader: None, retry_after: None }
+    }
+
+    /// THROTTLED, retry after `after`.
+    pub fn throttled(message: impl Into<String>, after: Duration) -> ApiError {
+        ApiError { retry_after: Some(after), ..ApiError::new(Code::Throttled, message) }
+    }
+
+    /// NOT_LEADER, naming the leader when known.
+    pub fn not_leader(what: &str, leader: Option<(u64, String)>) -> ApiError {
+        let message = match &leader {
+            Some((id, addr)) => format!("this broker does not lead {what}; broker {id} at {addr} does"),
+            None => format!("this broker does not lead {what}; its leader is not known here"),
+        };
+        ApiError { leader, ..ApiError::new(Code::NotLeader, message) }
+    }
+
+    /// A produce failure on a partition; `leader_addr` resolves a leader id.
+    pub fn from_produce(err: ProduceError, what: &str, leader_addr: impl Fn(u64) -> Option<String>) -> ApiError {
+        match err {
+            ProduceError::NotLeader { leader } => {
+                ApiError::not_leader(what, leader.and_then(|id| leader_addr(id).map(|a| (id, a))))
+            }
+            ProduceError::InvalidBatch(message) => ApiError::new(Code::CorruptBatch, message),
+            e @ ProduceError::OutOfOrderSequence { .. } => ApiError::new(Code::OutOfOrderSequence, e.to_string()),
+            e @ ProduceError::ProducerFenced { .. } => ApiError::new(Code::ProducerFenced, e.to_string()),
+            e @ (ProduceError::Raft(_) | ProduceError::Unavailable(_)) => {
+                ApiError::new(Code::Unavailable, e.to_string())
+            }
+        }
+    }
+
+    /// A failure of a metadata change.
+    pub fn from_cluster(err: ClusterError) -> ApiError {
+        match err {
+            ClusterError::Produce(e) => ApiError::from_produce(e, "the controller", |_| None),
+            ClusterError::Invalid(message) => ApiError::new(Code::InvalidRequest, message),
+            ClusterError::Node(e) => ApiError::new(Code::Unavailable, e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}

@@ -1,0 +1,26 @@
+//! `strata-broker`: a Strata node as clients and operators see it.
+//!
+//! - [`Server`]: binds the client gRPC, peer Raft and HTTP listeners, starts
+//!   the cluster node (`strata_raft::ClusterNode`) and stops gracefully.
+//! - [`service::Broker`]: every RPC of `proto/api.proto`, answered from this
+//!   node's replicas and its copy of the metadata.
+//! - [`config`]: the server's settings from TOML, environment and flags.
+//!
+//! **Architecture Invariant:** the broker holds no partition data of its
+//! own: records stay in the logs, read as slices; the broker checks,
+//! routes and answers. Protobuf types are converted in `service.rs` and
+//! `convert.rs` only.
+
+pub mod config;
+mod convert;
+pub mod error;
+mod http;
+pub mod limits;
+mod server;
+pub mod service;
+pub mod topic_config;
+
+pub use config::{ConfigBuilder, ConfigError, ServerConfig};
+pub use error::{ApiError, Code};
+pub use http::readiness;
+pub use server::{Listeners, Server, ServerError, wait_for_signal};

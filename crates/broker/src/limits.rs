@@ -1,0 +1,27 @@
+//! Every fixed bound of the broker, in one place (configurable limits live
+//! in [`crate::config`]).
+
+use std::time::Duration;
+
+/// Largest `limits.request_bytes` that may be configured.
+pub const REQUEST_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Longest a fetch may wait for data (`max_wait_ms` is capped here).
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Bytes a fetch returns when the request names no limit.
+pub const FETCH_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Bytes one fetch answer holds at most, whatever the request asks.
+pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long a produce with acks=all waits when the request names no timeout.
+pub const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Longest produce timeout a request may ask for.
+pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Retry-after given with THROTTLED.
+pub const THROTTLE_RETRY_AFTER: Duration = Duration::from_millis(50);
+/// Partitions a topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+/// Longest topic name (Kafka's bound).
+pub const TOPIC_NAME_MAX: usize = 249;
+/// How long a stopping node tries to hand its leaderships over.
+pub const HANDOVER_MAX: Duration = Duration::from_secs(3);
+/// Bytes of an HTTP request head the health endpoint reads at most.
+pub const HTTP_HEAD_MAX: usize = 8 * 1024;

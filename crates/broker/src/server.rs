@@ -1,0 +1,326 @@
+//! [`Server`]: one Strata node — its three listeners (client gRPC, peer
+//! Raft, HTTP health), the cluster node underneath, and a graceful stop.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use strata_proto::api as pb;
+use strata_raft::{ClusterError, ClusterNode, RaftNodeConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Request, Response, Status};
+
+use crate::config::ServerConfig;
+use crate::limits::HANDOVER_MAX;
+use crate::service::Broker;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster node could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// The three listeners of a node, bound.
+pub struct Listeners {
+    /// Client gRPC.
+    pub client: TcpListener,
+    /// Peer Raft transport.
+    pub peer: TcpListener,
+    /// HTTP health.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the listeners `config` names.
+    pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+        }
+        Ok(Listeners {
+            client: bind("clients", config.listen_client).await?,
+            peer: bind("peers", config.listen_peer).await?,
+            http: bind("HTTP", config.listen_http).await?,
+        })
+    }
+}
+
+/// A running node.
+pub struct Server {
+    config: ServerConfig,
+    cluster: Arc<ClusterNode>,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop_api: Mutex<Option<oneshot::Sender<()>>>,
+    api: Mutex<Option<JoinHandle<()>>>,
+    stop_http: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the configured listeners and starts the node.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let listeners = Listeners::bind(&config).await?;
+        Server::start_on(config, listeners).await
+    }
+
+    /// Starts the node on bound listeners (tests bind port 0 first).
+    pub async fn start_on(config: ServerConfig, listeners: Listeners) -> Result<Server, ServerError> {
+        let addr_of = |l: &TcpListener, what: &'static str, addr: SocketAddr| {
+            l.local_addr().map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        let client_addr = addr_of(&listeners.client, "clients", config.listen_client)?;
+        let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
+        let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
+        let raft = RaftNodeConfig {
+            node_id: config.node_id,
+            listen: peer_addr,
+            data_dir: config.data_dir.clone(),
+            raft: config.raft_config(),
+            log: config.log.clone(),
+        };
+        let cluster = Arc::new(ClusterNode::start_on(raft, listeners.peer, config.peers.clone()).await?);
+        cluster.announce_client_addr(config.advertise_client.clone());
+        let broker = Arc::new(Broker::new(cluster.clone(), &config));
+
+        let service = pb::strata_server::StrataServer::new(Api(broker))
+            .max_decoding_message_size(config.request_bytes as usize)
+            .max_encoding_message_size(usize::MAX);
+        let incoming = limited_incoming(listeners.client, Arc::new(Semaphore::new(config.connections)));
+        let (stop_api, stopped) = oneshot::channel::<()>();
+        let api = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "client API stopped");
+            }
+        });
+        let (stop_http, http_stopped) = watch::channel(false);
+        tokio::spawn(crate::http::serve(listeners.http, cluster.clone(), http_stopped));
+        tracing::info!(node = config.node_id, client = %client_addr, peer = %peer_addr, http = %http_addr, "node started");
+        Ok(Server {
+            config,
+            cluster,
+            client_addr,
+            peer_addr,
+            http_addr,
+            stop_api: Mutex::new(Some(stop_api)),
+            api: Mutex::new(Some(api)),
+            stop_http,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Where peers connect.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Where health is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The cluster node underneath.
+    pub fn cluster(&self) -> &Arc<ClusterNode> {
+        &self.cluster
+    }
+
+    /// Stops gracefully: stops accepting clients, hands every leadership
+    /// over, lets in-flight requests finish (up to `shutdown.grace`),
+    /// flushes every log and stops Raft. Data stays on disk.
+    pub async fn shutdown(&self) {
+        let grace = self.config.shutdown_grace;
+        if let Some(stop) = self.stop_api.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        self.cluster.hand_over_leadership(HANDOVER_MAX.min(grace)).await;
+        let api = self.api.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut api) = api {
+            if tokio::time::timeout(grace, &mut api).await.is_err() {
+                tracing::warn!(?grace, "in-flight requests did not finish in time; cutting them");
+                api.abort();
+            }
+        }
+        let _ = self.stop_http.send(true);
+        for group in self.cluster.raft_node().groups() {
+            if let Err(err) = group.log.sync() {
+                tracing::error!(group = group.id, error = %err, "flushing a log on shutdown failed");
+            }
+        }
+        self.cluster.shutdown().await;
+        tracing::info!(node = self.config.node_id, "node stopped");
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("stopping on signal");
+        self.shutdown().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// A client connection holding one of the connection slots.
+struct LimitedStream {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// Accepts a connection only while a slot is free: beyond the limit,
+/// connections wait in the listen backlog (back-pressure, not refusal).
+fn limited_incoming(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+) -> impl futures::Stream<Item = Result<LimitedStream, std::io::Error>> {
+    futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+        let slot = slots.clone().acquire_owned().await.ok()?;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((Ok(LimitedStream { stream, _slot: slot }), (listener, slots)));
+                }
+                Err(err) => {
+                    // Out of file descriptors, most likely: wait, do not spin.
+                    tracing::warn!(error = %err, "accepting a client connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// The tonic service: each RPC handed to the [`Broker`].
+struct Api(Arc<Broker>);
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::strata_server::Strata for Api {
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Answer<pb::ProduceResponse> {
+        Ok(Response::new(self.0.produce(request.into_inner()).await))
+    }
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Answer<pb::FetchResponse> {
+        Ok(Response::new(self.0.fetch(request.into_inner()).await))
+    }
+
+    async fn list_offsets(&self, request: Request<pb::ListOffsetsRequest>) -> Answer<pb::ListOffsetsResponse> {
+        Ok(Response::new(self.0.list_offsets(request.into_inner()).await))
+    }
+
+    async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Answer<pb::MetadataResponse> {
+        Ok(Response::new(self.0.metadata(request.into_inner()).await))
+    }
+
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Answer<pb::CreateTopicResponse> {
+        Ok(Response::new(self.0.create_topic(request.into_inner()).await))
+    }
+
+    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Answer<pb::DeleteTopicResponse> {
+        Ok(Response::new(self.0.delete_topic(request.into_inner()).await))
+    }
+
+    async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
+        Ok(Response::new(self.0.list_topics().await))
+    }
+
+    async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Answer<pb::DescribeTopicResponse> {
+        Ok(Response::new(self.0.describe_topic(request.into_inner()).await))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<pb::DescribeClusterRequest>,
+    ) -> Answer<pb::DescribeClusterResponse> {
+        Ok(Response::new(self.0.describe_cluster().await))
+    }
+
+    async fn init_producer_id(
+        &self,
+        _request: Request<pb::InitProducerIdRequest>,
+    ) -> Answer<pb::InitProducerIdResponse> {
+        Ok(Response::new(self.0.init_producer_id().await))
+    }
+}

@@ -1,0 +1,484 @@
+//! The client API: each RPC of `proto/api.proto`, answered from this node's
+//! replicas and its copy of the cluster metadata.
+//!
+//! Produce and fetch go to a partition's leader; a broker that does not lead
+//! it answers NOT_LEADER with the leader's address when it knows it. Admin
+//! changes go through the controller, wherever its leader is (see
+//! `ClusterNode`). Protobuf types are converted here and in
+//! [`crate::convert`], nowhere else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_log::{LogError, Offset};
+use strata_proto::api as pb;
+use strata_raft::metadata::{ClusterMetadata, TopicInfo};
+use strata_raft::{ClusterNode, Group, Submission, submit};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::convert::{error_to_pb, ok_or_error};
+use crate::error::{ApiError, Code};
+use crate::limits::{
+    FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MAX, PARTITIONS_MAX, PRODUCE_TIMEOUT_DEFAULT, PRODUCE_TIMEOUT_MAX,
+    THROTTLE_RETRY_AFTER,
+};
+use crate::topic_config;
+
+/// The broker's request handling, shared by every connection.
+pub struct Broker {
+    cluster: Arc<ClusterNode>,
+    node_id: u64,
+    default_max_message_bytes: u64,
+    /// Bytes of produce data in flight; a request that cannot take its
+    /// share is answered THROTTLED.
+    produce_budget: Arc<Semaphore>,
+    produce_budget_bytes: usize,
+}
+
+impl Broker {
+    /// A broker over a started cluster node.
+    pub fn new(cluster: Arc<ClusterNode>, config: &ServerConfig) -> Broker {
+        let budget = config.produce_memory_bytes as usize;
+        Broker {
+            cluster,
+            node_id: config.node_id,
+            default_max_message_bytes: config.max_message_bytes,
+            produce_budget: Arc::new(Semaphore::new(budget)),
+            produce_budget_bytes: budget,
+        }
+    }
+
+    /// The cluster node underneath.
+    pub fn cluster(&self) -> &Arc<ClusterNode> {
+        &self.cluster
+    }
+
+    fn client_addr(metadata: &ClusterMetadata, id: u64) -> Option<String> {
+        metadata.brokers.get(&id).and_then(|b| b.client_addr.clone())
+    }
+
+    /// The local replica of a partition, if this node leads it.
+    fn leader_replica(&self, metadata: &ClusterMetadata, topic: &str, partition: u32) -> Result<Group, ApiError> {
+        let info = find_topic(metadata, topic)?;
+        let group_id = info.partitions.get(partition as usize).map(|p| p.group).ok_or_else(|| {
+            ApiError::new(
+                Code::UnknownPartition,
+                format!("topic {topic} has {} partitions; there is no partition {partition}", info.partitions.len()),
+            )
+        })?;
+        let what = format!("{topic}/{partition}");
+        let Some(group) = self.cluster.raft_node().group(group_id) else {
+            return Err(ApiError::not_leader(&what, None));
+        };
+        if !group.raft.is_leader() {
+            let leader = current_leader(&group).filter(|l| *l != self.node_id);
+            let leader = leader.and_then(|id| Self::client_addr(metadata, id).map(|a| (id, a)));
+            return Err(ApiError::not_leader(&what, leader));
+        }
+        Ok(group)
+    }
+
+    /// Produce: checks each batch, proposes them in request order, then
+    /// waits as `acks` asks.
+    pub async fn produce(&self, request: pb::ProduceRequest) -> pb::ProduceResponse {
+        let total: usize = request.partitions.iter().map(|p| p.batch.len()).sum();
+        let share = total.clamp(1, self.produce_budget_bytes) as u32;
+        let Ok(permit) = self.produce_budget.clone().try_acquire_many_owned(share) else {
+            let error = ApiError::throttled(
+                format!("the broker's produce memory ({} bytes) is in use; retry later", self.produce_budget_bytes),
+                THROTTLE_RETRY_AFTER,
+            );
+            return pb::ProduceResponse { partitions: Vec::new(), error: Some(error_to_pb(&error)) };
+        };
+        let acks = match pb::Acks::try_from(request.acks) {
+            Ok(acks) => acks,
+            Err(_) => {
+                let error =
+                    ApiError::new(Code::InvalidRequest, format!("acks {} is not all, leader or none", request.acks));
+                return pb::ProduceResponse { partitions: Vec::new(), error: Some(error_to_pb(&error)) };
+            }
+        };
+        let timeout = match request.timeout_ms {
+            0 => PRODUCE_TIMEOUT_DEFAULT,
+            ms => Duration::from_millis(u64::from(ms)).min(PRODUCE_TIMEOUT_MAX),
+        };
+        let metadata = self.cluster.metadata();
+        let mut submitted = Vec::with_capacity(request.partitions.len());
+        for p in request.partitions {
+            let outcome = self.submit_one(&metadata, &p.topic, p.partition, p.batch, acks).await;
+            submitted.push((p.topic, p.partition, outcome));
+        }
+        let waits = submitted.into_iter().map(|(topic, partition, outcome)| {
+            let metadata = &metadata;
+            async move {
+                let what = format!("{topic}/{partition}");
+                let result = match outcome {
+                    Err(e) => Err(e),
+                    Ok((group, submission)) => {
+                        let log_start = group.log.state().log_start_offset.0 as i64;
+                        match (acks, submission) {
+                            (_, Submission::Stored(p)) => Ok((p.base_offset as i64, true, log_start)),
+                            (pb::Acks::All, Submission::InFlight(answer)) => {
+                                match tokio::time::timeout(timeout, Submission::InFlight(answer).wait()).await {
+                                    Ok(Ok(p)) => Ok((p.base_offset as i64, p.duplicate, log_start)),
+                                    Ok(Err(e)) => {
+                                        Err(ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))
+                                    }
+                                    Err(_) => Err(ApiError::new(
+                                        Code::Timeout,
+                                        format!("{what}: not replicated within {timeout:?}; it may still be written"),
+                                    )),
+                                }
+                            }
+                            (_, Submission::InFlight(_)) => Ok((-1, false, log_start)),
+                        }
+                    }
+                };
+                let (base_offset, duplicate, log_start_offset, error) = match result {
+                    Ok((offset, duplicate, start)) => (offset, duplicate, start, None),
+                    Err(e) => (-1, false, -1, Some(error_to_pb(&e))),
+                };
+                pb::PartitionProduceResult { topic, partition, error, base_offset, duplicate, log_start_offset }
+            }
+        });
+        let partitions = futures::future::join_all(waits).await;
+        drop(permit);
+        pb::ProduceResponse { partitions, error: None }
+    }
+
+    async fn submit_one(
+        &self,
+        metadata: &ClusterMetadata,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: pb::Acks,
+    ) -> Result<(Group, Submission), ApiError> {
+        let group = self.leader_replica(metadata, topic, partition)?;
+        let info = find_topic(metadata, topic)?;
+        let max = topic_config::max_message_bytes(&info.configs, self.default_max_message_bytes);
+        if batch.len() as u64 > max {
+            return Err(ApiError::new(
+                Code::MessageTooLarge,
+                format!("a batch of {} bytes is larger than max.message.bytes {max} of topic {topic}", batch.len()),
+            ));
+        }
+        let header = strata_batch::validate(&batch).map_err(|e| ApiError::new(Code::CorruptBatch, e.to_string()))?;
+        if header.total_len() != batch.len() {
+            return Err(ApiError::new(
+                Code::CorruptBatch,
+                format!("expected exactly one batch of {} bytes, got {} bytes", header.total_len(), batch.len()),
+            ));
+        }
+        let what = format!("{topic}/{partition}");
+        if acks == pb::Acks::NoneAcks {
+            let background = group.clone();
+            tokio::spawn(async move {
+                if let Err(err) = submit(&background, batch).await {
+                    tracing::debug!(group = background.id, error = %err, "an acks=none batch was not written");
+                }
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            drop(tx);
+            return Ok((group, Submission::InFlight(rx)));
+        }
+        let submission = submit(&group, batch)
+            .await
+            .map_err(|e| ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))?;
+        Ok((group, submission))
+    }
+
+    /// Fetch: committed batches of each partition, served as slices of the
+    /// log, waiting (long poll) until `min_bytes` are there or `max_wait_ms`
+    /// passed.
+    pub async fn fetch(&self, request: pb::FetchRequest) -> pb::FetchResponse {
+        let max_wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(FETCH_WAIT_MAX);
+        let deadline = Instant::now() + max_wait;
+        let total_max = match request.max_bytes {
+            0 => FETCH_BYTES_MAX,
+            n => (n as usize).min(FETCH_BYTES_MAX),
+        };
+        loop {
+            let metadata = self.cluster.metadata();
+            let mut results = Vec::with_capacity(request.partitions.len());
+            let mut watchers = Vec::new();
+            let mut total = 0usize;
+            let mut failed = false;
+            for p in &request.partitions {
+                let mut result = pb::PartitionFetchResult {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    next_offset: p.offset,
+                    ..Default::default()
+                };
+                match self.leader_replica(&metadata, &p.topic, p.partition) {
+                    Err(e) => {
+                        result.error = Some(error_to_pb(&e));
+                        failed = true;
+                    }
+                    Ok(group) => {
+                        // Watch before reading, so a commit in between wakes us.
+                        let mut watcher = group.state_machine.watch_high_watermark();
+                        watcher.mark_unchanged();
+                        watchers.push(watcher);
+                        let high_watermark = group.state_machine.high_watermark();
+                        let state = group.log.state();
+                        result.high_watermark = high_watermark.0;
+                        result.log_start_offset = state.log_start_offset.0;
+                        let wanted = match p.max_bytes {
+                            0 => FETCH_BYTES_DEFAULT,
+                            n => n as usize,
+                        };
+                        let budget = wanted.min(total_max.saturating_sub(total));
+                        if budget == 0 {
+                            results.push(result);
+                            continue;
+                        }
+                        match group.log.read_offsets(Offset(p.offset), budget, high_watermark) {
+                            Ok(read) => {
+                                total += read.n_bytes;
+                                result.next_offset = read.next_offset.0;
+                                result.records = read.chunks;
+                            }
+                            Err(e) => {
+                                failed = true;
+                                result.error = Some(error_to_pb(&read_error(e, &p.topic, p.partition)));
+                            }
+                        }
+                    }
+                }
+                results.push(result);
+            }
+            let satisfied = total >= request.min_bytes.max(1) as usize || failed;
+            if satisfied || watchers.is_empty() || Instant::now() >= deadline {
+                return pb::FetchResponse { partitions: results, error: None };
+            }
+            let changes = watchers.iter_mut().map(|w| Box::pin(w.changed()));
+            let _ = tokio::time::timeout_at(deadline, futures::future::select_all(changes)).await;
+        }
+    }
+
+    /// ListOffsets: earliest (-2), latest (-1) or the first offset at a
+    /// timestamp, per partition.
+    pub async fn list_offsets(&self, request: pb::ListOffsetsRequest) -> pb::ListOffsetsResponse {
+        let metadata = self.cluster.metadata();
+        let partitions = request
+            .partitions
+            .into_iter()
+            .map(|q| {
+                let found = self.leader_replica(&metadata, &q.topic, q.partition).map(|group| {
+                    let high_watermark = group.state_machine.high_watermark().0 as i64;
+                    match q.timestamp {
+                        -2 => group.log.state().log_start_offset.0 as i64,
+                        -1 => high_watermark,
+                        ts => group.log.offset_for_timestamp(ts).map_or(-1, |o| o.0 as i64).min(high_watermark),
+                    }
+                });
+                let (offset, error) = match found {
+                    Ok(offset) => (offset, None),
+                    Err(e) => (-1, Some(error_to_pb(&e))),
+                };
+                pb::PartitionOffset { topic: q.topic, partition: q.partition, error, offset }
+            })
+            .collect();
+        pb::ListOffsetsResponse { partitions }
+    }
+
+    fn partitions_pb(&self, info: &TopicInfo) -> Vec<pb::PartitionMetadata> {
+        info.partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::PartitionMetadata {
+                partition: i as u32,
+                leader: self.cluster.raft_node().group(p.group).as_ref().and_then(current_leader),
+                replicas: p.replicas.clone(),
+                error: None,
+            })
+            .collect()
+    }
+
+    fn brokers_pb(metadata: &ClusterMetadata) -> Vec<pb::Broker> {
+        metadata
+            .brokers
+            .values()
+            .map(|b| pb::Broker {
+                id: b.id,
+                address: b.client_addr.clone().unwrap_or_default(),
+                raft_address: b.raft_addr.clone(),
+            })
+            .collect()
+    }
+
+    /// Metadata: brokers, and the topics asked for (all when none).
+    pub async fn metadata(&self, request: pb::MetadataRequest) -> pb::MetadataResponse {
+        let metadata = self.cluster.metadata();
+        let names: Vec<String> =
+            if request.topics.is_empty() { metadata.topics.keys().cloned().collect() } else { request.topics };
+        let topics = names
+            .into_iter()
+            .map(|name| match find_topic(&metadata, &name) {
+                Ok(info) => pb::TopicMetadata {
+                    name,
+                    error: None,
+                    partitions: self.partitions_pb(info),
+                    configs: info.configs.clone().into_iter().collect(),
+                },
+                Err(e) => pb::TopicMetadata { name, error: Some(error_to_pb(&e)), ..Default::default() },
+            })
+            .collect();
+        pb::MetadataResponse {
+            brokers: Self::brokers_pb(&metadata),
+            topics,
+            controller: self.cluster.controller_leader(),
+        }
+    }
+
+    /// CreateTopic, checked here before it goes to the controller.
+    pub async fn create_topic(&self, request: pb::CreateTopicRequest) -> pb::CreateTopicResponse {
+        match self.try_create_topic(request).await {
+            Ok(info) => pb::CreateTopicResponse {
+                error: None,
+                topic: Some(pb::TopicMetadata {
+                    name: info.name.clone(),
+                    error: None,
+                    partitions: self.partitions_pb(&info),
+                    configs: info.configs.into_iter().collect(),
+                }),
+            },
+            Err(e) => pb::CreateTopicResponse { error: Some(error_to_pb(&e)), topic: None },
+        }
+    }
+
+    async fn try_create_topic(&self, request: pb::CreateTopicRequest) -> Result<TopicInfo, ApiError> {
+        topic_config::validate_name(&request.name).map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
+        if request.partitions == 0 || request.partitions > PARTITIONS_MAX {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("a topic has 1 to {PARTITIONS_MAX} partitions, not {}", request.partitions),
+            ));
+        }
+        let configs: BTreeMap<String, String> = request.configs.into_iter().collect();
+        topic_config::validate(&configs).map_err(|e| ApiError::new(Code::InvalidConfig, e.to_string()))?;
+        let metadata = self.cluster.metadata();
+        if metadata.topics.contains_key(&request.name) {
+            return Err(ApiError::new(Code::TopicAlreadyExists, format!("topic {} already exists", request.name)));
+        }
+        let n_brokers = metadata.brokers.len() as u32;
+        let replication_factor = match request.replication_factor {
+            0 => n_brokers.clamp(1, 3),
+            rf => rf,
+        };
+        if replication_factor > n_brokers {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("replication factor {replication_factor} is larger than the {n_brokers} registered brokers"),
+            ));
+        }
+        self.cluster.create_topic(&request.name, request.partitions, replication_factor, configs).await.map_err(|e| {
+            match e {
+                strata_raft::ClusterError::Invalid(m) if m.contains("already exists") => {
+                    ApiError::new(Code::TopicAlreadyExists, m)
+                }
+                other => ApiError::from_cluster(other),
+            }
+        })
+    }
+
+    /// DeleteTopic.
+    pub async fn delete_topic(&self, request: pb::DeleteTopicRequest) -> pb::DeleteTopicResponse {
+        let result = match find_topic(&self.cluster.metadata(), &request.name) {
+            Err(e) => Err(e),
+            Ok(_) => self.cluster.delete_topic(&request.name).await.map_err(ApiError::from_cluster),
+        };
+        pb::DeleteTopicResponse { error: ok_or_error(result) }
+    }
+
+    /// ListTopics.
+    pub async fn list_topics(&self) -> pb::ListTopicsResponse {
+        pb::ListTopicsResponse { names: self.cluster.metadata().topics.keys().cloned().collect() }
+    }
+
+    /// DescribeTopic: replicas, leaders, and the extent of the replicas
+    /// this broker holds.
+    pub async fn describe_topic(&self, request: pb::DescribeTopicRequest) -> pb::DescribeTopicResponse {
+        let metadata = self.cluster.metadata();
+        let info = match find_topic(&metadata, &request.name) {
+            Ok(info) => info,
+            Err(e) => return pb::DescribeTopicResponse { error: Some(error_to_pb(&e)), ..Default::default() },
+        };
+        let partitions = info
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut d = pb::PartitionDescription {
+                    partition: i as u32,
+                    replicas: p.replicas.clone(),
+                    ..Default::default()
+                };
+                if let Some(group) = self.cluster.raft_node().group(p.group) {
+                    let state = group.log.state();
+                    d.leader = current_leader(&group);
+                    d.log_start_offset = state.log_start_offset.0;
+                    d.high_watermark = group.state_machine.high_watermark().0;
+                    d.size_bytes = state.size_bytes;
+                    d.segments = state.n_segments as u32;
+                }
+                d
+            })
+            .collect();
+        pb::DescribeTopicResponse {
+            error: None,
+            name: info.name.clone(),
+            configs: info.configs.clone().into_iter().collect(),
+            partitions,
+        }
+    }
+
+    /// DescribeCluster.
+    pub async fn describe_cluster(&self) -> pb::DescribeClusterResponse {
+        let metadata = self.cluster.metadata();
+        pb::DescribeClusterResponse {
+            brokers: Self::brokers_pb(&metadata),
+            controller: self.cluster.controller_leader(),
+            node_id: self.node_id,
+            topics: metadata.topics.len() as u32,
+            partitions: metadata.topics.values().map(|t| t.partitions.len() as u32).sum(),
+        }
+    }
+
+    /// InitProducerId: a new id from the controller, epoch 0.
+    pub async fn init_producer_id(&self) -> pb::InitProducerIdResponse {
+        match self.cluster.allocate_producer_id().await {
+            Ok(id) => pb::InitProducerIdResponse { error: None, producer_id: id as i64, producer_epoch: 0 },
+            Err(e) => pb::InitProducerIdResponse {
+                error: Some(error_to_pb(&ApiError::from_cluster(e))),
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+        }
+    }
+}
+
+fn find_topic<'a>(metadata: &'a ClusterMetadata, topic: &str) -> Result<&'a TopicInfo, ApiError> {
+    metadata.topics.get(topic).ok_or_else(|| ApiError::new(Code::UnknownTopic, format!("topic {topic} does not exist")))
+}
+
+fn current_leader(group: &Group) -> Option<u64> {
+    use openraft::async_runtime::WatchReceiver;
+    group.raft.metrics().borrow_watched().current_leader
+}
+
+fn read_error(err: LogError, topic: &str, partition: u32) -> ApiError {
+    match err {
+        LogError::OffsetOutOfRange { offset, log_start, log_end } => ApiError::new(
+            Code::OffsetOutOfRange,
+            format!("offset {offset} is outside {topic}/{partition}, which holds offsets {log_start} to {log_end}"),
+        ),
+        other => ApiError::new(Code::Unknown, format!("reading {topic}/{partition}: {other}")),
+    }
+}

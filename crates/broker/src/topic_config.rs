@@ -1,0 +1,102 @@
+//! Topic configuration: the keys a topic may set, their checks, and the
+//! values the broker reads from them. Values are Kafka's: plain numbers
+//! (bytes, milliseconds) and names.
+
+use std::collections::BTreeMap;
+
+/// A refused topic setting, naming the key, the value and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic config {key}={value:?} is invalid: {allowed}")]
+pub struct TopicConfigError {
+    /// The key.
+    pub key: String,
+    /// The value given.
+    pub value: String,
+    /// What is allowed.
+    pub allowed: String,
+}
+
+type Check = fn(&str) -> Result<(), String>;
+
+fn int_at_least(v: &str, min: i64) -> Result<(), String> {
+    match v.parse::<i64>() {
+        Ok(n) if n >= min => Ok(()),
+        _ => Err(format!("a whole number >= {min}")),
+    }
+}
+
+fn int_between(v: &str, min: u64, max: u64) -> Result<(), String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(format!("a whole number from {min} to {max}")),
+    }
+}
+
+fn one_of(v: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&v) { Ok(()) } else { Err(format!("one of {}", allowed.join(" | "))) }
+}
+
+/// Every key a topic may set, with its check.
+pub const TOPIC_KEYS: &[(&str, Check)] = &[
+    ("max.message.bytes", |v| int_between(v, 1, strata_log::limits::BATCH_BYTES_MAX as u64)),
+    ("retention.ms", |v| int_at_least(v, -1)),
+    ("retention.bytes", |v| int_at_least(v, -1)),
+    ("cleanup.policy", |v| one_of(v, &["delete", "compact", "compact,delete", "delete,compact"])),
+    ("segment.bytes", |v| int_between(v, strata_log::limits::SEGMENT_BYTES_MIN, strata_log::limits::SEGMENT_BYTES_MAX)),
+    ("segment.ms", |v| int_at_least(v, 1)),
+    ("min.compaction.lag.ms", |v| int_at_least(v, 0)),
+    ("delete.retention.ms", |v| int_at_least(v, 0)),
+    ("compression.type", |v| one_of(v, &["producer", "uncompressed", "lz4"])),
+    ("flush.policy", |v| one_of(v, &["always", "interval"])),
+];
+
+/// Checks every key and value of a topic's configuration.
+pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), TopicConfigError> {
+    for (key, value) in configs {
+        let error = |allowed: String| TopicConfigError { key: key.clone(), value: value.clone(), allowed };
+        let Some((_, check)) = TOPIC_KEYS.iter().find(|(k, _)| k == key) else {
+            let known = TOPIC_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+            return Err(error(format!("unknown key; known keys: {known}")));
+        };
+        check(value).map_err(error)?;
+    }
+    Ok(())
+}
+
+/// The topic's max.message.bytes, or `default`.
+pub fn max_message_bytes(configs: &BTreeMap<String, String>, default: u64) -> u64 {
+    configs.get("max.message.bytes").and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Checks a topic name as Kafka does: 1–249 of `[a-zA-Z0-9._-]`, not `.`
+/// or `..`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > crate::limits::TOPIC_NAME_MAX {
+        return Err(format!("a topic name has 1 to {} characters", crate::limits::TOPIC_NAME_MAX));
+    }
+    if name == "." || name == ".." {
+        return Err("a topic may not be named . or ..".into());
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{bad:?} is not allowed in a topic name (use letters, digits, '.', '_', '-')"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_topic_configs_are_refused_naming_key_and_range() {
+        let ok = BTreeMap::from([("retention.ms".to_string(), "-1".to_string())]);
+        assert!(validate(&ok).is_ok());
+        let bad = BTreeMap::from([("segment.bytes".to_string(), "10".to_string())]);
+        let err = validate(&bad).expect_err("too small").to_string();
+        assert!(err.contains("segment.bytes") && err.contains("\"10\"") && err.contains("65536"), "{err}");
+        let unknown = BTreeMap::from([("retention.mss".to_string(), "1".to_string())]);
+        assert!(validate(&unknown).expect_err("unknown").to_string().contains("unknown key"));
+        assert!(validate_name("orders.v1_x-2").is_ok());
+        assert!(validate_name("bad name").is_err() && validate_name("..").is_err() && validate_name("").is_err());
+    }
+}

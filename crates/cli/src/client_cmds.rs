@@ -1,0 +1,333 @@
+//! The client commands: topic, cluster, produce, consume.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use strata_client::{
+    Acks, Admin, Client, Compression, Consumer, ConsumerConfig, NewTopic, OffsetReset, Producer, ProducerConfig,
+    Record, Seek, TopicPartition,
+};
+
+use crate::Connection;
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Creates a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Replicas per partition (default: 3, or fewer brokers).
+        #[arg(long, default_value_t = 0)]
+        replication_factor: u32,
+        /// Topic config as KEY=VALUE (retention.ms, max.message.bytes, ...).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// Lists topic names.
+    List,
+    /// Shows a topic's partitions, leaders, replicas and offsets.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Deletes a topic and its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+fn client(connection: &Connection) -> Result<Client> {
+    Client::new(&connection.bootstrap_server).context("connect")
+}
+
+pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()> {
+    let admin = Admin::new(&client(connection)?);
+    match command {
+        TopicCommand::Create { name, partitions, replication_factor, configs } => {
+            let mut topic = NewTopic::new(&name, partitions).replication_factor(replication_factor);
+            for config in configs {
+                let Some((k, v)) = config.split_once('=') else { bail!("--config {config:?}: expected KEY=VALUE") };
+                topic = topic.config(k.trim(), v.trim());
+            }
+            admin.create_topic(topic).await?;
+            println!("Created topic {name}.");
+        }
+        TopicCommand::List => {
+            for name in admin.list_topics().await? {
+                println!("{name}");
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = admin.describe_topic(&name).await?;
+            let configs: Vec<String> = topic.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("Topic: {}\tPartitions: {}\tConfigs: {}", topic.name, topic.partitions.len(), configs.join(","));
+            for p in topic.partitions {
+                let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
+                let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+                println!(
+                    "\tPartition: {}\tLeader: {leader}\tReplicas: {}\tLogStart: {}\tHighWatermark: {}",
+                    p.partition,
+                    replicas.join(","),
+                    p.log_start_offset,
+                    p.high_watermark
+                );
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("Deleted topic {name}.");
+        }
+    }
+    Ok(())
+}
+
+pub async fn cluster(connection: &Connection) -> Result<()> {
+    let cluster = Admin::new(&client(connection)?).describe_cluster().await?;
+    let controller = cluster.controller.map_or("none".to_string(), |c| c.to_string());
+    println!("Controller: {controller}\tTopics: {}\tPartitions: {}", cluster.topics, cluster.partitions);
+    for b in cluster.brokers {
+        println!("\tBroker: {}\tAddress: {}\tPeer: {}", b.id, b.address, b.raft_address);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AcksArg {
+    All,
+    Leader,
+    None,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Lz4,
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to write to.
+    #[arg(long)]
+    topic: String,
+    /// Split each line into key and value at the first occurrence of this.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// A header added to every record, KEY=VALUE.
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    headers: Vec<String>,
+    /// Write every record to this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// When a write counts as done.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+    /// Batch compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    compression: CompressionArg,
+    /// How long a batch waits for more records, ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+}
+
+pub async fn produce(args: ProduceArgs) -> Result<()> {
+    let client = client(&args.connection)?;
+    let config = ProducerConfig {
+        acks: match args.acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        },
+        compression: match args.compression {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Lz4 => Compression::Lz4,
+        },
+        linger: Duration::from_millis(args.linger_ms),
+        ..ProducerConfig::default()
+    };
+    let mut headers = Vec::new();
+    for header in &args.headers {
+        let Some((k, v)) = header.split_once('=') else { bail!("--header {header:?}: expected KEY=VALUE") };
+        headers.push((k.to_string(), Bytes::copy_from_slice(v.as_bytes())));
+    }
+    let producer = Producer::with_config(&client, config);
+    // Deliveries are awaited by a second task, so reading stdin never waits
+    // for acknowledgements.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<strata_client::DeliveryFuture>(100_000);
+    let waiter = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        while let Some(delivery) = rx.recv().await {
+            match delivery.await {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: a record was not written: {e}");
+                }
+            }
+        }
+        (ok, failed)
+    });
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(10_000);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.to_string()), v.to_string()),
+                None => (None, line),
+            },
+            None => (None, line),
+        };
+        let mut record = Record::new(&args.topic, value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(partition) = args.partition {
+            record = record.partition(partition);
+        }
+        for (k, v) in &headers {
+            record = record.header(k.clone(), v.clone());
+        }
+        let delivery = producer.send(record).await?;
+        if tx.send(delivery).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    producer.close().await;
+    let (ok, failed) = waiter.await.context("delivery task")?;
+    eprintln!("{ok} records written to {}{}", args.topic, if failed > 0 { format!(", {failed} failed") } else { String::new() });
+    if failed > 0 {
+        bail!("{failed} records were not written");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// The value (with --print-key, key TAB value).
+    Text,
+    /// One JSON object per record.
+    Json,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to read.
+    #[arg(long)]
+    topic: String,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at the first stored record (default: only new records).
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
+    from_beginning: bool,
+    /// Start at this offset (needs --partition).
+    #[arg(long, requires = "partition")]
+    offset: Option<u64>,
+    /// Start at the first record at or after this time (ms since the epoch).
+    #[arg(long)]
+    from_time: Option<i64>,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop when no record came for this long (ms); default: never.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Text format: print the key before the value.
+    #[arg(long)]
+    print_key: bool,
+}
+
+pub async fn consume(args: ConsumeArgs) -> Result<()> {
+    let client = client(&args.connection)?;
+    let config = ConsumerConfig {
+        auto_offset_reset: if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::with_config(&client, config);
+    let partitions: Vec<TopicPartition> = match args.partition {
+        Some(p) => vec![TopicPartition::new(&args.topic, p)],
+        None => consumer.partitions_of(&args.topic).await?,
+    };
+    consumer.assign(partitions.clone());
+    for tp in &partitions {
+        let seek = match (args.offset, args.from_time, args.from_beginning) {
+            (Some(offset), _, _) => Seek::Offset(offset),
+            (_, Some(ts), _) => Seek::Timestamp(ts),
+            (_, _, true) => Seek::Beginning,
+            _ => Seek::End,
+        };
+        consumer.seek(tp, seek).await?;
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0u64;
+    let mut last_record = tokio::time::Instant::now();
+    loop {
+        if args.max_messages.is_some_and(|max| n >= max) {
+            break;
+        }
+        if args.timeout_ms.is_some_and(|t| last_record.elapsed() >= Duration::from_millis(t)) {
+            break;
+        }
+        let records = consumer.poll().await?;
+        if !records.is_empty() {
+            last_record = tokio::time::Instant::now();
+        }
+        for record in records {
+            if args.max_messages.is_some_and(|max| n >= max) {
+                break;
+            }
+            n += 1;
+            let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            match args.format {
+                Format::Text => {
+                    let value = text(&record.value).unwrap_or_else(|| "null".into());
+                    if args.print_key {
+                        writeln!(out, "{}\t{value}", text(&record.key).unwrap_or_else(|| "null".into()))?;
+                    } else {
+                        writeln!(out, "{value}")?;
+                    }
+                }
+                Format::Json => {
+                    let headers: serde_json::Map<String, serde_json::Value> = record
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.clone(), text(&h.value).map_or(serde_json::Value::Null, Into::into)))
+                        .collect();
+                    let line = serde_json::json!({
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "timestamp": record.timestamp,
+                        "key": text(&record.key),
+                        "value": text(&record.value),
+                        "headers": headers,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

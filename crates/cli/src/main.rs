@@ -1,0 +1,173 @@
+//! `strata`: the one binary — a server, a local dev cluster, and client
+//! commands in the style of Kafka's tools.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod client_cmds;
+mod dev;
+
+/// Strata: a durable, replicated message broker.
+#[derive(Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one node of a cluster.
+    Server(ServerArgs),
+    /// Runs a local cluster of N nodes (node 1 on ports 7070/7071/7072,
+    /// node i on those + 10·(i−1)), data under ./strata-dev; Ctrl-C stops it.
+    Dev(dev::DevArgs),
+    /// Creates, lists, describes and deletes topics.
+    Topic {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: client_cmds::TopicCommand,
+    },
+    /// Shows the brokers and the controller.
+    Cluster {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Sends lines from stdin as records.
+    Produce(client_cmds::ProduceArgs),
+    /// Prints records of a topic.
+    Consume(client_cmds::ConsumeArgs),
+}
+
+/// Where the cluster is.
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// A broker's client address (several separated by commas).
+    #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "STRATA_BOOTSTRAP_SERVER")]
+    bootstrap_server: String,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// A TOML file of settings (see deploy/strata.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Every node: ID=HOST:PEER_PORT,...
+    #[arg(long)]
+    peers: Option<String>,
+    /// Where data lives.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client gRPC listen address.
+    #[arg(long)]
+    listen_client: Option<String>,
+    /// Peer (Raft) listen address.
+    #[arg(long)]
+    listen_peer: Option<String>,
+    /// HTTP (health) listen address.
+    #[arg(long)]
+    listen_http: Option<String>,
+    /// The client address handed to clients.
+    #[arg(long)]
+    advertise_client: Option<String>,
+    /// Any setting, as KEY=VALUE (e.g. limits.max_message_bytes=2MiB).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Stop gracefully when stdin closes (how `strata dev` stops its nodes,
+    /// and why they never outlive it).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Topic { connection, command } => client_cmds::topic(&connection, command).await,
+            Command::Cluster { connection } => client_cmds::cluster(&connection).await,
+            Command::Produce(args) => client_cmds::produce(args).await,
+            Command::Consume(args) => client_cmds::consume(args).await,
+        }
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let level = std::env::var("STRATA_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    init_logs(args.log_format);
+    let mut builder = strata_broker::ConfigBuilder::new();
+    if let Some(path) = &args.config {
+        builder = builder.file(path)?;
+    }
+    builder = builder.env(std::env::vars());
+    let flags: [(&str, Option<String>); 7] = [
+        ("node_id", args.node_id.map(|n| n.to_string())),
+        ("peers", args.peers),
+        ("data_dir", args.data_dir.map(|d| d.display().to_string())),
+        ("listen.client", args.listen_client),
+        ("listen.peer", args.listen_peer),
+        ("listen.http", args.listen_http),
+        ("advertise.client", args.advertise_client),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            builder = builder.set(key, value)?;
+        }
+    }
+    let mut extra = BTreeMap::new();
+    for setting in &args.settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--set {setting:?}: expected KEY=VALUE");
+        };
+        extra.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    for (key, value) in extra {
+        builder = builder.set(&key, value)?;
+    }
+    let config = builder.build()?;
+    let server = strata_broker::Server::start(config).await?;
+    let stdin_closed = async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink);
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    };
+    tokio::select! {
+        _ = strata_broker::wait_for_signal() => tracing::info!("stopping on signal"),
+        _ = stdin_closed, if args.stop_on_stdin_eof => tracing::info!("stopping: stdin closed"),
+    }
+    server.shutdown().await;
+    Ok(())
+}

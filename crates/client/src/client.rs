@@ -1,0 +1,208 @@
+//! [`Client`]: connections to the brokers and a cache of the cluster
+//! metadata, shared by producers, consumers and admin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_proto::api as pb;
+use strata_proto::api::strata_client::StrataClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// How long connecting to a broker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message the client accepts from a broker (a fetch answer).
+const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// One partition as the metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition number.
+    pub partition: u32,
+    /// The leader's broker id, when known.
+    pub leader: Option<u64>,
+    /// Replica broker ids, preferred leader first.
+    pub replicas: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// Broker id → client address.
+    brokers: BTreeMap<u64, String>,
+    topics: HashMap<String, Vec<PartitionInfo>>,
+}
+
+struct Inner {
+    bootstrap: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    cache: Mutex<Cache>,
+}
+
+/// A handle on a Strata cluster: cheap to clone, shared by everything
+/// made from it.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client for the cluster reachable at `bootstrap` (`host:port`,
+    /// several separated by commas). Connects lazily; the first request
+    /// tells whether the cluster is there.
+    pub fn new(bootstrap: &str) -> Result<Client> {
+        let bootstrap: Vec<String> =
+            bootstrap.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        if bootstrap.is_empty() {
+            return Err(Error::Invalid("no bootstrap server given".into()));
+        }
+        Ok(Client { inner: Arc::new(Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default() }) })
+    }
+
+    /// As [`Client::new`], then fetches the metadata once, so a wrong
+    /// address fails here.
+    pub async fn connect(bootstrap: &str) -> Result<Client> {
+        let client = Client::new(bootstrap)?;
+        client.refresh_metadata(&[]).await?;
+        Ok(client)
+    }
+
+    /// The gRPC stub for the broker at `addr`.
+    pub(crate) fn stub(&self, addr: &str) -> Result<StrataClient<Channel>> {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Error::Invalid(format!("bad broker address {addr}: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(StrataClient::new(channel)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// Some broker to ask cluster-wide questions: a known one, else a
+    /// bootstrap address. `attempt` rotates through them.
+    pub(crate) fn any_broker(&self, attempt: usize) -> String {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<String> = self.inner.bootstrap.clone();
+        for addr in cache.brokers.values() {
+            if !all.contains(addr) {
+                all.push(addr.clone());
+            }
+        }
+        all[attempt % all.len()].clone()
+    }
+
+    /// Calls `f` on one broker after another until one answers (at most
+    /// one round over the known brokers).
+    pub(crate) async fn call_any<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(StrataClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.bootstrap.len() + cache.brokers.len()
+        };
+        let mut last = Error::Transport("no broker reachable".into());
+        for attempt in 0..n.max(1) {
+            let addr = self.any_broker(attempt);
+            match f(self.stub(&addr)?).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => {
+                    let error = Error::from_status(status);
+                    if !matches!(error, Error::Transport(_)) {
+                        return Err(error);
+                    }
+                    last = Error::Transport(format!("{addr}: {error}"));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches metadata for `topics` (all when empty) and updates the cache.
+    pub async fn refresh_metadata(&self, topics: &[String]) -> Result<()> {
+        let request = pb::MetadataRequest { topics: topics.to_vec() };
+        let response = self
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.metadata(request).await }
+            })
+            .await?;
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for broker in response.brokers {
+            if !broker.address.is_empty() {
+                cache.brokers.insert(broker.id, broker.address);
+            }
+        }
+        for topic in response.topics {
+            if topic.error.is_some_and(|e| e.code != pb::ErrorCode::None as i32) {
+                cache.topics.remove(&topic.name);
+                continue;
+            }
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo { partition: p.partition, leader: p.leader, replicas: p.replicas })
+                .collect();
+            cache.topics.insert(topic.name, partitions);
+        }
+        Ok(())
+    }
+
+    /// The partitions of `topic`, from the cache or the cluster.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>> {
+        if let Some(partitions) = self.cached_partitions(topic) {
+            return Ok(partitions);
+        }
+        self.refresh_metadata(&[topic.to_string()]).await?;
+        self.cached_partitions(topic)
+            .ok_or_else(|| Error::api(crate::ErrorCode::UnknownTopic, format!("topic {topic} does not exist")))
+    }
+
+    fn cached_partitions(&self, topic: &str) -> Option<Vec<PartitionInfo>> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).topics.get(topic).cloned()
+    }
+
+    /// The address of the broker believed to lead `topic`/`partition`: the
+    /// known leader, else one replica after another as `attempt` grows.
+    pub(crate) async fn leader_addr(&self, topic: &str, partition: u32, attempt: usize) -> Result<String> {
+        let partitions = self.partitions(topic).await?;
+        let info = partitions.iter().find(|p| p.partition == partition).ok_or_else(|| {
+            Error::api(crate::ErrorCode::UnknownPartition, format!("topic {topic} has no partition {partition}"))
+        })?;
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let by_id = |id: &u64| cache.brokers.get(id).cloned();
+        let replica = (!info.replicas.is_empty()).then(|| info.replicas[attempt % info.replicas.len()]);
+        let addr = info.leader.as_ref().and_then(by_id).or_else(|| replica.as_ref().and_then(by_id));
+        drop(cache);
+        Ok(addr.unwrap_or_else(|| self.any_broker(attempt)))
+    }
+
+    /// Learns from an error: a NOT_LEADER naming the leader updates the
+    /// cache at once; any other error forgets the topic, so the next call
+    /// fetches fresh metadata.
+    pub(crate) fn note_error(&self, topic: &str, partition: u32, error: &Error) {
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Error::Api { leader: Some((id, addr)), .. } = error {
+            cache.brokers.insert(*id, addr.clone());
+            let known = cache.topics.get_mut(topic).and_then(|ps| ps.iter_mut().find(|p| p.partition == partition));
+            if let Some(p) = known {
+                p.leader = Some(*id);
+                return;
+            }
+        }
+        cache.topics.remove(topic);
+    }
+}

@@ -1,0 +1,753 @@
+//! [`Producer`]: batches records per partition and sends them with retries,
+//! idempotently by default, so a retry never writes a record twice and
+//! records keep their order with up to five batches in flight.
+//!
+//! Each partition the producer writes to has one task. It gathers records
+//! into a batch until `batch_size` bytes or `linger` time, seals it (giving
+//! it the next sequence numbers), and keeps up to `max_in_flight` sealed
+//! batches on the wire, in order. When a batch fails with a retriable
+//! error, the task waits for the rest of the window, backs off, refreshes
+//! the leader and resends from the first unacknowledged batch. A batch the
+//! broker definitely did not write (a sequence error, or a non-retriable
+//! error) restarts the partition's sequence under a new epoch, so later
+//! batches are never refused for a gap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use strata_batch::{BatchBuilder, Compression as BatchCompression, Header};
+use strata_proto::api as pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+
+/// How many of a partition's records may wait for their batch before
+/// `send` waits (back-pressure).
+const PARTITION_QUEUE_RECORDS: usize = 16 * 1024;
+
+/// When the broker acknowledges a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// A Raft majority has it on disk (the default).
+    #[default]
+    All,
+    /// The leader accepted it (offsets are not reported).
+    Leader,
+    /// Not acknowledged at all.
+    None,
+}
+
+/// Compression of produced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Uncompressed (the default).
+    #[default]
+    None,
+    /// LZ4 frames.
+    Lz4,
+}
+
+/// Producer settings; the defaults are Kafka's.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// When a write counts as done. Default: all.
+    pub acks: Acks,
+    /// How long a batch waits for more records. Default 5 ms.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this many bytes. Default 16 KiB.
+    pub batch_size: usize,
+    /// Compression. Default none.
+    pub compression: Compression,
+    /// Idempotent writes: no duplicates on retry. Default on (needs
+    /// acks = all).
+    pub idempotence: bool,
+    /// Batches of one partition on the wire at once. Default 5 (at most 5
+    /// with idempotence).
+    pub max_in_flight: usize,
+    /// How long a record may take, retries included, before it fails.
+    /// Default 120 s.
+    pub delivery_timeout: Duration,
+    /// First retry backoff, doubled per attempt up to `retry_backoff_max`,
+    /// with jitter. Defaults 100 ms and 1 s.
+    pub retry_backoff: Duration,
+    /// Largest retry backoff.
+    pub retry_backoff_max: Duration,
+    /// How long one produce request may wait for its acks. Default 30 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_size: 16 * 1024,
+            compression: Compression::None,
+            idempotence: true,
+            max_in_flight: 5,
+            delivery_timeout: Duration::from_secs(120),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// Topic.
+    pub topic: String,
+    /// Partition; `None` = by key (murmur2, as Kafka), or sticky when keyless.
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value (`None` is a tombstone).
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<Header>,
+    /// Timestamp in ms since the epoch; `None` = now.
+    pub timestamp: Option<i64>,
+}
+
+impl Record {
+    /// A record with a value for `topic`.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Record {
+        Record { topic: topic.into(), value: Some(value.into()), ..Record::default() }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Record {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the partition.
+    pub fn partition(mut self, partition: u32) -> Record {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Record {
+        self.headers.push(Header { key: key.into(), value: Some(value.into()) });
+        self
+    }
+}
+
+/// Where a record was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset; -1 when acks is not `All`.
+    pub offset: i64,
+    /// The record's timestamp.
+    pub timestamp: i64,
+}
+
+/// Resolves once the record is acknowledged (or has failed).
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+struct PendingRecord {
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: Vec<Header>,
+    done: oneshot::Sender<Result<RecordMetadata>>,
+}
+
+impl PendingRecord {
+    fn size(&self) -> usize {
+        24 + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len) + 4).sum::<usize>()
+    }
+}
+
+enum Queued {
+    Record(PendingRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    producer_id: tokio::sync::OnceCell<i64>,
+    partitions: Mutex<HashMap<(String, u32), mpsc::Sender<Queued>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Keyless records stick to one partition per topic until about a
+    /// batch's worth was sent there.
+    sticky: Mutex<HashMap<String, (u32, usize)>>,
+    rng: Mutex<u64>,
+}
+
+/// A producer. Cheap to clone; clones share batches and connections.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), strata_client::Error> {
+/// use strata_client::{Client, Producer, Record};
+/// let producer = Producer::new(&Client::new("127.0.0.1:7070")?);
+/// let sent = producer.send(Record::new("orders", "order #1").key("customer-7")).await?;
+/// println!("written at offset {}", sent.await?.offset);
+/// producer.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+impl Producer {
+    /// A producer with the default settings.
+    pub fn new(client: &Client) -> Producer {
+        Producer::with_config(client, ProducerConfig::default())
+    }
+
+    /// A producer with `config`. Idempotence needs acks = all and at most
+    /// 5 batches in flight; other settings turn it off.
+    pub fn with_config(client: &Client, mut config: ProducerConfig) -> Producer {
+        if config.acks != Acks::All || config.max_in_flight > 5 {
+            config.idempotence = false;
+        }
+        config.max_in_flight = config.max_in_flight.max(1);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x5EED, |d| d.as_nanos() as u64);
+        Producer {
+            shared: Arc::new(Shared {
+                client: client.clone(),
+                config,
+                producer_id: tokio::sync::OnceCell::new(),
+                partitions: Mutex::default(),
+                tasks: Mutex::default(),
+                sticky: Mutex::default(),
+                rng: Mutex::new(seed),
+            }),
+        }
+    }
+
+    /// Queues a record; the returned future resolves when it is
+    /// acknowledged. Waits only when the partition's queue is full.
+    pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
+        let partitions = self.shared.client.partitions(&record.topic).await?;
+        let n = partitions.len() as u32;
+        if n == 0 {
+            return Err(Error::Invalid(format!("topic {} has no partitions", record.topic)));
+        }
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p < n => p,
+            (Some(p), _) => {
+                return Err(Error::api(
+                    ErrorCode::UnknownPartition,
+                    format!("topic {} has {n} partitions; there is no partition {p}", record.topic),
+                ));
+            }
+            (None, Some(key)) => partition_for_key(key, n),
+            (None, None) => self.sticky_partition(&record.topic, n, record.value.as_ref().map_or(0, Bytes::len)),
+        };
+        let (done, rx) = oneshot::channel();
+        let pending = PendingRecord {
+            timestamp: record.timestamp.unwrap_or_else(now_ms),
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            done,
+        };
+        let queue = self.queue(&record.topic, partition);
+        queue.send(Queued::Record(pending)).await.map_err(|_| Error::Closed)?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    fn sticky_partition(&self, topic: &str, n: u32, size: usize) -> u32 {
+        let mut sticky = self.shared.sticky.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = sticky.entry(topic.to_string()).or_insert_with(|| (self.random(n), 0));
+        if entry.1 >= self.shared.config.batch_size && n > 1 {
+            let mut next = self.random(n);
+            if next == entry.0 {
+                next = (next + 1) % n;
+            }
+            *entry = (next, 0);
+        }
+        entry.1 += size.max(1);
+        entry.0
+    }
+
+    fn random(&self, n: u32) -> u32 {
+        (splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner())) % u64::from(n)) as u32
+    }
+
+    fn queue(&self, topic: &str, partition: u32) -> mpsc::Sender<Queued> {
+        let mut partitions = self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (topic.to_string(), partition);
+        if let Some(queue) = partitions.get(&key) {
+            return queue.clone();
+        }
+        let (tx, rx) = mpsc::channel(PARTITION_QUEUE_RECORDS);
+        let task = PartitionTask::new(self.shared.clone(), topic.to_string(), partition);
+        let handle = tokio::spawn(task.run(rx));
+        self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        partitions.insert(key, tx.clone());
+        tx
+    }
+
+    /// Sends every queued record now and waits until all are acknowledged
+    /// or failed.
+    pub async fn flush(&self) {
+        let queues: Vec<mpsc::Sender<Queued>> =
+            self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut waits = Vec::new();
+        for queue in queues {
+            let (tx, rx) = oneshot::channel();
+            if queue.send(Queued::Flush(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        futures::future::join_all(waits).await;
+    }
+
+    /// Flushes, then stops the partition tasks. Clones of this producer can
+    /// no longer send.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let tasks: Vec<JoinHandle<()>> =
+            self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Kafka's partition for a key: murmur2 of the key bytes, made positive,
+/// modulo the partition count — so keys land where Kafka would put them.
+pub fn partition_for_key(key: &[u8], n_partitions: u32) -> u32 {
+    ((murmur2(key) & 0x7fff_ffff) as u32) % n_partitions
+}
+
+/// MurmurHash2, 32-bit, with Kafka's seed.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() == 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A sealed batch: its records (to answer them, and to rebuild the batch
+/// under a new epoch) and its bytes as sent.
+struct Sealed {
+    records: Vec<PendingRecord>,
+    bytes: Bytes,
+    first_seq: i32,
+    sealed_at: Instant,
+    /// Ordinal of this batch among the partition's sealed batches.
+    ordinal: u64,
+}
+
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64>> + Send>>;
+
+struct PartitionTask {
+    shared: Arc<Shared>,
+    topic: String,
+    partition: u32,
+    open: Vec<PendingRecord>,
+    open_bytes: usize,
+    open_since: Option<Instant>,
+    /// Sealed, unacknowledged batches, oldest first; the first `n_sent` are
+    /// on the wire.
+    queue: VecDeque<Sealed>,
+    n_sent: usize,
+    in_flight: FuturesOrdered<InFlight>,
+    epoch: i16,
+    next_seq: i32,
+    n_sealed: u64,
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    retry_at: Option<Instant>,
+    attempts: u32,
+}
+
+impl PartitionTask {
+    fn new(shared: Arc<Shared>, topic: String, partition: u32) -> PartitionTask {
+        PartitionTask {
+            shared,
+            topic,
+            partition,
+            open: Vec::new(),
+            open_bytes: 0,
+            open_since: None,
+            queue: VecDeque::new(),
+            n_sent: 0,
+            in_flight: FuturesOrdered::new(),
+            epoch: 0,
+            next_seq: 0,
+            n_sealed: 0,
+            flush_waiters: Vec::new(),
+            retry_at: None,
+            attempts: 0,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
+        let mut closed = false;
+        loop {
+            self.send_window().await;
+            if closed && self.open.is_empty() && self.queue.is_empty() {
+                return;
+            }
+            let linger_end = self.open_since.map(|t| t + self.shared.config.linger);
+            tokio::select! {
+                message = rx.recv(), if !closed => match message {
+                    Some(Queued::Record(record)) => {
+                        self.open_since.get_or_insert_with(Instant::now);
+                        self.open_bytes += record.size();
+                        self.open.push(record);
+                        if self.open_bytes >= self.shared.config.batch_size {
+                            self.seal().await;
+                        }
+                    }
+                    Some(Queued::Flush(tx)) => {
+                        self.seal().await;
+                        self.flush_waiters.push((self.n_sealed, tx));
+                        self.answer_flushes();
+                    }
+                    None => {
+                        closed = true;
+                        self.seal().await;
+                    }
+                },
+                _ = sleep_until(linger_end), if linger_end.is_some() => self.seal().await,
+                _ = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
+                Some(result) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_answer(result).await,
+            }
+        }
+    }
+
+    fn build(&self, records: &[PendingRecord], producer_id: i64, first_seq: i32) -> Bytes {
+        let mut builder = BatchBuilder::new();
+        if producer_id >= 0 {
+            builder = builder.producer(producer_id, self.epoch, first_seq);
+        }
+        for r in records {
+            builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+        }
+        let compression = match self.shared.config.compression {
+            Compression::None => BatchCompression::None,
+            Compression::Lz4 => BatchCompression::Lz4,
+        };
+        builder.build(compression)
+    }
+
+    /// Seals the open batch, if any.
+    async fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.open);
+        self.open_bytes = 0;
+        self.open_since = None;
+        let producer_id = match producer_id(self.shared.clone()).await {
+            Ok(id) => id,
+            Err(error) => {
+                fail(records, &error);
+                return;
+            }
+        };
+        let first_seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(records.len() as i32) & i32::MAX;
+        let bytes = self.build(&records, producer_id, first_seq);
+        self.n_sealed += 1;
+        self.queue.push_back(Sealed { records, bytes, first_seq, sealed_at: Instant::now(), ordinal: self.n_sealed });
+    }
+
+    /// Puts batches on the wire up to the in-flight limit.
+    async fn send_window(&mut self) {
+        if self.retry_at.is_some() {
+            return;
+        }
+        while self.n_sent < self.queue.len() && self.n_sent < self.shared.config.max_in_flight {
+            let batch = self.queue[self.n_sent].bytes.clone();
+            let request = send_batch(
+                self.shared.client.clone(),
+                self.topic.clone(),
+                self.partition,
+                batch,
+                self.shared.config.acks,
+                self.shared.config.request_timeout,
+                self.attempts as usize,
+            );
+            self.in_flight.push_back(Box::pin(request));
+            self.n_sent += 1;
+        }
+    }
+
+    async fn on_answer(&mut self, result: Result<i64>) {
+        self.n_sent -= 1;
+        match result {
+            Ok(base_offset) => {
+                self.attempts = 0;
+                if let Some(batch) = self.queue.pop_front() {
+                    self.complete(batch, base_offset);
+                }
+                self.answer_flushes();
+            }
+            // Not written, for sure: restart the sequence under a new epoch
+            // and resend at once.
+            Err(error) if error.code() == Some(ErrorCode::OutOfOrderSequence) => {
+                self.drain_window().await;
+                self.restart_sequence().await;
+            }
+            Err(error) if error.is_retriable() => {
+                self.shared.client.note_error(&self.topic, self.partition, &error);
+                self.drain_window().await;
+                let expired =
+                    self.queue.front().is_some_and(|b| b.sealed_at.elapsed() >= self.shared.config.delivery_timeout);
+                if expired {
+                    // Its fate is unknown: fail it, and start afresh with a
+                    // new epoch so later batches cannot be refused for a gap.
+                    if let Some(batch) = self.queue.pop_front() {
+                        let timeout = self.shared.config.delivery_timeout;
+                        let error = Error::api(
+                            ErrorCode::Timeout,
+                            format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
+                        );
+                        fail(batch.records, &error);
+                    }
+                    self.restart_sequence().await;
+                    self.answer_flushes();
+                    return;
+                }
+                self.attempts += 1;
+                let backoff = error.retry_after().unwrap_or_else(|| self.backoff());
+                self.retry_at = Some(Instant::now() + backoff);
+            }
+            Err(error) => {
+                // Refused for good: this batch was not written.
+                if let Some(batch) = self.queue.pop_front() {
+                    fail(batch.records, &error);
+                }
+                self.drain_window().await;
+                self.restart_sequence().await;
+                self.answer_flushes();
+            }
+        }
+    }
+
+    /// Waits for every batch still on the wire, keeping those that
+    /// succeeded (possible only without idempotence) and leaving the rest
+    /// to be resent.
+    async fn drain_window(&mut self) {
+        let mut position = 0;
+        while let Some(result) = self.in_flight.next().await {
+            self.n_sent -= 1;
+            match result {
+                Ok(base_offset) => {
+                    if let Some(batch) = self.queue.remove(position) {
+                        self.complete(batch, base_offset);
+                    }
+                }
+                Err(_) => position += 1,
+            }
+        }
+        self.n_sent = 0;
+    }
+
+    /// A new epoch, sequences from 0, and every unacknowledged batch
+    /// rebuilt under it.
+    async fn restart_sequence(&mut self) {
+        if !self.shared.config.idempotence {
+            return;
+        }
+        self.epoch = self.epoch.wrapping_add(1) & i16::MAX;
+        self.next_seq = 0;
+        let Ok(producer_id) = producer_id(self.shared.clone()).await else { return };
+        let mut rebuilt = VecDeque::with_capacity(self.queue.len());
+        while let Some(mut batch) = self.queue.pop_front() {
+            batch.first_seq = self.next_seq;
+            self.next_seq += batch.records.len() as i32;
+            batch.bytes = self.build(&batch.records, producer_id, batch.first_seq);
+            rebuilt.push_back(batch);
+        }
+        self.queue = rebuilt;
+    }
+
+    fn backoff(&self) -> Duration {
+        let config = &self.shared.config;
+        let exp = config.retry_backoff.saturating_mul(1 << self.attempts.min(10));
+        let capped = exp.min(config.retry_backoff_max);
+        // ±20% jitter, so producers retrying together spread out.
+        let jitter = splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner())) % 41;
+        capped.mul_f64(0.8 + jitter as f64 / 100.0)
+    }
+
+    fn complete(&self, batch: Sealed, base_offset: i64) {
+        for (i, record) in batch.records.into_iter().enumerate() {
+            let offset = if base_offset >= 0 { base_offset + i as i64 } else { -1 };
+            let metadata = RecordMetadata {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset,
+                timestamp: record.timestamp,
+            };
+            let _ = record.done.send(Ok(metadata));
+        }
+    }
+
+    /// Answers the flushes whose batches are all done.
+    fn answer_flushes(&mut self) {
+        let oldest_pending = self.queue.front().map_or(u64::MAX, |b| b.ordinal);
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        for (upto, tx) in waiters {
+            if upto < oldest_pending {
+                let _ = tx.send(());
+            } else {
+                self.flush_waiters.push((upto, tx));
+            }
+        }
+    }
+}
+
+/// The producer id (fetched once per producer), or -1 without idempotence.
+async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
+    if !shared.config.idempotence {
+        return Ok(-1);
+    }
+    let client = shared.client.clone();
+    shared
+        .producer_id
+        .get_or_try_init(|| async move {
+            let response = client
+                .call_any(|mut stub| async move { stub.init_producer_id(pb::InitProducerIdRequest {}).await })
+                .await?;
+            match Error::from_pb(response.error) {
+                Some(error) => Err(error),
+                None => Ok(response.producer_id),
+            }
+        })
+        .await
+        .copied()
+}
+
+fn fail(records: Vec<PendingRecord>, error: &Error) {
+    for record in records {
+        let _ = record.done.send(Err(error.clone()));
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One produce request of one batch to the partition's leader.
+async fn send_batch(
+    client: Client,
+    topic: String,
+    partition: u32,
+    batch: Bytes,
+    acks: Acks,
+    timeout: Duration,
+    attempt: usize,
+) -> Result<i64> {
+    let addr = client.leader_addr(&topic, partition, attempt).await?;
+    let mut stub = client.stub(&addr)?;
+    let acks = match acks {
+        Acks::All => pb::Acks::All,
+        Acks::Leader => pb::Acks::Leader,
+        Acks::None => pb::Acks::NoneAcks,
+    };
+    let request = pb::ProduceRequest {
+        acks: acks.into(),
+        timeout_ms: timeout.as_millis() as u32,
+        partitions: vec![pb::PartitionRecords { topic: topic.clone(), partition, batch }],
+    };
+    let response = match tokio::time::timeout(timeout + Duration::from_secs(5), stub.produce(request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(Error::from_status(status)),
+        Err(_) => return Err(Error::api(ErrorCode::Timeout, format!("no answer from {addr} in time"))),
+    };
+    if let Some(error) = Error::from_pb(response.error) {
+        return Err(error);
+    }
+    let result = response
+        .partitions
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Transport(format!("{addr} answered a produce without a result")))?;
+    match Error::from_pb(result.error) {
+        Some(error) => Err(error),
+        None => Ok(result.base_offset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hash_as_kafka_hashes_them() {
+        // Values from Kafka's own tests of its murmur2.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
+        assert_eq!(murmur2(b"abc"), 479470107);
+        assert!(partition_for_key(b"21", 12) < 12);
+    }
+}
