@@ -101,6 +101,9 @@ impl ApiError {
     /// A failure of a metadata change.
     pub fn from_cluster(err: ClusterError) -> ApiError {
         match err {
+            ClusterError::Produce(ProduceError::NotLeader { .. }) => {
+                ApiError::new(Code::Unavailable, "the controller has no reachable leader; retry")
+            }
             ClusterError::Produce(e) => ApiError::from_produce(e, "the controller", |_| None),
             ClusterError::Invalid(message) => ApiError::new(Code::InvalidRequest, message),
             ClusterError::Node(e) => ApiError::new(Code::Unavailable, e.to_string()),

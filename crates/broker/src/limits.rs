@@ -25,3 +25,6 @@ pub const TOPIC_NAME_MAX: usize = 249;
 pub const HANDOVER_MAX: Duration = Duration::from_secs(3);
 /// Bytes of an HTTP request head the health endpoint reads at most.
 pub const HTTP_HEAD_MAX: usize = 8 * 1024;
+/// How long an admin change (create or delete a topic, a producer id) may
+/// take before the client is answered TIMEOUT.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);

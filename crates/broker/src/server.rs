@@ -177,6 +177,20 @@ impl Server {
         tracing::info!(node = self.config.node_id, "node stopped");
     }
 
+    /// Stops at once, as a crash would look to the rest of the cluster: no
+    /// leadership handover and no draining (tests use it to leave the
+    /// cluster without a leader).
+    pub async fn halt(&self) {
+        if let Some(stop) = self.stop_api.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        if let Some(api) = self.api.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            api.abort();
+        }
+        let _ = self.stop_http.send(true);
+        self.cluster.shutdown().await;
+    }
+
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
     pub async fn run_until_signal(self) {
         wait_for_signal().await;

@@ -23,8 +23,8 @@ use crate::config::ServerConfig;
 use crate::convert::{error_to_pb, ok_or_error};
 use crate::error::{ApiError, Code};
 use crate::limits::{
-    FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MAX, PARTITIONS_MAX, PRODUCE_TIMEOUT_DEFAULT, PRODUCE_TIMEOUT_MAX,
-    THROTTLE_RETRY_AFTER,
+    ADMIN_TIMEOUT, FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MAX, PARTITIONS_MAX, PRODUCE_TIMEOUT_DEFAULT,
+    PRODUCE_TIMEOUT_MAX, THROTTLE_RETRY_AFTER,
 };
 use crate::topic_config;
 
@@ -378,13 +378,12 @@ impl Broker {
                 format!("replication factor {replication_factor} is larger than the {n_brokers} registered brokers"),
             ));
         }
-        self.cluster.create_topic(&request.name, request.partitions, replication_factor, configs).await.map_err(|e| {
-            match e {
-                strata_raft::ClusterError::Invalid(m) if m.contains("already exists") => {
-                    ApiError::new(Code::TopicAlreadyExists, m)
-                }
-                other => ApiError::from_cluster(other),
+        let create = self.cluster.create_topic(&request.name, request.partitions, replication_factor, configs);
+        admin_bounded(create).await?.map_err(|e| match e {
+            strata_raft::ClusterError::Invalid(m) if m.contains("already exists") => {
+                ApiError::new(Code::TopicAlreadyExists, m)
             }
+            other => ApiError::from_cluster(other),
         })
     }
 
@@ -392,7 +391,9 @@ impl Broker {
     pub async fn delete_topic(&self, request: pb::DeleteTopicRequest) -> pb::DeleteTopicResponse {
         let result = match find_topic(&self.cluster.metadata(), &request.name) {
             Err(e) => Err(e),
-            Ok(_) => self.cluster.delete_topic(&request.name).await.map_err(ApiError::from_cluster),
+            Ok(_) => admin_bounded(self.cluster.delete_topic(&request.name))
+                .await
+                .and_then(|r| r.map_err(ApiError::from_cluster)),
         };
         pb::DeleteTopicResponse { error: ok_or_error(result) }
     }
@@ -453,15 +454,20 @@ impl Broker {
 
     /// InitProducerId: a new id from the controller, epoch 0.
     pub async fn init_producer_id(&self) -> pb::InitProducerIdResponse {
-        match self.cluster.allocate_producer_id().await {
+        let allocated =
+            admin_bounded(self.cluster.allocate_producer_id()).await.and_then(|r| r.map_err(ApiError::from_cluster));
+        match allocated {
             Ok(id) => pb::InitProducerIdResponse { error: None, producer_id: id as i64, producer_epoch: 0 },
-            Err(e) => pb::InitProducerIdResponse {
-                error: Some(error_to_pb(&ApiError::from_cluster(e))),
-                producer_id: -1,
-                producer_epoch: -1,
-            },
+            Err(e) => pb::InitProducerIdResponse { error: Some(error_to_pb(&e)), producer_id: -1, producer_epoch: -1 },
         }
     }
+}
+
+/// Bounds an admin change by `ADMIN_TIMEOUT`.
+async fn admin_bounded<T>(change: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    tokio::time::timeout(ADMIN_TIMEOUT, change).await.map_err(|_| {
+        ApiError::new(Code::Timeout, format!("the controller did not apply the change within {ADMIN_TIMEOUT:?}"))
+    })
 }
 
 fn find_topic<'a>(metadata: &'a ClusterMetadata, topic: &str) -> Result<&'a TopicInfo, ApiError> {

@@ -210,7 +210,11 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     drop(tx);
     producer.close().await;
     let (ok, failed) = waiter.await.context("delivery task")?;
-    eprintln!("{ok} records written to {}{}", args.topic, if failed > 0 { format!(", {failed} failed") } else { String::new() });
+    eprintln!(
+        "{ok} records written to {}{}",
+        args.topic,
+        if failed > 0 { format!(", {failed} failed") } else { String::new() }
+    );
     if failed > 0 {
         bail!("{failed} records were not written");
     }

@@ -56,8 +56,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
             .append(true)
             .open(&log)
             .with_context(|| format!("open {}", log.display()))?;
-        let (client, peer, http) =
-            (format!("127.0.0.1:{}", port(i, 0)), format!("127.0.0.1:{}", port(i, 1)), format!("127.0.0.1:{}", port(i, 2)));
+        let (client, peer, http) = (
+            format!("127.0.0.1:{}", port(i, 0)),
+            format!("127.0.0.1:{}", port(i, 1)),
+            format!("127.0.0.1:{}", port(i, 2)),
+        );
         let child = Command::new(&exe)
             .args(["server", "--stop-on-stdin-eof", "--node-id", &i.to_string(), "--peers", &peers])
             .arg("--data-dir")

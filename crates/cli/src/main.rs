@@ -110,15 +110,23 @@ fn main() -> Result<()> {
     })
 }
 
+/// Logs to stderr: Strata's own at `STRATA_LOG` (default info), its
+/// libraries' at warn and above.
 fn init_logs(format: LogFormat) {
-    let level = std::env::var("STRATA_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    let builder = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level =
+        std::env::var("STRATA_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
+    let targets = Targets::new().with_default(tracing::Level::WARN.min(level)).with_target("strata", level);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(targets).init(),
+        LogFormat::Json => builder.json().finish().with(targets).init(),
     }
 }
 

@@ -1,0 +1,103 @@
+//! An in-process cluster of real servers on loopback sockets, for the
+//! broker's tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strata_broker::{ConfigBuilder, Listeners, Server};
+use tokio::net::TcpListener;
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        let path = std::env::temp_dir().join(format!("strata-broker-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct TestCluster {
+    pub servers: Vec<Server>,
+    pub bootstrap: String,
+    _dir: TempDir,
+}
+
+impl TestCluster {
+    /// The client address of node `id`.
+    pub fn addr(&self, id: u64) -> String {
+        self.servers[(id - 1) as usize].client_addr().to_string()
+    }
+
+    pub async fn shutdown(&self) {
+        for server in &self.servers {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Starts `n` nodes on loopback, each adjusted by `tweak`, and waits until
+/// every broker is registered with its client address.
+pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> TestCluster {
+    let dir = TempDir::new("cluster");
+    let mut bound = Vec::new();
+    for _ in 0..n {
+        let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        bound.push(Listeners { client: bind().await, peer: bind().await, http: bind().await });
+    }
+    let addr = |l: &TcpListener| l.local_addr().expect("addr").to_string();
+    let peers: Vec<String> = bound.iter().enumerate().map(|(i, l)| format!("{}={}", i + 1, addr(&l.peer))).collect();
+    let peers = peers.join(",");
+    let mut servers = Vec::new();
+    for (i, listeners) in bound.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let builder = ConfigBuilder::new()
+            .set("node_id", id.to_string())
+            .and_then(|b| b.set("peers", peers.clone()))
+            .and_then(|b| b.set("data_dir", dir.0.join(format!("node-{id}")).display().to_string()))
+            .and_then(|b| b.set("listen.client", addr(&listeners.client)))
+            .and_then(|b| b.set("listen.peer", addr(&listeners.peer)))
+            .and_then(|b| b.set("listen.http", addr(&listeners.http)))
+            .and_then(|b| b.set("shutdown.grace", "2s"))
+            .expect("settings");
+        let config = tweak(builder).build().expect("config");
+        servers.push(Server::start_on(config, listeners).await.expect("start"));
+    }
+    let bootstrap = servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",");
+    let admin = strata_client::Admin::new(&strata_client::Client::new(&bootstrap).expect("client"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = admin.describe_cluster().await {
+            if c.controller.is_some() && c.brokers.iter().filter(|b| !b.address.is_empty()).count() == n as usize {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cluster did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    TestCluster { servers, bootstrap, _dir: dir }
+}
+
+/// Waits until every partition of `topic` has a leader.
+pub async fn wait_for_leaders(admin: &strata_client::Admin, topic: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(t) = admin.describe_topic(topic).await {
+            if t.partitions.iter().all(|p| p.leader.is_some()) {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "partitions of {topic} got no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
