@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ impl Node {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
+            child.kill().unwrap_or_else(|e| panic!("SIGKILL node {}: {e}", self.id));
             child.wait().expect("reap");
         }
     }
@@ -87,14 +88,15 @@ fn client_addr(node: &Node) -> String {
     node.args[at + 1].clone()
 }
 
-/// The node leading the most partitions of `topic`.
-async fn busiest_leader(admin: &Admin, topic: &str) -> u64 {
+/// The node leading the most partitions of `topic`, `down` aside.
+async fn busiest_leader(admin: &Admin, topic: &str, down: Option<u64>) -> u64 {
     loop {
         if let Ok(t) = admin.describe_topic(topic).await {
-            if t.partitions.iter().all(|p| p.leader.is_some()) {
+            let leaders: Vec<u64> = t.partitions.iter().filter_map(|p| p.leader).filter(|l| Some(*l) != down).collect();
+            if !leaders.is_empty() {
                 let mut counts: HashMap<u64, usize> = HashMap::new();
-                for p in &t.partitions {
-                    *counts.entry(p.leader.expect("leader")).or_default() += 1;
+                for leader in leaders {
+                    *counts.entry(leader).or_default() += 1;
                 }
                 return counts.into_iter().max_by_key(|(id, n)| (*n, *id)).map(|(id, _)| id).expect("a leader");
             }
@@ -130,39 +132,66 @@ async fn acknowledged_records_survive_leaders_killed_and_restarted_exactly_once_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A killer task watches acknowledgements and, at 30% and 65% acked,
+    // SIGKILLs the node leading the most partitions and restarts it 2 s later.
+    let n_acked = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (nodes, admin, n_acked) = (nodes.clone(), admin.clone(), n_acked.clone());
+        tokio::spawn(async move {
+            let mut kills = Vec::new();
+            let mut down = None;
+            for at in [RECORDS / 4, RECORDS / 2] {
+                while n_acked.load(Ordering::Relaxed) < at {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let victim = busiest_leader(&admin, "orders", down).await;
+                nodes.lock().expect("lock")[(victim - 1) as usize].kill();
+                kills.push((victim, n_acked.load(Ordering::Relaxed)));
+                down = Some(victim);
+                let nodes = nodes.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    nodes.lock().expect("lock")[(victim - 1) as usize].start();
+                });
+            }
+            kills
+        })
+    };
     let producer = Producer::new(&client);
-    let mut deliveries = Vec::with_capacity(RECORDS as usize);
-    let mut kills = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = {
+        let n_acked = n_acked.clone();
+        tokio::spawn(async move {
+            let mut acked: HashMap<u64, (u32, u64)> = HashMap::new();
+            let mut failed = 0u64;
+            while let Some((i, delivery)) = rx.recv().await {
+                let delivery: strata_client::DeliveryFuture = delivery;
+                match delivery.await {
+                    Ok(meta) => {
+                        acked.insert(i, (meta.partition, meta.offset as u64));
+                        n_acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("record {i} not acknowledged: {e}");
+                    }
+                }
+            }
+            (acked, failed)
+        })
+    };
     for i in 0..RECORDS {
-        if i == RECORDS * 3 / 10 || i == RECORDS * 65 / 100 {
-            let victim = busiest_leader(&admin, "orders").await;
-            let nodes = nodes.clone();
-            nodes.lock().expect("lock")[(victim - 1) as usize].kill();
-            kills.push(victim);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                nodes.lock().expect("lock")[(victim - 1) as usize].start();
-            });
-        }
         let partition = (i % u64::from(PARTITIONS)) as u32;
         let record = Record::new("orders", i.to_string()).partition(partition);
-        deliveries.push((i, producer.send(record).await.expect("queued")));
+        tx.send((i, producer.send(record).await.expect("queued"))).expect("collector");
     }
-    let mut acked: HashMap<u64, (u32, u64)> = HashMap::new();
-    let mut failed = 0;
-    for (i, delivery) in deliveries {
-        match delivery.await {
-            Ok(meta) => {
-                acked.insert(i, (meta.partition, meta.offset as u64));
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("record {i} not acknowledged: {e}");
-            }
-        }
-    }
+    drop(tx);
+    let (acked, failed) = collector.await.expect("collector");
     producer.close().await;
+    let kills = killer.await.expect("killer");
+    eprintln!("killed (node, records acked at the time): {kills:?}; {failed} records not acknowledged");
     assert_eq!(kills.len(), 2, "both kills happened");
+    assert!(kills.iter().all(|(_, at)| *at < RECORDS), "each kill came while records were in flight");
     assert!(acked.len() as u64 >= RECORDS * 99 / 100, "{failed} of {RECORDS} records failed");
 
     // Read every partition back from the start with a fresh client.

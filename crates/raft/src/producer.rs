@@ -64,8 +64,15 @@ impl ProducerStates {
     /// Checks a batch of `producer_id`/`epoch` covering `first_seq..=last_seq`.
     pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> SequenceCheck {
         let Some(entry) = self.producers.get(&producer_id) else {
-            // Unknown producer (new, or its state expired): accept.
-            return SequenceCheck::New;
+            // A new producer starts at sequence 0. Accepting a later
+            // sequence would let a batch overtake an earlier one that failed
+            // and is being retried, breaking the producer's order. (Producer
+            // state is never expired: it lives in snapshots.)
+            return if first_seq == 0 {
+                SequenceCheck::New
+            } else {
+                SequenceCheck::OutOfOrder { expected: 0, got: first_seq }
+            };
         };
         if epoch < entry.epoch {
             return SequenceCheck::Fenced { current: entry.epoch };
@@ -121,6 +128,11 @@ mod tests {
     fn sequences_are_checked_as_kafka_does() {
         let mut states = ProducerStates::default();
         assert_eq!(states.check(7, 0, 0, 4), SequenceCheck::New);
+        assert_eq!(
+            states.check(7, 0, 5, 9),
+            SequenceCheck::OutOfOrder { expected: 0, got: 5 },
+            "a new producer starts at 0, so no batch overtakes a retried first one"
+        );
         states.record(7, 0, batch(0, 4, 100));
         assert_eq!(states.check(7, 0, 0, 4), SequenceCheck::Duplicate(batch(0, 4, 100)));
         assert_eq!(states.check(7, 0, 5, 9), SequenceCheck::New);
