@@ -326,7 +326,7 @@ fn in_range(n: u64, min: u64, max: u64) -> Result<u64, String> {
 fn show_size(n: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
     }
@@ -421,12 +421,12 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(64 << 10));
         assert_eq!(parse_size("1000"), Ok(1000));
         assert_eq!(parse_size("2 MB"), Ok(2_000_000));
-        assert!(parse_size("1 parsec").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("1 parsec").expect_err("no such unit").contains("unknown size unit"));
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert!(parse_duration("30").unwrap_err().contains("unit"));
+        assert!(parse_duration("30").expect_err("no unit").contains("unit"));
     }
 
     #[test]

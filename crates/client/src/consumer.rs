@@ -12,6 +12,10 @@ use strata_proto::api as pb;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 
+/// How long a request for a partition keeps retrying while its leader is
+/// unknown or moving.
+const LEADER_WAIT_MAX: Duration = Duration::from_secs(15);
+
 /// A topic and a partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
@@ -178,7 +182,18 @@ impl Consumer {
     /// timestamp), from the partition's leader.
     async fn list_offset(&self, tp: &TopicPartition, timestamp: i64) -> Result<u64> {
         let mut last = Error::Transport("no attempt".into());
-        for attempt in 0..5 {
+        // A partition just created or whose leader just failed has none for
+        // an election timeout or two: keep asking, with backoff, for a while.
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 0.. {
+            if attempt > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
             let addr = self.client.leader_addr(&tp.topic, tp.partition, attempt).await?;
             let request = pb::ListOffsetsRequest {
                 partitions: vec![pb::PartitionOffsetQuery {
@@ -191,7 +206,7 @@ impl Consumer {
                 Ok(response) => response.into_inner().partitions.into_iter().next(),
                 Err(status) => {
                     last = Error::from_status(status);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.client.note_error(&tp.topic, tp.partition, &last);
                     continue;
                 }
             };
@@ -202,7 +217,6 @@ impl Consumer {
                 Some(e) if e.is_retriable() => {
                     self.client.note_error(&tp.topic, tp.partition, &e);
                     last = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Some(e) => return Err(e),
             }

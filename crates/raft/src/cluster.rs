@@ -298,6 +298,11 @@ impl Reconciler {
     async fn run(self) {
         let (node, controller, peers) = (&self.node, &self.controller, &self.peers);
         let mut initialized: BTreeSet<u64> = BTreeSet::new();
+        // When this node first saw each group it must initialize: the other
+        // replicas learn of it at about the same time, but open it on their
+        // own next pass; voting before they have would fail and cost a whole
+        // election timeout.
+        let mut first_seen: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
         loop {
             let metadata = controller.state_machine.metadata().unwrap_or_default();
             if controller.raft.is_leader() {
@@ -314,8 +319,11 @@ impl Reconciler {
                     }
                 };
                 if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
+                    let seen = *first_seen.entry(partition.group).or_insert_with(tokio::time::Instant::now);
                     let members = nodes_of(&partition.initial_replicas, &metadata, peers);
-                    if members.len() == partition.initial_replicas.len() {
+                    let others_opened =
+                        seen.elapsed() >= RECONCILE_INTERVAL * 3 || partition.initial_replicas.len() == 1;
+                    if members.len() == partition.initial_replicas.len() && others_opened {
                         // NotAllowed means "already initialized" (a restart).
                         let _ = bounded(group.raft.initialize(members)).await;
                         initialized.insert(partition.group);

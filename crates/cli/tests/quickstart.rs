@@ -1,0 +1,144 @@
+//! The README's quick start works as written: `strata dev` brings up a
+//! 3-node cluster, a topic is created, lines are produced and consumed
+//! back, health answers, Ctrl-C stops every node cleanly, and `strata dev`
+//! again restarts the cluster on the same data.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// A base port with the 3 nodes' 9 ports free (a small race remains).
+fn free_base_port() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20_000 + (seed.wrapping_add(attempt * 37) % 2_000) * 20;
+        let all_free = (0..3u16)
+            .flat_map(|i| (0..3u16).map(move |k| base + 10 * i + k))
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free block of ports");
+}
+
+/// `strata dev`, killed if the test fails (its nodes then stop too: their
+/// stdin closes).
+struct Dev(Option<Child>);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_dev(base: u16, data: &Path) -> (Dev, Vec<String>) {
+    let mut child = Command::new(STRATA)
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start strata dev");
+    let mut lines = Vec::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).expect("read");
+        assert!(n > 0, "strata dev ended before it was ready: {lines:?}");
+        lines.push(line.trim_end().to_string());
+        if line.contains("Ctrl-C stops the cluster") {
+            break;
+        }
+    }
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        print!("{rest}");
+    });
+    (Dev(Some(child)), lines)
+}
+
+fn strata(args: &[&str], bootstrap: &str, stdin: &str) -> String {
+    let mut child = Command::new(STRATA)
+        .args(args)
+        .args(["--bootstrap-server", bootstrap])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run strata");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "strata {args:?} failed: {stderr}");
+    String::from_utf8(output.stdout).expect("utf8")
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+fn interrupt_and_wait(mut dev: Dev) {
+    let mut child = dev.0.take().expect("running");
+    let status = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "strata dev exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "strata dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
+    let data = std::env::temp_dir().join(format!("strata-quickstart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let base = free_base_port();
+    let bootstrap = format!("127.0.0.1:{base}");
+    let (dev, banner) = start_dev(base, &data);
+    assert!(banner.iter().any(|l| l.contains(&format!("node 3: client 127.0.0.1:{}", base + 20))), "{banner:?}");
+
+    assert!(strata(&["topic", "create", "demo", "--partitions", "3"], &bootstrap, "").contains("Created topic demo"));
+    assert_eq!(strata(&["topic", "list"], &bootstrap, ""), "demo\n");
+    strata(&["produce", "--topic", "demo", "--key-separator", ":"], &bootstrap, "hello\nk:world\n");
+    let consume = ["consume", "--topic", "demo", "--from-beginning", "--max-messages", "2"];
+    let mut values: Vec<String> = strata(&consume, &bootstrap, "").lines().map(String::from).collect();
+    values.sort();
+    assert_eq!(values, ["hello", "world"]);
+    let json = strata(&[&consume[..], &["--format", "json"]].concat(), &bootstrap, "");
+    let keyed: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|v: &serde_json::Value| v["key"] == "k")
+        .collect();
+    assert_eq!(keyed.len(), 1);
+    assert_eq!(keyed[0]["value"], "world");
+    assert!(http_get(base + 2, "/health/live").starts_with("HTTP/1.1 200"));
+    assert!(http_get(base + 12, "/health/ready").starts_with("HTTP/1.1 200"));
+    interrupt_and_wait(dev);
+
+    // Again, on the same data: the topic and its records are there.
+    let (dev, _) = start_dev(base, &data);
+    assert_eq!(strata(&["topic", "list"], &bootstrap, ""), "demo\n");
+    let again = strata(&consume, &bootstrap, "");
+    assert_eq!(again.lines().count(), 2, "{again}");
+    interrupt_and_wait(dev);
+    let _ = std::fs::remove_dir_all(&data);
+}
