@@ -83,7 +83,10 @@ impl Broker {
     }
 
     /// Produce: checks each batch, proposes them in request order, then
-    /// waits as `acks` asks.
+    /// waits as `acks` asks: for all, until a majority has the batch on disk
+    /// and it is applied; for leader and none, not at all (the batch is
+    /// checked and proposed, its offset not yet known). Proposing before
+    /// answering keeps a producer's batches in order whatever its acks.
     pub async fn produce(&self, request: pb::ProduceRequest) -> pb::ProduceResponse {
         let total: usize = request.partitions.iter().map(|p| p.batch.len()).sum();
         let share = total.clamp(1, self.produce_budget_bytes) as u32;
@@ -109,7 +112,7 @@ impl Broker {
         let metadata = self.cluster.metadata();
         let mut submitted = Vec::with_capacity(request.partitions.len());
         for p in request.partitions {
-            let outcome = self.submit_one(&metadata, &p.topic, p.partition, p.batch, acks).await;
+            let outcome = self.submit_one(&metadata, &p.topic, p.partition, p.batch).await;
             submitted.push((p.topic, p.partition, outcome));
         }
         let waits = submitted.into_iter().map(|(topic, partition, outcome)| {
@@ -156,7 +159,6 @@ impl Broker {
         topic: &str,
         partition: u32,
         batch: Bytes,
-        acks: pb::Acks,
     ) -> Result<(Group, Submission), ApiError> {
         let group = self.leader_replica(metadata, topic, partition)?;
         let info = find_topic(metadata, topic)?;
@@ -175,17 +177,6 @@ impl Broker {
             ));
         }
         let what = format!("{topic}/{partition}");
-        if acks == pb::Acks::NoneAcks {
-            let background = group.clone();
-            tokio::spawn(async move {
-                if let Err(err) = submit(&background, batch).await {
-                    tracing::debug!(group = background.id, error = %err, "an acks=none batch was not written");
-                }
-            });
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            drop(tx);
-            return Ok((group, Submission::InFlight(rx)));
-        }
         let submission = submit(&group, batch)
             .await
             .map_err(|e| ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))?;
