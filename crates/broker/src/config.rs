@@ -77,6 +77,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("limits.connections", Some("1024")),
     ("limits.produce_memory_bytes", Some("256 MiB")),
     ("shutdown.grace", Some("10s")),
+    ("groups.offsets_partitions", Some("12")),
 ];
 
 /// The whole server configuration, checked.
@@ -112,6 +113,8 @@ pub struct ServerConfig {
     pub produce_memory_bytes: u64,
     /// How long a graceful shutdown may take.
     pub shutdown_grace: Duration,
+    /// Partitions of `__consumer_offsets` (fixed once created).
+    pub offsets_partitions: u32,
 }
 
 /// Where a value came from, for error messages.
@@ -268,6 +271,7 @@ impl ConfigBuilder {
                 parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
             })?,
             shutdown_grace: self.required("shutdown.grace", parse_duration)?,
+            offsets_partitions: self.required("groups.offsets_partitions", |v| parse_int(v, 1, 1000))? as u32,
         })
     }
 }

@@ -23,6 +23,12 @@ pub fn code_to_pb(code: Code) -> pb::ErrorCode {
         Code::RequestTooLarge => pb::ErrorCode::RequestTooLarge,
         Code::Timeout => pb::ErrorCode::Timeout,
         Code::Unavailable => pb::ErrorCode::Unavailable,
+        Code::NotCoordinator => pb::ErrorCode::NotCoordinator,
+        Code::CoordinatorLoadInProgress => pb::ErrorCode::CoordinatorLoadInProgress,
+        Code::UnknownMemberId => pb::ErrorCode::UnknownMemberId,
+        Code::FencedMemberEpoch => pb::ErrorCode::FencedMemberEpoch,
+        Code::GroupNotEmpty => pb::ErrorCode::GroupNotEmpty,
+        Code::UnknownGroup => pb::ErrorCode::UnknownGroup,
     }
 }
 

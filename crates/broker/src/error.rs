@@ -41,12 +41,32 @@ pub enum Code {
     Timeout,
     /// No leader or replication failing; retry.
     Unavailable,
+    /// This broker does not coordinate the group.
+    NotCoordinator,
+    /// The coordinator is loading; retry.
+    CoordinatorLoadInProgress,
+    /// Not a member of the group.
+    UnknownMemberId,
+    /// A stale member epoch: fenced.
+    FencedMemberEpoch,
+    /// The group has active members.
+    GroupNotEmpty,
+    /// No such group.
+    UnknownGroup,
 }
 
 impl Code {
     /// Whether retrying the same request may succeed.
     pub fn retriable(self) -> bool {
-        matches!(self, Code::NotLeader | Code::Throttled | Code::Timeout | Code::Unavailable)
+        matches!(
+            self,
+            Code::NotLeader
+                | Code::Throttled
+                | Code::Timeout
+                | Code::Unavailable
+                | Code::NotCoordinator
+                | Code::CoordinatorLoadInProgress
+        )
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod config;
 mod convert;
 pub mod error;
+pub mod groups;
 mod http;
 pub mod limits;
 mod server;

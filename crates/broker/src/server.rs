@@ -98,7 +98,9 @@ impl Server {
         };
         let cluster = Arc::new(ClusterNode::start_on(raft, listeners.peer, config.peers.clone()).await?);
         cluster.announce_client_addr(config.advertise_client.clone());
-        let broker = Arc::new(Broker::new(cluster.clone(), &config));
+        let coordinator = crate::groups::Coordinator::new(cluster.clone(), config.offsets_partitions);
+        tokio::spawn(coordinator.clone().run(config.peers.len()));
+        let broker = Arc::new(Broker::new(cluster.clone(), coordinator, &config));
 
         let service = pb::strata_server::StrataServer::new(Api(broker))
             .max_decoding_message_size(config.request_bytes as usize)
@@ -336,5 +338,36 @@ impl pb::strata_server::Strata for Api {
         _request: Request<pb::InitProducerIdRequest>,
     ) -> Answer<pb::InitProducerIdResponse> {
         Ok(Response::new(self.0.init_producer_id().await))
+    }
+
+    async fn find_coordinator(
+        &self,
+        request: Request<pb::FindCoordinatorRequest>,
+    ) -> Answer<pb::FindCoordinatorResponse> {
+        Ok(Response::new(self.0.find_coordinator(request.into_inner()).await))
+    }
+
+    async fn group_heartbeat(&self, request: Request<pb::GroupHeartbeatRequest>) -> Answer<pb::GroupHeartbeatResponse> {
+        Ok(Response::new(self.0.group_heartbeat(request.into_inner()).await))
+    }
+
+    async fn offset_commit(&self, request: Request<pb::OffsetCommitRequest>) -> Answer<pb::OffsetCommitResponse> {
+        Ok(Response::new(self.0.offset_commit(request.into_inner()).await))
+    }
+
+    async fn offset_fetch(&self, request: Request<pb::OffsetFetchRequest>) -> Answer<pb::OffsetFetchResponse> {
+        Ok(Response::new(self.0.offset_fetch(request.into_inner()).await))
+    }
+
+    async fn list_groups(&self, _request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
+        Ok(Response::new(self.0.list_groups().await))
+    }
+
+    async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
+        Ok(Response::new(self.0.describe_group(request.into_inner()).await))
+    }
+
+    async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
+        Ok(Response::new(self.0.delete_group(request.into_inner()).await))
     }
 }

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 use crate::config::ServerConfig;
 use crate::convert::{error_to_pb, ok_or_error};
 use crate::error::{ApiError, Code};
+use crate::groups::state::Heartbeat;
+use crate::groups::{Committed, Coordinator, assign::Assignor};
 use crate::limits::{
     ADMIN_TIMEOUT, FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MAX, PARTITIONS_MAX, PRODUCE_TIMEOUT_DEFAULT,
     PRODUCE_TIMEOUT_MAX, THROTTLE_RETRY_AFTER,
@@ -31,6 +33,7 @@ use crate::topic_config;
 /// The broker's request handling, shared by every connection.
 pub struct Broker {
     cluster: Arc<ClusterNode>,
+    coordinator: Arc<Coordinator>,
     node_id: u64,
     default_max_message_bytes: u64,
     /// Bytes of produce data in flight; a request that cannot take its
@@ -41,10 +44,11 @@ pub struct Broker {
 
 impl Broker {
     /// A broker over a started cluster node.
-    pub fn new(cluster: Arc<ClusterNode>, config: &ServerConfig) -> Broker {
+    pub fn new(cluster: Arc<ClusterNode>, coordinator: Arc<Coordinator>, config: &ServerConfig) -> Broker {
         let budget = config.produce_memory_bytes as usize;
         Broker {
             cluster,
+            coordinator,
             node_id: config.node_id,
             default_max_message_bytes: config.max_message_bytes,
             produce_budget: Arc::new(Semaphore::new(budget)),
@@ -452,6 +456,142 @@ impl Broker {
             Err(e) => pb::InitProducerIdResponse { error: Some(error_to_pb(&e)), producer_id: -1, producer_epoch: -1 },
         }
     }
+}
+
+impl Broker {
+    /// FindCoordinator.
+    pub async fn find_coordinator(&self, request: pb::FindCoordinatorRequest) -> pb::FindCoordinatorResponse {
+        match self.coordinator.find(&request.group) {
+            Ok((node_id, address)) => pb::FindCoordinatorResponse { error: None, node_id, address },
+            Err(e) => pb::FindCoordinatorResponse { error: Some(error_to_pb(&e)), ..Default::default() },
+        }
+    }
+
+    /// GroupHeartbeat: join, stay or leave; answers the member's assignment.
+    pub async fn group_heartbeat(&self, request: pb::GroupHeartbeatRequest) -> pb::GroupHeartbeatResponse {
+        let assignor = match Assignor::parse(&request.assignor) {
+            Some(a) => a,
+            None => {
+                let e = ApiError::new(
+                    Code::InvalidRequest,
+                    format!("unknown assignor {:?}; use range, roundrobin or sticky", request.assignor),
+                );
+                return pb::GroupHeartbeatResponse { error: Some(error_to_pb(&e)), ..Default::default() };
+            }
+        };
+        let session = Duration::from_millis(u64::from(request.session_timeout_ms.max(1)));
+        let hb = Heartbeat {
+            member_id: request.member_id,
+            epoch: request.member_epoch,
+            instance_id: (!request.instance_id.is_empty()).then_some(request.instance_id),
+            topics: request.topics.into_iter().collect(),
+            assignor: Some(assignor),
+            owned: from_topic_partitions(request.owned),
+            session_timeout: session,
+            rebalance_timeout: Duration::from_millis(u64::from(request.rebalance_timeout_ms.max(1))),
+        };
+        match self.coordinator.heartbeat(&request.group, hb).await {
+            Ok(answer) => pb::GroupHeartbeatResponse {
+                error: None,
+                member_id: answer.member_id,
+                member_epoch: answer.epoch,
+                heartbeat_interval_ms: if answer.reconciling {
+                    100
+                } else {
+                    (session.as_millis() as u32 / 5).clamp(100, 3000)
+                },
+                assignment: to_topic_partitions(&answer.assignment),
+            },
+            Err(e) => pb::GroupHeartbeatResponse { error: Some(error_to_pb(&e)), ..Default::default() },
+        }
+    }
+
+    /// OffsetCommit.
+    pub async fn offset_commit(&self, request: pb::OffsetCommitRequest) -> pb::OffsetCommitResponse {
+        let offsets = request
+            .offsets
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), Committed { offset: o.offset, metadata: o.metadata }))
+            .collect();
+        let result = self.coordinator.commit(&request.group, &request.member_id, request.member_epoch, offsets).await;
+        pb::OffsetCommitResponse { error: ok_or_error(result) }
+    }
+
+    /// OffsetFetch.
+    pub async fn offset_fetch(&self, request: pb::OffsetFetchRequest) -> pb::OffsetFetchResponse {
+        let tps =
+            (!request.partitions.is_empty()).then(|| from_topic_partitions(request.partitions).into_iter().collect());
+        match self.coordinator.fetch(&request.group, tps).await {
+            Ok(found) => pb::OffsetFetchResponse { error: None, offsets: committed_to_pb(found) },
+            Err(e) => pb::OffsetFetchResponse { error: Some(error_to_pb(&e)), offsets: Vec::new() },
+        }
+    }
+
+    /// ListGroups: the groups this broker coordinates.
+    pub async fn list_groups(&self) -> pb::ListGroupsResponse {
+        self.coordinator.load_led_shards().await;
+        pb::ListGroupsResponse { groups: self.coordinator.list().await }
+    }
+
+    /// DescribeGroup.
+    pub async fn describe_group(&self, request: pb::DescribeGroupRequest) -> pb::DescribeGroupResponse {
+        match self.coordinator.describe(&request.group).await {
+            Ok(d) => pb::DescribeGroupResponse {
+                error: None,
+                group: request.group,
+                state: d.state.to_string(),
+                group_epoch: d.epoch,
+                assignor: d.assignor.to_string(),
+                members: d
+                    .members
+                    .into_iter()
+                    .map(|(member_id, instance_id, member_epoch, assignment)| pb::GroupMember {
+                        member_id,
+                        instance_id: instance_id.unwrap_or_default(),
+                        member_epoch,
+                        assignment: to_topic_partitions(&assignment),
+                    })
+                    .collect(),
+                offsets: committed_to_pb(d.offsets.into_iter().map(|(tp, c)| (tp, Some(c))).collect()),
+                coordinator: self.node_id,
+            },
+            Err(e) => pb::DescribeGroupResponse { error: Some(error_to_pb(&e)), ..Default::default() },
+        }
+    }
+
+    /// DeleteGroup.
+    pub async fn delete_group(&self, request: pb::DeleteGroupRequest) -> pb::DeleteGroupResponse {
+        pb::DeleteGroupResponse { error: ok_or_error(self.coordinator.delete(&request.group).await) }
+    }
+}
+
+type Tp = (String, u32);
+
+fn from_topic_partitions(list: Vec<pb::TopicPartitions>) -> std::collections::BTreeSet<Tp> {
+    list.into_iter().flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p))).collect()
+}
+
+fn to_topic_partitions(set: &std::collections::BTreeSet<Tp>) -> Vec<pb::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (topic, p) in set {
+        by_topic.entry(topic).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| pb::TopicPartitions { topic: topic.to_string(), partitions })
+        .collect()
+}
+
+fn committed_to_pb(found: Vec<(Tp, Option<Committed>)>) -> Vec<pb::CommittedOffset> {
+    found
+        .into_iter()
+        .map(|((topic, partition), c)| pb::CommittedOffset {
+            topic,
+            partition,
+            offset: c.as_ref().map_or(-1, |c| c.offset as i64),
+            metadata: c.map(|c| c.metadata).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Bounds an admin change by `ADMIN_TIMEOUT`.

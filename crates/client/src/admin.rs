@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use strata_proto::api as pb;
 
 use crate::client::Client;
+use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 
 /// A topic to create.
@@ -94,6 +95,38 @@ pub struct ClusterDescription {
     pub topics: u32,
     /// Partition count.
     pub partitions: u32,
+}
+
+/// A member of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member_id: String,
+    /// Static membership id (empty if none).
+    pub instance_id: String,
+    /// Member epoch.
+    pub epoch: i32,
+    /// Owned partitions.
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// A consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Name.
+    pub group: String,
+    /// Empty, Reconciling or Stable.
+    pub state: String,
+    /// Group epoch.
+    pub epoch: i32,
+    /// Assignor.
+    pub assignor: String,
+    /// Members.
+    pub members: Vec<MemberDescription>,
+    /// Committed offsets (the next offset to consume).
+    pub offsets: Vec<(TopicPartition, u64)>,
+    /// The coordinating broker.
+    pub coordinator: u64,
 }
 
 /// Administration of topics and the cluster.
@@ -210,5 +243,129 @@ impl Admin {
             topics: response.topics,
             partitions: response.partitions,
         })
+    }
+
+    /// Calls the coordinator of `group`, finding it again while it moves.
+    async fn group_call<T, F, Fut>(&self, group: &str, call: F) -> Result<T>
+    where
+        F: Fn(strata_proto::api::strata_client::StrataClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(Option<pb::Error>, T), tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let request = pb::FindCoordinatorRequest { group: group.to_string() };
+            let found = self
+                .client
+                .call_any(|mut stub| {
+                    let request = request.clone();
+                    async move { stub.find_coordinator(request).await }
+                })
+                .await;
+            let error = match found {
+                Ok(found) => match Error::from_pb(found.error) {
+                    Some(e) => e,
+                    None => match call(self.client.stub(&found.address)?).await {
+                        Ok((error, value)) => match Error::from_pb(error) {
+                            None => return Ok(value),
+                            Some(e) => e,
+                        },
+                        Err(status) => Error::from_status(status),
+                    },
+                },
+                Err(e) => e,
+            };
+            if !error.is_retriable() || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every consumer group of the cluster.
+    pub async fn list_groups(&self) -> Result<Vec<String>> {
+        self.client.refresh_metadata(&[]).await?;
+        let mut all = std::collections::BTreeSet::new();
+        for addr in self.client.broker_addrs() {
+            let answer = self.client.stub(&addr)?.list_groups(pb::ListGroupsRequest {}).await;
+            match answer {
+                Ok(answer) => all.extend(answer.into_inner().groups),
+                Err(status) => tracing::debug!(broker = %addr, %status, "listing groups failed"),
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// A group's state, members, assignment and committed offsets.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let request = pb::DescribeGroupRequest { group: group.to_string() };
+        let d = self
+            .group_call(group, |mut stub| {
+                let request = request.clone();
+                async move { stub.describe_group(request).await.map(|r| r.into_inner()).map(|r| (r.error.clone(), r)) }
+            })
+            .await?;
+        Ok(GroupDescription {
+            group: d.group,
+            state: d.state,
+            epoch: d.group_epoch,
+            assignor: d.assignor,
+            members: d
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id,
+                    epoch: m.member_epoch,
+                    assignment: crate::group::from_pb(m.assignment).into_iter().collect(),
+                })
+                .collect(),
+            offsets: d
+                .offsets
+                .into_iter()
+                .filter(|c| c.offset >= 0)
+                .map(|c| (TopicPartition::new(c.topic, c.partition), c.offset as u64))
+                .collect(),
+            coordinator: d.coordinator,
+        })
+    }
+
+    /// Deletes a group with no active members, and its offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let request = pb::DeleteGroupRequest { group: group.to_string() };
+        self.group_call(group, |mut stub| {
+            let request = request.clone();
+            async move { stub.delete_group(request).await.map(|r| (r.into_inner().error, ())) }
+        })
+        .await
+    }
+
+    /// Sets a group's committed offsets (the group must have no active
+    /// members): the one way offsets go backwards.
+    pub async fn reset_offsets(&self, group: &str, offsets: Vec<(TopicPartition, u64)>) -> Result<()> {
+        let request = pb::OffsetCommitRequest {
+            group: group.to_string(),
+            member_id: String::new(),
+            member_epoch: -1,
+            offsets: offsets
+                .into_iter()
+                .map(|(tp, offset)| pb::PartitionOffsetCommit {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        self.group_call(group, |mut stub| {
+            let request = request.clone();
+            async move { stub.offset_commit(request).await.map(|r| (r.into_inner().error, ())) }
+        })
+        .await
+    }
+
+    /// A partition's earliest (`-2`), latest (`-1`, the log end) or
+    /// by-timestamp offset.
+    pub async fn list_offset(&self, tp: &TopicPartition, timestamp: i64) -> Result<u64> {
+        self.client.list_offset(&tp.topic, tp.partition, timestamp).await
     }
 }

@@ -131,6 +131,16 @@ impl Client {
         Err(last)
     }
 
+    /// Every known broker's client address, bootstrap ones included.
+    pub(crate) fn broker_addrs(&self) -> Vec<String> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<String> = cache.brokers.values().cloned().collect();
+        if all.is_empty() {
+            all = self.inner.bootstrap.clone();
+        }
+        all
+    }
+
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
     pub async fn refresh_metadata(&self, topics: &[String]) -> Result<()> {
         let request = pb::MetadataRequest { topics: topics.to_vec() };
@@ -204,5 +214,51 @@ impl Client {
             }
         }
         cache.topics.remove(topic);
+    }
+
+    /// The offset for a ListOffsets query (-2 earliest, -1 latest, else a
+    /// timestamp), from the partition's leader.
+    pub(crate) async fn list_offset(&self, topic: &str, partition: u32, timestamp: i64) -> Result<u64> {
+        let mut last = Error::Transport("no attempt".into());
+        // A partition just created or whose leader just failed has none for
+        // an election timeout or two: keep asking, with backoff, for a while.
+        let deadline = tokio::time::Instant::now() + crate::consumer::LEADER_WAIT_MAX;
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 0.. {
+            if attempt > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            let addr = self.leader_addr(topic, partition, attempt).await?;
+            let request = pb::ListOffsetsRequest {
+                partitions: vec![pb::PartitionOffsetQuery {
+                    topic: topic.to_string(),
+                    partition: partition,
+                    timestamp,
+                }],
+            };
+            let result = match self.stub(&addr)?.list_offsets(request).await {
+                Ok(response) => response.into_inner().partitions.into_iter().next(),
+                Err(status) => {
+                    last = Error::from_status(status);
+                    self.note_error(topic, partition, &last);
+                    continue;
+                }
+            };
+            let Some(result) = result else { return Err(Error::Transport(format!("{addr} sent no offset"))) };
+            match Error::from_pb(result.error) {
+                None if result.offset >= 0 => return Ok(result.offset as u64),
+                None => return Err(Error::Invalid(format!("no record at or after timestamp {timestamp}"))),
+                Some(e) if e.is_retriable() => {
+                    self.note_error(topic, partition, &e);
+                    last = e;
+                }
+                Some(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 }

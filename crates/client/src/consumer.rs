@@ -2,7 +2,7 @@
 //! position the caller chooses (offset, beginning, end, timestamp).
 //! Consumer groups come later; here the caller assigns partitions.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,10 +11,11 @@ use strata_proto::api as pb;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::group::{MemberConfig, Membership};
 
 /// How long a request for a partition keeps retrying while its leader is
 /// unknown or moving.
-const LEADER_WAIT_MAX: Duration = Duration::from_secs(15);
+pub(crate) const LEADER_WAIT_MAX: Duration = Duration::from_secs(15);
 
 /// A topic and a partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,6 +71,21 @@ pub struct ConsumerConfig {
     pub max_bytes: u32,
     /// Where to go when the position is lost. Default latest.
     pub auto_offset_reset: OffsetReset,
+    /// The consumer group, for [`Consumer::subscribe`]. Default none.
+    pub group_id: Option<String>,
+    /// Static membership: a stable id across restarts. Default none.
+    pub group_instance_id: Option<String>,
+    /// A member silent this long is removed from the group. Default 10 s.
+    pub session_timeout: Duration,
+    /// How long a member may take to give up revoked partitions. Default 30 s.
+    pub rebalance_timeout: Duration,
+    /// Server-side assignor: "sticky" (default), "range" or "roundrobin".
+    pub assignor: String,
+    /// Commit positions every `auto_commit_interval` and before giving
+    /// partitions up. Default on.
+    pub enable_auto_commit: bool,
+    /// Default 5 s.
+    pub auto_commit_interval: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -80,9 +96,29 @@ impl Default for ConsumerConfig {
             partition_max_bytes: 1024 * 1024,
             max_bytes: 50 * 1024 * 1024,
             auto_offset_reset: OffsetReset::Latest,
+            group_id: None,
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            assignor: "sticky".into(),
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
         }
     }
 }
+
+/// A change of the partitions a group member owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// Newly owned (positions come from the group's committed offsets).
+    Assigned(Vec<TopicPartition>),
+    /// Given up in a rebalance (after committing, with auto-commit).
+    Revoked(Vec<TopicPartition>),
+    /// Lost without a chance to commit (the member was fenced or expired).
+    Lost(Vec<TopicPartition>),
+}
+
+type RebalanceCallback = Box<dyn FnMut(&RebalanceEvent) + Send + Sync>;
 
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +158,10 @@ pub struct Consumer {
     /// Assigned partitions and their next offsets (`None`: not yet known).
     positions: BTreeMap<TopicPartition, Option<u64>>,
     buffered: VecDeque<ConsumerRecord>,
+    membership: Option<Membership>,
+    on_rebalance: Option<RebalanceCallback>,
+    paused: BTreeSet<TopicPartition>,
+    last_commit: tokio::time::Instant,
 }
 
 impl Consumer {
@@ -132,7 +172,16 @@ impl Consumer {
 
     /// A consumer with `config`.
     pub fn with_config(client: &Client, config: ConsumerConfig) -> Consumer {
-        Consumer { client: client.clone(), config, positions: BTreeMap::new(), buffered: VecDeque::new() }
+        Consumer {
+            client: client.clone(),
+            config,
+            positions: BTreeMap::new(),
+            buffered: VecDeque::new(),
+            membership: None,
+            on_rebalance: None,
+            paused: BTreeSet::new(),
+            last_commit: tokio::time::Instant::now(),
+        }
     }
 
     /// Reads these partitions (replacing any earlier assignment), each from
@@ -178,60 +227,27 @@ impl Consumer {
         Ok(())
     }
 
-    /// The offset for a ListOffsets query (-2 earliest, -1 latest, else a
-    /// timestamp), from the partition's leader.
     async fn list_offset(&self, tp: &TopicPartition, timestamp: i64) -> Result<u64> {
-        let mut last = Error::Transport("no attempt".into());
-        // A partition just created or whose leader just failed has none for
-        // an election timeout or two: keep asking, with backoff, for a while.
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
-        let mut backoff = Duration::from_millis(50);
-        for attempt in 0.. {
-            if attempt > 0 {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            let addr = self.client.leader_addr(&tp.topic, tp.partition, attempt).await?;
-            let request = pb::ListOffsetsRequest {
-                partitions: vec![pb::PartitionOffsetQuery {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    timestamp,
-                }],
-            };
-            let result = match self.client.stub(&addr)?.list_offsets(request).await {
-                Ok(response) => response.into_inner().partitions.into_iter().next(),
-                Err(status) => {
-                    last = Error::from_status(status);
-                    self.client.note_error(&tp.topic, tp.partition, &last);
-                    continue;
-                }
-            };
-            let Some(result) = result else { return Err(Error::Transport(format!("{addr} sent no offset"))) };
-            match Error::from_pb(result.error) {
-                None if result.offset >= 0 => return Ok(result.offset as u64),
-                None => return Err(Error::Invalid(format!("no record at or after timestamp {timestamp}"))),
-                Some(e) if e.is_retriable() => {
-                    self.client.note_error(&tp.topic, tp.partition, &e);
-                    last = e;
-                }
-                Some(e) => return Err(e),
-            }
-        }
-        Err(last)
+        self.client.list_offset(&tp.topic, tp.partition, timestamp).await
     }
 
     /// Records from the assigned partitions, waiting up to `max_wait` when
     /// there are none; an empty answer means nothing new yet. Retriable
     /// errors (a leader moving) are handled here.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        if self.membership.is_some() {
+            self.sync_group().await?;
+            self.maybe_auto_commit().await;
+        }
         if !self.buffered.is_empty() {
             return Ok(self.buffered.drain(..).collect());
         }
         if self.positions.is_empty() {
+            if self.membership.is_some() {
+                // Nothing owned yet: wait for the group to hand something out.
+                tokio::time::sleep(Duration::from_millis(50).min(self.config.max_wait)).await;
+                return Ok(Vec::new());
+            }
             return Err(Error::Invalid("no partition assigned".into()));
         }
         let unknown: Vec<TopicPartition> =
@@ -242,6 +258,9 @@ impl Consumer {
         // One fetch per leader, in parallel.
         let mut by_leader: BTreeMap<String, Vec<(TopicPartition, u64)>> = BTreeMap::new();
         for (tp, position) in &self.positions {
+            if self.paused.contains(tp) {
+                continue;
+            }
             let addr = self.client.leader_addr(&tp.topic, tp.partition, 0).await?;
             by_leader.entry(addr).or_default().push((tp.clone(), position.unwrap_or(0)));
         }
@@ -334,6 +353,236 @@ impl Consumer {
                 Err(error)
             }
         }
+    }
+
+    /// Joins the consumer group `group_id` (from the config) and consumes
+    /// the partitions of `topics` it is assigned; `poll` applies each new
+    /// assignment (committing and revoking first).
+    pub fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
+        let group = self.config.group_id.clone().ok_or_else(|| Error::Invalid("subscribe needs a group_id".into()))?;
+        if topics.is_empty() {
+            return Err(Error::Invalid("subscribe to at least one topic".into()));
+        }
+        let topics: BTreeSet<String> = topics.into_iter().collect();
+        if let Some(membership) = &self.membership {
+            membership.lock().topics = topics;
+            membership.wake.notify_one();
+            return Ok(());
+        }
+        let config = MemberConfig {
+            group,
+            instance_id: self.config.group_instance_id.clone(),
+            session_timeout: self.config.session_timeout,
+            rebalance_timeout: self.config.rebalance_timeout,
+            assignor: self.config.assignor.clone(),
+        };
+        self.positions.clear();
+        self.buffered.clear();
+        self.membership = Some(Membership::start(self.client.clone(), config, topics));
+        Ok(())
+    }
+
+    /// Called with every change of the owned partitions (group mode).
+    pub fn on_rebalance(&mut self, callback: impl FnMut(&RebalanceEvent) + Send + Sync + 'static) {
+        self.on_rebalance = Some(Box::new(callback));
+    }
+
+    fn notify(&mut self, event: RebalanceEvent) {
+        if let Some(callback) = self.on_rebalance.as_mut() {
+            callback(&event);
+        }
+    }
+
+    /// The member's epoch in its group (group mode, once joined).
+    pub fn member_epoch(&self) -> Option<i32> {
+        self.membership.as_ref().map(|m| m.lock().epoch)
+    }
+
+    /// Applies what the heartbeat learned: a lost membership, then
+    /// revocations (commit, callback, stop), then new partitions (from
+    /// their committed offsets).
+    async fn sync_group(&mut self) -> Result<()> {
+        let Some(membership) = &self.membership else { return Ok(()) };
+        let (lost, target, owned) = {
+            let mut s = membership.lock();
+            let lost = std::mem::take(&mut s.lost);
+            if lost {
+                s.owned.clear();
+            }
+            (lost, s.target.clone(), s.owned.clone())
+        };
+        if lost {
+            let dropped: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+            self.positions.clear();
+            self.buffered.clear();
+            if !dropped.is_empty() {
+                self.notify(RebalanceEvent::Lost(dropped));
+            }
+        }
+        let Some(target) = target else { return Ok(()) };
+        let revoked: Vec<TopicPartition> = owned.difference(&target).cloned().collect();
+        if !revoked.is_empty() {
+            if self.config.enable_auto_commit {
+                let offsets: Vec<(TopicPartition, u64)> =
+                    revoked.iter().filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p))).collect();
+                if let Err(error) = self.commit_offsets(offsets).await {
+                    tracing::warn!(%error, "committing revoked partitions failed");
+                }
+            }
+            for tp in &revoked {
+                self.positions.remove(tp);
+                self.paused.remove(tp);
+            }
+            self.buffered.retain(|r| !revoked.iter().any(|tp| tp.topic == r.topic && tp.partition == r.partition));
+            self.notify(RebalanceEvent::Revoked(revoked.clone()));
+        }
+        let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
+        if !added.is_empty() {
+            let committed = self.fetch_committed(&added).await?;
+            for tp in &added {
+                let position = committed.get(tp).copied().flatten();
+                self.positions.insert(tp.clone(), position);
+            }
+            self.notify(RebalanceEvent::Assigned(added.clone()));
+        }
+        if !revoked.is_empty() || !added.is_empty() {
+            if let Some(membership) = &self.membership {
+                membership.lock().owned = target;
+                membership.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    async fn maybe_auto_commit(&mut self) {
+        if self.config.enable_auto_commit && self.last_commit.elapsed() >= self.config.auto_commit_interval {
+            self.last_commit = tokio::time::Instant::now();
+            if let Err(error) = self.commit().await {
+                tracing::warn!(%error, "auto-commit failed");
+            }
+        }
+    }
+
+    /// The group's committed offsets of `tps` (`None`: none committed).
+    async fn fetch_committed(&self, tps: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, Option<u64>>> {
+        let membership = self.membership.as_ref().ok_or_else(|| Error::Invalid("not in a group".into()))?;
+        let request = pb::OffsetFetchRequest {
+            group: membership.config.group.clone(),
+            partitions: tps
+                .iter()
+                .map(|tp| pb::TopicPartitions { topic: tp.topic.clone(), partitions: vec![tp.partition] })
+                .collect(),
+        };
+        let response = self
+            .coordinator_call(|mut stub, _| {
+                let request = request.clone();
+                async move { stub.offset_fetch(request).await.map(|r| r.into_inner()).map(|r| (r.error.clone(), r)) }
+            })
+            .await?;
+        Ok(response
+            .offsets
+            .into_iter()
+            .map(|c| (TopicPartition::new(c.topic, c.partition), (c.offset >= 0).then_some(c.offset as u64)))
+            .collect())
+    }
+
+    /// Calls the group's coordinator, finding it again while it moves.
+    async fn coordinator_call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(strata_proto::api::strata_client::StrataClient<tonic::transport::Channel>, &Membership) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(Option<pb::Error>, T), tonic::Status>>,
+    {
+        let membership = self.membership.as_ref().ok_or_else(|| Error::Invalid("not in a group".into()))?;
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+        loop {
+            let result: Result<()> = match membership.coordinator().await {
+                Ok(addr) => match call(self.client.stub(&addr)?, membership).await {
+                    Ok((error, value)) => match Error::from_pb(error) {
+                        None => return Ok(value),
+                        Some(e) => Err(e),
+                    },
+                    Err(status) => Err(Error::from_status(status)),
+                },
+                Err(e) => Err(e),
+            };
+            let error = result.err().unwrap_or(Error::Closed);
+            if !error.is_retriable() || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            membership.forget_coordinator();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Commits the positions of every owned partition (group mode).
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets: Vec<(TopicPartition, u64)> =
+            self.positions.iter().filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))).collect();
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits explicit offsets (the next offset to read) for the group. A
+    /// member that was fenced gets FENCED_MEMBER_EPOCH or UNKNOWN_MEMBER_ID.
+    pub async fn commit_offsets(&self, offsets: Vec<(TopicPartition, u64)>) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.coordinator_call(|mut stub, membership| {
+            let (member_id, epoch) = {
+                let s = membership.lock();
+                (s.member_id.clone(), s.epoch)
+            };
+            let request = pb::OffsetCommitRequest {
+                group: membership.config.group.clone(),
+                member_id,
+                member_epoch: epoch,
+                offsets: offsets
+                    .iter()
+                    .map(|(tp, offset)| pb::PartitionOffsetCommit {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        offset: *offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+            };
+            async move { stub.offset_commit(request).await.map(|r| (r.into_inner().error, ())) }
+        })
+        .await
+    }
+
+    /// The group's committed offset of `tp`, if any.
+    pub async fn committed(&self, tp: &TopicPartition) -> Result<Option<u64>> {
+        Ok(self.fetch_committed(std::slice::from_ref(tp)).await?.get(tp).copied().flatten())
+    }
+
+    /// Stops fetching these partitions (they stay owned).
+    pub fn pause(&mut self, tps: &[TopicPartition]) {
+        self.paused.extend(tps.iter().cloned());
+    }
+
+    /// Fetches these partitions again.
+    pub fn resume(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.paused.remove(tp);
+        }
+    }
+
+    /// Commits (with auto-commit) and leaves the group, so its partitions
+    /// are reassigned at once.
+    pub async fn close(mut self) -> Result<()> {
+        if self.membership.is_some() && self.config.enable_auto_commit {
+            self.commit().await?;
+        }
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        if self.membership.is_some() && !owned.is_empty() {
+            self.positions.clear();
+            self.notify(RebalanceEvent::Revoked(owned));
+        }
+        if let Some(membership) = self.membership.as_mut() {
+            membership.leave().await;
+        }
+        Ok(())
     }
 
     /// The records as a stream (polling forever).

@@ -25,6 +25,12 @@ pub enum ErrorCode {
     RequestTooLarge,
     Timeout,
     Unavailable,
+    NotCoordinator,
+    CoordinatorLoadInProgress,
+    UnknownMemberId,
+    FencedMemberEpoch,
+    GroupNotEmpty,
+    UnknownGroup,
 }
 
 /// Errors of the client.
@@ -82,8 +88,15 @@ impl Error {
     }
 
     pub(crate) fn api(code: ErrorCode, message: impl Into<String>) -> Error {
-        let retriable =
-            matches!(code, ErrorCode::NotLeader | ErrorCode::Throttled | ErrorCode::Timeout | ErrorCode::Unavailable);
+        let retriable = matches!(
+            code,
+            ErrorCode::NotLeader
+                | ErrorCode::Throttled
+                | ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::NotCoordinator
+                | ErrorCode::CoordinatorLoadInProgress
+        );
         Error::Api { code, retriable, message: message.into(), retry_after: None, leader: None }
     }
 
@@ -121,6 +134,12 @@ impl Error {
             pb::ErrorCode::RequestTooLarge => ErrorCode::RequestTooLarge,
             pb::ErrorCode::Timeout => ErrorCode::Timeout,
             pb::ErrorCode::Unavailable => ErrorCode::Unavailable,
+            pb::ErrorCode::NotCoordinator => ErrorCode::NotCoordinator,
+            pb::ErrorCode::CoordinatorLoadInProgress => ErrorCode::CoordinatorLoadInProgress,
+            pb::ErrorCode::UnknownMemberId => ErrorCode::UnknownMemberId,
+            pb::ErrorCode::FencedMemberEpoch => ErrorCode::FencedMemberEpoch,
+            pb::ErrorCode::GroupNotEmpty => ErrorCode::GroupNotEmpty,
+            pb::ErrorCode::UnknownGroup => ErrorCode::UnknownGroup,
         };
         let leader = e.leader_id.filter(|_| !e.leader_address.is_empty()).map(|id| (id, e.leader_address.clone()));
         Some(Error::Api {

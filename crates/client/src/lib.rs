@@ -36,11 +36,15 @@ mod admin;
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 
-pub use admin::{Admin, BrokerDescription, ClusterDescription, NewTopic, PartitionDescription, TopicDescription};
+pub use admin::{
+    Admin, BrokerDescription, ClusterDescription, GroupDescription, MemberDescription, NewTopic, PartitionDescription,
+    TopicDescription,
+};
 pub use client::{Client, PartitionInfo};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Seek, TopicPartition};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceEvent, Seek, TopicPartition};
 pub use error::{Error, ErrorCode, Result};
 pub use producer::{
     Acks, Compression, DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata, murmur2, partition_for_key,
