@@ -43,6 +43,118 @@ pub enum TopicCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Lists consumer groups.
+    List,
+    /// Shows a group's members, their partitions, and per partition the
+    /// committed offset, the log end and the lag.
+    Describe {
+        /// Group name.
+        group: String,
+    },
+    /// Sets a group's committed offsets (the group must have no members).
+    ResetOffsets {
+        /// Group name.
+        group: String,
+        /// Topic whose partitions are reset.
+        #[arg(long)]
+        topic: String,
+        /// To the first stored offset.
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset", "to_datetime"])]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, conflicts_with_all = ["to_offset", "to_datetime"])]
+        to_latest: bool,
+        /// To this offset.
+        #[arg(long, conflicts_with = "to_datetime")]
+        to_offset: Option<u64>,
+        /// To the first record at or after this time (ms since the epoch).
+        #[arg(long)]
+        to_datetime: Option<i64>,
+    },
+    /// Deletes a group with no members, and its offsets.
+    Delete {
+        /// Group name.
+        group: String,
+    },
+}
+
+pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()> {
+    let admin = Admin::new(&client(connection)?);
+    match command {
+        GroupCommand::List => {
+            for group in admin.list_groups().await? {
+                println!("{group}");
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let d = admin.describe_group(&group).await?;
+            println!(
+                "Group: {}\tState: {}\tEpoch: {}\tAssignor: {}\tCoordinator: {}",
+                d.group, d.state, d.epoch, d.assignor, d.coordinator
+            );
+            let mut owner: std::collections::BTreeMap<TopicPartition, String> = Default::default();
+            for m in &d.members {
+                for tp in &m.assignment {
+                    owner.insert(tp.clone(), m.member_id.clone());
+                }
+            }
+            let mut rows: std::collections::BTreeMap<TopicPartition, Option<u64>> =
+                owner.keys().map(|tp| (tp.clone(), None)).collect();
+            for (tp, offset) in &d.offsets {
+                rows.insert(tp.clone(), Some(*offset));
+            }
+            println!("TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tMEMBER");
+            for (tp, committed) in rows {
+                let end = admin.list_offset(&tp, -1).await.ok();
+                let lag = match (committed, end) {
+                    (Some(c), Some(e)) => e.saturating_sub(c).to_string(),
+                    (None, Some(e)) => e.to_string(),
+                    _ => "-".into(),
+                };
+                let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+                let member = owner.get(&tp).cloned().unwrap_or_else(|| "-".into());
+                println!("{}\t{}\t{}\t{}\t{lag}\t{member}", tp.topic, tp.partition, show(committed), show(end));
+            }
+            for m in &d.members {
+                let parts: Vec<String> =
+                    m.assignment.iter().map(|tp| format!("{}/{}", tp.topic, tp.partition)).collect();
+                let instance = if m.instance_id.is_empty() { String::new() } else { format!(" ({})", m.instance_id) };
+                println!("Member {}{instance}\tEpoch: {}\tPartitions: {}", m.member_id, m.epoch, parts.join(","));
+            }
+        }
+        GroupCommand::ResetOffsets { group, topic, to_earliest, to_latest, to_offset, to_datetime } => {
+            let partitions = client(connection)?.partitions(&topic).await?;
+            let mut offsets = Vec::new();
+            for p in partitions {
+                let tp = TopicPartition::new(&topic, p.partition);
+                let offset = match (to_offset, to_datetime, to_earliest, to_latest) {
+                    (Some(o), _, _, _) => o,
+                    (_, Some(ts), _, _) => match admin.list_offset(&tp, ts).await {
+                        Ok(o) => o,
+                        Err(_) => admin.list_offset(&tp, -1).await?,
+                    },
+                    (_, _, true, _) => admin.list_offset(&tp, -2).await?,
+                    (_, _, _, true) => admin.list_offset(&tp, -1).await?,
+                    _ => bail!("say where to: --to-earliest, --to-latest, --to-offset N or --to-datetime MS"),
+                };
+                offsets.push((tp, offset));
+            }
+            for (tp, offset) in &offsets {
+                println!("{}\t{}\t{offset}", tp.topic, tp.partition);
+            }
+            admin.reset_offsets(&group, offsets).await?;
+            println!("Reset the offsets of group {group}.");
+        }
+        GroupCommand::Delete { group } => {
+            admin.delete_group(&group).await?;
+            println!("Deleted group {group}.");
+        }
+    }
+    Ok(())
+}
+
 fn client(connection: &Connection) -> Result<Client> {
     Client::new(&connection.bootstrap_server).context("connect")
 }
@@ -237,8 +349,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     topic: String,
     /// Only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
+    /// Consume as a member of this consumer group (offsets committed; a
+    /// new group starts per --from-beginning, else at the end).
+    #[arg(long)]
+    group: Option<String>,
     /// Start at the first stored record (default: only new records).
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     from_beginning: bool,
@@ -268,12 +384,22 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         auto_offset_reset: if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
         ..ConsumerConfig::default()
     };
+    // In a group, commit exactly what was printed (after each poll), not
+    // what was fetched: --max-messages must not skip records for the next
+    // run.
+    let config = ConsumerConfig { group_id: args.group.clone(), enable_auto_commit: false, ..config };
+    let mut printed: std::collections::BTreeMap<TopicPartition, u64> = Default::default();
     let mut consumer = Consumer::with_config(&client, config);
-    let partitions: Vec<TopicPartition> = match args.partition {
-        Some(p) => vec![TopicPartition::new(&args.topic, p)],
-        None => consumer.partitions_of(&args.topic).await?,
+    let partitions: Vec<TopicPartition> = match (&args.group, args.partition) {
+        (Some(_), _) => Vec::new(),
+        (None, Some(p)) => vec![TopicPartition::new(&args.topic, p)],
+        (None, None) => consumer.partitions_of(&args.topic).await?,
     };
-    consumer.assign(partitions.clone());
+    if args.group.is_some() {
+        consumer.subscribe(vec![args.topic.clone()])?;
+    } else {
+        consumer.assign(partitions.clone());
+    }
     for tp in &partitions {
         let seek = match (args.offset, args.from_time, args.from_beginning) {
             (Some(offset), _, _) => Seek::Offset(offset),
@@ -302,6 +428,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
                 break;
             }
             n += 1;
+            printed.insert(TopicPartition::new(&record.topic, record.partition), record.offset + 1);
             let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
             match args.format {
                 Format::Text => {
@@ -332,6 +459,13 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
             }
         }
         out.flush()?;
+        if args.group.is_some() && !printed.is_empty() {
+            consumer.commit_offsets(std::mem::take(&mut printed).into_iter().collect()).await?;
+        }
+    }
+    drop(out);
+    if args.group.is_some() {
+        consumer.close().await?;
     }
     Ok(())
 }

@@ -32,6 +32,13 @@ enum Command {
         #[command(subcommand)]
         command: client_cmds::TopicCommand,
     },
+    /// Lists, describes (with lag), resets and deletes consumer groups.
+    Group {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: client_cmds::GroupCommand,
+    },
     /// Shows the brokers and the controller.
     Cluster {
         #[command(flatten)]
@@ -104,6 +111,7 @@ fn main() -> Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Topic { connection, command } => client_cmds::topic(&connection, command).await,
             Command::Cluster { connection } => client_cmds::cluster(&connection).await,
+            Command::Group { connection, command } => client_cmds::group(&connection, command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
         }
