@@ -234,11 +234,7 @@ impl Client {
             }
             let addr = self.leader_addr(topic, partition, attempt).await?;
             let request = pb::ListOffsetsRequest {
-                partitions: vec![pb::PartitionOffsetQuery {
-                    topic: topic.to_string(),
-                    partition: partition,
-                    timestamp,
-                }],
+                partitions: vec![pb::PartitionOffsetQuery { topic: topic.to_string(), partition, timestamp }],
             };
             let result = match self.stub(&addr)?.list_offsets(request).await {
                 Ok(response) => response.into_inner().partitions.into_iter().next(),
