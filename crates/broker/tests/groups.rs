@@ -141,6 +141,27 @@ async fn members_join_leave_and_crash_without_ever_sharing_a_partition() {
 
     let history = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::new(Mutex::new(Vec::new()));
+    // A sampler watches the committed offsets: they never go backwards.
+    let sampler = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let mut highest: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+            let mut samples = 0u64;
+            loop {
+                if let Ok(d) = admin.describe_group("g").await {
+                    for (tp, offset) in d.offsets {
+                        let before = highest.insert(tp.clone(), offset).unwrap_or(0);
+                        assert!(offset >= before, "{tp:?} committed {offset} after {before}");
+                    }
+                    samples += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if samples > 1_000_000 {
+                    return samples;
+                }
+            }
+        })
+    };
     let a = spawn_member(&client, "a", history.clone(), seen.clone());
     wait_stable(&admin, &[12]).await;
     let b = spawn_member(&client, "b", history.clone(), seen.clone());
@@ -167,6 +188,8 @@ async fn members_join_leave_and_crash_without_ever_sharing_a_partition() {
     a.leave().await;
     d.leave().await;
     check_history(&history.lock().expect("history"));
+    assert!(!sampler.is_finished(), "the offset sampler failed: {:?}", sampler.await);
+    sampler.abort();
     cluster.shutdown().await;
 }
 

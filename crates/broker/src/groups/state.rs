@@ -257,10 +257,11 @@ impl Group {
                             self.assignor = hb.assignor.unwrap_or(self.assignor);
                         }
                         self.epoch += 1;
+                        // Never 0: a heartbeat with epoch 0 means "join".
                         Member {
                             id: id.clone(),
                             instance_id: hb.instance_id.clone(),
-                            epoch: 0,
+                            epoch: self.epoch,
                             topics: BTreeSet::new(),
                             current: BTreeSet::new(),
                             owned: BTreeSet::new(),
@@ -452,6 +453,7 @@ mod tests {
         g.heartbeat(hb(&a.member_id, a2.epoch, &a2.assignment), &counts, now, &mut ids).expect("hb");
         let (b3, _) = g.heartbeat(hb(&b.member_id, b2.epoch, &BTreeSet::new()), &counts, now, &mut ids).expect("hb");
         assert_eq!(b3.assignment.len(), 2);
+        assert_eq!(g.members.len(), 2, "heartbeats of a member with nothing yet are not joins");
         assert!(b3.assignment.is_disjoint(&a2.assignment));
         assert_exclusive(&g);
         assert_eq!(g.state(), "Stable");
@@ -469,5 +471,35 @@ mod tests {
         assert_eq!(g.expire(later), vec![b.member_id.clone()]);
         let (a4, _) = g.heartbeat(hb(&a.member_id, a2.epoch, &a2.assignment), &counts, later, &mut ids).expect("hb");
         assert_eq!(a4.assignment.len(), 4);
+    }
+
+    #[test]
+    fn a_static_member_restarting_keeps_its_partitions_without_a_rebalance() {
+        let counts = BTreeMap::from([("t".to_string(), 4)]);
+        let now = Instant::now();
+        let mut g = Group::new("g");
+        let mut n = 0;
+        let mut ids = || {
+            n += 1;
+            format!("m{n}")
+        };
+        let join = |instance: &str| Heartbeat { instance_id: Some(instance.into()), ..hb("", 0, &BTreeSet::new()) };
+        let (a, _) = g.heartbeat(join("i-a"), &counts, now, &mut ids).expect("join");
+        let (b, _) = g.heartbeat(join("i-b"), &counts, now, &mut ids).expect("join");
+        let (mut a, mut b) = (a, b);
+        for _ in 0..3 {
+            a = g.heartbeat(hb(&a.member_id, a.epoch, &a.assignment), &counts, now, &mut ids).expect("hb").0;
+            b = g.heartbeat(hb(&b.member_id, b.epoch, &b.assignment), &counts, now, &mut ids).expect("hb").0;
+        }
+        assert_eq!((a.assignment.len(), b.assignment.len()), (2, 2));
+        let epoch = g.epoch;
+        // b restarts: a static leave, then a join under the same instance id.
+        g.heartbeat(Heartbeat { epoch: -2, ..hb(&b.member_id, b.epoch, &b.assignment) }, &counts, now, &mut ids)
+            .expect("leave");
+        let (b2, _) = g.heartbeat(join("i-b"), &counts, now, &mut ids).expect("rejoin");
+        assert_ne!(b2.member_id, b.member_id);
+        assert_eq!(b2.assignment, b.assignment, "the same partitions, at once");
+        assert_eq!(g.epoch, epoch, "no rebalance");
+        assert_eq!(g.check_commit(&b.member_id, b.epoch, b.assignment.iter()), Err(MemberError::Unknown));
     }
 }
