@@ -323,3 +323,37 @@ async fn a_group_keeps_its_offsets_and_resumes_when_its_coordinator_crashes() {
         cluster.servers[(id - 1) as usize].shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pattern_subscription_follows_matching_topics_and_commits_in_the_background() {
+    let cluster = cluster(1, |b| b.set("groups.offsets_partitions", "1").expect("set")).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("orders-eu", 1)).await.expect("create");
+    admin.create_topic(NewTopic::new("payments", 1)).await.expect("create");
+    let mut consumer = Consumer::with_config(&client, group_config("p"));
+    consumer.subscribe_pattern("orders-.*").await.expect("subscribe");
+    let assigned = |consumer: &Consumer| consumer.assignment().into_iter().map(|tp| tp.topic).collect::<BTreeSet<_>>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while assigned(&consumer) != BTreeSet::from(["orders-eu".to_string()]) {
+        assert!(tokio::time::Instant::now() < deadline, "never assigned orders-eu: {:?}", consumer.assignment());
+        let _ = consumer.poll().await;
+    }
+    // A topic created later that matches is picked up; one that does not is not.
+    admin.create_topic(NewTopic::new("orders-us", 1)).await.expect("create");
+    while assigned(&consumer) != BTreeSet::from(["orders-eu".to_string(), "orders-us".to_string()]) {
+        assert!(tokio::time::Instant::now() < deadline, "never assigned orders-us: {:?}", consumer.assignment());
+        let _ = consumer.poll().await;
+    }
+    let producer = Producer::new(&client);
+    producer.send(Record::new("orders-us", "x")).await.expect("send").await.expect("ack");
+    let mut n = 0;
+    while n == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the record never arrived");
+        n += consumer.poll().await.expect("poll").len();
+    }
+    consumer.commit_async().await.expect("task").expect("committed in the background");
+    assert_eq!(consumer.committed(&TopicPartition::new("orders-us", 0)).await.expect("committed"), Some(1));
+    consumer.close().await.expect("close");
+    cluster.shutdown().await;
+}

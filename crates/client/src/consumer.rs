@@ -15,6 +15,9 @@ use crate::group::{MemberConfig, Membership};
 
 /// How long a request for a partition keeps retrying while its leader is
 /// unknown or moving.
+/// How often a pattern subscription looks for new matching topics.
+const PATTERN_REFRESH: Duration = Duration::from_secs(1);
+
 pub(crate) const LEADER_WAIT_MAX: Duration = Duration::from_secs(15);
 
 /// A topic and a partition.
@@ -162,6 +165,8 @@ pub struct Consumer {
     on_rebalance: Option<RebalanceCallback>,
     paused: BTreeSet<TopicPartition>,
     last_commit: tokio::time::Instant,
+    /// `subscribe_pattern`: the pattern and when topics were last matched.
+    pattern: Option<(regex::Regex, tokio::time::Instant)>,
 }
 
 impl Consumer {
@@ -181,6 +186,7 @@ impl Consumer {
             on_rebalance: None,
             paused: BTreeSet::new(),
             last_commit: tokio::time::Instant::now(),
+            pattern: None,
         }
     }
 
@@ -235,6 +241,9 @@ impl Consumer {
     /// there are none; an empty answer means nothing new yet. Retriable
     /// errors (a leader moving) are handled here.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
+        if self.pattern.is_some() {
+            self.refresh_pattern().await?;
+        }
         if self.membership.is_some() {
             self.sync_group().await?;
             self.maybe_auto_commit().await;
@@ -527,28 +536,56 @@ impl Consumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.coordinator_call(|mut stub, membership| {
-            let (member_id, epoch) = {
-                let s = membership.lock();
-                (s.member_id.clone(), s.epoch)
-            };
-            let request = pb::OffsetCommitRequest {
-                group: membership.config.group.clone(),
-                member_id,
-                member_epoch: epoch,
-                offsets: offsets
-                    .iter()
-                    .map(|(tp, offset)| pb::PartitionOffsetCommit {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        offset: *offset,
-                        metadata: String::new(),
-                    })
-                    .collect(),
-            };
-            async move { stub.offset_commit(request).await.map(|r| (r.into_inner().error, ())) }
-        })
-        .await
+        let membership = self.membership.as_ref().ok_or_else(|| Error::Invalid("not in a group".into()))?;
+        crate::group::commit(self.client.clone(), membership.config.group.clone(), membership.shared.clone(), offsets)
+            .await
+    }
+
+    /// Commits the current positions in the background; the handle tells
+    /// how it went. Commits are sent in order but may complete out of order
+    /// with a later synchronous one, as in Kafka.
+    pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<()>> {
+        let offsets: Vec<(TopicPartition, u64)> =
+            self.positions.iter().filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))).collect();
+        match &self.membership {
+            Some(m) => tokio::spawn(crate::group::commit(
+                self.client.clone(),
+                m.config.group.clone(),
+                m.shared.clone(),
+                offsets,
+            )),
+            None => tokio::spawn(async { Err(Error::Invalid("not in a group".into())) }),
+        }
+    }
+
+    /// Subscribes to every topic whose whole name matches `pattern` (a
+    /// regular expression), now and as topics are created or deleted
+    /// (checked about every second, on poll). Internal topics (`__*`) are
+    /// left out.
+    pub async fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| Error::Invalid(format!("bad pattern {pattern:?}: {e}")))?;
+        self.pattern = Some((regex, tokio::time::Instant::now() - PATTERN_REFRESH));
+        self.refresh_pattern().await
+    }
+
+    async fn refresh_pattern(&mut self) -> Result<()> {
+        let Some((regex, checked)) = &self.pattern else { return Ok(()) };
+        if checked.elapsed() < PATTERN_REFRESH {
+            return Ok(());
+        }
+        let regex = regex.clone();
+        let names = crate::Admin::new(&self.client).list_topics().await?;
+        let topics: Vec<String> = names.into_iter().filter(|t| !t.starts_with("__") && regex.is_match(t)).collect();
+        self.pattern = Some((regex, tokio::time::Instant::now()));
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let current: Option<BTreeSet<String>> = self.membership.as_ref().map(|m| m.lock().topics.clone());
+        if current.as_ref() != Some(&topics.iter().cloned().collect()) {
+            self.subscribe(topics)?;
+        }
+        Ok(())
     }
 
     /// The group's committed offset of `tp`, if any.

@@ -106,6 +106,52 @@ impl Drop for Membership {
     }
 }
 
+/// Commits `offsets` for the member whose state is `shared`, finding the
+/// coordinator again while it moves.
+pub(crate) async fn commit(
+    client: Client,
+    group: String,
+    shared: Arc<Mutex<Shared>>,
+    offsets: Vec<(TopicPartition, u64)>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + crate::consumer::LEADER_WAIT_MAX;
+    loop {
+        let (member_id, epoch) = {
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            (s.member_id.clone(), s.epoch)
+        };
+        let request = pb::OffsetCommitRequest {
+            group: group.clone(),
+            member_id,
+            member_epoch: epoch,
+            offsets: offsets
+                .iter()
+                .map(|(tp, offset)| pb::PartitionOffsetCommit {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        let error = match coordinator(&client, &group, &shared).await {
+            Ok(addr) => match client.stub(&addr)?.offset_commit(request).await {
+                Ok(answer) => match Error::from_pb(answer.into_inner().error) {
+                    None => return Ok(()),
+                    Some(e) => e,
+                },
+                Err(status) => Error::from_status(status),
+            },
+            Err(e) => e,
+        };
+        if !error.is_retriable() || tokio::time::Instant::now() >= deadline {
+            return Err(error);
+        }
+        shared.lock().unwrap_or_else(|p| p.into_inner()).coordinator = None;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn coordinator(client: &Client, group: &str, shared: &Mutex<Shared>) -> Result<String> {
     if let Some(addr) = shared.lock().unwrap_or_else(|p| p.into_inner()).coordinator.clone() {
         return Ok(addr);

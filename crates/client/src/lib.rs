@@ -29,6 +29,58 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Consumer groups and delivery modes
+//!
+//! With a `group_id`, [`Consumer::subscribe`] shares the topics' partitions
+//! with the group's other members; the group remembers, per partition, the
+//! next offset to read (the *committed* offset), and a member that takes a
+//! partition over starts there.
+//!
+//! **At least once**: commit *after* processing. A crash between the two
+//! makes the next owner process those records again, never skip them.
+//!
+//! ```no_run
+//! # async fn process(_: &strata_client::ConsumerRecord) {}
+//! # async fn example() -> Result<(), strata_client::Error> {
+//! use strata_client::{Client, Consumer, ConsumerConfig};
+//! let config = ConsumerConfig { group_id: Some("billing".into()), enable_auto_commit: false, ..Default::default() };
+//! let mut consumer = Consumer::with_config(&Client::new("127.0.0.1:7070")?, config);
+//! consumer.subscribe(vec!["orders".into()])?;
+//! loop {
+//!     let records = consumer.poll().await?;
+//!     for record in &records {
+//!         process(record).await;
+//!     }
+//!     consumer.commit().await?; // the positions after what was processed
+//! }
+//! # }
+//! ```
+//!
+//! **At most once**: commit *before* processing. A crash after the commit
+//! loses the records being processed; none is ever processed twice.
+//!
+//! ```no_run
+//! # async fn process(_: &strata_client::ConsumerRecord) {}
+//! # async fn example() -> Result<(), strata_client::Error> {
+//! use strata_client::{Client, Consumer, ConsumerConfig};
+//! let config = ConsumerConfig { group_id: Some("alerts".into()), enable_auto_commit: false, ..Default::default() };
+//! let mut consumer = Consumer::with_config(&Client::new("127.0.0.1:7070")?, config);
+//! consumer.subscribe(vec!["orders".into()])?;
+//! loop {
+//!     let records = consumer.poll().await?;
+//!     consumer.commit().await?; // commit first
+//!     for record in &records {
+//!         process(record).await;
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! With auto-commit (the default) positions are committed every
+//! `auto_commit_interval` during `poll` and before partitions are given up:
+//! at least once, with up to an interval of records redelivered after a
+//! crash.
+//!
 //! **Architecture Invariant:** the client depends on the wire format
 //! (`strata-proto`, `strata-batch`) only, never on the server's crates.
 
