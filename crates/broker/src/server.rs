@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -72,6 +73,8 @@ pub struct Server {
     stop_api: Mutex<Option<oneshot::Sender<()>>>,
     api: Mutex<Option<JoinHandle<()>>>,
     stop_http: watch::Sender<bool>,
+    /// Cuts every client connection still open.
+    cut: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -105,7 +108,8 @@ impl Server {
         let service = pb::strata_server::StrataServer::new(Api(broker))
             .max_decoding_message_size(config.request_bytes as usize)
             .max_encoding_message_size(usize::MAX);
-        let incoming = limited_incoming(listeners.client, Arc::new(Semaphore::new(config.connections)));
+        let cut = Arc::new(AtomicBool::new(false));
+        let incoming = limited_incoming(listeners.client, Arc::new(Semaphore::new(config.connections)), cut.clone());
         let (stop_api, stopped) = oneshot::channel::<()>();
         let api = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -130,6 +134,7 @@ impl Server {
             stop_api: Mutex::new(Some(stop_api)),
             api: Mutex::new(Some(api)),
             stop_http,
+            cut,
         })
     }
 
@@ -166,6 +171,7 @@ impl Server {
         if let Some(mut api) = api {
             if tokio::time::timeout(grace, &mut api).await.is_err() {
                 tracing::warn!(?grace, "in-flight requests did not finish in time; cutting them");
+                self.cut.store(true, Ordering::Release);
                 api.abort();
             }
         }
@@ -186,6 +192,7 @@ impl Server {
         if let Some(stop) = self.stop_api.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
         }
+        self.cut.store(true, Ordering::Release);
         if let Some(api) = self.api.lock().unwrap_or_else(|p| p.into_inner()).take() {
             api.abort();
         }
@@ -217,21 +224,36 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// A client connection holding one of the connection slots.
+/// A client connection holding one of the connection slots. Once `cut` is
+/// set (a halt, or a graceful stop past its grace) every read or write
+/// fails, so the connection tasks tonic spawned end too.
 struct LimitedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    cut: Arc<AtomicBool>,
+}
+
+fn cut_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the server stopped")
 }
 
 impl AsyncRead for LimitedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.cut.load(Ordering::Acquire) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LimitedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.cut.load(Ordering::Acquire) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -268,14 +290,16 @@ impl Connected for LimitedStream {
 fn limited_incoming(
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    cut: Arc<AtomicBool>,
 ) -> impl futures::Stream<Item = Result<LimitedStream, std::io::Error>> {
-    futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+    futures::stream::unfold((listener, slots, cut), |(listener, slots, cut)| async move {
         let slot = slots.clone().acquire_owned().await.ok()?;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    return Some((Ok(LimitedStream { stream, _slot: slot }), (listener, slots)));
+                    let conn = LimitedStream { stream, _slot: slot, cut: cut.clone() };
+                    return Some((Ok(conn), (listener, slots, cut)));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait, do not spin.
