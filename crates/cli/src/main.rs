@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod client_cmds;
 mod dev;
+mod perf;
 
 /// Strata: a durable, replicated message broker.
 #[derive(Parser)]
@@ -48,6 +49,12 @@ enum Command {
     Produce(client_cmds::ProduceArgs),
     /// Prints records of a topic.
     Consume(client_cmds::ConsumeArgs),
+    /// Measures produce and consume throughput and latency, as Kafka's perf
+    /// tools do.
+    Perf {
+        #[command(subcommand)]
+        command: perf::PerfCommand,
+    },
 }
 
 /// Where the cluster is.
@@ -114,6 +121,7 @@ fn main() -> Result<()> {
             Command::Group { connection, command } => client_cmds::group(&connection, command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,
+            Command::Perf { command } => perf::run(command).await,
         }
     })
 }

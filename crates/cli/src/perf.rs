@@ -1,0 +1,312 @@
+//! `strata perf produce|consume`: Kafka's perf tools, with the same
+//! options and output shape, so numbers can be set side by side.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use strata_client::{
+    Acks, Client, Compression, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, Record, Seek,
+};
+use tokio::time::Instant;
+
+use crate::Connection;
+
+#[derive(Subcommand)]
+pub enum PerfCommand {
+    /// Sends records as fast as allowed and reports throughput and latency.
+    Produce(ProduceArgs),
+    /// Reads records and reports throughput.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to write to (must exist).
+    #[arg(long)]
+    topic: String,
+    /// Records to send.
+    #[arg(long)]
+    num_records: u64,
+    /// Bytes of each record's value.
+    #[arg(long)]
+    record_size: usize,
+    /// Records per second to aim at; -1 for as fast as possible.
+    #[arg(long, allow_hyphen_values = true)]
+    throughput: i64,
+    /// Producer settings, Kafka's names: acks=all|1|0, linger.ms=5,
+    /// batch.size=16384, compression.type=none|lz4, enable.idempotence=true,
+    /// max.in.flight.requests.per.connection=5.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    producer_props: Vec<String>,
+    /// Also print the summary as one JSON object, last.
+    #[arg(long)]
+    json: bool,
+}
+
+fn producer_config(props: &[String]) -> Result<ProducerConfig> {
+    let mut config = ProducerConfig::default();
+    for prop in props {
+        let Some((key, value)) = prop.split_once('=') else { bail!("--producer-props {prop:?}: expected KEY=VALUE") };
+        let bad = || anyhow::anyhow!("--producer-props {key}={value:?} is not a valid value");
+        match key {
+            "acks" => {
+                config.acks = match value {
+                    "all" | "-1" => Acks::All,
+                    "1" | "leader" => Acks::Leader,
+                    "0" | "none" => Acks::None,
+                    _ => return Err(bad()),
+                }
+            }
+            "linger.ms" => config.linger = Duration::from_millis(value.parse().map_err(|_| bad())?),
+            "batch.size" => config.batch_size = value.parse().map_err(|_| bad())?,
+            "compression.type" => {
+                config.compression = match value {
+                    "none" => Compression::None,
+                    "lz4" => Compression::Lz4,
+                    _ => bail!("compression.type={value}: Strata speaks none and lz4"),
+                }
+            }
+            "enable.idempotence" => config.idempotence = value.parse().map_err(|_| bad())?,
+            "max.in.flight.requests.per.connection" => config.max_in_flight = value.parse().map_err(|_| bad())?,
+            "bootstrap.servers" => {}
+            other => bail!("unknown producer property {other}"),
+        }
+    }
+    Ok(config)
+}
+
+/// Latencies in microseconds, and counts, over some window.
+struct Window {
+    histogram: Histogram<u64>,
+    bytes: u64,
+    started: Instant,
+}
+
+impl Window {
+    fn new() -> Result<Window> {
+        Ok(Window { histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)?, bytes: 0, started: Instant::now() })
+    }
+
+    fn record(&mut self, latency: Duration, bytes: u64) {
+        let _ = self.histogram.record(latency.as_micros().max(1) as u64);
+        self.bytes += bytes;
+    }
+
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let n = self.histogram.len();
+        format!(
+            "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency",
+            n as f64 / secs,
+            self.bytes as f64 / secs / (1024.0 * 1024.0),
+            self.histogram.mean() / 1000.0,
+            self.histogram.max() as f64 / 1000.0
+        )
+    }
+}
+
+pub async fn run(command: PerfCommand) -> Result<()> {
+    match command {
+        PerfCommand::Produce(args) => produce(args).await,
+        PerfCommand::Consume(args) => consume(args).await,
+    }
+}
+
+async fn produce(args: ProduceArgs) -> Result<()> {
+    let client = Client::new(&args.connection.bootstrap_server)?;
+    client.partitions(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
+    let producer = Producer::with_config(&client, producer_config(&args.producer_props)?);
+    let value = Bytes::from((0..args.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, strata_client::DeliveryFuture)>(100_000);
+    let size = args.record_size as u64;
+    let terminal = std::io::stderr().is_terminal();
+    let collector = tokio::spawn(async move {
+        let mut total = Window::new()?;
+        let mut window = Window::new()?;
+        let mut failed = 0u64;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut open = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                next = rx.recv(), if open => match next {
+                    Some((start, delivery)) => pending.push(async move { (start, delivery.await) }),
+                    None => open = false,
+                },
+                Some((start, result)) = pending.next(), if !pending.is_empty() => match result {
+                    Ok(_) => {
+                        let latency = start.elapsed();
+                        total.record(latency, size);
+                        window.record(latency, size);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 10 {
+                            eprintln!("error: {e}");
+                        }
+                    }
+                },
+                _ = tick.tick() => {
+                    if terminal {
+                        eprintln!("{}.", window.line());
+                    } else {
+                        println!("{}.", window.line());
+                    }
+                    window = Window::new()?;
+                }
+            }
+            if !open && pending.is_empty() {
+                return anyhow::Ok((total, failed));
+            }
+        }
+    });
+    let started = Instant::now();
+    for i in 0..args.num_records {
+        // With a target rate, a record's latency counts from when it was
+        // due, not when it was sent: a stall is not hidden by the sends it
+        // delayed (coordinated omission).
+        let due = if args.throughput > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.throughput as f64);
+            tokio::time::sleep_until(due).await;
+            due
+        } else {
+            Instant::now()
+        };
+        let delivery = producer.send(Record::new(&args.topic, value.clone())).await?;
+        if tx.send((due, delivery)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    producer.flush().await;
+    let (total, failed) = collector.await.context("collector")??;
+    producer.close().await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = &total.histogram;
+    let n = h.len();
+    let ms = |v: u64| v as f64 / 1000.0;
+    println!(
+        "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
+         {:.0} ms 50th, {:.0} ms 95th, {:.0} ms 99th, {:.0} ms 99.9th.",
+        n as f64 / elapsed,
+        total.bytes as f64 / elapsed / (1024.0 * 1024.0),
+        h.mean() / 1000.0,
+        ms(h.max()),
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+    );
+    if failed > 0 {
+        eprintln!("{failed} records failed");
+    }
+    if args.json {
+        let summary = serde_json::json!({
+            "records": n,
+            "failed": failed,
+            "seconds": elapsed,
+            "records_per_sec": n as f64 / elapsed,
+            "mb_per_sec": total.bytes as f64 / elapsed / (1024.0 * 1024.0),
+            "latency_ms": {
+                "avg": h.mean() / 1000.0,
+                "max": ms(h.max()),
+                "p50": ms(h.value_at_quantile(0.50)),
+                "p95": ms(h.value_at_quantile(0.95)),
+                "p99": ms(h.value_at_quantile(0.99)),
+                "p999": ms(h.value_at_quantile(0.999)),
+            },
+        });
+        println!("{summary}");
+    }
+    if failed > 0 {
+        bail!("{failed} records failed");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to read (from the beginning).
+    #[arg(long)]
+    topic: String,
+    /// Records to read.
+    #[arg(long)]
+    messages: u64,
+    /// Read as a member of this group (otherwise every partition, assigned).
+    #[arg(long)]
+    group: Option<String>,
+    /// Also print the summary as one JSON object, last.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn consume(args: ConsumeArgs) -> Result<()> {
+    let client = Client::new(&args.connection.bootstrap_server)?;
+    let config = ConsumerConfig {
+        group_id: args.group.clone(),
+        auto_offset_reset: OffsetReset::Earliest,
+        enable_auto_commit: args.group.is_some(),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::with_config(&client, config);
+    let started = Instant::now();
+    if args.group.is_some() {
+        consumer.subscribe(vec![args.topic.clone()])?;
+    } else {
+        let partitions = consumer.partitions_of(&args.topic).await?;
+        consumer.assign(partitions.clone());
+        for tp in &partitions {
+            consumer.seek(tp, Seek::Beginning).await?;
+        }
+    }
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut first_record: Option<Instant> = None;
+    while n < args.messages {
+        let records = consumer.poll().await?;
+        if !records.is_empty() && first_record.is_none() {
+            first_record = Some(Instant::now());
+        }
+        for r in &records {
+            bytes += r.value.as_ref().map_or(0, Bytes::len) as u64 + r.key.as_ref().map_or(0, Bytes::len) as u64;
+        }
+        n += records.len() as u64;
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("only {n} of {} records arrived in 10 minutes", args.messages);
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    let rebalance = first_record.map_or(0.0, |t| (t - started).as_secs_f64());
+    let fetch = (total - rebalance).max(1e-9);
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    println!("data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec");
+    println!(
+        "{mb:.4}, {:.4}, {n}, {:.4}, {:.0}, {:.0}, {:.4}, {:.4}",
+        mb / total,
+        n as f64 / total,
+        rebalance * 1000.0,
+        fetch * 1000.0,
+        mb / fetch,
+        n as f64 / fetch
+    );
+    if args.json {
+        let summary = serde_json::json!({
+            "records": n, "mb": mb, "seconds": total, "mb_per_sec": mb / total, "records_per_sec": n as f64 / total,
+            "rebalance_ms": rebalance * 1000.0, "fetch_ms": fetch * 1000.0,
+        });
+        println!("{summary}");
+    }
+    if args.group.is_some() {
+        consumer.close().await?;
+    }
+    Ok(())
+}
