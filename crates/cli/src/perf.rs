@@ -288,7 +288,9 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
     let rebalance = first_record.map_or(0.0, |t| (t - started).as_secs_f64());
     let fetch = (total - rebalance).max(1e-9);
     let mb = bytes as f64 / (1024.0 * 1024.0);
-    println!("data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec");
+    println!(
+        "data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec"
+    );
     println!(
         "{mb:.4}, {:.4}, {n}, {:.4}, {:.0}, {:.0}, {:.4}, {:.4}",
         mb / total,

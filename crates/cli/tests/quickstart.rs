@@ -148,6 +148,27 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
         total_committed += committed;
     }
     assert_eq!(total_committed, 1, "the group committed the one record it printed: {described}");
+    // The perf tool prints Kafka's summary, then one JSON object.
+    let perf = strata(
+        &[
+            "perf",
+            "produce",
+            "--topic",
+            "demo",
+            "--num-records",
+            "1000",
+            "--record-size",
+            "10",
+            "--throughput",
+            "-1",
+            "--json",
+        ],
+        &bootstrap,
+        "",
+    );
+    assert!(perf.contains("1000 records sent"), "{perf}");
+    let summary: serde_json::Value = serde_json::from_str(perf.lines().last().expect("a line")).expect("json");
+    assert_eq!((summary["records"].as_u64(), summary["failed"].as_u64()), (Some(1000), Some(0)), "{summary}");
     assert!(http_get(base + 2, "/health/live").starts_with("HTTP/1.1 200"));
     assert!(http_get(base + 12, "/health/ready").starts_with("HTTP/1.1 200"));
     interrupt_and_wait(dev);
