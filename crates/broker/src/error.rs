@@ -56,11 +56,15 @@ pub enum Code {
 }
 
 impl Code {
-    /// Whether retrying the same request may succeed.
+    /// Whether retrying the same request may succeed. As in Kafka, an
+    /// unknown topic or partition is retriable: a broker that just
+    /// restarted may not have caught up with the metadata yet.
     pub fn retriable(self) -> bool {
         matches!(
             self,
             Code::NotLeader
+                | Code::UnknownTopic
+                | Code::UnknownPartition
                 | Code::Throttled
                 | Code::Timeout
                 | Code::Unavailable

@@ -90,9 +90,10 @@ async fn every_error_code_is_provoked_and_answered_typed() {
     // NOT_LEADER, naming the leader.
     let e = expect_code(produce_raw(&follower_addr, "t", 0, batch(10), 0).await, pb::ErrorCode::NotLeader, true);
     assert_eq!((e.leader_id, e.leader_address.as_str()), (Some(leader), leader_addr.as_str()));
-    // UNKNOWN_TOPIC, UNKNOWN_PARTITION.
-    expect_code(produce_raw(&leader_addr, "nope", 0, batch(10), 0).await, pb::ErrorCode::UnknownTopic, false);
-    expect_code(produce_raw(&leader_addr, "t", 7, batch(10), 0).await, pb::ErrorCode::UnknownPartition, false);
+    // UNKNOWN_TOPIC, UNKNOWN_PARTITION: retriable, as in Kafka (metadata
+    // on a just-restarted broker may be behind).
+    expect_code(produce_raw(&leader_addr, "nope", 0, batch(10), 0).await, pb::ErrorCode::UnknownTopic, true);
+    expect_code(produce_raw(&leader_addr, "t", 7, batch(10), 0).await, pb::ErrorCode::UnknownPartition, true);
     // MESSAGE_TOO_LARGE, raw and through the producer.
     expect_code(produce_raw(&leader_addr, "t", 0, batch(3000), 0).await, pb::ErrorCode::MessageTooLarge, false);
     let producer = Producer::new(&client);

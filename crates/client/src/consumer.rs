@@ -270,7 +270,12 @@ impl Consumer {
             if self.paused.contains(tp) {
                 continue;
             }
-            let addr = self.client.leader_addr(&tp.topic, tp.partition, 0).await?;
+            let addr = match self.client.leader_addr(&tp.topic, tp.partition, 0).await {
+                Ok(addr) => addr,
+                // Metadata behind (a broker just restarted): next poll.
+                Err(e) if e.is_retriable() => continue,
+                Err(e) => return Err(e),
+            };
             by_leader.entry(addr).or_default().push((tp.clone(), position.unwrap_or(0)));
         }
         let fetches = by_leader.into_iter().map(|(addr, partitions)| self.fetch_from(addr, partitions));

@@ -91,6 +91,8 @@ impl Error {
         let retriable = matches!(
             code,
             ErrorCode::NotLeader
+                | ErrorCode::UnknownTopic
+                | ErrorCode::UnknownPartition
                 | ErrorCode::Throttled
                 | ErrorCode::Timeout
                 | ErrorCode::Unavailable
