@@ -314,39 +314,60 @@ fn limited_incoming(
 /// The tonic service: each RPC handed to the [`Broker`].
 struct Api(Arc<Broker>);
 
+impl Api {
+    /// Until this node's metadata caught up, every RPC is answered
+    /// UNAVAILABLE at the gRPC level, which clients take as "try another
+    /// broker".
+    fn ready(&self) -> Result<(), Status> {
+        if self.0.cluster().metadata_caught_up() {
+            Ok(())
+        } else {
+            Err(Status::unavailable("this broker is catching up with the cluster metadata; try another"))
+        }
+    }
+}
+
 type Answer<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::strata_server::Strata for Api {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Answer<pb::ProduceResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.produce(request.into_inner()).await))
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Answer<pb::FetchResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.fetch(request.into_inner()).await))
     }
 
     async fn list_offsets(&self, request: Request<pb::ListOffsetsRequest>) -> Answer<pb::ListOffsetsResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.list_offsets(request.into_inner()).await))
     }
 
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Answer<pb::MetadataResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.metadata(request.into_inner()).await))
     }
 
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Answer<pb::CreateTopicResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.create_topic(request.into_inner()).await))
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Answer<pb::DeleteTopicResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.delete_topic(request.into_inner()).await))
     }
 
     async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.list_topics().await))
     }
 
     async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Answer<pb::DescribeTopicResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.describe_topic(request.into_inner()).await))
     }
 
@@ -354,6 +375,7 @@ impl pb::strata_server::Strata for Api {
         &self,
         _request: Request<pb::DescribeClusterRequest>,
     ) -> Answer<pb::DescribeClusterResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.describe_cluster().await))
     }
 
@@ -361,6 +383,7 @@ impl pb::strata_server::Strata for Api {
         &self,
         _request: Request<pb::InitProducerIdRequest>,
     ) -> Answer<pb::InitProducerIdResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.init_producer_id().await))
     }
 
@@ -368,30 +391,37 @@ impl pb::strata_server::Strata for Api {
         &self,
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Answer<pb::FindCoordinatorResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.find_coordinator(request.into_inner()).await))
     }
 
     async fn group_heartbeat(&self, request: Request<pb::GroupHeartbeatRequest>) -> Answer<pb::GroupHeartbeatResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.group_heartbeat(request.into_inner()).await))
     }
 
     async fn offset_commit(&self, request: Request<pb::OffsetCommitRequest>) -> Answer<pb::OffsetCommitResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.offset_commit(request.into_inner()).await))
     }
 
     async fn offset_fetch(&self, request: Request<pb::OffsetFetchRequest>) -> Answer<pb::OffsetFetchResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.offset_fetch(request.into_inner()).await))
     }
 
     async fn list_groups(&self, _request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.list_groups().await))
     }
 
     async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.describe_group(request.into_inner()).await))
     }
 
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
+        self.ready()?;
         Ok(Response::new(self.0.delete_group(request.into_inner()).await))
     }
 }

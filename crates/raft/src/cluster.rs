@@ -49,6 +49,9 @@ pub struct ClusterNode {
     node: Arc<RaftNode>,
     controller: Group,
     peers: BTreeMap<u64, String>,
+    /// Set once this node's copy of the metadata caught up (see
+    /// `metadata_caught_up`); never cleared.
+    caught_up: std::sync::atomic::AtomicBool,
     /// The client API address this node announces to the cluster.
     client_addr: Arc<std::sync::Mutex<Option<String>>>,
     reconciler: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -97,7 +100,14 @@ impl ClusterNode {
             client_addr: client_addr.clone(),
         };
         let reconciler = tokio::spawn(reconciler.run());
-        Ok(ClusterNode { node, controller, peers, client_addr, reconciler: std::sync::Mutex::new(Some(reconciler)) })
+        Ok(ClusterNode {
+            node,
+            controller,
+            peers,
+            caught_up: std::sync::atomic::AtomicBool::new(false),
+            client_addr,
+            reconciler: std::sync::Mutex::new(Some(reconciler)),
+        })
     }
 
     /// Sets the address clients reach this node at; the node registers it
@@ -109,6 +119,27 @@ impl ClusterNode {
     /// The Raft side of this node.
     pub fn raft_node(&self) -> &Arc<RaftNode> {
         &self.node
+    }
+
+    /// Whether this node's copy of the metadata has caught up with the
+    /// controller: it has heard from a leader and applied everything that
+    /// leader reported committed. A node just restarted serves stale
+    /// metadata until then (topics it does not know yet), so clients are
+    /// sent elsewhere meanwhile. Once true, stays true.
+    pub fn metadata_caught_up(&self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        use std::sync::atomic::Ordering;
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let metrics = self.controller.raft.metrics().borrow_watched().clone();
+        let applied = metrics.last_applied.map(|id| id.index);
+        let committed = metrics.cluster_committed.map(|id| id.index);
+        let caught_up = metrics.current_leader.is_some() && applied >= committed;
+        if caught_up {
+            self.caught_up.store(true, Ordering::Release);
+        }
+        caught_up
     }
 
     /// This node's copy of the cluster metadata.
