@@ -22,6 +22,94 @@ pub enum PerfCommand {
     Produce(ProduceArgs),
     /// Reads records and reports throughput.
     Consume(ConsumeArgs),
+    /// End-to-end latency: from a record's send to a consumer seeing it.
+    E2e(E2eArgs),
+}
+
+#[derive(Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to use (must exist; new records only are read).
+    #[arg(long)]
+    topic: String,
+    /// Records to send.
+    #[arg(long)]
+    num_records: u64,
+    /// Bytes of each record's value (at least 8: it carries the send time).
+    #[arg(long)]
+    record_size: usize,
+    /// Records per second (a fixed rate is needed for latency to mean much).
+    #[arg(long)]
+    throughput: u64,
+    /// Also print the summary as one JSON object, last.
+    #[arg(long)]
+    json: bool,
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn e2e(args: E2eArgs) -> Result<()> {
+    if args.record_size < 8 || args.throughput == 0 {
+        bail!("--record-size must be at least 8 and --throughput above 0");
+    }
+    let client = Client::new(&args.connection.bootstrap_server)?;
+    let mut consumer = Consumer::new(&client);
+    let partitions = consumer.partitions_of(&args.topic).await?;
+    consumer.assign(partitions.clone());
+    for tp in &partitions {
+        consumer.seek(tp, Seek::End).await?;
+    }
+    let n = args.num_records;
+    let reader = tokio::spawn(async move {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while histogram.len() < n {
+            if Instant::now() > deadline {
+                bail!("only {} of {n} records seen", histogram.len());
+            }
+            for record in consumer.poll().await? {
+                let Some(value) = record.value.as_ref().filter(|v| v.len() >= 8) else { continue };
+                let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
+                let _ = histogram.record(micros_now().saturating_sub(sent).max(1));
+            }
+        }
+        anyhow::Ok(histogram)
+    });
+    let producer = Producer::new(&client);
+    let started = Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / args.throughput as f64)).await;
+        let mut value = vec![b'x'; args.record_size];
+        value[..8].copy_from_slice(&micros_now().to_be_bytes());
+        deliveries.push(producer.send(Record::new(&args.topic, value)).await?);
+    }
+    for delivery in deliveries {
+        delivery.await?;
+    }
+    producer.close().await;
+    let h = reader.await.context("reader")??;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{} records, end-to-end latency: {:.2} ms avg, {:.2} ms 50th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max.",
+        h.len(),
+        h.mean() / 1000.0,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    );
+    if args.json {
+        let summary = serde_json::json!({
+            "records": h.len(),
+            "e2e_latency_ms": {"avg": h.mean() / 1000.0, "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+        });
+        println!("{summary}");
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -116,6 +204,7 @@ pub async fn run(command: PerfCommand) -> Result<()> {
     match command {
         PerfCommand::Produce(args) => produce(args).await,
         PerfCommand::Consume(args) => consume(args).await,
+        PerfCommand::E2e(args) => e2e(args).await,
     }
 }
 

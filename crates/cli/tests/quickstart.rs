@@ -169,6 +169,26 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     assert!(perf.contains("1000 records sent"), "{perf}");
     let summary: serde_json::Value = serde_json::from_str(perf.lines().last().expect("a line")).expect("json");
     assert_eq!((summary["records"].as_u64(), summary["failed"].as_u64()), (Some(1000), Some(0)), "{summary}");
+    let e2e = strata(
+        &[
+            "perf",
+            "e2e",
+            "--topic",
+            "demo",
+            "--num-records",
+            "200",
+            "--record-size",
+            "16",
+            "--throughput",
+            "400",
+            "--json",
+        ],
+        &bootstrap,
+        "",
+    );
+    let summary: serde_json::Value = serde_json::from_str(e2e.lines().last().expect("a line")).expect("json");
+    assert_eq!(summary["records"].as_u64(), Some(200), "{e2e}");
+    assert!(summary["e2e_latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{e2e}");
     assert!(http_get(base + 2, "/health/live").starts_with("HTTP/1.1 200"));
     assert!(http_get(base + 12, "/health/ready").starts_with("HTTP/1.1 200"));
     interrupt_and_wait(dev);
