@@ -655,6 +655,9 @@ fn decode_chunk(
     while at < chunk.len() {
         let len = strata_batch::batch_total_len(&chunk[at..])
             .map_err(|e| Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {e}", tp.topic, tp.partition)))?;
+        if at + len > chunk.len() {
+            return Err(Error::api(ErrorCode::CorruptBatch, format!("{}/{}: truncated batch", tp.topic, tp.partition)));
+        }
         let batch = chunk.slice(at..at + len);
         at += len;
         let header = strata_batch::BatchHeader::parse(&batch)
@@ -677,7 +680,7 @@ fn decode_chunk(
                 headers: record.headers,
             });
         }
-        let batch_end = (header.last_offset() + 1).max(0) as u64;
+        let batch_end = header.last_offset().saturating_add(1).max(0) as u64;
         *next = (*next).max(batch_end);
     }
     Ok(())

@@ -118,6 +118,10 @@ pub(crate) async fn commit(
     loop {
         let (member_id, epoch) = {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if s.lost {
+                // The positions belong to a membership that is gone.
+                return Err(Error::api(ErrorCode::UnknownMemberId, "the group membership was lost; not committing"));
+            }
             (s.member_id.clone(), s.epoch)
         };
         let request = pb::OffsetCommitRequest {
@@ -230,6 +234,7 @@ async fn run(client: Client, config: MemberConfig, shared: Arc<Mutex<Shared>>, w
                             }
                             tracing::info!(group = %config.group, %error, "membership lost; rejoining");
                             s.lost = true;
+                            s.owned.clear();
                             s.member_id.clear();
                             s.epoch = 0;
                             s.target = None;

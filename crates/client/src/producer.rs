@@ -547,12 +547,12 @@ impl PartitionTask {
             // Not written, for sure: restart the sequence under a new epoch
             // and resend at once.
             Err(error) if error.code() == Some(ErrorCode::OutOfOrderSequence) => {
-                self.drain_window().await;
+                self.drain_window(1).await;
                 self.restart_sequence().await;
             }
             Err(error) if error.is_retriable() => {
                 self.shared.client.note_error(&self.topic, self.partition, &error);
-                self.drain_window().await;
+                self.drain_window(1).await;
                 let expired =
                     self.queue.front().is_some_and(|b| b.sealed_at.elapsed() >= self.shared.config.delivery_timeout);
                 if expired {
@@ -579,7 +579,7 @@ impl PartitionTask {
                 if let Some(batch) = self.queue.pop_front() {
                     fail(batch.records, &error);
                 }
-                self.drain_window().await;
+                self.drain_window(0).await;
                 self.restart_sequence().await;
                 self.answer_flushes();
             }
@@ -588,9 +588,11 @@ impl PartitionTask {
 
     /// Waits for every batch still on the wire, keeping those that
     /// succeeded (possible only without idempotence) and leaving the rest
-    /// to be resent.
-    async fn drain_window(&mut self) {
-        let mut position = 0;
+    /// to be resent. `first` is the queue position of the first batch still
+    /// on the wire: 1 when the failed front batch stays queued, 0 when it
+    /// was removed.
+    async fn drain_window(&mut self, first: usize) {
+        let mut position = first;
         while let Some(result) = self.in_flight.next().await {
             self.n_sent -= 1;
             match result {

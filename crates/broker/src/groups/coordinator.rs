@@ -166,7 +166,9 @@ impl Coordinator {
         })?;
         let n = topic.partitions.len() as u32;
         let p = group_hash(group) % n.max(1);
-        let info = &topic.partitions[p as usize];
+        let info = topic.partitions.get(p as usize).ok_or_else(|| {
+            ApiError::new(Code::CoordinatorLoadInProgress, format!("{OFFSETS_TOPIC} has no partitions yet; retry"))
+        })?;
         Ok((p, info.group, info.replicas.clone()))
     }
 

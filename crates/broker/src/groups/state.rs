@@ -123,6 +123,10 @@ pub struct MemberRecord {
     pub topics: BTreeSet<String>,
     /// Assignment handed out.
     pub current: BTreeSet<Tp>,
+    /// Partitions it was still giving up (revoked, not yet acknowledged):
+    /// a new coordinator must not hand them out before the member lets go.
+    #[serde(default)]
+    pub owned: BTreeSet<Tp>,
     /// Session timeout, ms.
     pub session_ms: u64,
     /// Rebalance timeout, ms.
@@ -159,7 +163,7 @@ impl Group {
                     epoch: m.epoch,
                     topics: m.topics.clone(),
                     current: m.current.clone(),
-                    owned: m.current.clone(),
+                    owned: m.current.union(&m.owned).cloned().collect(),
                     last_seen: now,
                     session_timeout: Duration::from_millis(m.session_ms),
                     rebalance_timeout: Duration::from_millis(m.rebalance_ms),
@@ -184,6 +188,7 @@ impl Group {
                     epoch: m.epoch,
                     topics: m.topics.clone(),
                     current: m.current.clone(),
+                    owned: m.owned.difference(&m.current).cloned().collect(),
                     session_ms: m.session_timeout.as_millis() as u64,
                     rebalance_ms: m.rebalance_timeout.as_millis() as u64,
                 })
@@ -289,7 +294,10 @@ impl Group {
         member.session_timeout = hb.session_timeout.clamp(SESSION_TIMEOUT_MIN, SESSION_TIMEOUT_MAX);
         member.rebalance_timeout = hb.rebalance_timeout.max(SESSION_TIMEOUT_MIN);
         if hb.epoch != 0 {
-            member.owned = hb.owned;
+            // Only what it was given can it still own: a report of more (a
+            // client that rejoined before letting go) is not believed.
+            let allowed: BTreeSet<Tp> = member.current.union(&member.owned).cloned().collect();
+            member.owned = hb.owned.intersection(&allowed).cloned().collect();
         }
         if !hb.topics.is_empty() && hb.topics != member.topics {
             member.topics = hb.topics;
@@ -501,5 +509,33 @@ mod tests {
         assert_eq!(b2.assignment, b.assignment, "the same partitions, at once");
         assert_eq!(g.epoch, epoch, "no rebalance");
         assert_eq!(g.check_commit(&b.member_id, b.epoch, b.assignment.iter()), Err(MemberError::Unknown));
+    }
+
+    #[test]
+    fn partitions_being_revoked_stay_blocked_across_a_failover_and_over_reports_are_not_believed() {
+        let counts = BTreeMap::from([("t".to_string(), 4)]);
+        let now = Instant::now();
+        let mut g = Group::new("g");
+        let mut n = 0;
+        let mut ids = || {
+            n += 1;
+            format!("m{n}")
+        };
+        let (a, _) = g.heartbeat(hb("", 0, &BTreeSet::new()), &counts, now, &mut ids).expect("join");
+        let (b, _) = g.heartbeat(hb("", 0, &BTreeSet::new()), &counts, now, &mut ids).expect("join");
+        // a is told to give two partitions up but still consumes all four.
+        let (a2, _) = g.heartbeat(hb(&a.member_id, a.epoch, &a.assignment), &counts, now, &mut ids).expect("hb");
+        assert_eq!(a2.assignment.len(), 2);
+        // The coordinator fails over: the new one rebuilds from the record.
+        let mut g2 = Group::restore("g", &g.record(), now);
+        let (b2, _) = g2.heartbeat(hb(&b.member_id, b.epoch, &BTreeSet::new()), &counts, now, &mut ids).expect("hb");
+        assert!(b2.assignment.is_empty(), "a still consumes them: {b2:?}");
+        // a claims more than it was ever given: not believed.
+        let all: BTreeSet<Tp> = (0..4).map(|p| ("t".to_string(), p)).collect();
+        g2.heartbeat(hb(&a.member_id, a2.epoch, &all), &counts, now, &mut ids).expect("hb");
+        g2.heartbeat(hb(&a.member_id, a2.epoch, &a2.assignment), &counts, now, &mut ids).expect("hb");
+        let (b3, _) = g2.heartbeat(hb(&b.member_id, b2.epoch, &BTreeSet::new()), &counts, now, &mut ids).expect("hb");
+        assert_eq!(b3.assignment.len(), 2);
+        assert!(b3.assignment.is_disjoint(&a2.assignment));
     }
 }
