@@ -126,7 +126,7 @@ pub(crate) async fn commit(
         };
         let request = pb::OffsetCommitRequest {
             group: group.clone(),
-            member_id,
+            member_id: member_id.clone(),
             member_epoch: epoch,
             offsets: offsets
                 .iter()
@@ -148,6 +148,15 @@ pub(crate) async fn commit(
             },
             Err(e) => e,
         };
+        // A heartbeat that moved the member to a new epoch while the commit
+        // was on its way: the same member, so commit again under the new one.
+        let epoch_moved = error.code() == Some(ErrorCode::FencedMemberEpoch) && {
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            !s.lost && s.member_id == member_id && s.epoch != epoch
+        };
+        if epoch_moved && tokio::time::Instant::now() < deadline {
+            continue;
+        }
         if !error.is_retriable() || tokio::time::Instant::now() >= deadline {
             return Err(error);
         }
