@@ -281,10 +281,7 @@ async fn propose_anywhere(
     peers: &BTreeMap<u64, String>,
     command: &MetadataCommand,
 ) -> Result<u64, ClusterError> {
-    let value = serde_json::to_vec(command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let mut builder = BatchBuilder::new();
-    builder.push(now_ms(), None, Some(&value), &[]);
-    let batch: Bytes = builder.build(Compression::None);
+    let batch = command_batch(command)?;
     match produce(controller, batch.clone()).await {
         Ok(produced) => Ok(produced.base_offset),
         Err(ProduceError::NotLeader { leader: Some(leader) }) if leader != node.id() => {
@@ -302,11 +299,15 @@ async fn propose_anywhere(
 
 /// Proposes one command to the controller group here (its leader).
 async fn propose(controller: &Group, command: &MetadataCommand) -> Result<u64, ClusterError> {
+    Ok(produce(controller, command_batch(command)?).await?.base_offset)
+}
+
+/// One metadata command as a batch of one record (its JSON as the value).
+fn command_batch(command: &MetadataCommand) -> Result<Bytes, ClusterError> {
     let value = serde_json::to_vec(command).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let mut builder = BatchBuilder::new();
     builder.push(now_ms(), None, Some(&value), &[]);
-    let batch: Bytes = builder.build(Compression::None);
-    Ok(produce(controller, batch).await?.base_offset)
+    Ok(builder.build(Compression::None))
 }
 
 fn now_ms() -> i64 {
