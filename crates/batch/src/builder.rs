@@ -34,6 +34,23 @@ pub enum ControlType {
     RaftBlank = 100,
     /// A Raft membership change.
     RaftMembership = 101,
+    /// A retention decision: the partition's leader moves the log start, and
+    /// every replica purges what lies before it.
+    LogStart = 102,
+}
+
+impl ControlType {
+    /// The control type of a control record's key (version 0, type), if
+    /// it is one Strata writes.
+    pub fn from_key(key: &[u8]) -> Option<ControlType> {
+        let t = match key {
+            [0, 0, a, b] => i16::from_be_bytes([*a, *b]),
+            _ => return None,
+        };
+        [ControlType::RaftBlank, ControlType::RaftMembership, ControlType::LogStart]
+            .into_iter()
+            .find(|c| *c as i16 == t)
+    }
 }
 
 /// Accumulates records and encodes them as one RecordBatch v2.
@@ -186,6 +203,30 @@ impl BatchBuilder {
     }
 }
 
+/// Re-encodes a batch with `compression` (a topic's compression.type),
+/// keeping everything else: offsets and their span, producer fields,
+/// timestamps and attribute bits. A batch already in that codec is
+/// returned as it is.
+pub fn recompress(batch: &Bytes, compression: Compression) -> Result<Bytes, crate::BatchError> {
+    let header = crate::validate(batch)?;
+    if i16::from(header.compression_id()) == compression.id() || header.is_control() {
+        return Ok(batch.clone());
+    }
+    let mut builder = BatchBuilder::new()
+        .producer(header.producer_id, header.producer_epoch, header.base_sequence)
+        .keep_timestamps(header.base_timestamp, header.max_timestamp)
+        .attributes_from(header.attributes);
+    for record in crate::decode_records(batch)? {
+        let record = record?;
+        let delta = (record.offset - header.base_offset) as i32;
+        builder.push_at(delta, record.timestamp, record.key.as_deref(), record.value.as_deref(), &record.headers);
+    }
+    builder.reserve_offsets(header.last_offset_delta + 1);
+    let mut out = builder.build(compression).to_vec();
+    crate::stamp(&mut out, header.base_offset, header.partition_leader_epoch);
+    Ok(Bytes::from(out))
+}
+
 /// Builds a control batch carrying `payload` as the value of its one record,
 /// keyed by the control type (version 0, type) as Kafka keys control records.
 /// Control batches take no offsets in a Strata log.
@@ -280,6 +321,28 @@ mod tests {
         let mut padded = batch.to_vec();
         padded.push(0);
         assert!(matches!(validate(&padded), Err(BatchError::LengthMismatch { .. })));
+    }
+
+    #[test]
+    fn recompressing_keeps_records_offsets_and_producer_fields() {
+        let mut builder = BatchBuilder::new().producer(7, 2, 40);
+        for i in 0..20 {
+            builder.push(1_000 + i, Some(format!("k{i}").as_bytes()), Some(&[b'v'; 300]), &[]);
+        }
+        let plain = builder.build(Compression::None);
+        let packed = recompress(&plain, Compression::Lz4).expect("recompress");
+        assert!(packed.len() < plain.len() / 2, "lz4 shrinks repetitive values");
+        let (a, b) = (crate::validate(&plain).expect("valid"), crate::validate(&packed).expect("valid"));
+        assert_eq!((b.compression_id(), b.producer_id, b.producer_epoch, b.base_sequence), (3, 7, 2, 40));
+        assert_eq!(
+            (a.last_offset_delta, a.record_count, a.max_timestamp),
+            (b.last_offset_delta, b.record_count, b.max_timestamp)
+        );
+        let back = recompress(&packed, Compression::None).expect("back");
+        let records = |batch: &Bytes| {
+            crate::decode_records(batch).expect("decode").collect::<Result<Vec<_>, _>>().expect("records")
+        };
+        assert_eq!(records(&back), records(&plain));
     }
 
     #[test]

@@ -35,7 +35,7 @@ mod header;
 mod record;
 mod varint;
 
-pub use builder::{BatchBuilder, Compression, ControlType, build_control};
+pub use builder::{BatchBuilder, Compression, ControlType, build_control, recompress};
 pub use error::BatchError;
 pub use header::{BATCH_HEADER_BYTES, BatchHeader, CRC_START, MAGIC_V2, batch_total_len, stamp, validate};
 pub use record::{Header, Record, RecordIter, decode_records};

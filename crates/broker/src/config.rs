@@ -69,6 +69,14 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("log.segment_age", Some("7d")),
     ("log.flush_policy", Some("always")),
     ("log.flush_interval", Some("1s")),
+    ("log.retention", Some("7d")),
+    ("log.retention_bytes", Some("unlimited")),
+    ("log.cleanup_policy", Some("delete")),
+    ("log.delete_retention", Some("1d")),
+    ("log.min_compaction_lag", Some("0s")),
+    ("log.retention_check_interval", Some("30s")),
+    ("log.retention_follower_hold", Some("60s")),
+    ("log.cleaner_io_bytes_per_second", Some("64 MiB")),
     ("raft.heartbeat_interval", Some("100ms")),
     ("raft.election_timeout_min", Some("1s")),
     ("raft.election_timeout_max", Some("2s")),
@@ -99,6 +107,8 @@ pub struct ServerConfig {
     pub advertise_client: String,
     /// Settings of every partition log.
     pub log: LogConfig,
+    /// The sync period of logs whose topic sets flush.policy=interval.
+    pub flush_interval: Duration,
     /// Raft heartbeat period.
     pub heartbeat_interval: Duration,
     /// Raft election timeout range.
@@ -115,6 +125,18 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Partitions of `__consumer_offsets` (fixed once created).
     pub offsets_partitions: u32,
+    /// Every topic's settings where the topic sets none: Kafka's topic keys
+    /// (`retention.ms`, `cleanup.policy`, ...) as a topic would set them.
+    pub topic_defaults: BTreeMap<String, String>,
+    /// How often each node applies retention and looks for partitions to
+    /// compact.
+    pub retention_check_interval: Duration,
+    /// How long a due retention purge waits for a follower that still needs
+    /// the entries before going ahead (the follower then installs a
+    /// snapshot).
+    pub retention_follower_hold: Duration,
+    /// The compaction cleaner's I/O budget (bytes rewritten per second).
+    pub cleaner_io_bytes_per_second: u64,
 }
 
 /// Where a value came from, for error messages.
@@ -250,6 +272,9 @@ impl ConfigBuilder {
             )));
         }
         let batch_max = strata_log::limits::BATCH_BYTES_MAX as u64;
+        let max_message_bytes =
+            self.required("limits.max_message_bytes", |v| parse_size(v).and_then(|n| in_range(n, 1, batch_max)))?;
+        let topic_defaults = self.topic_defaults(&log, max_message_bytes)?;
         Ok(ServerConfig {
             node_id,
             data_dir,
@@ -259,10 +284,10 @@ impl ConfigBuilder {
             listen_http,
             advertise_client,
             log,
+            flush_interval: self.required("log.flush_interval", parse_duration)?,
             heartbeat_interval,
             election_timeout: (election_min, election_max),
-            max_message_bytes: self
-                .required("limits.max_message_bytes", |v| parse_size(v).and_then(|n| in_range(n, 1, batch_max)))?,
+            max_message_bytes,
             request_bytes: self.required("limits.request_bytes", |v| {
                 parse_size(v).and_then(|n| in_range(n, 1024, crate::limits::REQUEST_BYTES_MAX))
             })?,
@@ -272,8 +297,63 @@ impl ConfigBuilder {
             })?,
             shutdown_grace: self.required("shutdown.grace", parse_duration)?,
             offsets_partitions: self.required("groups.offsets_partitions", |v| parse_int(v, 1, 1000))? as u32,
+            topic_defaults,
+            retention_check_interval: self.required("log.retention_check_interval", |v| {
+                parse_duration(v).and_then(|d| duration_in(d, Duration::from_millis(10), Duration::from_secs(3600)))
+            })?,
+            retention_follower_hold: self.required("log.retention_follower_hold", parse_duration)?,
+            cleaner_io_bytes_per_second: self.required("log.cleaner_io_bytes_per_second", |v| {
+                parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
+            })?,
         })
     }
+
+    /// The cluster-wide topic defaults, as Kafka topic keys, each checked
+    /// as a topic's own setting would be.
+    fn topic_defaults(&self, log: &LogConfig, max_message_bytes: u64) -> Result<BTreeMap<String, String>, ConfigError> {
+        let millis = |d: Duration| d.as_millis().to_string();
+        let forever = |v: &str| matches!(v, "forever" | "unlimited" | "-1");
+        let retention_ms = self
+            .required("log.retention", |v| if forever(v) { Ok("-1".into()) } else { parse_duration(v).map(millis) })?;
+        let retention_bytes = self.required("log.retention_bytes", |v| {
+            if forever(v) { Ok("-1".into()) } else { parse_size(v).map(|n| n.to_string()) }
+        })?;
+        let mut defaults = BTreeMap::from([
+            ("retention.ms".to_string(), retention_ms),
+            ("retention.bytes".to_string(), retention_bytes),
+            ("cleanup.policy".to_string(), self.required("log.cleanup_policy", parse_nonempty)?),
+            ("delete.retention.ms".to_string(), millis(self.required("log.delete_retention", parse_duration)?)),
+            ("min.compaction.lag.ms".to_string(), millis(self.required("log.min_compaction_lag", parse_duration)?)),
+            ("segment.bytes".to_string(), log.segment_bytes.to_string()),
+            ("max.message.bytes".to_string(), max_message_bytes.to_string()),
+            ("compression.type".to_string(), "producer".to_string()),
+            (
+                "flush.policy".to_string(),
+                match log.flush_policy {
+                    FlushPolicy::Always => "always".to_string(),
+                    FlushPolicy::Interval(_) => "interval".to_string(),
+                },
+            ),
+        ]);
+        if let Some(age) = log.segment_age_max {
+            defaults.insert("segment.ms".into(), age.as_millis().max(1).to_string());
+        }
+        crate::topic_config::validate(&defaults).map_err(|e| {
+            let key = match e.key.as_str() {
+                "cleanup.policy" => "log.cleanup_policy",
+                _ => "log.*",
+            };
+            ConfigError::Inconsistent(format!("{key}: {e}"))
+        })?;
+        Ok(defaults)
+    }
+}
+
+fn duration_in(d: Duration, min: Duration, max: Duration) -> Result<Duration, String> {
+    if d < min || d > max {
+        return Err(format!("must be between {min:?} and {max:?}"));
+    }
+    Ok(d)
 }
 
 impl ServerConfig {

@@ -5,6 +5,7 @@
 //! - [`service::Broker`]: every RPC of `proto/api.proto`, answered from this
 //!   node's replicas and its copy of the metadata.
 //! - [`config`]: the server's settings from TOML, environment and flags.
+//! - `retention`: the per-node retention and compaction scheduler.
 //!
 //! **Architecture Invariant:** the broker holds no partition data of its
 //! own: records stay in the logs, read as slices; the broker checks,
@@ -17,6 +18,7 @@ pub mod error;
 pub mod groups;
 mod http;
 pub mod limits;
+mod retention;
 mod server;
 pub mod service;
 pub mod topic_config;

@@ -28,3 +28,6 @@ pub const HTTP_HEAD_MAX: usize = 8 * 1024;
 /// How long an admin change (create or delete a topic, a producer id) may
 /// take before the client is answered TIMEOUT.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A compacted partition is cleaned again once this share of its sealed
+/// bytes was written since the last pass (Kafka's min.cleanable.dirty.ratio).
+pub const CLEANER_MIN_DIRTY_RATIO: f64 = 0.5;

@@ -123,6 +123,7 @@ impl Server {
             }
         });
         let (stop_http, http_stopped) = watch::channel(false);
+        tokio::spawn(crate::retention::Scheduler::new(cluster.clone(), &config).run(http_stopped.clone()));
         tokio::spawn(crate::http::serve(listeners.http, cluster.clone(), http_stopped));
         tracing::info!(node = config.node_id, client = %client_addr, peer = %peer_addr, http = %http_addr, "node started");
         Ok(Server {
@@ -359,6 +360,14 @@ impl pb::strata_server::Strata for Api {
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Answer<pb::DeleteTopicResponse> {
         self.ready()?;
         Ok(Response::new(self.0.delete_topic(request.into_inner()).await))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Answer<pb::AlterTopicConfigResponse> {
+        self.ready()?;
+        Ok(Response::new(self.0.alter_topic_config(request.into_inner()).await))
     }
 
     async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {

@@ -35,7 +35,8 @@ pub struct Broker {
     cluster: Arc<ClusterNode>,
     coordinator: Arc<Coordinator>,
     node_id: u64,
-    default_max_message_bytes: u64,
+    /// Topic settings where a topic sets none.
+    topic_defaults: BTreeMap<String, String>,
     /// Bytes of produce data in flight; a request that cannot take its
     /// share is answered THROTTLED.
     produce_budget: Arc<Semaphore>,
@@ -50,7 +51,7 @@ impl Broker {
             cluster,
             coordinator,
             node_id: config.node_id,
-            default_max_message_bytes: config.max_message_bytes,
+            topic_defaults: config.topic_defaults.clone(),
             produce_budget: Arc::new(Semaphore::new(budget)),
             produce_budget_bytes: budget,
         }
@@ -166,7 +167,8 @@ impl Broker {
     ) -> Result<(Group, Submission), ApiError> {
         let group = self.leader_replica(metadata, topic, partition)?;
         let info = find_topic(metadata, topic)?;
-        let max = topic_config::max_message_bytes(&info.configs, self.default_max_message_bytes);
+        let settings = topic_config::TopicSettings::resolve(&self.topic_defaults, &info.configs);
+        let max = settings.max_message_bytes;
         if batch.len() as u64 > max {
             return Err(ApiError::new(
                 Code::MessageTooLarge,
@@ -180,6 +182,12 @@ impl Broker {
                 format!("expected exactly one batch of {} bytes, got {} bytes", header.total_len(), batch.len()),
             ));
         }
+        let batch = match settings.compression_type.as_str() {
+            "lz4" => strata_batch::recompress(&batch, strata_batch::Compression::Lz4),
+            "uncompressed" => strata_batch::recompress(&batch, strata_batch::Compression::None),
+            _ => Ok(batch),
+        }
+        .map_err(|e| ApiError::new(Code::CorruptBatch, format!("cannot re-encode for compression.type: {e}")))?;
         let what = format!("{topic}/{partition}");
         let submission = submit(&group, batch)
             .await
@@ -393,6 +401,39 @@ impl Broker {
         pb::DeleteTopicResponse { error: ok_or_error(result) }
     }
 
+    /// AlterTopicConfig: the resulting configuration is checked whole, then
+    /// the change goes to the controller.
+    pub async fn alter_topic_config(&self, request: pb::AlterTopicConfigRequest) -> pb::AlterTopicConfigResponse {
+        match self.try_alter_topic_config(request).await {
+            Ok(configs) => pb::AlterTopicConfigResponse { error: None, configs: configs.into_iter().collect() },
+            Err(e) => pb::AlterTopicConfigResponse { error: Some(error_to_pb(&e)), configs: Default::default() },
+        }
+    }
+
+    async fn try_alter_topic_config(
+        &self,
+        request: pb::AlterTopicConfigRequest,
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let metadata = self.cluster.metadata();
+        let info = find_topic(&metadata, &request.name)?;
+        let set: BTreeMap<String, String> = request.set.into_iter().collect();
+        if let Some(key) = request.delete.iter().find(|k| set.contains_key(*k)) {
+            return Err(ApiError::new(Code::InvalidRequest, format!("{key} is both set and deleted")));
+        }
+        let known = |k: &String| topic_config::TOPIC_KEYS.iter().any(|(known, _)| known == k);
+        if let Some(key) = request.delete.iter().find(|k| !known(k)) {
+            return Err(ApiError::new(Code::InvalidConfig, format!("cannot delete unknown topic config key {key}")));
+        }
+        let mut result = info.configs.clone();
+        for key in &request.delete {
+            result.remove(key);
+        }
+        result.extend(set.clone());
+        topic_config::validate(&result).map_err(|e| ApiError::new(Code::InvalidConfig, e.to_string()))?;
+        let alter = self.cluster.alter_topic_config(&request.name, set, request.delete);
+        admin_bounded(alter).await?.map_err(ApiError::from_cluster)
+    }
+
     /// ListTopics.
     pub async fn list_topics(&self) -> pb::ListTopicsResponse {
         pb::ListTopicsResponse { names: self.cluster.metadata().topics.keys().cloned().collect() }
@@ -418,8 +459,10 @@ impl Broker {
                 };
                 if let Some(group) = self.cluster.raft_node().group(p.group) {
                     let state = group.log.state();
+                    d.local = true;
                     d.leader = current_leader(&group);
                     d.log_start_offset = state.log_start_offset.0;
+                    d.log_end_offset = state.next_offset.0;
                     d.high_watermark = group.state_machine.high_watermark().0;
                     d.size_bytes = state.size_bytes;
                     d.segments = state.n_segments as u32;
@@ -432,6 +475,7 @@ impl Broker {
             name: info.name.clone(),
             configs: info.configs.clone().into_iter().collect(),
             partitions,
+            node_id: self.node_id,
         }
     }
 

@@ -63,9 +63,59 @@ pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), TopicConfigErr
     Ok(())
 }
 
-/// The topic's max.message.bytes, or `default`.
-pub fn max_message_bytes(configs: &BTreeMap<String, String>, default: u64) -> u64 {
-    configs.get("max.message.bytes").and_then(|v| v.parse().ok()).unwrap_or(default)
+/// A topic's settings in force: its own keys over the cluster's defaults
+/// (`ServerConfig::topic_defaults`), parsed. Values were checked when they
+/// were set; one that does not parse falls back to the default's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Delete sealed segments whose newest record is older (ms); `None`: keep.
+    pub retention_ms: Option<u64>,
+    /// Delete oldest segments while the partition is larger; `None`: keep.
+    pub retention_bytes: Option<u64>,
+    /// cleanup.policy includes `delete`.
+    pub delete: bool,
+    /// cleanup.policy includes `compact`.
+    pub compact: bool,
+    /// Roll a segment before it grows past this.
+    pub segment_bytes: u64,
+    /// Roll a segment once its first record is this old (ms).
+    pub segment_ms: Option<u64>,
+    /// Leave records younger than this uncompacted (ms).
+    pub min_compaction_lag_ms: u64,
+    /// Keep tombstones this long after they were written (ms).
+    pub delete_retention_ms: u64,
+    /// The largest batch a producer may send.
+    pub max_message_bytes: u64,
+    /// `producer`, `uncompressed` or `lz4`.
+    pub compression_type: String,
+    /// `always` or `interval`.
+    pub flush_policy: String,
+}
+
+impl TopicSettings {
+    /// The settings of a topic with configs `configs` under `defaults`.
+    pub fn resolve(defaults: &BTreeMap<String, String>, configs: &BTreeMap<String, String>) -> TopicSettings {
+        let get = |key: &str| configs.get(key).or_else(|| defaults.get(key)).map(String::as_str).unwrap_or("");
+        let int = |key: &str| -> i64 {
+            let parsed = configs.get(key).and_then(|v| v.parse().ok());
+            parsed.or_else(|| defaults.get(key).and_then(|v| v.parse().ok())).unwrap_or(-1)
+        };
+        let positive = |n: i64| (n >= 0).then_some(n as u64);
+        let policy = get("cleanup.policy");
+        TopicSettings {
+            retention_ms: positive(int("retention.ms")),
+            retention_bytes: positive(int("retention.bytes")),
+            delete: policy.contains("delete"),
+            compact: policy.contains("compact"),
+            segment_bytes: positive(int("segment.bytes")).unwrap_or(128 << 20),
+            segment_ms: positive(int("segment.ms")),
+            min_compaction_lag_ms: positive(int("min.compaction.lag.ms")).unwrap_or(0),
+            delete_retention_ms: positive(int("delete.retention.ms")).unwrap_or(86_400_000),
+            max_message_bytes: positive(int("max.message.bytes")).unwrap_or(1 << 20),
+            compression_type: get("compression.type").to_string(),
+            flush_policy: get("flush.policy").to_string(),
+        }
+    }
 }
 
 /// Checks a topic name as Kafka does: 1–249 of `[a-zA-Z0-9._-]`, not `.`

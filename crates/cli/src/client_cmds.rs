@@ -35,6 +35,22 @@ pub enum TopicCommand {
     Describe {
         /// Topic name.
         name: String,
+        /// Also show every replica: log start and end, size on disk,
+        /// segments (asks every broker).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Changes a topic's configuration at runtime.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// A key to set, as KEY=VALUE (retention.ms, retention.bytes,
+        /// cleanup.policy, segment.bytes, ...).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// A key to remove (back to the cluster default).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete: Vec<String>,
     },
     /// Deletes a topic and its data.
     Delete {
@@ -176,7 +192,20 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 println!("{name}");
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Alter { name, configs, delete } => {
+            if configs.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
+            }
+            let mut set = std::collections::BTreeMap::new();
+            for config in configs {
+                let Some((k, v)) = config.split_once('=') else { bail!("--config {config:?}: expected KEY=VALUE") };
+                set.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let result = admin.alter_topic_config(&name, set, delete).await?;
+            let shown: Vec<String> = result.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("Altered topic {name}. Configs: {}", shown.join(","));
+        }
+        TopicCommand::Describe { name, verbose } => {
             let topic = admin.describe_topic(&name).await?;
             let configs: Vec<String> = topic.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("Topic: {}\tPartitions: {}\tConfigs: {}", topic.name, topic.partitions.len(), configs.join(","));
@@ -190,6 +219,21 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                     p.log_start_offset,
                     p.high_watermark
                 );
+            }
+            if verbose {
+                println!("Replicas:");
+                for r in admin.describe_replicas(&name).await? {
+                    println!(
+                        "\tPartition: {}\tBroker: {}{}\tLogStart: {}\tLogEnd: {}\tSize: {}\tSegments: {}",
+                        r.partition,
+                        r.broker,
+                        if r.is_leader { " (leader)" } else { "" },
+                        r.log_start_offset,
+                        r.log_end_offset,
+                        r.size_bytes,
+                        r.segments
+                    );
+                }
             }
         }
         TopicCommand::Delete { name } => {

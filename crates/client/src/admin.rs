@@ -60,6 +60,27 @@ pub struct PartitionDescription {
     pub segments: u32,
 }
 
+/// One replica of a partition, as the broker holding it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaDescription {
+    /// Partition number.
+    pub partition: u32,
+    /// The broker holding the replica.
+    pub broker: u64,
+    /// True when that broker leads the partition.
+    pub is_leader: bool,
+    /// First offset still stored.
+    pub log_start_offset: u64,
+    /// One past the last offset stored.
+    pub log_end_offset: u64,
+    /// Offset below which records are committed, as this replica knows.
+    pub high_watermark: u64,
+    /// Bytes of data on disk.
+    pub size_bytes: u64,
+    /// Segments, the active one included.
+    pub segments: u32,
+}
+
 /// A described topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
@@ -224,6 +245,67 @@ impl Admin {
                 })
                 .collect(),
         })
+    }
+
+    /// Every replica of a topic's partitions, each as reported by the broker
+    /// holding it (log start and end, size on disk, segments). Brokers that
+    /// cannot be reached are left out; an error only when none answers.
+    pub async fn describe_replicas(&self, name: &str) -> Result<Vec<ReplicaDescription>> {
+        let _ = self.client.refresh_metadata(&[]).await;
+        let request = pb::DescribeTopicRequest { name: name.to_string() };
+        let mut out = Vec::new();
+        let mut last_error = None;
+        let mut answered = false;
+        for addr in self.client.broker_addrs() {
+            let response = match self.client.stub(&addr)?.describe_topic(request.clone()).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    last_error = Some(Error::from_status(status));
+                    continue;
+                }
+            };
+            check(response.error)?;
+            answered = true;
+            for p in response.partitions.into_iter().filter(|p| p.local) {
+                out.push(ReplicaDescription {
+                    partition: p.partition,
+                    broker: response.node_id,
+                    is_leader: p.leader == Some(response.node_id),
+                    log_start_offset: p.log_start_offset,
+                    log_end_offset: p.log_end_offset,
+                    high_watermark: p.high_watermark,
+                    size_bytes: p.size_bytes,
+                    segments: p.segments,
+                });
+            }
+        }
+        if !answered {
+            return Err(last_error.unwrap_or_else(|| Error::Transport("no broker reachable".into())));
+        }
+        out.sort_by_key(|r| (r.partition, r.broker));
+        Ok(out)
+    }
+
+    /// Sets (`set`) and removes (`delete`) configuration keys of a topic at
+    /// runtime; returns the topic's whole configuration afterwards. The
+    /// result is checked first: an invalid value is refused naming the key,
+    /// the value and what is allowed.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let request = pb::AlterTopicConfigRequest { name: name.to_string(), set: set.into_iter().collect(), delete };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.alter_topic_config(request).await }
+            })
+            .await?;
+        check(response.error)?;
+        Ok(response.configs.into_iter().collect())
     }
 
     /// The brokers and the controller.

@@ -93,7 +93,7 @@ mod producer;
 
 pub use admin::{
     Admin, BrokerDescription, ClusterDescription, GroupDescription, MemberDescription, NewTopic, PartitionDescription,
-    TopicDescription,
+    ReplicaDescription, TopicDescription,
 };
 pub use client::{Client, PartitionInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceEvent, Seek, TopicPartition};

@@ -35,7 +35,9 @@ pub type FlushCallback = Box<dyn FnOnce(Result<()>) + Send>;
 /// The durability state of one log, shared by the log and the flusher.
 pub(crate) struct Durability {
     pub dir: Arc<dyn Dir>,
-    pub policy: FlushPolicy,
+    /// The flush policy in force, changeable at runtime: 0 for
+    /// [`FlushPolicy::Always`], else the interval in ms.
+    policy_ms: std::sync::atomic::AtomicU64,
     state: Mutex<DurState>,
     /// Held for a whole sync, so that two syncers (the flusher thread and a
     /// caller of `Log::sync`) cannot interleave: otherwise the second could
@@ -67,7 +69,27 @@ pub(crate) struct DurState {
 impl Durability {
     pub fn new(dir: Arc<dyn Dir>, policy: FlushPolicy, appended: Option<RaftIndex>) -> Durability {
         let state = Mutex::new(DurState { appended, durable: appended, ..DurState::default() });
-        Durability { dir, policy, state, sync_lock: Mutex::new(()) }
+        let durability = Durability { dir, policy_ms: Default::default(), state, sync_lock: Mutex::new(()) };
+        durability.set_policy(policy);
+        durability
+    }
+
+    /// The flush policy in force.
+    pub fn policy(&self) -> FlushPolicy {
+        match self.policy_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => FlushPolicy::Always,
+            ms => FlushPolicy::Interval(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// Changes the flush policy. Appends already waiting for a sync are
+    /// released by the next one, whichever policy runs it.
+    pub fn set_policy(&self, policy: FlushPolicy) {
+        let ms = match policy {
+            FlushPolicy::Always => 0,
+            FlushPolicy::Interval(every) => every.as_millis().max(1) as u64,
+        };
+        self.policy_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn lock(&self) -> MutexGuard<'_, DurState> {
@@ -261,7 +283,7 @@ impl FlusherHandle {
 
     /// Queues `callback` to run once everything appended so far is durable.
     pub fn request(&self, durability: &Arc<Durability>, callback: FlushCallback) {
-        match durability.policy {
+        match durability.policy() {
             FlushPolicy::Interval(_) => {
                 // Weaker by design: reported at once, synced on the timer.
                 let poisoned = durability.lock().poisoned.clone();
@@ -321,7 +343,7 @@ fn run(rx: Receiver<Wake>) {
             }
         }
         for d in group {
-            match d.policy {
+            match d.policy() {
                 FlushPolicy::Always => {
                     if let Err(err) = d.sync_now() {
                         tracing::error!(error = %err, "group commit failed; log poisoned");

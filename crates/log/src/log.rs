@@ -7,6 +7,7 @@
 //! the read lock only while they slice maps or copy from the active segment.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -31,6 +32,11 @@ const TEMP_SUFFIXES: [&str; 3] = [".tmp", ".truncating", ".compacting"];
 pub struct Log {
     dir: Arc<dyn Dir>,
     config: LogConfig,
+    /// The roll limits in force: `config`'s, or what `set_roll_limits` set
+    /// since (a topic's segment.bytes / segment.ms changed at runtime).
+    /// Segment age in ms, 0 for none.
+    segment_bytes: AtomicU64,
+    segment_age_ms: AtomicU64,
     inner: RwLock<Inner>,
     durability: Arc<Durability>,
     flusher: FlusherHandle,
@@ -106,7 +112,9 @@ impl Log {
         let appended = inner.last_entry_id().map(|id| id.index);
         let durability = Arc::new(Durability::new(dir.clone(), config.flush_policy, appended));
         let flusher = flusher.map_or_else(FlusherHandle::inline, Flusher::handle);
-        Ok(Log { dir, config, inner: RwLock::new(inner), durability, flusher })
+        let segment_bytes = AtomicU64::new(config.segment_bytes);
+        let segment_age_ms = AtomicU64::new(config.segment_age_max.map_or(0, |d| d.as_millis().max(1) as u64));
+        Ok(Log { dir, config, segment_bytes, segment_age_ms, inner: RwLock::new(inner), durability, flusher })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -172,8 +180,11 @@ impl Log {
                     age: active.first_append_at.map(|t| t.elapsed()),
                 },
                 incoming,
-                self.config.segment_bytes,
-                self.config.segment_age_max,
+                self.segment_bytes.load(Ordering::Relaxed),
+                match self.segment_age_ms.load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => Some(std::time::Duration::from_millis(ms)),
+                },
                 SEGMENT_ENTRIES_MAX,
             );
             if let Some(reason) = roll {
@@ -865,7 +876,31 @@ impl Log {
         Ok(true)
     }
 
-    /// The configuration the log was opened with.
+    /// Changes when segments roll from now on (a topic's segment.bytes and
+    /// segment.ms altered at runtime); checked against the same bounds as
+    /// [`LogConfig`].
+    pub fn set_roll_limits(&self, segment_bytes: u64, segment_age_max: Option<std::time::Duration>) -> Result<()> {
+        LogConfig { segment_bytes, segment_age_max, ..self.config.clone() }.validate()?;
+        self.segment_bytes.store(segment_bytes, Ordering::Relaxed);
+        self.segment_age_ms.store(segment_age_max.map_or(0, |d| d.as_millis().max(1) as u64), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Changes when appends are reported durable from now on (a topic's
+    /// flush.policy altered at runtime).
+    pub fn set_flush_policy(&self, policy: crate::FlushPolicy) -> Result<()> {
+        LogConfig { flush_policy: policy, ..self.config.clone() }.validate()?;
+        self.durability.set_policy(policy);
+        Ok(())
+    }
+
+    /// The flush policy in force.
+    pub fn flush_policy(&self) -> crate::FlushPolicy {
+        self.durability.policy()
+    }
+
+    /// The configuration the log was opened with (roll limits and flush
+    /// policy may have changed since; see the setters).
     pub fn config(&self) -> &LogConfig {
         &self.config
     }

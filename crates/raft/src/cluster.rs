@@ -194,6 +194,33 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Sets and removes configuration keys of a topic (checked by the
+    /// caller) and returns the topic's configuration once this node has
+    /// applied the change.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<BTreeMap<String, String>, ClusterError> {
+        if !self.metadata().topics.contains_key(name) {
+            return Err(ClusterError::Invalid(format!("topic {name} does not exist")));
+        }
+        let offset =
+            self.propose(MetadataCommand::AlterTopicConfig { name: name.to_string(), configs, delete }).await?;
+        // Applied on the controller's leader at `offset`; wait for this
+        // node's copy to pass it.
+        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
+        while self.controller.state_machine.high_watermark().0 <= offset {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Invalid(format!("the change to {name} was not applied here in time")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let topic = self.metadata().topics.get(name).cloned();
+        topic.map(|t| t.configs).ok_or_else(|| ClusterError::Invalid(format!("topic {name} was deleted")))
+    }
+
     /// Registers a broker joining a running cluster (on the controller's
     /// leader); the controller then adds it as a learner so it follows the
     /// metadata.

@@ -3,7 +3,10 @@
 //! A `Normal` entry *is* its batch: stored verbatim, no re-encoding. Raft's
 //! own entries become control batches (which take no offsets): `Blank` with
 //! an empty payload, `Membership` with the membership as JSON (small and
-//! rare, so a readable format costs nothing).
+//! rare, so a readable format costs nothing). Strata's own control entries
+//! (a retention decision, [`ControlType::LogStart`]) are `Normal` entries
+//! whose batch is a control batch: stored verbatim like data, applied by
+//! the state machine, never served to consumers.
 
 use std::io;
 
@@ -44,16 +47,16 @@ pub fn stored_to_entry(stored: &strata_log::Entry) -> io::Result<RaftEntry> {
             .ok_or_else(|| bad(format!("control entry {} has no record", stored.index)))?
             .map_err(|e| bad(format!("entry {}: {e}", stored.index)))?;
         let key = record.key.unwrap_or_default();
-        let control_type = if key.len() == 4 { i16::from_be_bytes([key[2], key[3]]) } else { -1 };
-        match control_type {
-            t if t == ControlType::RaftBlank as i16 => EntryPayload::Blank,
-            t if t == ControlType::RaftMembership as i16 => {
+        match ControlType::from_key(&key) {
+            Some(ControlType::RaftBlank) => EntryPayload::Blank,
+            Some(ControlType::RaftMembership) => {
                 let value = record.value.unwrap_or_default();
                 let membership = serde_json::from_slice(&value)
                     .map_err(|e| bad(format!("membership entry {}: {e}", stored.index)))?;
                 EntryPayload::Membership(membership)
             }
-            other => return Err(bad(format!("entry {} has unknown control type {other}", stored.index))),
+            Some(ControlType::LogStart) => EntryPayload::Normal(BatchData(stored.batch.clone())),
+            None => return Err(bad(format!("entry {} has unknown control key {key:?}", stored.index))),
         }
     } else {
         EntryPayload::Normal(BatchData(stored.batch.clone()))

@@ -6,6 +6,8 @@
 //!   batches that take no offsets.
 //! - [`PartitionStateMachine`]: the high watermark and membership; tiny
 //!   snapshots.
+//! - [`retention`]: the leader's retention decision, carried out by every
+//!   replica as snapshot + purge.
 //! - [`RaftNode`]: a node's groups, its flusher, and the transport that
 //!   carries every group's messages to a peer over one gRPC stream.
 //!
@@ -22,6 +24,7 @@ mod network;
 mod node;
 mod partition;
 mod producer;
+pub mod retention;
 mod state_machine;
 mod types;
 

@@ -51,6 +51,9 @@ pub enum MetadataCommand {
         name: String,
         /// Keys to set.
         configs: BTreeMap<String, String>,
+        /// Keys to remove (the cluster default applies again).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        delete: Vec<String>,
     },
     /// Allocates one producer id: the offset of this record.
     AllocateProducerId,
@@ -143,8 +146,11 @@ impl ClusterMetadata {
             MetadataCommand::DeleteTopic { name } => {
                 self.topics.remove(name);
             }
-            MetadataCommand::AlterTopicConfig { name, configs } => {
+            MetadataCommand::AlterTopicConfig { name, configs, delete } => {
                 if let Some(topic) = self.topics.get_mut(name) {
+                    for key in delete {
+                        topic.configs.remove(key);
+                    }
                     topic.configs.extend(configs.clone());
                 }
             }

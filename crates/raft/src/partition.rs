@@ -93,12 +93,12 @@ fn not_leader(group: &Group) -> ProduceError {
     ProduceError::NotLeader { leader: group.raft.metrics().borrow_watched().current_leader }
 }
 
-fn from_write_error(group: &Group, err: impl std::fmt::Display + ForwardHint) -> ProduceError {
+pub(crate) fn from_write_error(group: &Group, err: impl std::fmt::Display + ForwardHint) -> ProduceError {
     if err.is_forward() { not_leader(group) } else { ProduceError::Raft(err.to_string()) }
 }
 
 /// Tells a Raft error that means "ask the leader" from a real failure.
-trait ForwardHint {
+pub(crate) trait ForwardHint {
     fn is_forward(&self) -> bool;
 }
 

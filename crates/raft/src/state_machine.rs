@@ -36,6 +36,10 @@ pub struct PartitionSnapshot {
     /// The cluster metadata, in the controller group only.
     #[serde(default)]
     pub metadata: Option<ClusterMetadata>,
+    /// The first Raft index the leader's last retention decision keeps
+    /// (see `retention.rs`); 0 before any.
+    #[serde(default)]
+    pub log_start_index: u64,
 }
 
 /// A snapshot with its metadata, as kept on disk.
@@ -53,6 +57,8 @@ struct State {
     producers: ProducerStates,
     /// `Some` in the controller group: its records are metadata commands.
     metadata: Option<ClusterMetadata>,
+    /// The first index the last applied retention decision keeps.
+    log_start_index: u64,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -86,6 +92,7 @@ impl PartitionStateMachine {
                 state.high_watermark = stored.data.next_offset;
                 state.producers = stored.data.producers.clone();
                 state.metadata = stored.data.metadata.clone();
+                state.log_start_index = stored.data.log_start_index;
                 // A crash between saving an installed snapshot and resetting
                 // the log leaves the log ending before the snapshot: finish.
                 if let Some(last) = stored.meta.last_log_id {
@@ -137,6 +144,17 @@ impl PartitionStateMachine {
         self.lock().last_applied
     }
 
+    /// The first Raft index the last applied retention decision keeps (0
+    /// before any): entries before it may be purged on every replica.
+    pub fn log_start_index(&self) -> u64 {
+        self.lock().log_start_index
+    }
+
+    /// The last log id of the snapshot this replica holds, if any.
+    pub fn snapshot_last(&self) -> Option<RaftLogId> {
+        self.lock().snapshot.as_ref().and_then(|s| s.meta.last_log_id)
+    }
+
     /// Checks an idempotent producer's batch against what was applied.
     pub fn check_sequence(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> SequenceCheck {
         self.lock().producers.check(producer_id, epoch, first_seq, last_seq)
@@ -183,24 +201,134 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Applies one entry to `state`: what `apply` does per entry, and what a
+/// snapshot at the log start replays.
+fn apply_entry(state: &mut State, entry: &crate::types::RaftEntry) -> io::Result<WriteResult> {
+    state.last_applied = Some(entry.log_id);
+    let base_offset = state.high_watermark;
+    Ok(match &entry.payload {
+        EntryPayload::Normal(batch) => {
+            let header = strata_batch::BatchHeader::parse(&batch.0)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if header.is_control() {
+                // Only Strata's own control entries are proposed as Normal
+                // ones: the retention decision.
+                if let Some(first_index) = crate::retention::decoded_log_start(&batch.0) {
+                    state.log_start_index = state.log_start_index.max(first_index);
+                }
+                return Ok(WriteResult { base_offset, n_offsets: 0 });
+            }
+            let n_offsets = header.n_offsets();
+            state.high_watermark += n_offsets;
+            if header.producer_id >= 0 {
+                let first_seq = header.base_sequence;
+                let last_seq = last_seq(first_seq, header.record_count);
+                let batch = SequencedBatch { first_seq, last_seq, base_offset, n_offsets };
+                state.producers.record(header.producer_id, header.producer_epoch, batch);
+            }
+            if let Some(metadata) = state.metadata.as_mut() {
+                apply_metadata(metadata, &batch.0);
+            }
+            WriteResult { base_offset, n_offsets }
+        }
+        EntryPayload::Blank => WriteResult { base_offset, n_offsets: 0 },
+        EntryPayload::Membership(membership) => {
+            state.membership = RaftMembership::new(Some(entry.log_id), membership.clone());
+            WriteResult { base_offset, n_offsets: 0 }
+        }
+    })
+}
+
+impl State {
+    /// The state a stored snapshot describes (nothing else set).
+    fn of_snapshot(stored: &StoredSnapshot) -> State {
+        State {
+            last_applied: stored.meta.last_log_id,
+            membership: stored.meta.last_membership.clone(),
+            high_watermark: stored.data.next_offset,
+            producers: stored.data.producers.clone(),
+            metadata: stored.data.metadata.clone(),
+            log_start_index: stored.data.log_start_index,
+            snapshot: None,
+        }
+    }
+
+    fn to_snapshot(&self) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: openraft::SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() },
+            data: PartitionSnapshot {
+                next_offset: self.high_watermark,
+                producers: self.producers.clone(),
+                metadata: self.metadata.clone(),
+                log_start_index: self.log_start_index,
+            },
+        }
+    }
+}
+
+impl PartitionStateMachine {
+    /// The snapshot to build now. With a retention decision pending (the log
+    /// start `X` is past the current snapshot), the snapshot is taken *at
+    /// the log start* — after entry `X - 1` — by replaying the entries
+    /// between the current snapshot and `X` (still in the log: they are the
+    /// ones about to be purged) over the current snapshot's state. A
+    /// follower that installs it then receives every entry the leader keeps
+    /// and ends up holding the same records. Without a decision, the
+    /// snapshot is the applied state.
+    fn snapshot_to_build(&self) -> io::Result<StoredSnapshot> {
+        let (applied, start, base) = {
+            let state = self.lock();
+            if state.log_start_index == 0 {
+                return Ok(state.to_snapshot());
+            }
+            (state.last_applied, state.log_start_index, state.snapshot.clone())
+        };
+        let upto = start - 1;
+        let covered = base.as_ref().and_then(|b| b.meta.last_log_id).map_or(0, |id| id.index + 1);
+        if applied.is_none_or(|a| a.index < upto) || covered > upto {
+            return Ok(self.lock().to_snapshot());
+        }
+        let mut scratch = match &base {
+            Some(stored) => State::of_snapshot(stored),
+            None => State {
+                metadata: self.lock().metadata.as_ref().map(|_| ClusterMetadata::default()),
+                ..State::default()
+            },
+        };
+        let log_first = self.log.state().first_index.0;
+        if log_first > covered {
+            // The entries to replay are gone (purged past the snapshot
+            // without one, which this module never does): the applied state.
+            tracing::warn!(covered, log_first, "cannot replay to the log start; snapshot at the applied index");
+            return Ok(self.lock().to_snapshot());
+        }
+        let mut next = covered;
+        while next <= upto {
+            let entries = self
+                .log
+                .entries(RaftIndex(next)..RaftIndex(upto + 1), usize::MAX)
+                .map_err(crate::log_store::io_error)?;
+            let Some(last) = entries.last() else { break };
+            next = last.index.0 + 1;
+            for stored in &entries {
+                apply_entry(&mut scratch, &crate::codec::stored_to_entry(stored)?)?;
+            }
+        }
+        if scratch.last_applied.is_none_or(|id| id.index != upto) {
+            return Err(io::Error::other(format!("replay to the log start stopped before index {upto}")));
+        }
+        scratch.log_start_index = scratch.log_start_index.max(start);
+        Ok(scratch.to_snapshot())
+    }
+}
+
 impl RaftSnapshotBuilder<C> for PartitionStateMachine {
     type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<openraft::alias::SnapshotOf<C, PartitionSnapshot>, io::Error> {
-        let stored = {
-            let state = self.lock();
-            StoredSnapshot {
-                meta: openraft::SnapshotMeta {
-                    last_log_id: state.last_applied,
-                    last_membership: state.membership.clone(),
-                },
-                data: PartitionSnapshot {
-                    next_offset: state.high_watermark,
-                    producers: state.producers.clone(),
-                    metadata: state.metadata.clone(),
-                },
-            }
-        };
+        let this = self.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || this.snapshot_to_build()).await.map_err(io::Error::other)??;
         let this = self.clone();
         let to_save = stored.clone();
         tokio::task::spawn_blocking(move || this.save(&to_save)).await.map_err(io::Error::other)??;
@@ -225,35 +353,7 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let (result, high_watermark) = {
                 let mut state = self.lock();
-                state.last_applied = Some(entry.log_id);
-                let base_offset = state.high_watermark;
-                let result = match &entry.payload {
-                    EntryPayload::Normal(batch) => {
-                        let header = strata_batch::BatchHeader::parse(&batch.0)
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        let n_offsets = header.n_offsets();
-                        state.high_watermark += n_offsets;
-                        if header.producer_id >= 0 {
-                            let first_seq = header.base_sequence;
-                            let batch = SequencedBatch {
-                                first_seq,
-                                last_seq: last_seq(first_seq, header.record_count),
-                                base_offset,
-                                n_offsets,
-                            };
-                            state.producers.record(header.producer_id, header.producer_epoch, batch);
-                        }
-                        if let Some(metadata) = state.metadata.as_mut() {
-                            apply_metadata(metadata, &batch.0);
-                        }
-                        WriteResult { base_offset, n_offsets }
-                    }
-                    EntryPayload::Blank => WriteResult { base_offset, n_offsets: 0 },
-                    EntryPayload::Membership(membership) => {
-                        state.membership = RaftMembership::new(Some(entry.log_id), membership.clone());
-                        WriteResult { base_offset, n_offsets: 0 }
-                    }
-                };
+                let result = apply_entry(&mut state, &entry)?;
                 (result, state.high_watermark)
             };
             self.high_watermark.send_if_modified(|hw| std::mem::replace(hw, high_watermark) != high_watermark);
@@ -296,6 +396,7 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         state.membership = stored.meta.last_membership.clone();
         state.high_watermark = stored.data.next_offset;
         state.producers = stored.data.producers.clone();
+        state.log_start_index = state.log_start_index.max(stored.data.log_start_index);
         if state.metadata.is_some() {
             state.metadata = Some(stored.data.metadata.clone().unwrap_or_default());
         }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strata_broker::{ConfigBuilder, Listeners, Server};
+use strata_broker::{ConfigBuilder, Listeners, Server, ServerConfig};
 use tokio::net::TcpListener;
 
 /// A directory removed when dropped.
@@ -29,6 +29,7 @@ impl Drop for TempDir {
 
 pub struct TestCluster {
     pub servers: Vec<Server>,
+    pub configs: Vec<ServerConfig>,
     pub bootstrap: String,
     _dir: TempDir,
 }
@@ -43,6 +44,28 @@ impl TestCluster {
         for server in &self.servers {
             server.shutdown().await;
         }
+    }
+
+    /// Starts node `id` again on its data and addresses (after a `halt`).
+    pub async fn restart(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        let (client, peer, http) =
+            (self.servers[i].client_addr(), self.servers[i].peer_addr(), self.servers[i].http_addr());
+        let bind = |addr: std::net::SocketAddr| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => return l,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("rebind {addr}: {e}"),
+                }
+            }
+        };
+        let listeners = Listeners { client: bind(client).await, peer: bind(peer).await, http: bind(http).await };
+        self.servers[i] = Server::start_on(self.configs[i].clone(), listeners).await.expect("restart");
     }
 }
 
@@ -59,6 +82,7 @@ pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> 
     let peers: Vec<String> = bound.iter().enumerate().map(|(i, l)| format!("{}={}", i + 1, addr(&l.peer))).collect();
     let peers = peers.join(",");
     let mut servers = Vec::new();
+    let mut configs = Vec::new();
     for (i, listeners) in bound.into_iter().enumerate() {
         let id = i as u64 + 1;
         let builder = ConfigBuilder::new()
@@ -71,6 +95,7 @@ pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> 
             .and_then(|b| b.set("shutdown.grace", "2s"))
             .expect("settings");
         let config = tweak(builder).build().expect("config");
+        configs.push(config.clone());
         servers.push(Server::start_on(config, listeners).await.expect("start"));
     }
     let bootstrap = servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",");
@@ -85,7 +110,7 @@ pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> 
         assert!(tokio::time::Instant::now() < deadline, "cluster did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    TestCluster { servers, bootstrap, _dir: dir }
+    TestCluster { servers, configs, bootstrap, _dir: dir }
 }
 
 /// Waits until every partition of `topic` has a leader.
