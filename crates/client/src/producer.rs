@@ -32,6 +32,12 @@ use crate::error::{Error, ErrorCode, Result};
 /// `send` waits (back-pressure).
 const PARTITION_QUEUE_RECORDS: usize = 16 * 1024;
 
+/// How many sealed batches of a partition may wait for the wire. Beyond
+/// it the partition stops taking records from its queue, so `send` waits:
+/// without this bound a producer faster than the cluster buffered without
+/// limit (seconds of latency, unbounded memory).
+const PARTITION_SEALED_BATCHES_MAX: usize = 32;
+
 /// When the broker acknowledges a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Acks {
@@ -450,7 +456,7 @@ impl PartitionTask {
             }
             let linger_end = self.open_since.map(|t| t + self.shared.config.linger);
             tokio::select! {
-                message = rx.recv(), if !closed => match message {
+                message = rx.recv(), if !closed && self.queue.len() < PARTITION_SEALED_BATCHES_MAX => match message {
                     Some(Queued::Record(record)) => {
                         self.open_since.get_or_insert_with(Instant::now);
                         self.open_bytes += record.size();

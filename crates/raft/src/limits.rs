@@ -27,3 +27,6 @@ const _: () = assert!(TRANSPORT_MESSAGE_BYTES_MAX >= REPLICATION_BYTES_MAX + str
 /// How long a write forwarded to another node's group (a metadata command
 /// sent to the controller's leader) may take.
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a batch that arrived ahead of its predecessor (a sequence gap)
+/// waits for it before it is refused OUT_OF_ORDER_SEQUENCE.
+pub const SEQUENCE_GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -86,6 +86,9 @@ struct GateState {
 #[derive(Default)]
 pub struct ProduceGate {
     state: Mutex<GateState>,
+    /// Woken whenever a batch is proposed: a batch that arrived ahead of
+    /// its predecessor waits on it (see `submit`).
+    proposed: tokio::sync::Notify,
 }
 
 fn not_leader(group: &Group) -> ProduceError {
@@ -181,51 +184,68 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     let first = header.base_sequence;
     let last = last_seq(first, header.record_count);
 
-    let mut gate = group.gate.state.lock().await;
-    let term = {
-        use openraft::async_runtime::WatchReceiver;
-        group.raft.metrics().borrow_watched().current_term
-    };
-    if gate.linearized_term != Some(term) {
-        group
-            .raft
-            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
-            .await
-            .map_err(|e| from_write_error(group, e))?;
-        gate.linearized_term = Some(term);
-        gate.pending.clear();
-    }
-    let in_flight = gate.pending.get(&pid).map(|v| v.as_slice()).unwrap_or_default();
-    if let Some(same) = in_flight.iter().find(|p| p.epoch == epoch && p.first_seq == first && p.last_seq == last) {
-        let mut outcome = same.outcome.clone();
-        drop(gate);
-        tokio::spawn(async move {
-            let result = match outcome.wait_for(Option::is_some).await {
-                Ok(result) => result.clone().expect("waited for Some").map(|w| produced(w, true)),
-                Err(_) => Err(ProduceError::Raft("write abandoned".into())),
-            };
-            let _ = tx.send(result);
-        });
-        return Ok(Submission::InFlight(rx));
-    }
-    // Applied state first: a retry of an applied batch is a duplicate even
-    // while later batches are in flight; then the newest in-flight batch
-    // decides what comes next.
-    let applied = group.state_machine.check_sequence(pid, epoch, first, last);
-    let newest_in_flight = in_flight.iter().rev().find(|p| p.epoch == epoch).map(|p| p.last_seq);
-    let check = combine_checks(applied, newest_in_flight, first);
-    match check {
-        SequenceCheck::New => {}
-        SequenceCheck::Duplicate(stored) => {
-            return Ok(Submission::Stored(Produced {
-                base_offset: stored.base_offset,
-                n_offsets: stored.n_offsets,
-                duplicate: true,
-            }));
+    // A producer pipelines up to 5 batches per partition, and requests on
+    // one connection are served concurrently, so a batch may get here just
+    // before the one it follows. A gap is therefore waited out briefly
+    // (until the predecessor is proposed), not refused at once.
+    let gap_deadline = tokio::time::Instant::now() + crate::limits::SEQUENCE_GAP_WAIT;
+    let mut gate = loop {
+        let mut gate = group.gate.state.lock().await;
+        let term = {
+            use openraft::async_runtime::WatchReceiver;
+            group.raft.metrics().borrow_watched().current_term
+        };
+        if gate.linearized_term != Some(term) {
+            group
+                .raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| from_write_error(group, e))?;
+            gate.linearized_term = Some(term);
+            gate.pending.clear();
         }
-        SequenceCheck::OutOfOrder { expected, got } => return Err(ProduceError::OutOfOrderSequence { expected, got }),
-        SequenceCheck::Fenced { current } => return Err(ProduceError::ProducerFenced { current }),
-    }
+        let in_flight = gate.pending.get(&pid).map(|v| v.as_slice()).unwrap_or_default();
+        if let Some(same) = in_flight.iter().find(|p| p.epoch == epoch && p.first_seq == first && p.last_seq == last) {
+            let mut outcome = same.outcome.clone();
+            drop(gate);
+            tokio::spawn(async move {
+                let result = match outcome.wait_for(Option::is_some).await {
+                    Ok(result) => result.clone().expect("waited for Some").map(|w| produced(w, true)),
+                    Err(_) => Err(ProduceError::Raft("write abandoned".into())),
+                };
+                let _ = tx.send(result);
+            });
+            return Ok(Submission::InFlight(rx));
+        }
+        // Applied state first: a retry of an applied batch is a duplicate
+        // even while later batches are in flight; then the newest in-flight
+        // batch decides what comes next.
+        let applied = group.state_machine.check_sequence(pid, epoch, first, last);
+        let newest_in_flight = in_flight.iter().rev().find(|p| p.epoch == epoch).map(|p| p.last_seq);
+        match combine_checks(applied, newest_in_flight, first) {
+            SequenceCheck::New => break gate,
+            SequenceCheck::Duplicate(stored) => {
+                return Ok(Submission::Stored(Produced {
+                    base_offset: stored.base_offset,
+                    n_offsets: stored.n_offsets,
+                    duplicate: true,
+                }));
+            }
+            SequenceCheck::OutOfOrder { expected, got }
+                if is_ahead(expected, got) && tokio::time::Instant::now() < gap_deadline =>
+            {
+                let proposed = group.gate.proposed.notified();
+                tokio::pin!(proposed);
+                proposed.as_mut().enable();
+                drop(gate);
+                let _ = tokio::time::timeout_at(gap_deadline, proposed).await;
+            }
+            SequenceCheck::OutOfOrder { expected, got } => {
+                return Err(ProduceError::OutOfOrderSequence { expected, got });
+            }
+            SequenceCheck::Fenced { current } => return Err(ProduceError::ProducerFenced { current }),
+        }
+    };
     // Submit while holding the gate, so proposals keep the order of checks.
     let (responder, answer) = ProgressResponder::complete_only();
     group
@@ -236,6 +256,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     let (publish, outcome) = watch::channel::<Outcome>(None);
     gate.pending.entry(pid).or_default().push(Pending { epoch, first_seq: first, last_seq: last, outcome });
     drop(gate);
+    group.gate.proposed.notify_waiters();
 
     let group = group.clone();
     tokio::spawn(async move {
@@ -269,6 +290,13 @@ fn produced(written: WriteResult, duplicate: bool) -> Produced {
     Produced { base_offset: written.base_offset, n_offsets: written.n_offsets, duplicate }
 }
 
+/// True when sequence `got` lies ahead of `expected` (a gap, not a rewind),
+/// sequences wrapping from `i32::MAX` to 0.
+fn is_ahead(expected: i32, got: i32) -> bool {
+    let distance = (i64::from(got) - i64::from(expected)).rem_euclid(1 << 31);
+    distance > 0 && distance < (1 << 30)
+}
+
 /// Combines the check against applied state with the newest in-flight batch
 /// of the same epoch (its last sequence), if any.
 fn combine_checks(applied: SequenceCheck, newest_in_flight_last_seq: Option<i32>, first_seq: i32) -> SequenceCheck {
@@ -297,6 +325,8 @@ mod tests {
             SequenceCheck::OutOfOrder { expected: 10, got: 12 }
         );
         assert_eq!(combine_checks(SequenceCheck::New, None, 12), SequenceCheck::New);
+        assert!(is_ahead(10, 12) && !is_ahead(10, 10) && !is_ahead(10, 3));
+        assert!(is_ahead(i32::MAX, 1), "sequences wrap to 0");
         assert_eq!(
             combine_checks(SequenceCheck::Fenced { current: 2 }, Some(9), 10),
             SequenceCheck::Fenced { current: 2 }
