@@ -1,6 +1,6 @@
-//! The HTTP listener: `/health/live` and `/health/ready` (metrics come
-//! later). A few lines of HTTP/1.1 by hand: one GET per connection, no
-//! body, so no HTTP library is needed.
+//! The HTTP listener: `/metrics` (Prometheus text), `/health/live`,
+//! `/health/ready` and `/v1/cluster` (JSON). A few lines of HTTP/1.1 by
+//! hand: one GET per connection, no body, so no HTTP library is needed.
 
 use std::sync::Arc;
 
@@ -8,11 +8,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::groups::Coordinator;
 use crate::limits::HTTP_HEAD_MAX;
+use crate::metrics::Metrics;
 use strata_raft::ClusterNode;
 
-/// Serves health checks until `stop` turns true.
-pub async fn serve(listener: TcpListener, cluster: Arc<ClusterNode>, mut stop: watch::Receiver<bool>) {
+/// What the HTTP endpoints read.
+pub struct Http {
+    /// The node.
+    pub cluster: Arc<ClusterNode>,
+    /// Its group coordinator (group metrics).
+    pub coordinator: Arc<Coordinator>,
+    /// Its counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the endpoints until `stop` turns true.
+pub async fn serve(listener: TcpListener, http: Arc<Http>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -20,9 +32,9 @@ pub async fn serve(listener: TcpListener, cluster: Arc<ClusterNode>, mut stop: w
         };
         match accepted {
             Ok((stream, _)) => {
-                let cluster = cluster.clone();
+                let http = http.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = answer(stream, &cluster).await {
+                    if let Err(err) = answer(stream, &http).await {
                         tracing::debug!(error = %err, "health request failed");
                     }
                 });
@@ -55,7 +67,8 @@ pub fn readiness(cluster: &ClusterNode) -> Result<(), String> {
     Ok(())
 }
 
-async fn answer(mut stream: TcpStream, cluster: &ClusterNode) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, http: &Http) -> std::io::Result<()> {
+    let cluster = &http.cluster;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -76,15 +89,27 @@ async fn answer(mut stream: TcpStream, cluster: &ClusterNode) -> std::io::Result
     }
     match path {
         "/health/live" => respond(&mut stream, 200, "live\n").await,
+        "/metrics" => {
+            let body = http.metrics.render(cluster, &http.coordinator).await;
+            respond_typed(&mut stream, 200, "text/plain; version=0.0.4", &body).await
+        }
+        "/v1/cluster" => {
+            let body = cluster_json(cluster, &http.coordinator).await;
+            respond_typed(&mut stream, 200, "application/json", &body).await
+        }
         "/health/ready" => match readiness(cluster) {
             Ok(()) => respond(&mut stream, 200, "ready\n").await,
             Err(why) => respond(&mut stream, 503, &format!("not ready: {why}\n")).await,
         },
-        _ => respond(&mut stream, 404, "not found; try /health/live or /health/ready\n").await,
+        _ => respond(&mut stream, 404, "not found; try /metrics, /health/live, /health/ready or /v1/cluster\n").await,
     }
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    respond_typed(stream, status, "text/plain", body).await
+}
+
+async fn respond_typed(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -93,9 +118,65 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Re
         _ => "Service Unavailable",
     };
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// `/v1/cluster`: brokers, topics with their partitions (leader, replicas,
+/// and, where this node leads, each voter's matched index and lag), and the
+/// groups this node coordinates.
+async fn cluster_json(cluster: &ClusterNode, coordinator: &Coordinator) -> String {
+    use openraft::async_runtime::WatchReceiver;
+    let metadata = cluster.metadata();
+    let node = cluster.raft_node();
+    let brokers: Vec<serde_json::Value> = metadata
+        .brokers
+        .values()
+        .map(|b| serde_json::json!({"id": b.id, "client_address": b.client_addr, "peer_address": b.raft_addr}))
+        .collect();
+    let topics: Vec<serde_json::Value> = metadata
+        .topics
+        .values()
+        .map(|t| {
+            let partitions: Vec<serde_json::Value> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut entry = serde_json::json!({"partition": i, "replicas": p.replicas});
+                    if let Some(group) = node.group(p.group) {
+                        let m = group.raft.metrics().borrow_watched().clone();
+                        entry["leader"] = serde_json::json!(m.current_leader);
+                        entry["high_watermark"] = serde_json::json!(group.state_machine.high_watermark().0);
+                        if let Some(replication) = m.replication.as_ref() {
+                            let last = m.last_log_index.unwrap_or(0);
+                            let state: serde_json::Map<String, serde_json::Value> = replication
+                                .iter()
+                                .map(|(id, matched)| {
+                                    let matched = matched.map(|l| l.index);
+                                    let lag = matched.map_or(last + 1, |i| last.saturating_sub(i));
+                                    (id.to_string(), serde_json::json!({"matched_index": matched, "lag_entries": lag}))
+                                })
+                                .collect();
+                            entry["replica_state"] = serde_json::Value::Object(state);
+                        }
+                    }
+                    entry
+                })
+                .collect();
+            serde_json::json!({"name": t.name, "configs": t.configs, "partitions": partitions})
+        })
+        .collect();
+    let groups = coordinator.list().await;
+    let body = serde_json::json!({
+        "node_id": node.id(),
+        "controller": cluster.controller_leader(),
+        "brokers": brokers,
+        "topics": topics,
+        "groups_coordinated_here": groups,
+    });
+    body.to_string()
 }

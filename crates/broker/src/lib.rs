@@ -6,6 +6,7 @@
 //!   node's replicas and its copy of the metadata.
 //! - [`config`]: the server's settings from TOML, environment and flags.
 //! - `retention`: the per-node retention and compaction scheduler.
+//! - [`metrics`]: counters and gauges served at `/metrics` (Prometheus).
 //!
 //! **Architecture Invariant:** the broker holds no partition data of its
 //! own: records stay in the logs, read as slices; the broker checks,
@@ -18,6 +19,7 @@ pub mod error;
 pub mod groups;
 mod http;
 pub mod limits;
+pub mod metrics;
 mod retention;
 mod server;
 pub mod service;

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::ServerConfig;
 use crate::limits::HANDOVER_MAX;
+use crate::metrics::Metrics;
 use crate::service::Broker;
 
 /// Why a server could not start.
@@ -103,13 +104,19 @@ impl Server {
         cluster.announce_client_addr(config.advertise_client.clone());
         let coordinator = crate::groups::Coordinator::new(cluster.clone(), config.offsets_partitions);
         tokio::spawn(coordinator.clone().run(config.peers.len()));
-        let broker = Arc::new(Broker::new(cluster.clone(), coordinator, &config));
+        let metrics = Arc::new(Metrics::default());
+        let broker = Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), &config));
 
         let service = pb::strata_server::StrataServer::new(Api(broker))
             .max_decoding_message_size(config.request_bytes as usize)
             .max_encoding_message_size(usize::MAX);
         let cut = Arc::new(AtomicBool::new(false));
-        let incoming = limited_incoming(listeners.client, Arc::new(Semaphore::new(config.connections)), cut.clone());
+        let incoming = limited_incoming(
+            listeners.client,
+            Arc::new(Semaphore::new(config.connections)),
+            cut.clone(),
+            metrics.clone(),
+        );
         let (stop_api, stopped) = oneshot::channel::<()>();
         let api = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -124,7 +131,8 @@ impl Server {
         });
         let (stop_http, http_stopped) = watch::channel(false);
         tokio::spawn(crate::retention::Scheduler::new(cluster.clone(), &config).run(http_stopped.clone()));
-        tokio::spawn(crate::http::serve(listeners.http, cluster.clone(), http_stopped));
+        let http = crate::http::Http { cluster: cluster.clone(), coordinator, metrics };
+        tokio::spawn(crate::http::serve(listeners.http, Arc::new(http), http_stopped));
         tracing::info!(node = config.node_id, client = %client_addr, peer = %peer_addr, http = %http_addr, "node started");
         Ok(Server {
             config,
@@ -232,6 +240,13 @@ struct LimitedStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     cut: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        self.metrics.connection(-1);
+    }
 }
 
 fn cut_error() -> std::io::Error {
@@ -292,15 +307,17 @@ fn limited_incoming(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     cut: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> impl futures::Stream<Item = Result<LimitedStream, std::io::Error>> {
-    futures::stream::unfold((listener, slots, cut), |(listener, slots, cut)| async move {
+    futures::stream::unfold((listener, slots, cut, metrics), |(listener, slots, cut, metrics)| async move {
         let slot = slots.clone().acquire_owned().await.ok()?;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = LimitedStream { stream, _slot: slot, cut: cut.clone() };
-                    return Some((Ok(conn), (listener, slots, cut)));
+                    metrics.connection(1);
+                    let conn = LimitedStream { stream, _slot: slot, cut: cut.clone(), metrics: metrics.clone() };
+                    return Some((Ok(conn), (listener, slots, cut, metrics)));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait, do not spin.
@@ -310,6 +327,77 @@ fn limited_incoming(
             }
         }
     })
+}
+
+/// The error codes a response carries (top level and per partition), for
+/// the request counters.
+trait Codes {
+    fn codes(&self) -> Vec<i32>;
+}
+
+fn code_names(codes: &[i32]) -> Vec<&'static str> {
+    codes.iter().map(|c| pb::ErrorCode::try_from(*c).map_or("UNKNOWN", |c| c.as_str_name())).collect()
+}
+
+macro_rules! top_level_error {
+    ($($t:ty),*) => {$(
+        impl Codes for $t {
+            fn codes(&self) -> Vec<i32> {
+                self.error.iter().map(|e| e.code).collect()
+            }
+        }
+    )*};
+}
+
+macro_rules! no_error {
+    ($($t:ty),*) => {$(
+        impl Codes for $t {
+            fn codes(&self) -> Vec<i32> {
+                Vec::new()
+            }
+        }
+    )*};
+}
+
+top_level_error!(
+    pb::CreateTopicResponse,
+    pb::DeleteTopicResponse,
+    pb::AlterTopicConfigResponse,
+    pb::DescribeTopicResponse,
+    pb::InitProducerIdResponse,
+    pb::FindCoordinatorResponse,
+    pb::GroupHeartbeatResponse,
+    pb::OffsetCommitResponse,
+    pb::OffsetFetchResponse,
+    pb::DescribeGroupResponse,
+    pb::DeleteGroupResponse
+);
+no_error!(pb::MetadataResponse, pb::ListTopicsResponse, pb::DescribeClusterResponse, pb::ListGroupsResponse);
+
+impl Codes for pb::ProduceResponse {
+    fn codes(&self) -> Vec<i32> {
+        self.error
+            .iter()
+            .map(|e| e.code)
+            .chain(self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)))
+            .collect()
+    }
+}
+
+impl Codes for pb::FetchResponse {
+    fn codes(&self) -> Vec<i32> {
+        self.error
+            .iter()
+            .map(|e| e.code)
+            .chain(self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)))
+            .collect()
+    }
+}
+
+impl Codes for pb::ListOffsetsResponse {
+    fn codes(&self) -> Vec<i32> {
+        self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)).collect()
+    }
 }
 
 /// The tonic service: each RPC handed to the [`Broker`].
@@ -326,6 +414,12 @@ impl Api {
             Err(Status::unavailable("this broker is catching up with the cluster metadata; try another"))
         }
     }
+
+    /// Counts the answer and hands it to tonic.
+    fn answer<T: Codes>(&self, rpc: &'static str, response: T) -> Answer<T> {
+        self.0.metrics().answered(rpc, &code_names(&response.codes()));
+        Ok(Response::new(response))
+    }
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -334,32 +428,32 @@ type Answer<T> = Result<Response<T>, Status>;
 impl pb::strata_server::Strata for Api {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Answer<pb::ProduceResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.produce(request.into_inner()).await))
+        self.answer("produce", self.0.produce(request.into_inner()).await)
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Answer<pb::FetchResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.fetch(request.into_inner()).await))
+        self.answer("fetch", self.0.fetch(request.into_inner()).await)
     }
 
     async fn list_offsets(&self, request: Request<pb::ListOffsetsRequest>) -> Answer<pb::ListOffsetsResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.list_offsets(request.into_inner()).await))
+        self.answer("list_offsets", self.0.list_offsets(request.into_inner()).await)
     }
 
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Answer<pb::MetadataResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.metadata(request.into_inner()).await))
+        self.answer("metadata", self.0.metadata(request.into_inner()).await)
     }
 
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Answer<pb::CreateTopicResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.create_topic(request.into_inner()).await))
+        self.answer("create_topic", self.0.create_topic(request.into_inner()).await)
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Answer<pb::DeleteTopicResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.delete_topic(request.into_inner()).await))
+        self.answer("delete_topic", self.0.delete_topic(request.into_inner()).await)
     }
 
     async fn alter_topic_config(
@@ -367,17 +461,17 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Answer<pb::AlterTopicConfigResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.alter_topic_config(request.into_inner()).await))
+        self.answer("alter_topic_config", self.0.alter_topic_config(request.into_inner()).await)
     }
 
     async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.list_topics().await))
+        self.answer("list_topics", self.0.list_topics().await)
     }
 
     async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Answer<pb::DescribeTopicResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.describe_topic(request.into_inner()).await))
+        self.answer("describe_topic", self.0.describe_topic(request.into_inner()).await)
     }
 
     async fn describe_cluster(
@@ -385,7 +479,7 @@ impl pb::strata_server::Strata for Api {
         _request: Request<pb::DescribeClusterRequest>,
     ) -> Answer<pb::DescribeClusterResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.describe_cluster().await))
+        self.answer("describe_cluster", self.0.describe_cluster().await)
     }
 
     async fn init_producer_id(
@@ -393,7 +487,7 @@ impl pb::strata_server::Strata for Api {
         _request: Request<pb::InitProducerIdRequest>,
     ) -> Answer<pb::InitProducerIdResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.init_producer_id().await))
+        self.answer("init_producer_id", self.0.init_producer_id().await)
     }
 
     async fn find_coordinator(
@@ -401,36 +495,36 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Answer<pb::FindCoordinatorResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.find_coordinator(request.into_inner()).await))
+        self.answer("find_coordinator", self.0.find_coordinator(request.into_inner()).await)
     }
 
     async fn group_heartbeat(&self, request: Request<pb::GroupHeartbeatRequest>) -> Answer<pb::GroupHeartbeatResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.group_heartbeat(request.into_inner()).await))
+        self.answer("group_heartbeat", self.0.group_heartbeat(request.into_inner()).await)
     }
 
     async fn offset_commit(&self, request: Request<pb::OffsetCommitRequest>) -> Answer<pb::OffsetCommitResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.offset_commit(request.into_inner()).await))
+        self.answer("offset_commit", self.0.offset_commit(request.into_inner()).await)
     }
 
     async fn offset_fetch(&self, request: Request<pb::OffsetFetchRequest>) -> Answer<pb::OffsetFetchResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.offset_fetch(request.into_inner()).await))
+        self.answer("offset_fetch", self.0.offset_fetch(request.into_inner()).await)
     }
 
     async fn list_groups(&self, _request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.list_groups().await))
+        self.answer("list_groups", self.0.list_groups().await)
     }
 
     async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.describe_group(request.into_inner()).await))
+        self.answer("describe_group", self.0.describe_group(request.into_inner()).await)
     }
 
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
         self.ready()?;
-        Ok(Response::new(self.0.delete_group(request.into_inner()).await))
+        self.answer("delete_group", self.0.delete_group(request.into_inner()).await)
     }
 }

@@ -28,12 +28,14 @@ use crate::limits::{
     ADMIN_TIMEOUT, FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX, FETCH_WAIT_MAX, PARTITIONS_MAX, PRODUCE_TIMEOUT_DEFAULT,
     PRODUCE_TIMEOUT_MAX, THROTTLE_RETRY_AFTER,
 };
+use crate::metrics::Metrics;
 use crate::topic_config;
 
 /// The broker's request handling, shared by every connection.
 pub struct Broker {
     cluster: Arc<ClusterNode>,
     coordinator: Arc<Coordinator>,
+    metrics: Arc<Metrics>,
     node_id: u64,
     /// Topic settings where a topic sets none.
     topic_defaults: BTreeMap<String, String>,
@@ -45,11 +47,17 @@ pub struct Broker {
 
 impl Broker {
     /// A broker over a started cluster node.
-    pub fn new(cluster: Arc<ClusterNode>, coordinator: Arc<Coordinator>, config: &ServerConfig) -> Broker {
+    pub fn new(
+        cluster: Arc<ClusterNode>,
+        coordinator: Arc<Coordinator>,
+        metrics: Arc<Metrics>,
+        config: &ServerConfig,
+    ) -> Broker {
         let budget = config.produce_memory_bytes as usize;
         Broker {
             cluster,
             coordinator,
+            metrics,
             node_id: config.node_id,
             topic_defaults: config.topic_defaults.clone(),
             produce_budget: Arc::new(Semaphore::new(budget)),
@@ -60,6 +68,11 @@ impl Broker {
     /// The cluster node underneath.
     pub fn cluster(&self) -> &Arc<ClusterNode> {
         &self.cluster
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn client_addr(metadata: &ClusterMetadata, id: u64) -> Option<String> {
@@ -93,6 +106,13 @@ impl Broker {
     /// checked and proposed, its offset not yet known). Proposing before
     /// answering keeps a producer's batches in order whatever its acks.
     pub async fn produce(&self, request: pb::ProduceRequest) -> pb::ProduceResponse {
+        let started = std::time::Instant::now();
+        let response = self.produce_inner(request).await;
+        self.metrics.produce_latency(started.elapsed());
+        response
+    }
+
+    async fn produce_inner(&self, request: pb::ProduceRequest) -> pb::ProduceResponse {
         let total: usize = request.partitions.iter().map(|p| p.batch.len()).sum();
         let share = total.clamp(1, self.produce_budget_bytes) as u32;
         let Ok(permit) = self.produce_budget.clone().try_acquire_many_owned(share) else {
@@ -189,9 +209,13 @@ impl Broker {
         }
         .map_err(|e| ApiError::new(Code::CorruptBatch, format!("cannot re-encode for compression.type: {e}")))?;
         let what = format!("{topic}/{partition}");
+        let (n_records, n_bytes) = (header.record_count.max(0) as u64, batch.len() as u64);
         let submission = submit(&group, batch)
             .await
             .map_err(|e| ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))?;
+        if !matches!(submission, Submission::Stored(_)) {
+            self.metrics.topic(topic).produced(n_records, n_bytes);
+        }
         Ok((group, submission))
     }
 
@@ -199,6 +223,26 @@ impl Broker {
     /// log, waiting (long poll) until `min_bytes` are there or `max_wait_ms`
     /// passed.
     pub async fn fetch(&self, request: pb::FetchRequest) -> pb::FetchResponse {
+        let started = std::time::Instant::now();
+        let response = self.fetch_inner(request).await;
+        self.metrics.fetch_latency(started.elapsed());
+        for p in &response.partitions {
+            if p.records.is_empty() {
+                continue;
+            }
+            let mut n_records = 0u64;
+            for chunk in &p.records {
+                for (header, _) in strata_batch::split_batches(chunk).flatten() {
+                    n_records += header.record_count.max(0) as u64;
+                }
+            }
+            let n_bytes = p.records.iter().map(|c| c.len() as u64).sum();
+            self.metrics.topic(&p.topic).fetched(n_records, n_bytes);
+        }
+        response
+    }
+
+    async fn fetch_inner(&self, request: pb::FetchRequest) -> pb::FetchResponse {
         let max_wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(FETCH_WAIT_MAX);
         let deadline = Instant::now() + max_wait;
         let total_max = match request.max_bytes {

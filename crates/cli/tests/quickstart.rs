@@ -130,6 +130,12 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
         .collect();
     assert_eq!(keyed.len(), 1);
     assert_eq!(keyed[0]["value"], "world");
+    // Topic configs change at runtime; --verbose shows every replica.
+    let altered = strata(&["topic", "alter", "demo", "--config", "retention.ms=86400000"], &bootstrap, "");
+    assert!(altered.contains("retention.ms=86400000"), "{altered}");
+    let verbose = strata(&["topic", "describe", "demo", "--verbose"], &bootstrap, "");
+    let replica_lines = verbose.lines().filter(|l| l.contains("Broker:") && l.contains("LogEnd:")).count();
+    assert_eq!(replica_lines, 9, "3 partitions x 3 replicas: {verbose}");
     // A group reads one record and commits it: lag = log end - committed.
     let one = strata(
         &["consume", "--topic", "demo", "--group", "readers", "--from-beginning", "--max-messages", "1"],

@@ -145,6 +145,7 @@ impl Durability {
             s.queued = false;
             (s.appended, std::mem::take(&mut s.dirty_files), std::mem::take(&mut s.dir_dirty), s.generation)
         };
+        let started = std::time::Instant::now();
         let result: Result<()> = (|| {
             if dir_dirty {
                 self.dir.sync_dir().map_err(LogError::io("sync partition directory"))?;
@@ -166,10 +167,15 @@ impl Durability {
             s.durable = target;
         }
         let durable = s.durable;
+        let mut released = 0;
         while s.waiters.front().is_some_and(|(at, _)| *at <= durable) {
             if let Some((_, cb)) = s.waiters.pop_front() {
                 s.ready.push_back((cb, None));
+                released += 1;
             }
+        }
+        if !files.is_empty() || dir_dirty {
+            crate::stats::record_sync(started.elapsed(), released);
         }
         Ok(())
     }

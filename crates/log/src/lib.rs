@@ -28,6 +28,7 @@ mod log;
 mod meta;
 pub mod plan;
 mod segment;
+pub mod stats;
 mod types;
 
 pub use compact::{Compaction, CompactionStats};
