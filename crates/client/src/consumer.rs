@@ -12,6 +12,7 @@ use strata_proto::api as pb;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::group::{MemberConfig, Membership};
+use crate::metrics::ConsumerMetrics;
 
 /// How long a request for a partition keeps retrying while its leader is
 /// unknown or moving.
@@ -167,6 +168,7 @@ pub struct Consumer {
     last_commit: tokio::time::Instant,
     /// `subscribe_pattern`: the pattern and when topics were last matched.
     pattern: Option<(regex::Regex, tokio::time::Instant)>,
+    metrics: ConsumerMetrics,
 }
 
 impl Consumer {
@@ -175,9 +177,15 @@ impl Consumer {
         Consumer::with_config(client, ConsumerConfig::default())
     }
 
+    /// What this consumer read so far.
+    pub fn metrics(&self) -> ConsumerMetrics {
+        self.metrics
+    }
+
     /// A consumer with `config`.
     pub fn with_config(client: &Client, config: ConsumerConfig) -> Consumer {
         Consumer {
+            metrics: ConsumerMetrics::default(),
             client: client.clone(),
             config,
             positions: BTreeMap::new(),
@@ -283,9 +291,11 @@ impl Consumer {
         let mut records = Vec::new();
         let mut reset = Vec::new();
         for answer in answers {
+            self.metrics.fetches += 1;
             let results = match answer {
                 Ok(results) => results,
                 Err(e) if e.is_retriable() => {
+                    self.metrics.fetch_errors += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -295,6 +305,7 @@ impl Consumer {
                 let tp = TopicPartition::new(result.topic.clone(), result.partition);
                 let Some(Some(position)) = self.positions.get(&tp).copied() else { continue };
                 if let Some(error) = Error::from_pb(result.error) {
+                    self.metrics.fetch_errors += 1;
                     match error.code() {
                         Some(ErrorCode::OffsetOutOfRange) => reset.push((tp, error)),
                         _ if error.is_retriable() => self.client.note_error(&tp.topic, tp.partition, &error),
@@ -303,9 +314,12 @@ impl Consumer {
                     continue;
                 }
                 let mut next = position;
+                let before = records.len();
                 for chunk in &result.records {
                     decode_chunk(chunk, &tp, position, &mut records, &mut next)?;
+                    self.metrics.bytes_consumed += chunk.len() as u64;
                 }
+                self.metrics.records_consumed += (records.len() - before) as u64;
                 self.positions.insert(tp, Some(next));
             }
         }
@@ -435,6 +449,9 @@ impl Consumer {
         }
         let Some(target) = target else { return Ok(()) };
         let revoked: Vec<TopicPartition> = owned.difference(&target).cloned().collect();
+        if !revoked.is_empty() || target != owned {
+            self.metrics.rebalances += 1;
+        }
         if !revoked.is_empty() {
             if self.config.enable_auto_commit {
                 let offsets: Vec<(TopicPartition, u64)> =

@@ -89,6 +89,7 @@ mod client;
 mod consumer;
 mod error;
 mod group;
+mod metrics;
 mod producer;
 
 pub use admin::{
@@ -98,6 +99,7 @@ pub use admin::{
 pub use client::{Client, PartitionInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceEvent, Seek, TopicPartition};
 pub use error::{Error, ErrorCode, Result};
+pub use metrics::{ConsumerMetrics, ProducerMetrics};
 pub use producer::{
     Acks, Compression, DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata, murmur2, partition_for_key,
 };

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::{ProducerCounters, ProducerMetrics};
 
 /// How many of a partition's records may wait for their batch before
 /// `send` waits (back-pressure).
@@ -205,6 +206,7 @@ struct Shared {
     /// batch's worth was sent there.
     sticky: Mutex<HashMap<String, (u32, usize)>>,
     rng: Mutex<u64>,
+    counters: ProducerCounters,
 }
 
 /// A producer. Cheap to clone; clones share batches and connections.
@@ -247,8 +249,14 @@ impl Producer {
                 tasks: Mutex::default(),
                 sticky: Mutex::default(),
                 rng: Mutex::new(seed),
+                counters: ProducerCounters::default(),
             }),
         }
+    }
+
+    /// What this producer (and its clones) sent so far.
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.shared.counters.snapshot()
     }
 
     /// Queues a record; the returned future resolves when it is
@@ -508,7 +516,7 @@ impl PartitionTask {
         let producer_id = match producer_id(self.shared.clone()).await {
             Ok(id) => id,
             Err(error) => {
-                fail(records, &error);
+                fail(&self.shared.counters, records, &error);
                 return;
             }
         };
@@ -570,20 +578,21 @@ impl PartitionTask {
                             ErrorCode::Timeout,
                             format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
                         );
-                        fail(batch.records, &error);
+                        fail(&self.shared.counters, batch.records, &error);
                     }
                     self.restart_sequence().await;
                     self.answer_flushes();
                     return;
                 }
                 self.attempts += 1;
+                ProducerCounters::add(&self.shared.counters.retries, 1);
                 let backoff = error.retry_after().unwrap_or_else(|| self.backoff());
                 self.retry_at = Some(Instant::now() + backoff);
             }
             Err(error) => {
                 // Refused for good: this batch was not written.
                 if let Some(batch) = self.queue.pop_front() {
-                    fail(batch.records, &error);
+                    fail(&self.shared.counters, batch.records, &error);
                 }
                 self.drain_window(0).await;
                 self.restart_sequence().await;
@@ -621,6 +630,7 @@ impl PartitionTask {
         }
         self.epoch = self.epoch.wrapping_add(1) & i16::MAX;
         self.next_seq = 0;
+        ProducerCounters::add(&self.shared.counters.epoch_restarts, 1);
         let Ok(producer_id) = producer_id(self.shared.clone()).await else { return };
         let mut rebuilt = VecDeque::with_capacity(self.queue.len());
         while let Some(mut batch) = self.queue.pop_front() {
@@ -642,6 +652,10 @@ impl PartitionTask {
     }
 
     fn complete(&self, batch: Sealed, base_offset: i64) {
+        let counters = &self.shared.counters;
+        ProducerCounters::add(&counters.records_sent, batch.records.len() as u64);
+        ProducerCounters::add(&counters.bytes_sent, batch.bytes.len() as u64);
+        ProducerCounters::add(&counters.batches_sent, 1);
         for (i, record) in batch.records.into_iter().enumerate() {
             let offset = if base_offset >= 0 { base_offset + i as i64 } else { -1 };
             let metadata = RecordMetadata {
@@ -689,7 +703,8 @@ async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
         .copied()
 }
 
-fn fail(records: Vec<PendingRecord>, error: &Error) {
+fn fail(counters: &ProducerCounters, records: Vec<PendingRecord>, error: &Error) {
+    ProducerCounters::add(&counters.records_failed, records.len() as u64);
     for record in records {
         let _ = record.done.send(Err(error.clone()));
     }
