@@ -42,6 +42,8 @@ struct PartitionState {
     cleaned_upto: u64,
     /// When this replica last compacted the partition.
     cleaned_at: Option<Instant>,
+    /// The log end offset at the leader's previous retention check, and when.
+    last_end_offset: Option<(u64, Instant)>,
 }
 
 /// The scheduler of one node.
@@ -69,13 +71,33 @@ impl Scheduler {
         }
     }
 
-    /// Runs passes until `stop` turns true.
+    /// Runs passes until `stop` turns true. Between passes, a retention
+    /// decision applied on this node is carried out at once, so followers
+    /// do not hold deleted data for another interval.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let moved = self.cluster.raft_node().log_start_moved();
         loop {
             self.pass().await;
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let next = Instant::now() + self.interval;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = moved.notified() => self.purge_pass().await,
+                    changed = stop.changed() => {
+                        if changed.is_err() || *stop.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out the applied retention decisions only.
+    async fn purge_pass(&self) {
+        for group in self.cluster.raft_node().groups() {
+            if let Err(err) = retention::purge_to_log_start(&group).await {
+                tracing::warn!(group = group.id, error = %err, "retention purge failed");
             }
         }
     }
@@ -131,12 +153,35 @@ impl Scheduler {
         }
         let now_ms = now_ms();
         let applied_end = group.state_machine.last_applied().map_or(0, |id| id.index + 1);
-        let decided = group.state_machine.log_start_index().max(group.log.state().first_index.0);
+        let log = group.log.state();
+        let decided = group.state_machine.log_start_index().max(log.first_index.0);
+        let state = self.partitions.entry(group.id).or_default();
+        // Size retention deletes ahead by what the partition grew since the
+        // last check (the growth expected before the next one), so that it
+        // never holds more than retention.bytes plus one segment between
+        // checks. Without writes it keeps exactly retention.bytes or more.
+        // The estimate: bytes per offset times the offsets written since the
+        // last check, scaled to one interval, and never more than a segment
+        // (so at least retention.bytes less one segment is kept).
+        let end = log.next_offset.0;
+        let per_offset = log.size_bytes / end.saturating_sub(log.log_start_offset.0).max(1);
+        let growth = match state.last_end_offset {
+            Some((prev, at)) => {
+                let written = end.saturating_sub(prev).saturating_mul(per_offset) as f64;
+                let per_interval = written * self.interval.as_secs_f64() / at.elapsed().as_secs_f64().max(1e-3);
+                (per_interval as u64).min(settings.segment_bytes)
+            }
+            None => 0,
+        };
+        state.last_end_offset = Some((end, Instant::now()));
+        let retention = Retention {
+            retention_bytes: retention.retention_bytes.map(|limit| limit.saturating_sub(growth)),
+            ..retention
+        };
         let infos = group.log.segment_infos();
         let Some(mut first) = retention_purge_before(&infos, now_ms, retention, RaftIndex(applied_end)) else {
             return;
         };
-        let state = self.partitions.entry(group.id).or_default();
         match retention::lowest_follower_need(group) {
             Some(need) if need < first.0 => {
                 let since = *state.held_since.get_or_insert_with(Instant::now);

@@ -77,16 +77,18 @@ async fn size_retention_deletes_the_same_segments_on_every_replica_and_a_restart
     wait_for_leaders(&admin, "sized").await;
     produce(&client, "sized", 1000, 1000, "a").await;
 
-    // Every replica deletes down to the same log start, keeping at least
-    // retention.bytes and less than retention.bytes plus one segment and
-    // the active one.
+    // Every replica deletes down to the same log start and holds less than
+    // retention.bytes plus one segment; while writes go on, the leader
+    // deletes ahead by up to one check interval's growth, so at least
+    // retention.bytes less one segment stays.
     let replicas = wait_replicas(&admin, "sized", "retention on all three replicas", |rs| {
-        rs.len() == 3 && rs.iter().all(|r| r.log_start_offset > 0) && all_equal(rs, |r| r.log_start_offset)
+        rs.len() == 3
+            && rs.iter().all(|r| r.log_start_offset > 0 && r.size_bytes <= retention_bytes + SEGMENT)
+            && all_equal(rs, |r| r.log_start_offset)
     })
     .await;
     for r in &replicas {
-        assert!(r.size_bytes >= retention_bytes, "too much deleted on broker {}: {r:?}", r.broker);
-        assert!(r.size_bytes < retention_bytes + 2 * SEGMENT, "too little deleted on broker {}: {r:?}", r.broker);
+        assert!(r.size_bytes + SEGMENT >= retention_bytes, "too much deleted on broker {}: {r:?}", r.broker);
     }
     let log_start = replicas[0].log_start_offset;
 

@@ -117,6 +117,8 @@ pub struct RaftNode {
     faults: Arc<TransportFaults>,
     flusher: Arc<Flusher>,
     groups: Mutex<HashMap<u64, Group>>,
+    /// Woken when any group applies a retention decision.
+    log_start_moved: Arc<tokio::sync::Notify>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     stopping: watch::Sender<bool>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -168,6 +170,7 @@ impl RaftNode {
             faults: Arc::default(),
             flusher: Arc::new(flusher),
             groups: Mutex::default(),
+            log_start_moved: Arc::default(),
             stop_server: Mutex::new(Some(stop_tx)),
             stopping: stopping_tx,
             server: Mutex::new(Some(server)),
@@ -207,6 +210,7 @@ impl RaftNode {
         };
         let state_machine = opened
             .map_err(|source| NodeError::Io { context: format!("open state machine in {}", dir.display()), source })?;
+        state_machine.notify_log_start_on(self.log_start_moved.clone());
         let network = GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone());
         let raft = openraft::Raft::new(
             self.config.node_id,
@@ -221,6 +225,12 @@ impl RaftNode {
         self.router.insert(handle.clone());
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
         Ok(handle)
+    }
+
+    /// Woken whenever one of this node's groups applies a retention
+    /// decision (the broker's scheduler then purges at once).
+    pub fn log_start_moved(&self) -> Arc<tokio::sync::Notify> {
+        self.log_start_moved.clone()
     }
 
     /// Fault injection on this node's outgoing messages (tests).

@@ -71,6 +71,9 @@ pub struct PartitionStateMachine {
     state: Arc<Mutex<State>>,
     /// The high watermark, for readers that wait for it to move (long polls).
     high_watermark: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Woken when a retention decision is applied (see
+    /// `notify_log_start_on`).
+    log_start_moved: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -109,7 +112,13 @@ impl PartitionStateMachine {
             Err(e) => return Err(e),
         }
         let high_watermark = Arc::new(tokio::sync::watch::Sender::new(state.high_watermark));
-        Ok(PartitionStateMachine { log, snapshot_path, state: Arc::new(Mutex::new(state)), high_watermark })
+        Ok(PartitionStateMachine {
+            log,
+            snapshot_path,
+            state: Arc::new(Mutex::new(state)),
+            high_watermark,
+            log_start_moved: Arc::default(),
+        })
     }
 
     /// Opens the state machine of the controller group: like a partition's,
@@ -148,6 +157,13 @@ impl PartitionStateMachine {
     /// before any): entries before it may be purged on every replica.
     pub fn log_start_index(&self) -> u64 {
         self.lock().log_start_index
+    }
+
+    /// Has `notify` woken whenever this replica applies a retention
+    /// decision, so the purge need not wait for the next scheduled pass
+    /// (set once; later calls are ignored).
+    pub fn notify_log_start_on(&self, notify: Arc<tokio::sync::Notify>) {
+        let _ = self.log_start_moved.set(notify);
     }
 
     /// The last log id of the snapshot this replica holds, if any.
@@ -351,11 +367,17 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let (result, high_watermark) = {
+            let (result, high_watermark, log_start_moved) = {
                 let mut state = self.lock();
+                let log_start = state.log_start_index;
                 let result = apply_entry(&mut state, &entry)?;
-                (result, state.high_watermark)
+                (result, state.high_watermark, state.log_start_index != log_start)
             };
+            if log_start_moved {
+                if let Some(notify) = self.log_start_moved.get() {
+                    notify.notify_one();
+                }
+            }
             self.high_watermark.send_if_modified(|hw| std::mem::replace(hw, high_watermark) != high_watermark);
             if let Some(responder) = responder {
                 responder.send(result);
