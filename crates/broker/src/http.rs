@@ -44,12 +44,16 @@ pub async fn serve(listener: TcpListener, http: Arc<Http>, mut stop: watch::Rece
     }
 }
 
-/// Ready: the node follows a controller with a leader, is registered, and
-/// every partition replica it holds has a leader.
+/// Ready: the node follows a controller with a leader, its copy of the
+/// metadata has caught up, it is registered, and every partition replica it
+/// holds has a leader.
 pub fn readiness(cluster: &ClusterNode) -> Result<(), String> {
     use openraft::async_runtime::WatchReceiver;
     if cluster.controller_leader().is_none() {
         return Err("the controller has no leader".into());
+    }
+    if !cluster.metadata_caught_up() {
+        return Err("this node's copy of the cluster metadata has not caught up yet".into());
     }
     let node = cluster.raft_node();
     if !cluster.metadata().brokers.contains_key(&node.id()) {

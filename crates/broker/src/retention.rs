@@ -95,11 +95,13 @@ impl Scheduler {
 
     /// Carries out the applied retention decisions only.
     async fn purge_pass(&self) {
-        for group in self.cluster.raft_node().groups() {
-            if let Err(err) = retention::purge_to_log_start(&group).await {
+        let groups = self.cluster.raft_node().groups();
+        let purges = groups.iter().map(|group| async move {
+            if let Err(err) = retention::purge_to_log_start(group).await {
                 tracing::warn!(group = group.id, error = %err, "retention purge failed");
             }
-        }
+        });
+        futures::future::join_all(purges).await;
     }
 
     /// One pass over every local partition.
@@ -113,6 +115,9 @@ impl Scheduler {
         }
         let groups = self.cluster.raft_node().groups();
         self.partitions.retain(|id, _| topic_of_group.contains_key(id));
+        // Three phases, so that slow steps (a snapshot before a purge, a
+        // compaction) never delay another partition's retention decision.
+        let mut local = Vec::new();
         for group in groups {
             let Some(topic) = topic_of_group.get(&group.id) else { continue };
             let settings = TopicSettings::resolve(&self.defaults, &topic.configs);
@@ -132,15 +137,20 @@ impl Scheduler {
             if settings.delete && group.raft.is_leader() {
                 self.decide(&group, &settings).await;
             }
-            match retention::purge_to_log_start(&group).await {
-                Ok(true) => tracing::debug!(topic = %topic.name, group = group.id, "purged to the log start"),
+            local.push((group, topic.name.clone(), settings));
+        }
+        // Every replica's purges, side by side.
+        let purges = local.iter().map(|(group, topic, _)| async move {
+            match retention::purge_to_log_start(group).await {
+                Ok(true) => tracing::debug!(topic = %topic, group = group.id, "purged to the log start"),
                 Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(topic = %topic.name, group = group.id, error = %err, "retention purge failed")
-                }
+                Err(err) => tracing::warn!(topic = %topic, group = group.id, error = %err, "retention purge failed"),
             }
+        });
+        futures::future::join_all(purges).await;
+        for (group, topic, settings) in &local {
             if settings.compact {
-                self.compact(&group, &settings, &topic.name).await;
+                self.compact(group, settings, topic).await;
             }
         }
     }
@@ -161,7 +171,7 @@ impl Scheduler {
         // never holds more than retention.bytes plus one segment between
         // checks. Without writes it keeps exactly retention.bytes or more.
         // The estimate: bytes per offset times the offsets written since the
-        // last check, scaled to one interval, and never more than a segment
+        // last check, scaled to two intervals, and never more than a segment
         // (so at least retention.bytes less one segment is kept).
         let end = log.next_offset.0;
         let per_offset = log.size_bytes / end.saturating_sub(log.log_start_offset.0).max(1);
@@ -169,7 +179,8 @@ impl Scheduler {
             Some((prev, at)) => {
                 let written = end.saturating_sub(prev).saturating_mul(per_offset) as f64;
                 let per_interval = written * self.interval.as_secs_f64() / at.elapsed().as_secs_f64().max(1e-3);
-                (per_interval as u64).min(settings.segment_bytes)
+                // Twice that: bursts, and the time the purge itself takes.
+                ((2.0 * per_interval) as u64).min(settings.segment_bytes)
             }
             None => 0,
         };
