@@ -153,13 +153,11 @@ impl Metrics {
     pub async fn render(&self, cluster: &ClusterNode, coordinator: &Coordinator) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let metadata = cluster.metadata();
-        let node = cluster.raft_node();
         self.render_counters(&mut out);
         self.render_partitions(&mut out, cluster, &metadata);
         render_storage(&mut out);
         render_groups(&mut out, cluster, coordinator, &metadata).await;
         self.render_process(&mut out);
-        let _ = node;
         out
     }
 

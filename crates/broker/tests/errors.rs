@@ -167,6 +167,9 @@ async fn every_error_code_is_provoked_and_answered_typed() {
 
     // TIMEOUT and THROTTLED: the leader cut off from its followers cannot
     // commit; one 700 KiB request holds most of the 1 MiB produce budget.
+    // Its timeout (800 ms) ends before the followers can elect a new leader
+    // (election timeout >= 1 s), which would end it with a leader change
+    // instead.
     let big_leader_addr = cluster.addr(big_leader);
     let faults = cluster.servers[(big_leader - 1) as usize].cluster().raft_node().faults();
     for peer in 1..=3 {
@@ -176,7 +179,7 @@ async fn every_error_code_is_provoked_and_answered_typed() {
     }
     let holder = {
         let addr = big_leader_addr.clone();
-        tokio::spawn(async move { produce_raw(&addr, "big", 0, batch(700 * 1024), 3000).await })
+        tokio::spawn(async move { produce_raw(&addr, "big", 0, batch(700 * 1024), 800).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let throttled = produce_raw(&big_leader_addr, "big", 0, batch(700 * 1024), 3000).await;

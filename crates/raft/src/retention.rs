@@ -68,8 +68,8 @@ pub async fn propose_log_start(group: &Group, first_index: u64, now_ms: i64) -> 
 }
 
 /// On the leader: the lowest Raft index some follower still needs (one past
-/// the last entry it has), or `None` when every follower has everything up
-/// to `upto` or this node does not lead.
+/// the last entry it has; 0 for one that has acknowledged nothing), or
+/// `None` when this node does not lead or has no followers.
 pub fn lowest_follower_need(group: &Group) -> Option<u64> {
     use openraft::async_runtime::WatchReceiver;
     let metrics = group.raft.metrics().borrow_watched().clone();
