@@ -374,25 +374,21 @@ top_level_error!(
 );
 no_error!(pb::MetadataResponse, pb::ListTopicsResponse, pb::DescribeClusterResponse, pb::ListGroupsResponse);
 
-impl Codes for pb::ProduceResponse {
-    fn codes(&self) -> Vec<i32> {
-        self.error
-            .iter()
-            .map(|e| e.code)
-            .chain(self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)))
-            .collect()
-    }
+macro_rules! top_level_and_partition_errors {
+    ($($t:ty),*) => {$(
+        impl Codes for $t {
+            fn codes(&self) -> Vec<i32> {
+                self.error
+                    .iter()
+                    .map(|e| e.code)
+                    .chain(self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)))
+                    .collect()
+            }
+        }
+    )*};
 }
 
-impl Codes for pb::FetchResponse {
-    fn codes(&self) -> Vec<i32> {
-        self.error
-            .iter()
-            .map(|e| e.code)
-            .chain(self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)))
-            .collect()
-    }
-}
+top_level_and_partition_errors!(pb::ProduceResponse, pb::FetchResponse);
 
 impl Codes for pb::ListOffsetsResponse {
     fn codes(&self) -> Vec<i32> {
