@@ -166,23 +166,19 @@ impl Scheduler {
         let log = group.log.state();
         let decided = group.state_machine.log_start_index().max(log.first_index.0);
         let state = self.partitions.entry(group.id).or_default();
-        // Size retention deletes ahead by what the partition grew since the
-        // last check (the growth expected before the next one), so that it
-        // never holds more than retention.bytes plus one segment between
-        // checks. Without writes it keeps exactly retention.bytes or more.
-        // The estimate: bytes per offset times the offsets written since the
-        // last check, scaled to two intervals, and never more than a segment
-        // (so at least retention.bytes less one segment is kept).
+        // Size retention deletes ahead by one whole segment while the
+        // partition is being written to, so that the bound holds at every
+        // instant, not only at checks: before a roll the log holds less than
+        // retention.bytes (sealed segments plus the active one), the roll
+        // seals what it holds, and the next check deletes the oldest segment
+        // well before the new active segment can fill. The price: a written
+        // partition keeps between retention.bytes less one segment and
+        // retention.bytes plus one. Without writes since the last check it
+        // keeps exactly retention.bytes or more, as Kafka does.
         let end = log.next_offset.0;
-        let per_offset = log.size_bytes / end.saturating_sub(log.log_start_offset.0).max(1);
         let growth = match state.last_end_offset {
-            Some((prev, at)) => {
-                let written = end.saturating_sub(prev).saturating_mul(per_offset) as f64;
-                let per_interval = written * self.interval.as_secs_f64() / at.elapsed().as_secs_f64().max(1e-3);
-                // Twice that: bursts, and the time the purge itself takes.
-                ((2.0 * per_interval) as u64).min(settings.segment_bytes)
-            }
-            None => 0,
+            Some((prev, _)) if end > prev => settings.segment_bytes,
+            _ => 0,
         };
         state.last_end_offset = Some((end, Instant::now()));
         let retention = Retention {
