@@ -595,6 +595,18 @@ async fn idle_once(dir: &Path, opts: &RaftOpts, report: &mut Report, run: usize)
     // Let the elections settle (a new leader's first heartbeats, blank
     // entries committed) before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then wait for the groups to go quiet (idle and fully replicated for
+    // twice the election timeout; see strata-raft's quiesce.rs), at most
+    // two minutes: the figure is that of a cluster at rest.
+    let replicas = groups * NODES as usize;
+    let n_quiet = |cluster: &Cluster| cluster.nodes.iter().map(|n| n.quiescence().n_quiet()).sum::<usize>();
+    let quiet_started = Instant::now();
+    while n_quiet(&cluster) < replicas && quiet_started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quiet_wait = quiet_started.elapsed();
+    let quiet_before = n_quiet(&cluster);
+    eprintln!("  idle: {quiet_before} of {replicas} replicas quiet after {:.1} s more", quiet_wait.as_secs_f64());
     let terms_before = cluster.terms()?;
     let threads_before = thread_cpu_seconds()?;
     let (in_before, out_before) = tcp_segments()?;
@@ -630,6 +642,9 @@ async fn idle_once(dir: &Path, opts: &RaftOpts, report: &mut Report, run: usize)
         ("idle_tcp_in_segments_per_sec", (in_after - in_before) / seconds),
         ("idle_tcp_out_segments_per_sec", (out_after - out_before) / seconds),
         ("idle_groups_with_new_term", elections as f64),
+        ("idle_quiet_wait_seconds", quiet_wait.as_secs_f64()),
+        ("idle_replicas_quiet_before", quiet_before as f64),
+        ("idle_replicas_quiet_after", n_quiet(&cluster) as f64),
         ("idle_groups_without_leader_after", leaderless as f64),
         ("idle_open_seconds", times.opened.as_secs_f64()),
         ("idle_initialize_seconds", (times.initialized - times.opened).as_secs_f64()),

@@ -244,10 +244,12 @@ impl Metrics {
                 for follower in voters.into_iter().filter(|v| *v != node.id()) {
                     let matched = replication.get(&follower).cloned().flatten().map(|id| id.index);
                     let lag_entries = matched.map_or(last_index + 1, |m| last_index.saturating_sub(m));
-                    let since_ack = match heartbeat.get(&follower).cloned().flatten() {
-                        Some(at) => openraft::Instant::elapsed(&*at),
-                        None => self.started.elapsed(),
-                    };
+                    // A quiet group sends no heartbeats: its followers had
+                    // everything when it went quiet, and the node pings say
+                    // whether they are still there.
+                    let acked = heartbeat.get(&follower).cloned().flatten().map(|at| openraft::Instant::elapsed(&*at));
+                    let since_ack = if group.is_quiet() { node.quiescence().since_contact(follower) } else { acked };
+                    let since_ack = since_ack.unwrap_or_else(|| self.started.elapsed());
                     let lag_seconds = if lag_entries == 0 { 0.0 } else { since_ack.as_secs_f64() };
                     // Silent for too long (down, partitioned), whether or
                     // not there was anything to send it.
@@ -274,6 +276,13 @@ impl Metrics {
         let _ = writeln!(out, "strata_partitions_under_replicated {under}");
         header(out, "strata_partitions_leaderless", "Partition replicas on this node that know of no leader.", "gauge");
         let _ = writeln!(out, "strata_partitions_leaderless {leaderless}");
+        header(
+            out,
+            "strata_partitions_quiet",
+            "Partition replicas on this node that are quiet: idle and fully replicated, with Raft's timers parked.",
+            "gauge",
+        );
+        let _ = writeln!(out, "strata_partitions_quiet {}", node.quiescence().n_quiet());
         header(
             out,
             "strata_raft_elections_total",

@@ -470,6 +470,7 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
     if voters == wanted {
         return;
     }
+    group.ensure_awake().await;
     for (id, node) in nodes_of(replicas, metadata, peers) {
         if !members.contains(&id) {
             if let Err(err) = bounded(group.raft.add_learner(id, node, true)).await {

@@ -24,6 +24,7 @@ mod network;
 mod node;
 mod partition;
 mod producer;
+mod quiesce;
 pub mod retention;
 mod state_machine;
 mod types;
@@ -36,6 +37,7 @@ pub use network::server::GroupRaft;
 pub use node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig, default_raft_config};
 pub use partition::{ProduceError, ProduceGate, Produced, Submission, produce, submit};
 pub use producer::{ProducerStates, SequenceCheck, SequencedBatch};
+pub use quiesce::{QuiesceTiming, Quiescence};
 pub use state_machine::{PartitionSnapshot, PartitionStateMachine};
 pub use types::{
     BatchData, C, RaftEntry, RaftLogId, RaftMembership, RaftVote, TypeConfig, WriteResult, log_id, term_of,

@@ -24,6 +24,9 @@ pub const PEER_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 pub const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 const _: () = assert!(TRANSPORT_MESSAGE_BYTES_MAX >= REPLICATION_BYTES_MAX + strata_log::limits::BATCH_BYTES_MAX);
+/// Groups a node asks to go quiet at once (each asks its followers); the
+/// rest wait for the next check.
+pub const QUIESCE_CONCURRENCY_MAX: usize = 256;
 /// How long a write forwarded to another node's group (a metadata command
 /// sent to the controller's leader) may take.
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

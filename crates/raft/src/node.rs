@@ -23,6 +23,7 @@ use crate::network::peer::Peers;
 use crate::network::server::{GroupRaft, Router, TransportService};
 use crate::partition::ProduceGate;
 use crate::partition::{ProduceError, Produced};
+use crate::quiesce::{QuiesceTiming, Quiescence};
 use crate::state_machine::PartitionStateMachine;
 
 /// Errors of starting a node or opening a group.
@@ -105,6 +106,25 @@ pub struct Group {
     pub state_machine: PartitionStateMachine,
     /// The produce path's lock and in-flight table (see `produce`).
     pub gate: Arc<ProduceGate>,
+    /// What the group's records mean.
+    pub role: GroupRole,
+    /// The node's quiescence (see `quiesce.rs`).
+    quiescence: Arc<Quiescence>,
+}
+
+impl Group {
+    /// Makes sure the group is not quiet before a write: a quiet leader has
+    /// let its lease lapse (openraft refuses writes then), so it wakes,
+    /// heartbeats and waits for a quorum's answer, about one round trip.
+    /// Every write path calls this before proposing.
+    pub async fn ensure_awake(&self) {
+        self.quiescence.ensure_awake(self).await;
+    }
+
+    /// Whether the group is quiet on this node (see `quiesce.rs`).
+    pub fn is_quiet(&self) -> bool {
+        self.quiescence.is_quiet(self.id)
+    }
 }
 
 /// The Raft side of a node.
@@ -115,6 +135,7 @@ pub struct RaftNode {
     router: Arc<Router>,
     peers: Arc<Peers>,
     faults: Arc<TransportFaults>,
+    quiescence: Arc<Quiescence>,
     flusher: Arc<Flusher>,
     groups: Mutex<HashMap<u64, Group>>,
     /// Woken when any group applies a retention decision.
@@ -143,8 +164,12 @@ impl RaftNode {
             .map_err(|source| NodeError::Io { context: "read raft transport address".into(), source })?;
         let flusher = Flusher::spawn(&format!("node{}", config.node_id))
             .map_err(|source| NodeError::Io { context: "start flusher thread".into(), source })?;
-        let router = Arc::new(Router::default());
+        let quiescence = Arc::new(Quiescence::new(config.node_id, QuiesceTiming::from_raft(&raft_config)));
+        let router = Arc::new(Router::new(quiescence.clone()));
         let (stopping_tx, stopping_rx) = watch::channel(false);
+        let peers: Arc<Peers> = Arc::default();
+        let faults: Arc<TransportFaults> = Arc::default();
+        tokio::spawn(quiescence.clone().run(router.clone(), peers.clone(), faults.clone(), stopping_rx.clone()));
         let service = RaftTransportServer::new(TransportService::new(router.clone(), stopping_rx))
             .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
@@ -166,8 +191,9 @@ impl RaftNode {
             raft_config,
             addr,
             router,
-            peers: Arc::default(),
-            faults: Arc::default(),
+            peers,
+            faults,
+            quiescence,
             flusher: Arc::new(flusher),
             groups: Mutex::default(),
             log_start_moved: Arc::default(),
@@ -221,7 +247,15 @@ impl RaftNode {
         )
         .await
         .map_err(|e| NodeError::Raft(format!("start group {group}: {e}")))?;
-        let handle = Group { id: group, raft: raft.clone(), log, state_machine, gate: Arc::default() };
+        let handle = Group {
+            id: group,
+            raft: raft.clone(),
+            log,
+            state_machine,
+            gate: Arc::default(),
+            role,
+            quiescence: self.quiescence.clone(),
+        };
         self.router.insert(handle.clone());
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
         Ok(handle)
@@ -231,6 +265,12 @@ impl RaftNode {
     /// decision (the broker's scheduler then purges at once).
     pub fn log_start_moved(&self) -> Arc<tokio::sync::Notify> {
         self.log_start_moved.clone()
+    }
+
+    /// Which of this node's groups are quiet, and what it hears of its
+    /// peers (see `quiesce.rs`).
+    pub fn quiescence(&self) -> &Quiescence {
+        &self.quiescence
     }
 
     /// Fault injection on this node's outgoing messages (tests).

@@ -166,6 +166,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     if header.is_control() {
         return Err(ProduceError::InvalidBatch("clients may not write control batches".into()));
     }
+    group.ensure_awake().await;
     let (tx, rx) = oneshot::channel();
     if header.producer_id < 0 {
         let (responder, answer) = ProgressResponder::complete_only();

@@ -59,6 +59,7 @@ pub(crate) fn decoded_log_start(batch: &Bytes) -> Option<u64> {
 /// On the leader: proposes that the partition's log start at `first_index`.
 /// Returns once the decision is committed and applied here.
 pub async fn propose_log_start(group: &Group, first_index: u64, now_ms: i64) -> Result<(), ProduceError> {
+    group.ensure_awake().await;
     group
         .raft
         .client_write(BatchData(log_start_batch(first_index, now_ms)))

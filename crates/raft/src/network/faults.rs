@@ -76,6 +76,12 @@ impl TransportFaults {
         self.enabled.store(false, Ordering::Release);
     }
 
+    /// Whether messages to `peer` are all dropped (node liveness pings obey
+    /// isolation too, or a quiet group would never notice it).
+    pub fn is_isolated(&self, peer: u64) -> bool {
+        self.enabled.load(Ordering::Acquire) && self.lock().isolated.contains(&peer)
+    }
+
     /// Faults injected so far (drops, duplicates, delays, isolated messages).
     pub fn n_injected(&self) -> u64 {
         self.lock().n_injected

@@ -25,6 +25,7 @@ use super::convert::{
 };
 use crate::limits::{GROUP_QUEUE_MAX, PEER_QUEUE_MAX};
 use crate::node::Group;
+use crate::quiesce::{Arrived, Quiescence};
 use crate::state_machine::{PartitionSnapshot, PartitionStateMachine};
 use crate::types::C;
 
@@ -32,12 +33,21 @@ use crate::types::C;
 pub type GroupRaft = Raft<C, PartitionStateMachine>;
 
 /// The groups this node runs, by group id.
-#[derive(Default)]
 pub struct Router {
     groups: RwLock<HashMap<u64, Group>>,
+    quiescence: Arc<Quiescence>,
 }
 
 impl Router {
+    pub fn new(quiescence: Arc<Quiescence>) -> Router {
+        Router { groups: RwLock::default(), quiescence }
+    }
+
+    /// Every group.
+    pub fn all(&self) -> Vec<Group> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     pub fn insert(&self, group: Group) {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group.id, group);
     }
@@ -54,33 +64,43 @@ impl Router {
         let Some(group) = self.get(group) else {
             return ReplyBody::Error(format!("group {group} is not on this node"));
         };
-        match handle_with(&group, body).await {
+        match handle_with(&group, body, &self.quiescence).await {
             Ok(reply) => reply,
             Err(message) => ReplyBody::Error(message),
         }
     }
 }
 
-async fn handle_with(group: &Group, body: Option<Body>) -> Result<ReplyBody, String> {
+async fn handle_with(group: &Group, body: Option<Body>, quiescence: &Quiescence) -> Result<ReplyBody, String> {
     let raft = &group.raft;
     match body.ok_or("empty request")? {
+        Body::Ping(_) => Ok(ReplyBody::Pong(quiescence.pong())),
+        Body::Quiesce(req) => {
+            Ok(ReplyBody::Quiesce(pb::QuiesceReply { quiet: quiescence.on_quiesce_request(group, req) }))
+        }
         Body::Propose(req) => {
             let result = crate::partition::produce(group, req.batch).await;
             Ok(ReplyBody::Propose(propose_reply_to_pb(&result)))
         }
         Body::TransferLeader(req) => {
             let req = from_json(&req.request_json)?;
+            quiescence.arrived(group, Arrived::Other);
             let resp = raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())?;
             Ok(ReplyBody::TransferLeader(pb::TransferLeaderReply { response_json: json_bytes(&resp)? }))
         }
         Body::Append(req) => {
             let req = append_from_pb(req)?;
+            let arrived = Arrived::Append { vote: req.vote, has_entries: !req.entries.is_empty() };
             let resp = raft.append_entries(req).await.map_err(|e| e.to_string())?;
+            // After the append: it renewed the leader's lease, so a woken
+            // ticker does not stand for election at its first tick.
+            quiescence.arrived(group, arrived);
             Ok(ReplyBody::Append(append_reply_to_pb(&resp)))
         }
         Body::Vote(req) => {
             let req = vote_request_from_pb(req)?;
             let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
+            quiescence.arrived(group, Arrived::Other);
             Ok(ReplyBody::Vote(vote_reply_to_pb(&resp)))
         }
         Body::Snapshot(req) => {
@@ -89,6 +109,7 @@ async fn handle_with(group: &Group, body: Option<Body>) -> Result<ReplyBody, Str
             let data: PartitionSnapshot = from_json(&req.data_json)?;
             let snapshot = openraft::Snapshot { meta, snapshot: data };
             let resp = raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())?;
+            quiescence.arrived(group, Arrived::Other);
             Ok(ReplyBody::Snapshot(pb::InstallSnapshotReply { vote: Some(vote_to_pb(&resp.vote)) }))
         }
     }
@@ -132,6 +153,16 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     _ = stopping.wait_for(|stop| *stop) => None,
                 };
                 let Some(Ok(request)) = next else { break };
+                if let Some(Body::Ping(_)) = request.body {
+                    // Liveness is answered at once: a busy group's queue
+                    // must not make its node look dead.
+                    let reply =
+                        pb::RaftResponse { id: request.id, body: Some(ReplyBody::Pong(router.quiescence.pong())) };
+                    if out_tx.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let group = request.group;
                 let worker = workers.entry(group).or_insert_with(|| {
                     let (tx, mut rx) = mpsc::channel::<pb::RaftRequest>(GROUP_QUEUE_MAX);

@@ -92,9 +92,11 @@ pub async fn wait_for_leader(nodes: &[Arc<RaftNode>], timeout: Duration) -> Arc<
 /// Writes batch `n` through `node`, retrying while it has no established
 /// leadership (as a client would). Returns the write's base offset.
 pub async fn write(node: &RaftNode, n: u64, timeout: Duration) -> Result<u64, String> {
-    let raft = node.group(GROUP).expect("group").raft;
+    let group = node.group(GROUP).expect("group");
+    let raft = group.raft.clone();
     let deadline = Instant::now() + timeout;
     loop {
+        group.ensure_awake().await;
         let result = tokio::time::timeout(timeout, raft.client_write(BatchData(batch(n)))).await;
         match result {
             Ok(Ok(response)) => return Ok(response.data.base_offset),
