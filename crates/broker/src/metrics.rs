@@ -380,6 +380,21 @@ fn render_storage(out: &mut String) {
         "counter",
     );
     let _ = writeln!(out, "strata_fsync_flushes_released_total {}", stats.flushes_released);
+    let raft = strata_raft::stats::snapshot();
+    header(
+        out,
+        "strata_raft_commit_seconds",
+        "Produced batches on partitions led here, from proposal to commit (a majority has them on disk, applied here).",
+        "histogram",
+    );
+    render_histogram(
+        out,
+        "strata_raft_commit_seconds",
+        "",
+        &strata_raft::stats::COMMIT_SECONDS_BOUNDS,
+        &raft.commit_buckets,
+        raft.commit_seconds,
+    );
 }
 
 async fn render_groups(out: &mut String, cluster: &ClusterNode, coordinator: &Coordinator, metadata: &ClusterMetadata) {

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::limits::HANDOVER_MAX;
@@ -103,7 +104,11 @@ impl Server {
         let cluster = Arc::new(ClusterNode::start_on(raft, listeners.peer, config.peers.clone()).await?);
         cluster.announce_client_addr(config.advertise_client.clone());
         let coordinator = crate::groups::Coordinator::new(cluster.clone(), config.offsets_partitions);
-        tokio::spawn(coordinator.clone().run(config.peers.len()));
+        // Every task of this node logs inside its span, so the lines of
+        // several nodes in one process (tests, `strata dev` logs merged)
+        // say whose they are.
+        let node_span = tracing::info_span!("node", node = config.node_id);
+        tokio::spawn(coordinator.clone().run(config.peers.len()).instrument(node_span.clone()));
         let metrics = Arc::new(Metrics::default());
         let broker = Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), &config));
 
@@ -118,8 +123,11 @@ impl Server {
             metrics.clone(),
         );
         let (stop_api, stopped) = oneshot::channel::<()>();
+        let rpc_parent = node_span.clone();
         let api = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
+                // One span per request, under the node's, naming the call.
+                .trace_fn(move |request| tracing::info_span!(parent: &rpc_parent, "rpc", path = %request.uri().path()))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -130,9 +138,13 @@ impl Server {
             }
         });
         let (stop_http, http_stopped) = watch::channel(false);
-        tokio::spawn(crate::retention::Scheduler::new(cluster.clone(), &config).run(http_stopped.clone()));
+        tokio::spawn(
+            crate::retention::Scheduler::new(cluster.clone(), &config)
+                .run(http_stopped.clone())
+                .instrument(node_span.clone()),
+        );
         let http = crate::http::Http { cluster: cluster.clone(), coordinator, metrics };
-        tokio::spawn(crate::http::serve(listeners.http, Arc::new(http), http_stopped));
+        tokio::spawn(crate::http::serve(listeners.http, Arc::new(http), http_stopped).instrument(node_span.clone()));
         tracing::info!(node = config.node_id, client = %client_addr, peer = %peer_addr, http = %http_addr, "node started");
         Ok(Server {
             config,
@@ -491,22 +503,30 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Answer<pb::FindCoordinatorResponse> {
         self.ready()?;
-        self.answer("find_coordinator", self.0.find_coordinator(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("find_coordinator", self.0.find_coordinator(request).instrument(span).await)
     }
 
     async fn group_heartbeat(&self, request: Request<pb::GroupHeartbeatRequest>) -> Answer<pb::GroupHeartbeatResponse> {
         self.ready()?;
-        self.answer("group_heartbeat", self.0.group_heartbeat(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("group_heartbeat", self.0.group_heartbeat(request).instrument(span).await)
     }
 
     async fn offset_commit(&self, request: Request<pb::OffsetCommitRequest>) -> Answer<pb::OffsetCommitResponse> {
         self.ready()?;
-        self.answer("offset_commit", self.0.offset_commit(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("offset_commit", self.0.offset_commit(request).instrument(span).await)
     }
 
     async fn offset_fetch(&self, request: Request<pb::OffsetFetchRequest>) -> Answer<pb::OffsetFetchResponse> {
         self.ready()?;
-        self.answer("offset_fetch", self.0.offset_fetch(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("offset_fetch", self.0.offset_fetch(request).instrument(span).await)
     }
 
     async fn list_groups(&self, _request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
@@ -516,11 +536,15 @@ impl pb::strata_server::Strata for Api {
 
     async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
         self.ready()?;
-        self.answer("describe_group", self.0.describe_group(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("describe_group", self.0.describe_group(request).instrument(span).await)
     }
 
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
         self.ready()?;
-        self.answer("delete_group", self.0.delete_group(request.into_inner()).await)
+        let request = request.into_inner();
+        let span = tracing::info_span!("group", group = %request.group);
+        self.answer("delete_group", self.0.delete_group(request).instrument(span).await)
     }
 }

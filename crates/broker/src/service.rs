@@ -142,36 +142,42 @@ impl Broker {
         }
         let waits = submitted.into_iter().map(|(topic, partition, outcome)| {
             let metadata = &metadata;
-            async move {
-                let what = format!("{topic}/{partition}");
-                let result = match outcome {
-                    Err(e) => Err(e),
-                    Ok((group, submission)) => {
-                        let log_start = group.log.state().log_start_offset.0 as i64;
-                        match (acks, submission) {
-                            (_, Submission::Stored(p)) => Ok((p.base_offset as i64, true, log_start)),
-                            (pb::Acks::All, Submission::InFlight(answer)) => {
-                                match tokio::time::timeout(timeout, Submission::InFlight(answer).wait()).await {
-                                    Ok(Ok(p)) => Ok((p.base_offset as i64, p.duplicate, log_start)),
-                                    Ok(Err(e)) => {
-                                        Err(ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))
+            let span = tracing::info_span!("partition", topic = %topic, partition);
+            tracing::Instrument::instrument(
+                async move {
+                    let what = format!("{topic}/{partition}");
+                    let result = match outcome {
+                        Err(e) => Err(e),
+                        Ok((group, submission)) => {
+                            let log_start = group.log.state().log_start_offset.0 as i64;
+                            match (acks, submission) {
+                                (_, Submission::Stored(p)) => Ok((p.base_offset as i64, true, log_start)),
+                                (pb::Acks::All, Submission::InFlight(answer)) => {
+                                    match tokio::time::timeout(timeout, Submission::InFlight(answer).wait()).await {
+                                        Ok(Ok(p)) => Ok((p.base_offset as i64, p.duplicate, log_start)),
+                                        Ok(Err(e)) => {
+                                            Err(ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))
+                                        }
+                                        Err(_) => Err(ApiError::new(
+                                            Code::Timeout,
+                                            format!(
+                                                "{what}: not replicated within {timeout:?}; it may still be written"
+                                            ),
+                                        )),
                                     }
-                                    Err(_) => Err(ApiError::new(
-                                        Code::Timeout,
-                                        format!("{what}: not replicated within {timeout:?}; it may still be written"),
-                                    )),
                                 }
+                                (_, Submission::InFlight(_)) => Ok((-1, false, log_start)),
                             }
-                            (_, Submission::InFlight(_)) => Ok((-1, false, log_start)),
                         }
-                    }
-                };
-                let (base_offset, duplicate, log_start_offset, error) = match result {
-                    Ok((offset, duplicate, start)) => (offset, duplicate, start, None),
-                    Err(e) => (-1, false, -1, Some(error_to_pb(&e))),
-                };
-                pb::PartitionProduceResult { topic, partition, error, base_offset, duplicate, log_start_offset }
-            }
+                    };
+                    let (base_offset, duplicate, log_start_offset, error) = match result {
+                        Ok((offset, duplicate, start)) => (offset, duplicate, start, None),
+                        Err(e) => (-1, false, -1, Some(error_to_pb(&e))),
+                    };
+                    pb::PartitionProduceResult { topic, partition, error, base_offset, duplicate, log_start_offset }
+                },
+                span,
+            )
         });
         let partitions = futures::future::join_all(waits).await;
         drop(permit);

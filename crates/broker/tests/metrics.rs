@@ -77,6 +77,8 @@ async fn throughput_lag_and_a_stopped_follower_show_in_the_metrics() {
     assert_eq!(sum_over(&http, "strata_topic_records_in_total", &[topic]).await, 200.0);
     assert!(sum_over(&http, "strata_topic_bytes_in_total", &[topic]).await >= 200.0 * 100.0);
     assert!(sum_over(&http, "strata_produce_latency_seconds_count", &[]).await >= 1.0);
+    // The leader's commit latency histogram counted the produced batches.
+    assert!(sum_over(&http, "strata_raft_commit_seconds_count", &[]).await >= 1.0);
     assert!(sum_over(&http, "strata_requests_total", &["rpc=\"produce\"", "code=\"ok\""]).await >= 1.0);
     assert_eq!(sum_over(&http, "strata_partition_leader", &[topic]).await, 1.0, "one leader");
     wait_for(&http, "strata_partition_high_watermark", &[topic], "every replica at 200", |v| v == 600.0).await;

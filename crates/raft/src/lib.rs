@@ -27,6 +27,7 @@ mod producer;
 mod quiesce;
 pub mod retention;
 mod state_machine;
+pub mod stats;
 mod types;
 
 pub use cluster::{ClusterError, ClusterNode};

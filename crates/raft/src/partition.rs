@@ -170,6 +170,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     let (tx, rx) = oneshot::channel();
     if header.producer_id < 0 {
         let (responder, answer) = ProgressResponder::complete_only();
+        let proposed = std::time::Instant::now();
         group
             .raft
             .client_write_ff(BatchData(batch), Some(responder))
@@ -177,7 +178,11 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
             .map_err(|e| ProduceError::Raft(e.to_string()))?;
         let group = group.clone();
         tokio::spawn(async move {
-            let _ = tx.send(outcome_of(&group, answer.await).map(|w| produced(w, false)));
+            let result = outcome_of(&group, answer.await);
+            if result.is_ok() {
+                crate::stats::record_commit(proposed.elapsed());
+            }
+            let _ = tx.send(result.map(|w| produced(w, false)));
         });
         return Ok(Submission::InFlight(rx));
     }
@@ -249,6 +254,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     };
     // Submit while holding the gate, so proposals keep the order of checks.
     let (responder, answer) = ProgressResponder::complete_only();
+    let proposed = std::time::Instant::now();
     group
         .raft
         .client_write_ff(BatchData(batch), Some(responder))
@@ -262,6 +268,9 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     let group = group.clone();
     tokio::spawn(async move {
         let result = outcome_of(&group, answer.await);
+        if result.is_ok() {
+            crate::stats::record_commit(proposed.elapsed());
+        }
         let _ = publish.send(Some(result.clone()));
         let mut gate = group.gate.state.lock().await;
         if let Some(list) = gate.pending.get_mut(&pid) {
