@@ -375,6 +375,7 @@ top_level_error!(
     pb::CreateTopicResponse,
     pb::DeleteTopicResponse,
     pb::AlterTopicConfigResponse,
+    pb::ReassignPartitionResponse,
     pb::DescribeTopicResponse,
     pb::InitProducerIdResponse,
     pb::FindCoordinatorResponse,
@@ -470,6 +471,14 @@ impl pb::strata_server::Strata for Api {
     ) -> Answer<pb::AlterTopicConfigResponse> {
         self.ready()?;
         self.answer("alter_topic_config", self.0.alter_topic_config(request.into_inner()).await)
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<pb::ReassignPartitionRequest>,
+    ) -> Answer<pb::ReassignPartitionResponse> {
+        self.ready()?;
+        self.answer("reassign_partition", self.0.reassign_partition(request.into_inner()).await)
     }
 
     async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {

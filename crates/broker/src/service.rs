@@ -484,6 +484,43 @@ impl Broker {
         admin_bounded(alter).await?.map_err(ApiError::from_cluster)
     }
 
+    /// ReassignPartition: checks the replica set, then records it through
+    /// the controller (the partition's leader carries the move out).
+    pub async fn reassign_partition(&self, request: pb::ReassignPartitionRequest) -> pb::ReassignPartitionResponse {
+        pb::ReassignPartitionResponse { error: ok_or_error(self.try_reassign_partition(request).await) }
+    }
+
+    async fn try_reassign_partition(&self, request: pb::ReassignPartitionRequest) -> Result<(), ApiError> {
+        let metadata = self.cluster.metadata();
+        let info = find_topic(&metadata, &request.topic)?;
+        if request.partition as usize >= info.partitions.len() {
+            return Err(ApiError::new(
+                Code::UnknownPartition,
+                format!(
+                    "topic {} has {} partitions, not {}",
+                    request.topic,
+                    info.partitions.len(),
+                    request.partition + 1
+                ),
+            ));
+        }
+        if request.replicas.is_empty() {
+            return Err(ApiError::new(Code::InvalidRequest, "a partition needs at least one replica"));
+        }
+        let distinct: std::collections::BTreeSet<u64> = request.replicas.iter().copied().collect();
+        if distinct.len() != request.replicas.len() {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("replicas {:?} name a broker twice", request.replicas),
+            ));
+        }
+        if let Some(unknown) = request.replicas.iter().find(|id| !metadata.brokers.contains_key(id)) {
+            return Err(ApiError::new(Code::InvalidRequest, format!("broker {unknown} is not registered")));
+        }
+        let reassign = self.cluster.reassign(&request.topic, request.partition, request.replicas);
+        admin_bounded(reassign).await?.map_err(ApiError::from_cluster)
+    }
+
     /// ListTopics.
     pub async fn list_topics(&self) -> pb::ListTopicsResponse {
         pb::ListTopicsResponse { names: self.cluster.metadata().topics.keys().cloned().collect() }

@@ -52,6 +52,19 @@ pub enum TopicCommand {
         #[arg(long = "delete-config", value_name = "KEY")]
         delete: Vec<String>,
     },
+    /// Moves a partition to other brokers: new replicas catch up as
+    /// learners before they vote; `topic describe` shows the progress.
+    Reassign {
+        /// Topic name.
+        name: String,
+        /// The partition to move.
+        #[arg(long)]
+        partition: u32,
+        /// The brokers to hold it, by id, comma-separated (the first is
+        /// preferred as leader).
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
     /// Deletes a topic and its data.
     Delete {
         /// Topic name.
@@ -204,6 +217,14 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             let result = admin.alter_topic_config(&name, set, delete).await?;
             let shown: Vec<String> = result.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("Altered topic {name}. Configs: {}", shown.join(","));
+        }
+        TopicCommand::Reassign { name, partition, replicas } => {
+            let shown: Vec<String> = replicas.iter().map(u64::to_string).collect();
+            admin.reassign_partition(&name, partition, replicas).await?;
+            println!(
+                "Reassigning {name}/{partition} to brokers {}; follow it with `strata topic describe {name}`.",
+                shown.join(",")
+            );
         }
         TopicCommand::Describe { name, verbose } => {
             let topic = admin.describe_topic(&name).await?;

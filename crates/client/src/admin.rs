@@ -308,6 +308,23 @@ impl Admin {
         Ok(response.configs.into_iter().collect())
     }
 
+    /// Moves partition `partition` of `topic` to the brokers `replicas` (the
+    /// first preferred as leader). Returns once the controller recorded the
+    /// new assignment; the partition's leader then brings the new replicas
+    /// up to date before they become voters, so follow the move with
+    /// [`Admin::describe_topic`].
+    pub async fn reassign_partition(&self, topic: &str, partition: u32, replicas: Vec<u64>) -> Result<()> {
+        let request = pb::ReassignPartitionRequest { topic: topic.to_string(), partition, replicas };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.reassign_partition(request).await }
+            })
+            .await?;
+        check(response.error)
+    }
+
     /// The brokers and the controller.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
         let response = self

@@ -392,15 +392,27 @@ impl Reconciler {
                     move_replicas(&group, &partition.replicas, &metadata, peers).await;
                 }
             }
-            // Groups of topics deleted since they were opened.
+            // Groups of topics deleted since they were opened, and replicas
+            // moved away once this replica knows a committed membership in
+            // which it no longer votes: the new voters then hold everything
+            // committed. (A replica moved away stays a learner until then,
+            // see `move_replicas`, so it does learn of that commit.)
             let assigned: BTreeSet<u64> = assigned.iter().map(|p| p.group).collect();
             for group in node.groups() {
-                let deleted = group.id != CONTROLLER_GROUP
-                    && !assigned.contains(&group.id)
-                    && metadata.partition_of_group(group.id).is_none();
-                if deleted {
+                if group.id == CONTROLLER_GROUP || assigned.contains(&group.id) {
+                    continue;
+                }
+                let deleted = metadata.partition_of_group(group.id).is_none();
+                let moved_away = !deleted && {
+                    use openraft::async_runtime::WatchReceiver;
+                    let committed = group.raft.metrics().borrow_watched().committed_membership_config.clone();
+                    !committed.membership().voter_ids().any(|id| id == node.id())
+                };
+                if deleted || moved_away {
+                    let what = if deleted { "a deleted partition" } else { "a replica moved away" };
+                    tracing::info!(group = group.id, "removing {what}");
                     if let Err(err) = node.close_group(group.id, true).await {
-                        tracing::warn!(group = group.id, error = %err, "cannot remove a deleted partition");
+                        tracing::warn!(group = group.id, error = %err, "cannot remove {what}");
                     }
                 }
             }
@@ -431,6 +443,36 @@ fn nodes_of(ids: &[u64], metadata: &ClusterMetadata, peers: &BTreeMap<u64, Strin
             addr.map(|a| (*r, BasicNode::new(a)))
         })
         .collect()
+}
+
+/// When each leader first saw a group's committed membership leave
+/// learners behind, by (leader node, group).
+static LEAVING_SINCE: std::sync::Mutex<BTreeMap<(u64, u64), std::time::Instant>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether every node of `nodes` knows the group's committed membership is
+/// committed: each has it in its log and answered a heartbeat sent after the
+/// leader first saw it committed (a heartbeat carries the commit index).
+fn has_committed_membership(group: &Group, nodes: &BTreeSet<u64>) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    let Some(at) = metrics.committed_membership_config.log_id().clone() else { return false };
+    let since = *LEAVING_SINCE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((metrics.id, group.id))
+        .or_insert_with(std::time::Instant::now);
+    let replication = metrics.replication.unwrap_or_default();
+    let heartbeat = metrics.heartbeat.unwrap_or_default();
+    nodes.iter().all(|node| {
+        let matched = replication.get(node).cloned().flatten().is_some_and(|m| m.index >= at.index);
+        let acked_after = heartbeat
+            .get(node)
+            .cloned()
+            .flatten()
+            .is_some_and(|acked| openraft::Instant::elapsed(&*acked) < since.elapsed());
+        matched && acked_after
+    })
 }
 
 fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
@@ -468,6 +510,24 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
     let wanted: BTreeSet<u64> = replicas.iter().copied().collect();
     let (voters, members) = membership_of(group);
     if voters == wanted {
+        // Replicas moved away were kept as learners, so that they learn
+        // of the committed membership that drops them and delete their
+        // copy; once they have it, they leave the group altogether.
+        let leaving: BTreeSet<u64> = members.difference(&wanted).copied().collect();
+        if !leaving.is_empty() && has_committed_membership(group, &leaving) {
+            group.ensure_awake().await;
+            let remove = openraft::ChangeMembers::RemoveNodes(leaving);
+            match bounded(group.raft.change_membership(remove, false)).await {
+                Ok(_) => {
+                    use openraft::async_runtime::WatchReceiver;
+                    let me = group.raft.metrics().borrow_watched().id;
+                    LEAVING_SINCE.lock().unwrap_or_else(|p| p.into_inner()).remove(&(me, group.id));
+                }
+                Err(err) => {
+                    tracing::debug!(group = group.id, error = %err, "removing replicas moved away will be retried")
+                }
+            }
+        }
         return;
     }
     group.ensure_awake().await;
@@ -479,7 +539,8 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
             }
         }
     }
-    if let Err(err) = bounded(group.raft.change_membership(wanted, false)).await {
+    // `retain`: voters dropped stay learners for now (see above).
+    if let Err(err) = bounded(group.raft.change_membership(wanted, true)).await {
         tracing::debug!(group = group.id, error = %err, "membership change will be retried");
     }
 }
