@@ -401,8 +401,12 @@ impl Nemesis {
                     strobe
                 }
                 Err(e) => {
+                    // Part of it may have happened (one of two nodes
+                    // killed): undo what can be undone, count nothing.
                     eprintln!("[nemesis] could not start {description}: {e:#}");
                     self.record(F::StartFault, &description, Some(format!("{e:#}")));
+                    let undone = self.stop(&step.fault);
+                    self.record(F::StopFault, &description, undone.err().map(|e| format!("{e:#}")));
                     self.outcome.skipped.push(format!("{description}: {e:#}"));
                     continue;
                 }

@@ -271,6 +271,11 @@ impl Cluster {
         let mut segments = Vec::new();
         find_segments(&self.data_dir(node), &mut segments)?;
         segments.retain(|(_, len)| *len > 0);
+        // Prefer segments with some records in them (the workload's
+        // partitions) over the nearly empty ones of idle groups.
+        if segments.iter().any(|(_, len)| *len >= 4096) {
+            segments.retain(|(_, len)| *len >= 4096);
+        }
         segments.sort();
         if segments.is_empty() {
             bail!("node {node} has no non-empty segment to damage");

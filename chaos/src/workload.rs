@@ -155,9 +155,13 @@ pub async fn worker(shared: Arc<Shared>, node: u32, subscribe: bool, mut rng: Rn
     let mut producer = producer(&client);
     let mut reader: Option<Reader> = None;
     while Instant::now() < shared.deadline {
-        let roll = rng.below(100);
-        if roll < 3 {
-            // Consumers are re-created at random; half leave cleanly.
+        let roll = rng.below(1000);
+        // Consumers are re-created at random: an assigning one about every
+        // 30 operations, a group member about every 300, so the group
+        // still settles between its members' comings and goings.
+        let recreate = if subscribe { 3 } else { 30 };
+        if roll < recreate {
+            // Half leave cleanly; the others vanish as a crash would.
             if let Some(old) = reader.take() {
                 if rng.chance(0.5) {
                     let _ = timeout(Duration::from_secs(5), old.consumer.close()).await;
@@ -165,7 +169,7 @@ pub async fn worker(shared: Arc<Shared>, node: u32, subscribe: bool, mut rng: Rn
             }
             continue;
         }
-        let ok = if roll < 55 {
+        let ok = if roll < 550 {
             let ok = send(&shared, &producer, process, node, &mut rng).await;
             if !ok {
                 // Indefinite: a new process with a new producer.
