@@ -552,6 +552,15 @@ mod tests {
     }
 
     #[test]
+    fn ack_before_quorum_is_off_unless_set_and_takes_only_true_or_false() {
+        assert!(!ConfigBuilder::new().build().expect("defaults").testing_ack_before_quorum);
+        let on = ConfigBuilder::new().set("testing.ack_before_quorum", "true").expect("known").build().expect("valid");
+        assert!(on.testing_ack_before_quorum);
+        let bad = ConfigBuilder::new().set("testing.ack_before_quorum", "yes").expect("known").build();
+        assert!(bad.is_err(), "{bad:?}");
+    }
+
+    #[test]
     fn the_documented_config_file_sets_every_key_and_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/strata.toml");
         let text = std::fs::read_to_string(&path).expect("deploy/strata.toml");
