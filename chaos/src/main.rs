@@ -229,8 +229,7 @@ async fn run_in_network(
     }
     cluster.lock().unwrap_or_else(|p| p.into_inner()).start_all()?;
     let bootstrap = cluster.lock().unwrap_or_else(|p| p.into_inner()).bootstrap();
-    let replication = args.nodes.min(5);
-    workload::create_topic(&bootstrap, args.keys, replication).await?;
+    workload::create_topic(&bootstrap, args.keys, args.nodes.min(5)).await?;
     eprintln!("[chaos] cluster up after {:.1}s; running for {}s", started.elapsed().as_secs_f64(), args.time_limit);
 
     let history = History::create(&out_dir.join("history.jsonl"), started)?;
@@ -282,8 +281,9 @@ async fn run_in_network(
     op.fault = Some("heal all".to_string());
     op.error = healed.err().map(|e| format!("{e:#}"));
     history.record(op);
-    if let Err(e) = workload::create_topic(&bootstrap, args.keys, replication).await {
-        eprintln!("[chaos] after healing: {e:#}");
+    let leaderless = workload::wait_for_leaders(args.nodes, args.keys, Duration::from_secs(90)).await;
+    if !leaderless.is_empty() {
+        eprintln!("[chaos] 90 s after healing, partitions {leaderless:?} still have no leader");
     }
     let ends = workload::ends_seen(&history.finish()?);
     let incomplete = workload::final_read(&shared, &bootstrap, &ends).await;
@@ -319,6 +319,7 @@ async fn run_in_network(
         "faults_skipped": outcome.skipped,
         "fault_periods": outcome.periods,
         "final_read_incomplete": incomplete,
+        "leaderless_after_heal": leaderless,
         "unexpected_node_exits": exits,
         "anomalies": verdict.anomalies,
         "stats": verdict.stats,

@@ -103,6 +103,30 @@ pub async fn create_topic(bootstrap: &str, n_keys: u32, replication: u32) -> any
     }
 }
 
+/// Waits (up to `wait`) until every partition of the topic has a leader
+/// that some node reports. Each node is asked separately: a node describes
+/// only the replicas it holds open, so one node's answer can show a
+/// partition without a leader that the others know. Returns the
+/// partitions still without one.
+pub async fn wait_for_leaders(n_nodes: u32, n_keys: u32, wait: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + wait;
+    let admins: Vec<Admin> =
+        (1..=n_nodes).filter_map(|n| Client::new(&Cluster::client_addr(n)).ok()).map(|c| Admin::new(&c)).collect();
+    loop {
+        let mut led = BTreeSet::new();
+        for admin in &admins {
+            if let Ok(Ok(t)) = timeout(Duration::from_secs(2), admin.describe_topic(TOPIC)).await {
+                led.extend(t.partitions.iter().filter(|p| p.leader.is_some()).map(|p| p.partition));
+            }
+        }
+        let missing: Vec<u32> = (0..n_keys).filter(|k| !led.contains(k)).collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The nodes leading a partition of the topic now.
 pub async fn current_leaders(cluster: &Arc<Mutex<Cluster>>) -> anyhow::Result<BTreeSet<u32>> {
     let bootstrap = cluster.lock().unwrap_or_else(|p| p.into_inner()).bootstrap();
