@@ -86,6 +86,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("limits.produce_memory_bytes", Some("256 MiB")),
     ("shutdown.grace", Some("10s")),
     ("groups.offsets_partitions", Some("12")),
+    ("testing.ack_before_quorum", Some("false")),
 ];
 
 /// The whole server configuration, checked.
@@ -137,6 +138,11 @@ pub struct ServerConfig {
     pub retention_follower_hold: Duration,
     /// The compaction cleaner's I/O budget (bytes rewritten per second).
     pub cleaner_io_bytes_per_second: u64,
+    /// UNSAFE, for the chaos harness's control run only: answer acks=all
+    /// as soon as the leader has proposed the batch, before a majority has
+    /// it, so acknowledged writes can be lost. It exists so the chaos
+    /// checker can be shown to catch lost writes. Default false.
+    pub testing_ack_before_quorum: bool,
 }
 
 /// Where a value came from, for error messages.
@@ -305,6 +311,7 @@ impl ConfigBuilder {
             cleaner_io_bytes_per_second: self.required("log.cleaner_io_bytes_per_second", |v| {
                 parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
             })?,
+            testing_ack_before_quorum: self.required("testing.ack_before_quorum", parse_bool)?,
         })
     }
 
@@ -415,6 +422,14 @@ fn show_size(n: u64) -> String {
         }
     }
     n.to_string()
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 fn parse_nonempty(v: &str) -> Result<String, String> {
@@ -534,6 +549,15 @@ mod tests {
         let alone = ConfigBuilder::new().set("node_id", "3").expect("known").set("peers", "1=a:1").expect("known");
         assert!(alone.build().expect_err("not in peers").to_string().contains("not in peers"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn ack_before_quorum_is_off_unless_set_and_takes_only_true_or_false() {
+        assert!(!ConfigBuilder::new().build().expect("defaults").testing_ack_before_quorum);
+        let on = ConfigBuilder::new().set("testing.ack_before_quorum", "true").expect("known").build().expect("valid");
+        assert!(on.testing_ack_before_quorum);
+        let bad = ConfigBuilder::new().set("testing.ack_before_quorum", "yes").expect("known").build();
+        assert!(bad.is_err(), "{bad:?}");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Broker {
     /// share is answered THROTTLED.
     produce_budget: Arc<Semaphore>,
     produce_budget_bytes: usize,
+    /// `testing.ack_before_quorum`: UNSAFE, answer acks=all once proposed
+    /// (the chaos harness's control run, which must see lost writes).
+    ack_before_quorum: bool,
 }
 
 impl Broker {
@@ -62,6 +65,7 @@ impl Broker {
             topic_defaults: config.topic_defaults.clone(),
             produce_budget: Arc::new(Semaphore::new(budget)),
             produce_budget_bytes: budget,
+            ack_before_quorum: config.testing_ack_before_quorum,
         }
     }
 
@@ -152,6 +156,11 @@ impl Broker {
                             let log_start = group.log.state().log_start_offset.0 as i64;
                             match (acks, submission) {
                                 (_, Submission::Stored(p)) => Ok((p.base_offset as i64, true, log_start)),
+                                // The control run's deliberate bug: acknowledged
+                                // before a majority has it (offset unknown yet).
+                                (pb::Acks::All, Submission::InFlight(_)) if self.ack_before_quorum => {
+                                    Ok((-1, false, log_start))
+                                }
                                 (pb::Acks::All, Submission::InFlight(answer)) => {
                                     match tokio::time::timeout(timeout, Submission::InFlight(answer).wait()).await {
                                         Ok(Ok(p)) => Ok((p.base_offset as i64, p.duplicate, log_start)),

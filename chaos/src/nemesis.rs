@@ -1,0 +1,597 @@
+//! The nemesis: which faults happen when, decided from the seed before the
+//! run starts ([`plan`], pure and unit-tested), then carried out against
+//! the cluster ([`Nemesis::run`]), each fault counted.
+//!
+//! Faults run one at a time: each starts after a gap and stops after a
+//! duration, both drawn in 0–2× the interval, so the next fault always
+//! begins on a healed cluster and every fault's effect is attributable.
+//! The first cycle goes through every requested kind (in a seeded order),
+//! so a short run still exercises each; a run in which a requested kind
+//! never fired fails.
+//!
+//! **Invariant:** disk damage is done only to one node at a time while it
+//! is down (a minority of every replica set, since topics are replicated
+//! to at least three nodes), so the cluster as a whole must not lose any
+//! acknowledged record because of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::history::{F, History, NEMESIS_PROCESS, Op, OpType};
+use crate::node::Cluster;
+use crate::rng::Rng;
+
+/// The kinds of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// SIGKILL, then restart on the same data.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Dropped packets between peers.
+    Partition,
+    /// Wall-clock jumps and strobes (libfaketime).
+    Clock,
+    /// Damaged segment files on a node that is down.
+    Disk,
+}
+
+impl Kind {
+    /// Every kind the harness can inject (`--nemesis all`).
+    pub const ALL: [Kind; 5] = [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Clock, Kind::Disk];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::Clock => "clock",
+            Kind::Disk => "disk",
+        }
+    }
+
+    /// Parses `kill,pause,...` or `all`.
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<Kind>> {
+        let mut kinds = BTreeSet::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == "all" {
+                kinds.extend(Kind::ALL);
+                continue;
+            }
+            match Kind::ALL.iter().find(|k| k.name() == name) {
+                Some(kind) => {
+                    kinds.insert(*kind);
+                }
+                None if name == "membership" => {
+                    anyhow::bail!("the membership nemesis is not implemented (see docs/chaos.md)")
+                }
+                None => anyhow::bail!("unknown nemesis {name:?}; known: kill, pause, partition, clock, disk, all"),
+            }
+        }
+        Ok(kinds.into_iter().collect())
+    }
+}
+
+/// The shapes of a network partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// One node cut from all others.
+    One,
+    /// A minority half and a majority half.
+    Halves,
+    /// Each node sees its ring neighbours only: every node is in a
+    /// majority, and no two agree on which.
+    MajoritiesRing,
+    /// Two halves joined by one node that sees both.
+    Bridge,
+    /// The nodes leading partitions now (a minority of them), each cut off.
+    Leaders,
+}
+
+/// How a clock fault moves time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClockMode {
+    /// Jump by `offset_ms` and stay there.
+    Bump {
+        /// Signed jump.
+        offset_ms: i64,
+    },
+    /// Flip between now and now + `delta_ms` every `period_ms`.
+    Strobe {
+        /// Size of the flips.
+        delta_ms: i64,
+        /// Time between flips.
+        period_ms: u64,
+    },
+}
+
+/// How a disk fault damages a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Damage {
+    /// Cut this many bytes off the end of a segment.
+    Truncate {
+        /// Bytes removed (fewer if the file is smaller).
+        bytes: u64,
+    },
+    /// Flip this many random bits of a segment.
+    BitFlip {
+        /// Bits flipped.
+        bits: u32,
+    },
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Fault {
+    /// Kill these nodes.
+    Kill {
+        /// Node ids.
+        nodes: Vec<u32>,
+    },
+    /// Pause these nodes.
+    Pause {
+        /// Node ids.
+        nodes: Vec<u32>,
+    },
+    /// Cut the network.
+    Partition {
+        /// The shape.
+        shape: Shape,
+        /// Node → nodes it must not hear from (empty for `Leaders`: decided
+        /// when the fault starts).
+        grudge: BTreeMap<u32, BTreeSet<u32>>,
+    },
+    /// Move these nodes' clocks.
+    Clock {
+        /// Node ids.
+        nodes: Vec<u32>,
+        /// How.
+        mode: ClockMode,
+    },
+    /// Damage a segment of one node while it is down.
+    Disk {
+        /// Node id.
+        node: u32,
+        /// How.
+        damage: Damage,
+        /// Chooses the file and positions.
+        pick: u64,
+    },
+}
+
+impl Fault {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Fault::Kill { .. } => Kind::Kill,
+            Fault::Pause { .. } => Kind::Pause,
+            Fault::Partition { .. } => Kind::Partition,
+            Fault::Clock { .. } => Kind::Clock,
+            Fault::Disk { .. } => Kind::Disk,
+        }
+    }
+}
+
+/// A fault with its start and stop, in ms from the start of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// When it starts.
+    pub start_ms: u64,
+    /// When it stops (healed).
+    pub stop_ms: u64,
+    /// What.
+    pub fault: Fault,
+}
+
+/// Node ids `1..=n`.
+fn all_nodes(n: u32) -> Vec<u32> {
+    (1..=n).collect()
+}
+
+/// `count` distinct random nodes.
+fn some_nodes(rng: &mut Rng, n: u32, count: u32) -> Vec<u32> {
+    let mut nodes = all_nodes(n);
+    rng.shuffle(&mut nodes);
+    nodes.truncate(count as usize);
+    nodes.sort_unstable();
+    nodes
+}
+
+/// The grudge that cuts `a` and `b` from each other entirely.
+fn split(a: &[u32], b: &[u32]) -> BTreeMap<u32, BTreeSet<u32>> {
+    let mut grudge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    for x in a {
+        grudge.entry(*x).or_default().extend(b.iter().copied());
+    }
+    for y in b {
+        grudge.entry(*y).or_default().extend(a.iter().copied());
+    }
+    grudge
+}
+
+/// The grudge of a partition of `n` nodes of this shape.
+pub fn grudge_of(rng: &mut Rng, n: u32, shape: Shape) -> BTreeMap<u32, BTreeSet<u32>> {
+    let mut nodes = all_nodes(n);
+    rng.shuffle(&mut nodes);
+    let minority = (n - 1) / 2;
+    match shape {
+        Shape::One => split(&nodes[..1], &nodes[1..]),
+        Shape::Halves => split(&nodes[..minority.max(1) as usize], &nodes[minority.max(1) as usize..]),
+        Shape::Bridge => {
+            // nodes[0] is the bridge; the rest split in two.
+            let rest = &nodes[1..];
+            let half = rest.len() / 2;
+            split(&rest[..half], &rest[half..])
+        }
+        Shape::MajoritiesRing => {
+            // Each node hears from its two ring neighbours and itself: a
+            // majority of 5 (or fewer nodes), a different one for each.
+            let mut grudge = BTreeMap::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let len = nodes.len();
+                let near = [nodes[(i + 1) % len], nodes[(i + len - 1) % len], *node];
+                let far: BTreeSet<u32> = nodes.iter().copied().filter(|x| !near.contains(x)).collect();
+                grudge.insert(*node, far);
+            }
+            grudge
+        }
+        Shape::Leaders => BTreeMap::new(),
+    }
+}
+
+/// One random fault of `kind` for a cluster of `n` nodes.
+fn fault_of(rng: &mut Rng, kind: Kind, n: u32) -> Fault {
+    let minority = ((n - 1) / 2).max(1);
+    let majority = n / 2 + 1;
+    match kind {
+        Kind::Kill => {
+            let count = match rng.below(10) {
+                0..=3 => 1,
+                4..=6 => minority,
+                7..=8 => majority,
+                _ => n,
+            };
+            Fault::Kill { nodes: some_nodes(rng, n, count) }
+        }
+        Kind::Pause => {
+            let count = match rng.below(10) {
+                0..=5 => 1,
+                6..=8 => minority,
+                _ => majority,
+            };
+            Fault::Pause { nodes: some_nodes(rng, n, count) }
+        }
+        Kind::Partition => {
+            let mut shapes = vec![Shape::One, Shape::Halves, Shape::Bridge, Shape::Leaders];
+            // On fewer than 4 nodes a ring is everybody with everybody.
+            if n >= 4 {
+                shapes.push(Shape::MajoritiesRing);
+            }
+            let shape = *rng.pick(&shapes);
+            Fault::Partition { shape, grudge: grudge_of(rng, n, shape) }
+        }
+        Kind::Clock => {
+            let count = rng.between(1, u64::from(n)) as u32;
+            let nodes = some_nodes(rng, n, count);
+            // Jumps of 128 ms to 262 s, either way, as Jepsen's.
+            let magnitude = 1i64 << rng.between(7, 18);
+            let signed = if rng.chance(0.5) { magnitude } else { -magnitude };
+            let mode = if rng.chance(0.5) {
+                ClockMode::Bump { offset_ms: signed }
+            } else {
+                ClockMode::Strobe { delta_ms: signed, period_ms: rng.between(10, 500) }
+            };
+            Fault::Clock { nodes, mode }
+        }
+        Kind::Disk => {
+            let node = rng.between(1, u64::from(n)) as u32;
+            let damage = if rng.chance(0.5) {
+                Damage::Truncate { bytes: rng.between(1, 4096) }
+            } else {
+                Damage::BitFlip { bits: rng.between(1, 3) as u32 }
+            };
+            Fault::Disk { node, damage, pick: rng.next_u64() }
+        }
+    }
+}
+
+/// The faults of a run: `kinds` over `n` nodes for `time_limit_ms`, each
+/// gap and duration drawn in 0–2× `interval_ms` (durations at least 1 s).
+/// Every fault stops by the time limit.
+pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: u64) -> Vec<Step> {
+    assert!(n >= 3, "a chaos cluster has at least 3 nodes");
+    let mut rng = Rng::new(seed ^ 0x6E65_6D65_7369_7321);
+    let mut steps = Vec::new();
+    if kinds.is_empty() {
+        return steps;
+    }
+    let mut first_cycle: Vec<Kind> = kinds.to_vec();
+    rng.shuffle(&mut first_cycle);
+    first_cycle.reverse(); // popped from the back
+    let mut t = 0;
+    loop {
+        // The first cycle draws in 0–1× so that every kind fits a short run.
+        let spread = if first_cycle.is_empty() { 2 * interval_ms } else { interval_ms };
+        let gap = rng.below(spread + 1);
+        let duration = rng.below(spread + 1).max(1000);
+        let (start_ms, stop_ms) = (t + gap, t + gap + duration);
+        if stop_ms > time_limit_ms {
+            break;
+        }
+        let kind = first_cycle.pop().unwrap_or_else(|| *rng.pick(kinds));
+        steps.push(Step { start_ms, stop_ms, fault: fault_of(&mut rng, kind, n) });
+        t = stop_ms;
+    }
+    steps
+}
+
+/// A fault's active period, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Period {
+    /// Its kind.
+    pub kind: Kind,
+    /// Start, ns since the run started.
+    pub start_ns: u64,
+    /// Stop, ns since the run started.
+    pub stop_ns: u64,
+    /// What exactly.
+    pub description: String,
+}
+
+/// What the nemesis did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// Faults injected per kind.
+    pub injected: BTreeMap<String, u64>,
+    /// Faults planned but not injected (and why).
+    pub skipped: Vec<String>,
+    /// Active periods.
+    pub periods: Vec<Period>,
+}
+
+/// Carries out a plan against a cluster.
+pub struct Nemesis {
+    cluster: Arc<Mutex<Cluster>>,
+    history: History,
+    outcome: Outcome,
+}
+
+impl Nemesis {
+    /// A nemesis over `cluster`, recording into `history`.
+    pub fn new(cluster: Arc<Mutex<Cluster>>, history: History) -> Nemesis {
+        Nemesis { cluster, history, outcome: Outcome::default() }
+    }
+
+    fn record(&self, f: F, fault: &str, error: Option<String>) {
+        let mut op = Op::new(NEMESIS_PROCESS, if error.is_some() { OpType::Info } else { OpType::Ok }, f);
+        op.fault = Some(fault.to_string());
+        op.error = error;
+        self.history.record(op);
+    }
+
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        // The cluster's state is plain process handles; a panic elsewhere
+        // leaves it usable for healing.
+        self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `steps` (timed from `started`) and returns what was done. The
+    /// cluster is healed after each fault; the caller heals it all again
+    /// at the end.
+    pub async fn run(mut self, steps: Vec<Step>, started: tokio::time::Instant, mut rng: Rng) -> Outcome {
+        for step in steps {
+            tokio::time::sleep_until(started + Duration::from_millis(step.start_ms)).await;
+            let kind = step.fault.kind();
+            let description = serde_json::to_string(&step.fault).unwrap_or_else(|_| format!("{:?}", step.fault));
+            let start_ns = self.history.now_ns();
+            let strobe = match self.start(&step.fault, &mut rng).await {
+                Ok((described, strobe)) => {
+                    self.record(F::StartFault, &described, None);
+                    *self.outcome.injected.entry(kind.name().to_string()).or_default() += 1;
+                    eprintln!("[nemesis] {:>7.1}s start {described}", start_ns as f64 / 1e9);
+                    strobe
+                }
+                Err(e) => {
+                    // Part of it may have happened (one of two nodes
+                    // killed): undo what can be undone, count nothing.
+                    eprintln!("[nemesis] could not start {description}: {e:#}");
+                    self.record(F::StartFault, &description, Some(format!("{e:#}")));
+                    let undone = self.stop(&step.fault);
+                    self.record(F::StopFault, &description, undone.err().map(|e| format!("{e:#}")));
+                    self.outcome.skipped.push(format!("{description}: {e:#}"));
+                    continue;
+                }
+            };
+            tokio::time::sleep_until(started + Duration::from_millis(step.stop_ms)).await;
+            if let Some(strobe) = strobe {
+                strobe.abort();
+            }
+            let result = self.stop(&step.fault);
+            let stop_ns = self.history.now_ns();
+            eprintln!("[nemesis] {:>7.1}s stop  {}", stop_ns as f64 / 1e9, kind.name());
+            self.record(F::StopFault, &description, result.err().map(|e| format!("{e:#}")));
+            self.outcome.periods.push(Period { kind, start_ns, stop_ns, description });
+        }
+        self.outcome
+    }
+
+    /// Starts a fault; returns its description and, for a strobe, the task
+    /// flipping the clocks.
+    async fn start(
+        &mut self,
+        fault: &Fault,
+        rng: &mut Rng,
+    ) -> anyhow::Result<(String, Option<tokio::task::JoinHandle<()>>)> {
+        let described = serde_json::to_string(fault).unwrap_or_else(|_| format!("{fault:?}"));
+        match fault {
+            Fault::Kill { nodes } => {
+                let mut cluster = self.cluster();
+                for node in nodes {
+                    cluster.kill(*node)?;
+                }
+                Ok((described, None))
+            }
+            Fault::Pause { nodes } => {
+                let mut cluster = self.cluster();
+                for node in nodes {
+                    cluster.pause(*node)?;
+                }
+                Ok((described, None))
+            }
+            Fault::Partition { shape: Shape::Leaders, .. } => {
+                let leaders = crate::workload::current_leaders(&self.cluster).await?;
+                let n = self.cluster().n_nodes();
+                let mut leaders: Vec<u32> = leaders.into_iter().collect();
+                rng.shuffle(&mut leaders);
+                leaders.truncate(((n - 1) / 2).max(1) as usize);
+                let mut grudge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+                for leader in &leaders {
+                    for (a, cut) in split(&[*leader], &(1..=n).filter(|x| x != leader).collect::<Vec<_>>()) {
+                        grudge.entry(a).or_default().extend(cut);
+                    }
+                }
+                self.cluster().partition(&grudge)?;
+                let described =
+                    serde_json::to_string(&Fault::Partition { shape: Shape::Leaders, grudge }).unwrap_or(described);
+                Ok((described, None))
+            }
+            Fault::Partition { grudge, .. } => {
+                self.cluster().partition(grudge)?;
+                Ok((described, None))
+            }
+            Fault::Clock { nodes, mode: ClockMode::Bump { offset_ms } } => {
+                let cluster = self.cluster();
+                for node in nodes {
+                    cluster.set_clock(*node, *offset_ms)?;
+                }
+                Ok((described, None))
+            }
+            Fault::Clock { nodes, mode: ClockMode::Strobe { delta_ms, period_ms } } => {
+                let (cluster, nodes, delta_ms, period) =
+                    (self.cluster.clone(), nodes.clone(), *delta_ms, Duration::from_millis(*period_ms));
+                let task = tokio::spawn(async move {
+                    let mut high = true;
+                    loop {
+                        {
+                            let cluster = cluster.lock().unwrap_or_else(|p| p.into_inner());
+                            for node in &nodes {
+                                if let Err(e) = cluster.set_clock(*node, if high { delta_ms } else { 0 }) {
+                                    eprintln!("[nemesis] strobe node {node}: {e:#}");
+                                }
+                            }
+                        }
+                        high = !high;
+                        tokio::time::sleep(period).await;
+                    }
+                });
+                Ok((described, Some(task)))
+            }
+            Fault::Disk { node, damage, pick } => {
+                let mut cluster = self.cluster();
+                cluster.kill(*node)?;
+                let what = cluster.damage(*node, *damage, *pick)?;
+                Ok((format!("{described} {what}"), None))
+            }
+        }
+    }
+
+    /// Heals a fault.
+    fn stop(&mut self, fault: &Fault) -> anyhow::Result<()> {
+        let mut cluster = self.cluster();
+        match fault {
+            Fault::Kill { nodes } => nodes.iter().try_for_each(|n| cluster.restart(*n)),
+            Fault::Pause { nodes } => nodes.iter().try_for_each(|n| cluster.resume(*n)),
+            Fault::Partition { .. } => cluster.heal_network(),
+            Fault::Clock { nodes, .. } => nodes.iter().try_for_each(|n| cluster.set_clock(*n, 0)),
+            Fault::Disk { node, .. } => cluster.restart(*node),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_follows_from_the_seed() {
+        let kinds = Kind::ALL;
+        assert_eq!(plan(7, &kinds, 5, 300_000, 10_000), plan(7, &kinds, 5, 300_000, 10_000));
+        assert_ne!(plan(7, &kinds, 5, 300_000, 10_000), plan(8, &kinds, 5, 300_000, 10_000));
+    }
+
+    #[test]
+    fn faults_are_sequential_inside_the_time_limit_and_spaced_by_at_most_twice_the_interval() {
+        for seed in 0..50 {
+            let steps = plan(seed, &Kind::ALL, 5, 300_000, 10_000);
+            let mut t = 0;
+            for step in &steps {
+                assert!(step.start_ms >= t && step.start_ms - t <= 20_000, "seed {seed}: {step:?}");
+                assert!(step.stop_ms > step.start_ms && step.stop_ms - step.start_ms <= 20_000, "seed {seed}");
+                t = step.stop_ms;
+            }
+            assert!(t <= 300_000, "seed {seed}: the last fault ends at {t} ms");
+        }
+    }
+
+    #[test]
+    fn a_one_minute_ci_run_fires_each_of_kill_pause_partition() {
+        let kinds = [Kind::Kill, Kind::Pause, Kind::Partition];
+        for seed in 0..200 {
+            let steps = plan(seed, &kinds, 3, 60_000, 5_000);
+            for kind in kinds {
+                assert!(steps.iter().any(|s| s.fault.kind() == kind), "seed {seed}: no {kind:?} in {steps:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn disk_damage_hits_one_node_and_partitions_leave_a_majority_somewhere() {
+        for seed in 0..200 {
+            for n in [3, 5] {
+                for step in plan(seed, &Kind::ALL, n, 300_000, 5_000) {
+                    match step.fault {
+                        Fault::Disk { node, .. } => assert!((1..=n).contains(&node)),
+                        Fault::Partition { shape, grudge } if shape != Shape::Leaders => {
+                            // Some node hears from a majority (itself included).
+                            let best =
+                                (1..=n).map(|x| n - grudge.get(&x).map_or(0, |g| g.len() as u32)).max().unwrap_or(0);
+                            assert!(best > n / 2, "seed {seed}: {shape:?} {grudge:?}");
+                            // Grudges are symmetric.
+                            for (a, cut) in &grudge {
+                                for b in cut {
+                                    assert!(grudge.get(b).is_some_and(|g| g.contains(a)), "{grudge:?}");
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_majorities_ring_of_five_gives_every_node_a_different_majority() {
+        let grudge = grudge_of(&mut Rng::new(3), 5, Shape::MajoritiesRing);
+        let views: BTreeSet<BTreeSet<u32>> =
+            (1..=5).map(|x| (1..=5).filter(|y| !grudge[&x].contains(y)).collect::<BTreeSet<u32>>()).collect();
+        assert_eq!(views.len(), 5);
+        assert!(views.iter().all(|v| v.len() == 3));
+    }
+
+    #[test]
+    fn nemesis_lists_parse() {
+        assert_eq!(Kind::parse_list("all").expect("all"), Kind::ALL.to_vec());
+        assert_eq!(Kind::parse_list("pause,kill").expect("two"), vec![Kind::Kill, Kind::Pause]);
+        assert!(Kind::parse_list("kill,flood").is_err());
+    }
+}
