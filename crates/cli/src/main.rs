@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod client_cmds;
 mod dev;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod perf;
 
 /// Strata: a durable, replicated message broker.
@@ -97,6 +99,11 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also export tracing spans to this OpenTelemetry collector over
+    /// OTLP/gRPC, e.g. http://collector:4317 (built with `--features otlp`).
+    #[cfg(feature = "otlp")]
+    #[arg(long, env = "STRATA_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Stop gracefully when stdin closes (how `strata dev` stops its nodes,
     /// and why they never outlive it).
     #[arg(long, hide = true)]
@@ -126,28 +133,49 @@ fn main() -> Result<()> {
     })
 }
 
+/// Where spans go besides the logs: nowhere, or (feature `otlp`) an
+/// OpenTelemetry collector.
+#[cfg(feature = "otlp")]
+type Export = Option<otlp::Otlp>;
+#[cfg(not(feature = "otlp"))]
+type Export = ();
+
 /// Logs to stderr: Strata's own at `STRATA_LOG` (default info), its
-/// libraries' at warn and above.
-fn init_logs(format: LogFormat) {
+/// libraries' at warn and above; with `export`, the same spans also go to
+/// the OpenTelemetry collector.
+fn init_logs(format: LogFormat, export: &Export) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let level =
         std::env::var("STRATA_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
     let targets = Targets::new().with_default(tracing::Level::WARN.min(level)).with_target("strata", level);
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.finish().with(targets).init(),
-        LogFormat::Json => builder.json().finish().with(targets).init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    #[cfg(feature = "otlp")]
+    let exported = export.as_ref().map(|otlp| otlp.layer());
+    #[cfg(not(feature = "otlp"))]
+    let exported: Option<tracing_subscriber::layer::Identity> = {
+        let () = export;
+        None
+    };
+    tracing_subscriber::registry().with(fmt).with(exported).with(targets).init();
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
-    init_logs(args.log_format);
+    #[cfg(feature = "otlp")]
+    let export: Export = match &args.otlp_endpoint {
+        Some(endpoint) => Some(otlp::Otlp::start(endpoint, args.node_id)?),
+        None => None,
+    };
+    #[cfg(not(feature = "otlp"))]
+    let export: Export = ();
+    init_logs(args.log_format, &export);
     let mut builder = strata_broker::ConfigBuilder::new();
     if let Some(path) = &args.config {
         builder = builder.file(path)?;
@@ -193,5 +221,9 @@ async fn server(args: ServerArgs) -> Result<()> {
         _ = stdin_closed, if args.stop_on_stdin_eof => tracing::info!("stopping: stdin closed"),
     }
     server.shutdown().await;
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = export {
+        otlp.shutdown();
+    }
     Ok(())
 }

@@ -456,7 +456,7 @@ static LEAVING_SINCE: std::sync::Mutex<BTreeMap<(u64, u64), std::time::Instant>>
 fn has_committed_membership(group: &Group, nodes: &BTreeSet<u64>) -> bool {
     use openraft::async_runtime::WatchReceiver;
     let metrics = group.raft.metrics().borrow_watched().clone();
-    let Some(at) = metrics.committed_membership_config.log_id().clone() else { return false };
+    let Some(at) = *metrics.committed_membership_config.log_id() else { return false };
     let since = *LEAVING_SINCE
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -213,7 +213,7 @@ impl Quiescence {
             return;
         }
         while woke.elapsed() < self.timing.dead_after {
-            let acked = group.raft.metrics().borrow_watched().last_quorum_acked.clone();
+            let acked = group.raft.metrics().borrow_watched().last_quorum_acked;
             if acked.is_some_and(|at| openraft::Instant::elapsed(&*at) < woke.elapsed()) {
                 return;
             }
@@ -386,7 +386,7 @@ impl Quiescence {
         let request =
             pb::QuiesceRequest { vote: Some(vote_to_pb(&vote)), last_log_id: last_log_id.map(|id| log_id_to_pb(&id)) };
         let asks = followers.iter().map(|(node, _, addr)| {
-            let body = Body::Quiesce(request.clone());
+            let body = Body::Quiesce(request);
             let peer = peers.get(*node, addr);
             async move {
                 matches!(
