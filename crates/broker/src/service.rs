@@ -271,6 +271,8 @@ impl Broker {
             let mut total = 0usize;
             let mut failed = false;
             for p in &request.partitions {
+                // Log lines about this partition's read carry its name.
+                let _span = tracing::info_span!("partition", topic = %p.topic, partition = p.partition).entered();
                 let mut result = pb::PartitionFetchResult {
                     topic: p.topic.clone(),
                     partition: p.partition,
