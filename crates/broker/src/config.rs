@@ -74,6 +74,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("log.cleanup_policy", Some("delete")),
     ("log.delete_retention", Some("1d")),
     ("log.min_compaction_lag", Some("0s")),
+    ("log.compression_type", Some("producer")),
     ("log.retention_check_interval", Some("30s")),
     ("log.retention_follower_hold", Some("60s")),
     ("log.cleaner_io_bytes_per_second", Some("64 MiB")),
@@ -333,7 +334,7 @@ impl ConfigBuilder {
             ("min.compaction.lag.ms".to_string(), millis(self.required("log.min_compaction_lag", parse_duration)?)),
             ("segment.bytes".to_string(), log.segment_bytes.to_string()),
             ("max.message.bytes".to_string(), max_message_bytes.to_string()),
-            ("compression.type".to_string(), "producer".to_string()),
+            ("compression.type".to_string(), self.required("log.compression_type", parse_nonempty)?),
             (
                 "flush.policy".to_string(),
                 match log.flush_policy {
@@ -348,6 +349,7 @@ impl ConfigBuilder {
         crate::topic_config::validate(&defaults).map_err(|e| {
             let key = match e.key.as_str() {
                 "cleanup.policy" => "log.cleanup_policy",
+                "compression.type" => "log.compression_type",
                 _ => "log.*",
             };
             ConfigError::Inconsistent(format!("{key}: {e}"))
@@ -549,6 +551,17 @@ mod tests {
         let alone = ConfigBuilder::new().set("node_id", "3").expect("known").set("peers", "1=a:1").expect("known");
         assert!(alone.build().expect_err("not in peers").to_string().contains("not in peers"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn the_cluster_wide_compression_default_reaches_topics_and_bad_values_name_the_key() {
+        let defaults = ConfigBuilder::new().build().expect("defaults").topic_defaults;
+        assert_eq!(defaults.get("compression.type").map(String::as_str), Some("producer"));
+        let lz4 = ConfigBuilder::new().set("log.compression_type", "lz4").expect("known").build().expect("valid");
+        assert_eq!(lz4.topic_defaults.get("compression.type").map(String::as_str), Some("lz4"));
+        let bad = ConfigBuilder::new().set("log.compression_type", "zstd").expect("known").build();
+        let message = bad.expect_err("zstd is not offered").to_string();
+        assert!(message.contains("log.compression_type") && message.contains("zstd"), "{message}");
     }
 
     #[test]
