@@ -30,6 +30,7 @@ use strata_log::io::Dir;
 use strata_log::io::fs::FsDir;
 use strata_log::{FlushPolicy, Flusher, Log, LogConfig, Term};
 
+mod nats;
 mod raft;
 
 const USAGE: &str = "\
@@ -83,6 +84,10 @@ fn run() -> Result<ExitCode> {
             };
             let report = log_scenario(&opts)?;
             println!("{}", report.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("nats-publish") => {
+            nats::nats_publish(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("raft") => {
