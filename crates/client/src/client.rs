@@ -32,12 +32,19 @@ struct Cache {
     /// Broker id → client address.
     brokers: BTreeMap<u64, String>,
     topics: HashMap<String, Vec<PartitionInfo>>,
+    /// Per partition, how many calls failed without learning its leader:
+    /// the replica guessed next when no broker names a leader (a broker
+    /// describes only replicas it has open; the first replica may be down).
+    misses: HashMap<(String, u32), usize>,
 }
 
 struct Inner {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     cache: Mutex<Cache>,
+    /// Where the next cluster-wide question starts, so that metadata is not
+    /// always asked of the same (perhaps partly blind) broker first.
+    next_any: std::sync::atomic::AtomicUsize,
 }
 
 /// A handle on a Strata cluster: cheap to clone, shared by everything
@@ -57,7 +64,9 @@ impl Client {
         if bootstrap.is_empty() {
             return Err(Error::Invalid("no bootstrap server given".into()));
         }
-        Ok(Client { inner: Arc::new(Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default() }) })
+        let inner =
+            Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default(), next_any: Default::default() };
+        Ok(Client { inner: Arc::new(inner) })
     }
 
     /// As [`Client::new`], then fetches the metadata once, so a wrong
@@ -115,8 +124,9 @@ impl Client {
             self.inner.bootstrap.len() + cache.brokers.len()
         };
         let mut last = Error::Transport("no broker reachable".into());
+        let start = self.inner.next_any.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for attempt in 0..n.max(1) {
-            let addr = self.any_broker(attempt);
+            let addr = self.any_broker(start + attempt);
             match f(self.stub(&addr)?).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
@@ -194,6 +204,7 @@ impl Client {
         })?;
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         let by_id = |id: &u64| cache.brokers.get(id).cloned();
+        let attempt = attempt + cache.misses.get(&(topic.to_string(), partition)).copied().unwrap_or(0);
         let replica = (!info.replicas.is_empty()).then(|| info.replicas[attempt % info.replicas.len()]);
         let addr = info.leader.as_ref().and_then(by_id).or_else(|| replica.as_ref().and_then(by_id));
         drop(cache);
@@ -202,7 +213,8 @@ impl Client {
 
     /// Learns from an error: a NOT_LEADER naming the leader updates the
     /// cache at once; any other error forgets the topic, so the next call
-    /// fetches fresh metadata.
+    /// fetches fresh metadata, and moves the partition's guess to its next
+    /// replica, in case the metadata names no leader again.
     pub(crate) fn note_error(&self, topic: &str, partition: u32, error: &Error) {
         let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Error::Api { leader: Some((id, addr)), .. } = error {
@@ -213,6 +225,7 @@ impl Client {
                 return;
             }
         }
+        *cache.misses.entry((topic.to_string(), partition)).or_default() += 1;
         cache.topics.remove(topic);
     }
 

@@ -286,16 +286,26 @@ impl Consumer {
             };
             by_leader.entry(addr).or_default().push((tp.clone(), position.unwrap_or(0)));
         }
-        let fetches = by_leader.into_iter().map(|(addr, partitions)| self.fetch_from(addr, partitions));
+        let fetches = by_leader.into_iter().map(|(addr, partitions)| {
+            let asked: Vec<TopicPartition> = partitions.iter().map(|(tp, _)| tp.clone()).collect();
+            let fetch = self.fetch_from(addr, partitions);
+            async move { (asked, fetch.await) }
+        });
         let answers = futures::future::join_all(fetches).await;
         let mut records = Vec::new();
         let mut reset = Vec::new();
-        for answer in answers {
+        for (asked, answer) in answers {
             self.metrics.fetches += 1;
             let results = match answer {
                 Ok(results) => results,
                 Err(e) if e.is_retriable() => {
+                    // The broker is unreachable (down, cut off): the next
+                    // poll asks fresh metadata and, if it names no leader,
+                    // the next replica.
                     self.metrics.fetch_errors += 1;
+                    for tp in &asked {
+                        self.client.note_error(&tp.topic, tp.partition, &e);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
