@@ -91,6 +91,11 @@ struct RunArgs {
     /// each).
     #[arg(long, value_enum, default_value_t = WorkloadArg::Both)]
     workload: WorkloadArg,
+    /// Segment size of the servers' logs: small, so segments roll, get
+    /// sealed and are read back through their CRC checks during the run,
+    /// and disk damage can hit sealed segments too.
+    #[arg(long, default_value = "128KiB")]
+    segment_bytes: String,
     /// The strata binary (default: `strata` beside this program).
     #[arg(long)]
     strata_bin: Option<PathBuf>,
@@ -201,6 +206,7 @@ async fn run_in_network(
         // Quick failover keeps the run busy; still 10× the heartbeat.
         "raft.election_timeout_min=1s".to_string(),
         "raft.election_timeout_max=2s".to_string(),
+        format!("log.segment_bytes={}", args.segment_bytes),
     ];
     if args.control {
         settings.push("testing.ack_before_quorum=true".to_string());
@@ -313,6 +319,7 @@ async fn run_in_network(
         "time_limit_s": args.time_limit,
         "interval_s": args.interval,
         "keys": args.keys,
+        "segment_bytes": args.segment_bytes,
         "nemesis": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "faults_injected": outcome.injected,
         "faults_never_fired": never_fired,
