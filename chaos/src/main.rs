@@ -186,6 +186,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     let out_dir = args.out.join(format!("{}-{seed}", utc_stamp(now.as_secs())));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    if kinds.contains(&Kind::Clock) {
+        node::check_faketime(&out_dir)?;
+    }
     eprintln!("[chaos] seed {seed}; nemesis {:?}; output in {}", kinds, out_dir.display());
 
     netns::create(args.nodes).context("create the network namespaces")?;
