@@ -323,7 +323,9 @@ pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: 
     // accumulates: only one node, fixed for the run, ever gets any. One is
     // a minority of the smallest replica set (3, __consumer_offsets), so
     // every replica set keeps an undamaged majority.
-    let disk_nodes = some_nodes(&mut rng, n, 1);
+    // Its own stream, so that the rest of every seed's schedule stays as
+    // it was before this choice existed.
+    let disk_nodes = some_nodes(&mut Rng::new(seed ^ 0x6469_736B_6E6F_6465), n, 1);
     let mut t = 0;
     loop {
         // The first cycle draws in 0–1× so that every kind fits a short run.
