@@ -9,7 +9,8 @@
 //! requested nemesis that never fired, or on an incomplete final read.
 //! With `--control` the brokers acknowledge before the quorum has a batch
 //! (a deliberate bug) and the run passes only if the checker catches lost
-//! writes. `strata-chaos check <history.jsonl>` re-checks a history.
+//! writes. `strata-chaos check <history.jsonl>` re-checks a history;
+//! `strata-chaos plan ...` prints the fault schedule a run would follow.
 //!
 //! See docs/chaos.md for the method and the runs made.
 
@@ -48,6 +49,8 @@ struct Cli {
 enum Command {
     /// Run a cluster under faults and check the history (needs root).
     Run(RunArgs),
+    /// Print the fault schedule a run would follow (no root needed).
+    Plan(RunArgs),
     /// Check a history.jsonl written by a run.
     Check {
         /// The history file.
@@ -121,6 +124,7 @@ fn main() -> std::process::ExitCode {
             .build()
             .context("start the tokio runtime")
             .and_then(|rt| rt.block_on(run(args))),
+        Command::Plan(args) => print_plan(&args),
         Command::Check { history } => check_file(&history),
     };
     match result {
@@ -131,6 +135,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn print_plan(args: &RunArgs) -> anyhow::Result<bool> {
+    let kinds = Kind::parse_list(&args.nemesis)?;
+    let seed = args.seed.context("plan needs --seed")?;
+    if !(3..=9).contains(&args.nodes) {
+        bail!("--nodes must be 3 to 9");
+    }
+    let steps = nemesis::plan(seed, &kinds, args.nodes, args.time_limit * 1000, args.interval * 1000);
+    println!("{}", serde_json::to_string_pretty(&steps).context("serialize the plan")?);
+    Ok(true)
 }
 
 fn check_file(path: &Path) -> anyhow::Result<bool> {
