@@ -310,7 +310,8 @@ async fn run_in_network(
         eprintln!("[chaos] 90 s after healing, partitions {leaderless:?} still have no leader");
     }
     let ends = workload::ends_seen(&history.finish()?);
-    let incomplete = workload::final_read(&shared, &bootstrap, &ends).await;
+    let final_read = workload::final_read(&shared, args.nodes, &ends).await;
+    let incomplete = final_read.incomplete;
     monitor.abort();
     let exits = {
         let mut cluster = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -344,6 +345,7 @@ async fn run_in_network(
         "faults_skipped": outcome.skipped,
         "fault_periods": outcome.periods,
         "final_read_incomplete": incomplete,
+        "final_read_stalls": final_read.stalls,
         "leaderless_after_heal": leaderless,
         "unexpected_node_exits": exits,
         "anomalies": verdict.anomalies,
@@ -380,6 +382,7 @@ fn print_summary(results: &serde_json::Value) {
         "faults_injected": pick("faults_injected"),
         "faults_never_fired": pick("faults_never_fired"),
         "final_read_incomplete": pick("final_read_incomplete"),
+        "final_read_stalls": pick("final_read_stalls"),
         "unexpected_node_exits": pick("unexpected_node_exits"),
         "anomalies": anomalies,
         "stats": pick("stats"),
