@@ -127,17 +127,23 @@ pub async fn wait_for_leaders(n_nodes: u32, n_keys: u32, wait: Duration) -> Vec<
     }
 }
 
-/// The nodes leading a partition of the topic now.
+/// The nodes leading a partition of the topic now, as any node reports
+/// them (each node describes only the replicas it has open, and one just
+/// restarted may not know the topic yet).
 pub async fn current_leaders(cluster: &Arc<Mutex<Cluster>>) -> anyhow::Result<BTreeSet<u32>> {
-    let bootstrap = cluster.lock().unwrap_or_else(|p| p.into_inner()).bootstrap();
-    let admin = Admin::new(&Client::new(&bootstrap).context("client")?);
-    let topic = timeout(Duration::from_secs(5), admin.describe_topic(TOPIC))
-        .await
-        .context("describe the topic: timed out")?
-        .context("describe the topic")?;
-    let leaders: BTreeSet<u32> = topic.partitions.iter().filter_map(|p| p.leader).map(|l| l as u32).collect();
+    let n_nodes = cluster.lock().unwrap_or_else(|p| p.into_inner()).n_nodes();
+    let mut leaders = BTreeSet::new();
+    let mut last_error = None;
+    for node in 1..=n_nodes {
+        let admin = Admin::new(&Client::new(&Cluster::client_addr(node)).context("client")?);
+        match timeout(Duration::from_secs(2), admin.describe_topic(TOPIC)).await {
+            Ok(Ok(topic)) => leaders.extend(topic.partitions.iter().filter_map(|p| p.leader).map(|l| l as u32)),
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => last_error = Some(format!("node {node} did not answer within 2 s")),
+        }
+    }
     if leaders.is_empty() {
-        anyhow::bail!("no partition has a leader");
+        anyhow::bail!("no node reports a partition leader (last error: {})", last_error.unwrap_or_default());
     }
     Ok(leaders)
 }
