@@ -24,7 +24,8 @@
 //! - `int-poll-skip` / `int-nonmonotonic-poll`: within one poll, a key's
 //!   records skipping an offset / going back;
 //! - `poll-skip` / `nonmonotonic-poll`: the same between a process's
-//!   consecutive polls of a key, as long as its consumer kept its position
+//!   consecutive polls of a key, and between an assign's seek and the
+//!   first record read after it, as long as its consumer kept its position
 //!   (an assign, a subscribe, a failed poll, or a rebalance of that key
 //!   during the poll, which the poll's entry records, starts afresh);
 //! - `group-commit-backwards`: a committed offset (from a commit or a
@@ -291,22 +292,46 @@ pub fn check(history: &[Op]) -> Verdict {
 
     // Polls: within one poll and between a process's polls.
     let mut last_read: HashMap<(i64, u32), u64> = HashMap::new();
+    // Where an assign sought each key: its first poll must start there.
+    let mut sought: HashMap<(i64, u32), u64> = HashMap::new();
     for (invoke, completion) in &ops {
         let process = invoke.process;
         match invoke.f {
-            F::Assign | F::Subscribe => last_read.retain(|(p, _), _| *p != process),
+            F::Assign | F::Subscribe => {
+                last_read.retain(|(p, _), _| *p != process);
+                sought.retain(|(p, _), _| *p != process);
+                let done = completion.as_ref().filter(|c| c.op_type == OpType::Ok && c.f == F::Assign);
+                for (key, offset) in done.and_then(|d| d.offsets.as_ref()).into_iter().flatten() {
+                    sought.insert((process, *key), *offset);
+                }
+            }
             F::Poll => {
                 let Some(done) = completion.as_ref().filter(|c| c.op_type == OpType::Ok) else {
                     // A failed poll may have moved positions past records
                     // it never returned: the worker starts a new consumer.
                     last_read.retain(|(p, _), _| *p != process);
+                    sought.retain(|(p, _), _| *p != process);
                     continue;
                 };
                 // A rebalance during the poll moved the keys it names.
                 for key in done.keys.iter().flatten().chain(done.revoked.iter().flatten()) {
                     last_read.remove(&(process, *key));
+                    sought.remove(&(process, *key));
                 }
                 for (key, records) in done.reads.iter().flatten() {
+                    let Some(&(first, first_value)) = records.first() else { continue };
+                    if let Some(from) = sought.remove(&(process, *key)) {
+                        let example = json!({"process": process, "key": key, "sought": from, "offset": first,
+                                             "value": first_value, "op": done.index});
+                        let lowest = order[key].partition_point(|o| *o < from);
+                        if first < from {
+                            verdict.add("nonmonotonic-poll", example);
+                        } else if let Some(b) = index_of(*key, first).filter(|b| *b > lowest) {
+                            let mut example = example;
+                            example["skipped"] = json!(order[key][lowest..b].iter().take(5).collect::<Vec<_>>());
+                            verdict.add("poll-skip", example);
+                        }
+                    }
                     let mut prev = last_read.get(&(process, *key)).map(|o| (*o, false));
                     for &(offset, value) in records {
                         if let Some((prev_offset, within)) = prev {
@@ -499,6 +524,13 @@ mod tests {
             let done = Op::new(p, OpType::Ok, F::Assign);
             self.push(invoke).push(done)
         }
+        /// An assign that sought `key` to `offset`.
+        fn assign_at(&mut self, p: i64, key: u32, offset: u64) -> &mut H {
+            let invoke = Op::new(p, OpType::Invoke, F::Assign);
+            let mut done = Op::new(p, OpType::Ok, F::Assign);
+            done.offsets = Some(BTreeMap::from([(key, offset)]));
+            self.push(invoke).push(done)
+        }
         fn commit(&mut self, p: i64, key: u32, offset: u64) -> &mut H {
             let mut invoke = Op::new(p, OpType::Invoke, F::Commit);
             invoke.offsets = Some(BTreeMap::from([(key, offset)]));
@@ -636,6 +668,28 @@ mod tests {
         h.assign(2).poll(2, 0, &[(1, 2), (0, 1)]);
         h.read(-2, F::FinalRead, 0, &[(0, 1), (1, 2), (2, 3)]);
         check_anomalies(&h, &[("nonmonotonic-poll", 1), ("int-nonmonotonic-poll", 1)]);
+    }
+
+    #[test]
+    fn the_first_poll_after_a_seek_starts_at_the_sought_offset() {
+        let sends = |h: &mut H| {
+            for (v, o) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+                h.send(0, 0, v, OpType::Ok, Some(o));
+            }
+            h.read(-2, F::FinalRead, 0, &[(0, 1), (1, 2), (2, 3), (3, 4)]);
+        };
+        let mut fine = H::default();
+        sends(&mut fine);
+        fine.assign_at(1, 0, 1).poll(1, 0, &[(1, 2), (2, 3)]);
+        check_anomalies(&fine, &[]);
+        let mut skip = H::default();
+        sends(&mut skip);
+        skip.assign_at(1, 0, 1).poll(1, 0, &[(3, 4)]);
+        check_anomalies(&skip, &[("poll-skip", 1)]);
+        let mut back = H::default();
+        sends(&mut back);
+        back.assign_at(1, 0, 2).poll(1, 0, &[(1, 2), (2, 3)]);
+        check_anomalies(&back, &[("nonmonotonic-poll", 1)]);
     }
 
     #[test]

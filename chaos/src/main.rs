@@ -9,7 +9,8 @@
 //! requested nemesis that never fired, or on an incomplete final read.
 //! With `--control` the brokers acknowledge before the quorum has a batch
 //! (a deliberate bug) and the run passes only if the checker catches lost
-//! writes. `strata-chaos check <history.jsonl>` re-checks a history.
+//! writes. `strata-chaos check <history.jsonl>` re-checks a history;
+//! `strata-chaos plan ...` prints the fault schedule a run would follow.
 //!
 //! See docs/chaos.md for the method and the runs made.
 
@@ -48,6 +49,8 @@ struct Cli {
 enum Command {
     /// Run a cluster under faults and check the history (needs root).
     Run(RunArgs),
+    /// Print the fault schedule a run would follow (no root needed).
+    Plan(RunArgs),
     /// Check a history.jsonl written by a run.
     Check {
         /// The history file.
@@ -91,6 +94,11 @@ struct RunArgs {
     /// each).
     #[arg(long, value_enum, default_value_t = WorkloadArg::Both)]
     workload: WorkloadArg,
+    /// Segment size of the servers' logs: small, so segments roll, get
+    /// sealed and are read back through their CRC checks during the run,
+    /// and disk damage can hit sealed segments too.
+    #[arg(long, default_value = "128KiB")]
+    segment_bytes: String,
     /// The strata binary (default: `strata` beside this program).
     #[arg(long)]
     strata_bin: Option<PathBuf>,
@@ -116,6 +124,7 @@ fn main() -> std::process::ExitCode {
             .build()
             .context("start the tokio runtime")
             .and_then(|rt| rt.block_on(run(args))),
+        Command::Plan(args) => print_plan(&args),
         Command::Check { history } => check_file(&history),
     };
     match result {
@@ -126,6 +135,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn print_plan(args: &RunArgs) -> anyhow::Result<bool> {
+    let kinds = Kind::parse_list(&args.nemesis)?;
+    let seed = args.seed.context("plan needs --seed")?;
+    if !(3..=9).contains(&args.nodes) {
+        bail!("--nodes must be 3 to 9");
+    }
+    let steps = nemesis::plan(seed, &kinds, args.nodes, args.time_limit * 1000, args.interval * 1000);
+    println!("{}", serde_json::to_string_pretty(&steps).context("serialize the plan")?);
+    Ok(true)
 }
 
 fn check_file(path: &Path) -> anyhow::Result<bool> {
@@ -181,6 +201,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     let out_dir = args.out.join(format!("{}-{seed}", utc_stamp(now.as_secs())));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    if kinds.contains(&Kind::Clock) {
+        node::check_faketime(&out_dir)?;
+    }
     eprintln!("[chaos] seed {seed}; nemesis {:?}; output in {}", kinds, out_dir.display());
 
     netns::create(args.nodes).context("create the network namespaces")?;
@@ -201,6 +224,7 @@ async fn run_in_network(
         // Quick failover keeps the run busy; still 10× the heartbeat.
         "raft.election_timeout_min=1s".to_string(),
         "raft.election_timeout_max=2s".to_string(),
+        format!("log.segment_bytes={}", args.segment_bytes),
     ];
     if args.control {
         settings.push("testing.ack_before_quorum=true".to_string());
@@ -286,7 +310,8 @@ async fn run_in_network(
         eprintln!("[chaos] 90 s after healing, partitions {leaderless:?} still have no leader");
     }
     let ends = workload::ends_seen(&history.finish()?);
-    let incomplete = workload::final_read(&shared, &bootstrap, &ends).await;
+    let final_read = workload::final_read(&shared, args.nodes, &ends).await;
+    let incomplete = final_read.incomplete;
     monitor.abort();
     let exits = {
         let mut cluster = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,12 +338,14 @@ async fn run_in_network(
         "time_limit_s": args.time_limit,
         "interval_s": args.interval,
         "keys": args.keys,
+        "segment_bytes": args.segment_bytes,
         "nemesis": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "faults_injected": outcome.injected,
         "faults_never_fired": never_fired,
         "faults_skipped": outcome.skipped,
         "fault_periods": outcome.periods,
         "final_read_incomplete": incomplete,
+        "final_read_stalls": final_read.stalls,
         "leaderless_after_heal": leaderless,
         "unexpected_node_exits": exits,
         "anomalies": verdict.anomalies,
@@ -355,6 +382,7 @@ fn print_summary(results: &serde_json::Value) {
         "faults_injected": pick("faults_injected"),
         "faults_never_fired": pick("faults_never_fired"),
         "final_read_incomplete": pick("final_read_incomplete"),
+        "final_read_stalls": pick("final_read_stalls"),
         "unexpected_node_exits": pick("unexpected_node_exits"),
         "anomalies": anomalies,
         "stats": pick("stats"),

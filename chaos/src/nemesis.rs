@@ -9,10 +9,11 @@
 //! so a short run still exercises each; a run in which a requested kind
 //! never fired fails.
 //!
-//! **Invariant:** disk damage is done only to one node at a time while it
-//! is down (a minority of every replica set, since topics are replicated
-//! to at least three nodes), so the cluster as a whole must not lose any
-//! acknowledged record because of it.
+//! **Invariant:** disk damage is done, while it is down, to one node only,
+//! the same for the whole run (drawn from the seed): damaged replicas are
+//! not repaired, so damage adds up, and one node is a minority of every
+//! replica set (the smallest have 3 replicas). The cluster as a whole must
+//! then not lose any acknowledged record because of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -248,8 +249,9 @@ pub fn grudge_of(rng: &mut Rng, n: u32, shape: Shape) -> BTreeMap<u32, BTreeSet<
     }
 }
 
-/// One random fault of `kind` for a cluster of `n` nodes.
-fn fault_of(rng: &mut Rng, kind: Kind, n: u32) -> Fault {
+/// One random fault of `kind` for a cluster of `n` nodes; disk damage only
+/// ever goes to `disk_nodes`.
+fn fault_of(rng: &mut Rng, kind: Kind, n: u32, disk_nodes: &[u32]) -> Fault {
     let minority = ((n - 1) / 2).max(1);
     let majority = n / 2 + 1;
     match kind {
@@ -293,7 +295,7 @@ fn fault_of(rng: &mut Rng, kind: Kind, n: u32) -> Fault {
             Fault::Clock { nodes, mode }
         }
         Kind::Disk => {
-            let node = rng.between(1, u64::from(n)) as u32;
+            let node = *rng.pick(disk_nodes);
             let damage = if rng.chance(0.5) {
                 Damage::Truncate { bytes: rng.between(1, 4096) }
             } else {
@@ -317,6 +319,13 @@ pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: 
     let mut first_cycle: Vec<Kind> = kinds.to_vec();
     rng.shuffle(&mut first_cycle);
     first_cycle.reverse(); // popped from the back
+    // A damaged replica is not repaired (see docs/chaos.md), so damage
+    // accumulates: only one node, fixed for the run, ever gets any. One is
+    // a minority of the smallest replica set (3, __consumer_offsets), so
+    // every replica set keeps an undamaged majority.
+    // Its own stream, so that the rest of every seed's schedule stays as
+    // it was before this choice existed.
+    let disk_nodes = some_nodes(&mut Rng::new(seed ^ 0x6469_736B_6E6F_6465), n, 1);
     let mut t = 0;
     loop {
         // The first cycle draws in 0–1× so that every kind fits a short run.
@@ -328,7 +337,7 @@ pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: 
             break;
         }
         let kind = first_cycle.pop().unwrap_or_else(|| *rng.pick(kinds));
-        steps.push(Step { start_ms, stop_ms, fault: fault_of(&mut rng, kind, n) });
+        steps.push(Step { start_ms, stop_ms, fault: fault_of(&mut rng, kind, n, &disk_nodes) });
         t = stop_ms;
     }
     steps
@@ -554,10 +563,19 @@ mod tests {
     }
 
     #[test]
-    fn disk_damage_hits_one_node_and_partitions_leave_a_majority_somewhere() {
+    fn disk_damage_stays_on_one_node_and_partitions_leave_a_majority_somewhere() {
         for seed in 0..200 {
             for n in [3, 5] {
-                for step in plan(seed, &Kind::ALL, n, 300_000, 5_000) {
+                let steps = plan(seed, &Kind::ALL, n, 300_000, 5_000);
+                let damaged: BTreeSet<u32> = steps
+                    .iter()
+                    .filter_map(|s| match s.fault {
+                        Fault::Disk { node, .. } => Some(node),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(damaged.len() <= 1, "seed {seed}: disks of {damaged:?} damaged");
+                for step in steps {
                     match step.fault {
                         Fault::Disk { node, .. } => assert!((1..=n).contains(&node)),
                         Fault::Partition { shape, grudge } if shape != Shape::Leaders => {

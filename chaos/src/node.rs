@@ -31,6 +31,29 @@ const PEER_PORT: u16 = 9093;
 const HTTP_PORT: u16 = 9094;
 /// Where Debian's `faketime` package puts the library.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// Checks that libfaketime, set up exactly as for the servers, moves the
+/// wall clock of a program here: `date` with a file saying +3600 s must
+/// print an hour ahead. Without this a broken library would let the clock
+/// nemesis count faults that changed nothing.
+pub fn check_faketime(dir: &Path) -> anyhow::Result<()> {
+    let file = dir.join("faketime-check");
+    std::fs::write(&file, "+3600.000\n").with_context(|| format!("write {}", file.display()))?;
+    let output = Command::new("env")
+        .arg(format!("LD_PRELOAD={LIBFAKETIME}"))
+        .arg(format!("FAKETIME_TIMESTAMP_FILE={}", file.display()))
+        .args(["FAKETIME_NO_CACHE=1", "FAKETIME_DONT_FAKE_MONOTONIC=1", "date", "+%s"])
+        .output()
+        .context("run date under libfaketime")?;
+    let _ = std::fs::remove_file(&file);
+    let faked: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("parse the output of date")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let shift = faked as i64 - now as i64;
+    if !(3590..=3610).contains(&shift) {
+        bail!("libfaketime does not move the clock here: +3600 s asked, {shift} s seen");
+    }
+    Ok(())
+}
+
 /// How long a graceful stop may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 

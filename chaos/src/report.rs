@@ -163,7 +163,9 @@ pub fn write_plots(dir: &Path, history: &[Op], periods: &[Period]) -> anyhow::Re
             pairs.push((invoke, op));
         }
     }
-    let duration_ns = history.last().map_or(1, |o| o.time_ns);
+    // The plots cover the workload and the faults, not the final read.
+    let last_op = pairs.iter().map(|(_, done)| done.time_ns).max().unwrap_or(1);
+    let duration_ns = periods.iter().map(|p| p.stop_ns).fold(last_op, u64::max);
     let latency = latency_plot(&pairs, duration_ns, periods);
     std::fs::write(dir.join("latency.png"), latency.to_png()).context("write latency.png")?;
     let throughput = throughput_plot(&pairs, duration_ns, periods);

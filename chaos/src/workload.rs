@@ -127,17 +127,23 @@ pub async fn wait_for_leaders(n_nodes: u32, n_keys: u32, wait: Duration) -> Vec<
     }
 }
 
-/// The nodes leading a partition of the topic now.
+/// The nodes leading a partition of the topic now, as any node reports
+/// them (each node describes only the replicas it has open, and one just
+/// restarted may not know the topic yet).
 pub async fn current_leaders(cluster: &Arc<Mutex<Cluster>>) -> anyhow::Result<BTreeSet<u32>> {
-    let bootstrap = cluster.lock().unwrap_or_else(|p| p.into_inner()).bootstrap();
-    let admin = Admin::new(&Client::new(&bootstrap).context("client")?);
-    let topic = timeout(Duration::from_secs(5), admin.describe_topic(TOPIC))
-        .await
-        .context("describe the topic: timed out")?
-        .context("describe the topic")?;
-    let leaders: BTreeSet<u32> = topic.partitions.iter().filter_map(|p| p.leader).map(|l| l as u32).collect();
+    let n_nodes = cluster.lock().unwrap_or_else(|p| p.into_inner()).n_nodes();
+    let mut leaders = BTreeSet::new();
+    let mut last_error = None;
+    for node in 1..=n_nodes {
+        let admin = Admin::new(&Client::new(&Cluster::client_addr(node)).context("client")?);
+        match timeout(Duration::from_secs(2), admin.describe_topic(TOPIC)).await {
+            Ok(Ok(topic)) => leaders.extend(topic.partitions.iter().filter_map(|p| p.leader).map(|l| l as u32)),
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => last_error = Some(format!("node {node} did not answer within 2 s")),
+        }
+    }
     if leaders.is_empty() {
-        anyhow::bail!("no partition has a leader");
+        anyhow::bail!("no node reports a partition leader (last error: {})", last_error.unwrap_or_default());
     }
     Ok(leaders)
 }
@@ -469,79 +475,127 @@ pub fn ends_seen(ops: &[Op]) -> BTreeMap<u32, u64> {
     ends
 }
 
-/// The final read: every key from the start, with a fresh client, up to
-/// the highest offset seen or the end the leader reports, whichever is
-/// further. Returns the keys that could not be read completely.
-pub async fn final_read(shared: &Shared, bootstrap: &str, ends: &BTreeMap<u32, u64>) -> Vec<String> {
-    let mut incomplete = Vec::new();
-    let Ok(client) = Client::new(bootstrap) else {
-        return vec!["no client".to_string()];
-    };
+/// How long the final read waits for progress before it starts over with
+/// a new client.
+const FINAL_STALL: Duration = Duration::from_secs(15);
+/// How long the final read may take per key.
+const FINAL_READ_MAX: Duration = Duration::from_secs(120);
+
+/// What the final read found besides the records.
+#[derive(Debug, Default)]
+pub struct FinalRead {
+    /// Keys it could not read to the end (the run fails).
+    pub incomplete: Vec<String>,
+    /// Times a consumer made no progress for [`FINAL_STALL`] while the
+    /// partition had more to read, and was replaced by a new client with
+    /// the bootstrap list rotated (a liveness problem, reported, not an
+    /// anomaly).
+    pub stalls: Vec<String>,
+}
+
+/// The final read: every key from the start, with fresh clients, up to the
+/// highest offset seen or the end the leader reports, whichever is
+/// further. A consumer that stalls is replaced (and the stall reported) so
+/// that a client-side liveness problem does not stop the safety check.
+pub async fn final_read(shared: &Shared, n_nodes: u32, ends: &BTreeMap<u32, u64>) -> FinalRead {
+    let mut outcome = FinalRead::default();
+    let addrs: Vec<String> = (1..=n_nodes).map(Cluster::client_addr).collect();
     for key in 0..shared.n_keys {
         let mut op = Op::new(FINAL_PROCESS, OpType::Invoke, F::FinalRead);
         op.key = Some(key);
         shared.history.record(op.clone());
         let tp = TopicPartition::new(TOPIC, key);
-        let mut consumer = Consumer::with_config(
-            &client,
-            ConsumerConfig {
-                max_wait: Duration::from_millis(200),
-                auto_offset_reset: OffsetReset::Error,
-                ..ConsumerConfig::default()
-            },
-        );
-        consumer.assign(vec![tp.clone()]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut reads = Vec::new();
+        let deadline = Instant::now() + FINAL_READ_MAX;
+        let mut reads: Vec<(u64, u64)> = Vec::new();
+        let mut position = 0u64;
         let mut target = ends.get(&key).copied().unwrap_or(0);
         let mut error = None;
-        let mut started = false;
-        while Instant::now() < deadline {
-            if !started {
-                let begun = async {
-                    consumer.seek(&tp, Seek::End).await?;
-                    let end = consumer.position(&tp).unwrap_or(0);
-                    consumer.seek(&tp, Seek::Beginning).await?;
-                    Ok::<u64, Error>(end)
-                };
-                match timeout(Duration::from_secs(10), begun).await {
-                    Ok(Ok(end)) => {
-                        target = target.max(end);
-                        started = true;
-                    }
-                    Ok(Err(e)) => error = Some(e.to_string()),
-                    Err(_) => error = Some("seek timed out".to_string()),
-                }
-                if !started {
+        let mut done = false;
+        let mut attempt = 0usize;
+        while !done && Instant::now() < deadline {
+            // Each attempt a new client, its bootstrap list rotated.
+            let mut rotated = addrs.clone();
+            rotated.rotate_left(attempt % addrs.len());
+            attempt += 1;
+            let bootstrap = rotated.join(",");
+            let Ok(client) = Client::new(&bootstrap) else { break };
+            let mut consumer = Consumer::with_config(
+                &client,
+                ConsumerConfig {
+                    max_wait: Duration::from_millis(200),
+                    auto_offset_reset: OffsetReset::Error,
+                    ..ConsumerConfig::default()
+                },
+            );
+            consumer.assign(vec![tp.clone()]);
+            let begun = async {
+                consumer.seek(&tp, Seek::End).await?;
+                let end = consumer.position(&tp).unwrap_or(0);
+                consumer.seek(&tp, Seek::Offset(position)).await?;
+                Ok::<u64, Error>(end)
+            };
+            match timeout(Duration::from_secs(20), begun).await {
+                Ok(Ok(end)) => target = target.max(end),
+                Ok(Err(e)) => {
+                    error = Some(e.to_string());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
+                Err(_) => {
+                    error = Some("seek timed out".to_string());
+                    continue;
+                }
             }
-            if consumer.position(&tp).unwrap_or(0) >= target {
-                error = None;
-                break;
-            }
-            match timeout(Duration::from_secs(10), consumer.poll()).await {
-                Ok(Ok(records)) => {
-                    for record in records {
-                        let value = record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
-                        match value.and_then(|v| v.parse::<u64>().ok()) {
-                            Some(value) => reads.push((record.offset, value)),
-                            None => error = Some(format!("unparsable record at offset {}", record.offset)),
+            let mut progress_at = Instant::now();
+            loop {
+                if position >= target {
+                    error = None;
+                    done = true;
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if progress_at.elapsed() >= FINAL_STALL {
+                    let stall = format!(
+                        "key {key}: no progress for {}s at offset {position} of {target} (bootstrap {bootstrap}); \
+                         starting over with a new client",
+                        FINAL_STALL.as_secs()
+                    );
+                    eprintln!("[chaos] final read: {stall}");
+                    outcome.stalls.push(stall);
+                    break;
+                }
+                match timeout(Duration::from_secs(10), consumer.poll()).await {
+                    Ok(Ok(records)) => {
+                        for record in records {
+                            let value = record.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+                            match value.and_then(|v| v.parse::<u64>().ok()) {
+                                Some(value) => reads.push((record.offset, value)),
+                                None => error = Some(format!("unparsable record at offset {}", record.offset)),
+                            }
+                        }
+                        let now_at = consumer.position(&tp).unwrap_or(position);
+                        if now_at > position {
+                            position = now_at;
+                            progress_at = Instant::now();
+                        } else {
+                            // An empty answer can come back at once (no
+                            // leader known): do not spin.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
+                    Ok(Err(e)) => {
+                        error = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(_) => error = Some("poll timed out".to_string()),
                 }
-                Ok(Err(e)) => {
-                    error = Some(e.to_string());
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(_) => error = Some("poll timed out".to_string()),
             }
         }
-        let position = consumer.position(&tp).unwrap_or(0);
-        if position < target {
+        if position < target || !done {
             let why = error.clone().unwrap_or_else(|| "deadline".to_string());
-            incomplete.push(format!("key {key}: read to {position} of {target}: {why}"));
+            outcome.incomplete.push(format!("key {key}: read to {position} of {target}: {why}"));
             error = Some(format!("incomplete: read to {position} of {target}: {why}"));
         }
         op.op_type = OpType::Ok;
@@ -550,5 +604,5 @@ pub async fn final_read(shared: &Shared, bootstrap: &str, ends: &BTreeMap<u32, u
         op.error = error;
         shared.history.record(op);
     }
-    incomplete
+    outcome
 }
