@@ -85,3 +85,19 @@ async fn an_idle_group_goes_quiet_stays_led_takes_writes_and_fails_over() {
     assert_eq!(committed_batches(&new_leader), expected);
     common::shutdown_all(&survivors).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_replica_group_goes_quiet_and_still_takes_writes() {
+    let root = Root::new("quiesce-single");
+    let nodes = cluster(1, &root.0).await;
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    write(&leader, 0, Duration::from_secs(10)).await.expect("write");
+    wait_quiet(&nodes, Duration::from_secs(10)).await;
+    // A quiet leader with no followers renews its lease alone.
+    let started = Instant::now();
+    write(&leader, 1, Duration::from_secs(10)).await.expect("write to a quiet single-replica group");
+    assert!(started.elapsed() < Duration::from_secs(1), "the write took {:?}", started.elapsed());
+    let expected: Vec<Vec<u8>> = [0u64, 1].iter().map(|n| batch(*n).to_vec()).collect();
+    assert_eq!(committed_batches(&leader), expected);
+    common::shutdown_all(&nodes).await;
+}
