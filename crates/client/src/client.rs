@@ -42,9 +42,6 @@ struct Inner {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     cache: Mutex<Cache>,
-    /// Where the next metadata request starts, so that metadata is not
-    /// always asked of the same (perhaps partly blind) broker first.
-    next_any: std::sync::atomic::AtomicUsize,
 }
 
 /// A handle on a Strata cluster: cheap to clone, shared by everything
@@ -64,8 +61,7 @@ impl Client {
         if bootstrap.is_empty() {
             return Err(Error::Invalid("no bootstrap server given".into()));
         }
-        let inner =
-            Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default(), next_any: Default::default() };
+        let inner = Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default() };
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -113,17 +109,9 @@ impl Client {
     }
 
     /// Calls `f` on one broker after another until one answers (at most
-    /// one round over the known brokers), starting with the first.
+    /// one round over the known brokers), starting with the first: metadata
+    /// then comes from the broker that just made an admin change, if any.
     pub(crate) async fn call_any<T, F, Fut>(&self, f: F) -> Result<T>
-    where
-        F: Fn(StrataClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.call_any_from(0, f).await
-    }
-
-    /// As [`Client::call_any`], starting with broker `start` (rotated).
-    async fn call_any_from<T, F, Fut>(&self, start: usize, f: F) -> Result<T>
     where
         F: Fn(StrataClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -134,7 +122,7 @@ impl Client {
         };
         let mut last = Error::Transport("no broker reachable".into());
         for attempt in 0..n.max(1) {
-            let addr = self.any_broker(start + attempt);
+            let addr = self.any_broker(attempt);
             match f(self.stub(&addr)?).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
@@ -162,11 +150,8 @@ impl Client {
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
     pub async fn refresh_metadata(&self, topics: &[String]) -> Result<()> {
         let request = pb::MetadataRequest { topics: topics.to_vec() };
-        // Metadata is asked of a rotating broker: one that cannot name a
-        // partition's leader (it holds no open replica) is not asked every time.
-        let start = self.inner.next_any.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let response = self
-            .call_any_from(start, |mut stub| {
+            .call_any(|mut stub| {
                 let request = request.clone();
                 async move { stub.metadata(request).await }
             })
