@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster, wait_for_leaders};
+use common::cluster;
 use strata_client::{Admin, Client, Consumer, NewTopic, Producer, Record, Seek, TopicPartition};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +20,13 @@ async fn a_consumer_finds_the_leader_when_its_first_replica_is_down_and_no_broke
     let client = Client::new(&cluster.bootstrap).expect("client");
     let admin = Admin::new(&client);
     admin.create_topic(NewTopic::new("orphan", 1).replication_factor(3)).await.expect("create");
-    wait_for_leaders(&admin, "orphan").await;
+    // A broker describes only the leaders of replicas it holds, and with 4
+    // brokers the first may hold none: ask every broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !admin.describe_replicas("orphan").await.is_ok_and(|rs| rs.iter().any(|r| r.is_leader)) {
+        assert!(Instant::now() < deadline, "orphan got no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let replicas = admin.describe_topic("orphan").await.expect("describe").partitions[0].replicas.clone();
     let first = replicas[0];
     let outsider = (1..=4).find(|id| !replicas.contains(id)).expect("a broker without a replica");
