@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{cluster, wait_for_leaders};
+use common::cluster;
 use strata_client::{Admin, Client, Consumer, ErrorCode, NewTopic, Producer, Record, Seek, TopicPartition};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -17,7 +17,12 @@ async fn a_reassigned_partition_moves_with_all_its_records() {
     let client = Client::new(&cluster.bootstrap).expect("client");
     let admin = Admin::new(&client);
     admin.create_topic(NewTopic::new("moving", 1).replication_factor(2)).await.expect("create");
-    wait_for_leaders(&admin, "moving").await;
+    // The first broker may hold no replica and so name no leader: ask every broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !admin.describe_replicas("moving").await.is_ok_and(|rs| rs.iter().any(|r| r.is_leader)) {
+        assert!(Instant::now() < deadline, "moving got no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = admin.describe_topic("moving").await.expect("describe").partitions[0].replicas.clone();
     let newcomer = (1..=3).find(|id| !before.contains(id)).expect("a broker without a replica");
     let (kept, dropped) = (before[0], before[1]);
@@ -49,7 +54,7 @@ async fn a_reassigned_partition_moves_with_all_its_records() {
         let holders: BTreeSet<u64> = replicas.iter().map(|r| r.broker).collect();
         let newcomer_end = replicas.iter().find(|r| r.broker == newcomer).map(|r| r.log_end_offset);
         let described = admin.describe_topic("moving").await.expect("describe").partitions[0].clone();
-        let leader_ok = described.leader.is_some_and(|l| wanted.contains(&l));
+        let leader_ok = replicas.iter().any(|r| r.is_leader && wanted.contains(&r.broker));
         if holders == wanted && newcomer_end == Some(100) && leader_ok {
             assert_eq!(described.replicas.iter().copied().collect::<BTreeSet<u64>>(), wanted);
             break;
