@@ -40,6 +40,8 @@ pub struct Log {
     inner: RwLock<Inner>,
     durability: Arc<Durability>,
     flusher: FlusherHandle,
+    /// The first damage a read found in stored bytes (see [`Log::damage`]).
+    damage: std::sync::OnceLock<String>,
 }
 
 struct Inner {
@@ -114,7 +116,33 @@ impl Log {
         let flusher = flusher.map_or_else(FlusherHandle::inline, Flusher::handle);
         let segment_bytes = AtomicU64::new(config.segment_bytes);
         let segment_age_ms = AtomicU64::new(config.segment_age_max.map_or(0, |d| d.as_millis().max(1) as u64));
-        Ok(Log { dir, config, segment_bytes, segment_age_ms, inner: RwLock::new(inner), durability, flusher })
+        Ok(Log {
+            dir,
+            config,
+            segment_bytes,
+            segment_age_ms,
+            inner: RwLock::new(inner),
+            durability,
+            flusher,
+            damage: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The damage a read of this log found in its stored bytes since it was
+    /// opened, if any: a sealed segment's bytes are CRC-checked on first read,
+    /// so damage can surface long after `open`. A replica whose log is
+    /// damaged must not serve or vote on it any more; the node rebuilds it
+    /// from the other replicas.
+    pub fn damage(&self) -> Option<String> {
+        self.damage.get().cloned()
+    }
+
+    /// Remembers `err` if it reports damage, and returns it.
+    fn note(&self, err: LogError) -> LogError {
+        if err.kind() == crate::ErrorKind::Corrupt {
+            let _ = self.damage.set(err.to_string());
+        }
+        err
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -329,7 +357,7 @@ impl Log {
             }
             let start_pos = segment.entry_span(ordinal).0;
             let end_pos = segment.entry_span(stop - 1).1;
-            let bytes = segment.read_range(start_pos, end_pos)?;
+            let bytes = segment.read_range(start_pos, end_pos).map_err(|e| self.note(e))?;
             for i in ordinal..stop {
                 let (a, b) = segment.entry_span(i);
                 let e = segment.entries.get(i);
@@ -388,7 +416,7 @@ impl Log {
                 if n_offsets == 0 || entry.base_offset.0 + n_offsets <= from.0 {
                     // A control entry, or data wholly before `from`: cut here.
                     if let Some((ra, rb)) = run.take() {
-                        out.chunks.push(segment.read_range(ra, rb)?);
+                        out.chunks.push(segment.read_range(ra, rb).map_err(|e| self.note(e))?);
                     }
                     continue;
                 }
@@ -409,7 +437,7 @@ impl Log {
                 }
             }
             if let Some((ra, rb)) = run.take() {
-                out.chunks.push(segment.read_range(ra, rb)?);
+                out.chunks.push(segment.read_range(ra, rb).map_err(|e| self.note(e))?);
             }
             if done {
                 break;
@@ -493,7 +521,7 @@ impl Log {
             let _ = self.dir.remove(&tmp);
             let file = self.dir.create(&tmp).map_err(LogError::io(format!("create {tmp}")))?;
             if new_len > 0 {
-                let prefix = segment.read_range(0, new_len)?;
+                let prefix = segment.read_range(0, new_len).map_err(|e| self.note(e))?;
                 file.write_all_at(&prefix, 0).map_err(LogError::io(format!("write {tmp}")))?;
             }
             file.sync_data().map_err(LogError::io(format!("sync {tmp}")))?;
@@ -765,7 +793,7 @@ impl Log {
                 if !segment.is_sealed() || segment.end_index() > compaction.boundary || segment.n_entries() == 0 {
                     break;
                 }
-                let bytes = segment.read_range(0, segment.data_len)?;
+                let bytes = segment.read_range(0, segment.data_len).map_err(|e| self.note(e))?;
                 let spans = (0..segment.n_entries()).map(|i| segment.entry_span(i)).collect();
                 out.push(Candidate {
                     name: segment.name.clone(),

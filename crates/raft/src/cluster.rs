@@ -362,6 +362,7 @@ impl Reconciler {
         // own next pass; voting before they have would fail and cost a whole
         // election timeout.
         let mut first_seen: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
+        let mut complaints = Complaints::default();
         loop {
             let metadata = controller.state_machine.metadata().unwrap_or_default();
             if controller.raft.is_leader() {
@@ -370,12 +371,8 @@ impl Reconciler {
             self.announce(&metadata).await;
             let assigned = metadata.partitions_of(node.id());
             for partition in &assigned {
-                let group = match node.open_group(partition.group).await {
-                    Ok(group) => group,
-                    Err(err) => {
-                        tracing::error!(group = partition.group, error = %err, "cannot open an assigned partition");
-                        continue;
-                    }
+                let Some(group) = self.open_replica(&metadata, partition.group, &mut complaints).await else {
+                    continue;
                 };
                 if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
                     let seen = *first_seen.entry(partition.group).or_insert_with(tokio::time::Instant::now);
@@ -388,7 +385,7 @@ impl Reconciler {
                         initialized.insert(partition.group);
                     }
                 }
-                if group.raft.is_leader() {
+                if group.raft.is_leader() && !remove_damaged(&self, &group, &metadata).await {
                     move_replicas(&group, &partition.replicas, &metadata, peers).await;
                 }
             }
@@ -417,6 +414,55 @@ impl Reconciler {
                 }
             }
             tokio::time::sleep(RECONCILE_INTERVAL).await;
+        }
+    }
+
+    /// This node's replica of `group`, opened if needed; `None` while it
+    /// cannot run. A damaged replica is quarantined and rebuilt: the node
+    /// reports it to the controller, the group's leader removes it from the
+    /// group (`remove_damaged`), and then this node starts it again empty,
+    /// to be added back like a new replica and sent a snapshot and the log.
+    async fn open_replica(&self, metadata: &ClusterMetadata, group: u64, complaints: &mut Complaints) -> Option<Group> {
+        let node = &self.node;
+        let me = node.id();
+        if let Some(nonce) = node.rebuild_marker(group) {
+            if metadata.removed_replica(group, me) == Some(nonce) {
+                match node.open_rebuilt_group(group).await {
+                    Ok(opened) => {
+                        tracing::info!(group, "damaged replica removed from its group; starting it again empty");
+                        return Some(opened);
+                    }
+                    Err(err) => complaints.error(group, "cannot start a rebuilt replica", &err),
+                }
+            } else if metadata.damaged_replica(group, me) != Some(nonce) {
+                let command = MetadataCommand::ReplicaDamaged { group, node: me, nonce };
+                if let Err(err) = bounded(propose_anywhere(node, &self.controller, &self.peers, &command)).await {
+                    tracing::debug!(group, error = %err, "reporting a damaged replica will be retried");
+                }
+            }
+            return None;
+        }
+        let opened = match node.group(group) {
+            Some(open) => match open.log.damage() {
+                // Damage found while running (a sealed segment's first read).
+                Some(reason) => Err(NodeError::Damaged { group, reason }),
+                None => return Some(open),
+            },
+            None => node.open_group(group).await,
+        };
+        match opened {
+            Ok(opened) => Some(opened),
+            Err(NodeError::Damaged { reason, .. }) => {
+                tracing::error!(group, %reason, "replica damaged: quarantining it, to be rebuilt from the other replicas");
+                if let Err(err) = node.quarantine_group(group, fresh_nonce()).await {
+                    complaints.error(group, "cannot quarantine a damaged replica", &err);
+                }
+                None
+            }
+            Err(err) => {
+                complaints.error(group, "cannot open an assigned partition", &err);
+                None
+            }
         }
     }
 
@@ -499,6 +545,78 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
             let node = BasicNode::new(broker.raft_addr.clone());
             if let Err(err) = bounded(controller.raft.add_learner(broker.id, node, false)).await {
                 tracing::debug!(broker = broker.id, error = %err, "adding the broker to the controller will be retried");
+            }
+        }
+    }
+}
+
+/// On a partition's leader: removes the replicas reported damaged from the
+/// group, then tells the controller (`ReplicaRemoved`) so their nodes start
+/// them again empty; `move_replicas` adds them back afterwards. Returns
+/// whether any damaged replica of the group is still being dealt with.
+async fn remove_damaged(reconciler: &Reconciler, group: &Group, metadata: &ClusterMetadata) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let damaged: Vec<_> = metadata.damaged.iter().filter(|r| r.group == group.id).copied().collect();
+    for replica in &damaged {
+        let (voters, members) = membership_of(group);
+        if members.contains(&replica.node) {
+            if voters.len() == 1 && voters.contains(&replica.node) {
+                continue; // the only voter: nothing to rebuild it from
+            }
+            group.ensure_awake().await;
+            let change = if voters.contains(&replica.node) {
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([replica.node]))
+            } else {
+                openraft::ChangeMembers::RemoveNodes(BTreeSet::from([replica.node]))
+            };
+            if let Err(err) = bounded(group.raft.change_membership(change, false)).await {
+                tracing::debug!(group = group.id, node = replica.node, error = %err, "removing a damaged replica will be retried");
+            }
+            continue;
+        }
+        let committed = group.raft.metrics().borrow_watched().committed_membership_config.clone();
+        if committed.membership().nodes().any(|(id, _)| *id == replica.node) {
+            continue; // the removal is not committed yet
+        }
+        let command = MetadataCommand::ReplicaRemoved { group: group.id, node: replica.node, nonce: replica.nonce };
+        match bounded(propose_anywhere(&reconciler.node, &reconciler.controller, &reconciler.peers, &command)).await {
+            Ok(_) => {
+                tracing::info!(group = group.id, node = replica.node, "damaged replica removed; it will be rebuilt")
+            }
+            Err(err) => tracing::debug!(group = group.id, error = %err, "reporting a removed replica will be retried"),
+        }
+    }
+    !damaged.is_empty()
+}
+
+/// A nonce naming one quarantine: unique enough per node and group.
+fn fresh_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Errors the reconciler meets on every pass, logged at most once per
+/// `COMPLAINT_INTERVAL` per group (with the count of repeats in between)
+/// instead of every 100 ms.
+#[derive(Default)]
+struct Complaints {
+    last: std::collections::HashMap<u64, (tokio::time::Instant, u64)>,
+}
+
+const COMPLAINT_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Complaints {
+    fn error(&mut self, group: u64, what: &str, err: &dyn std::fmt::Display) {
+        let now = tokio::time::Instant::now();
+        match self.last.get_mut(&group) {
+            Some((at, repeats)) if now.duration_since(*at) < COMPLAINT_INTERVAL => *repeats += 1,
+            _ => {
+                let repeats = self.last.insert(group, (now, 0)).map_or(0, |(_, n)| n);
+                tracing::error!(group, error = %err, repeats, "{what}");
             }
         }
     }

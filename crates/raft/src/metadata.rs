@@ -67,6 +67,39 @@ pub enum MetadataCommand {
         /// The new replicas.
         replicas: Vec<u64>,
     },
+    /// A node found its replica of a group damaged and quarantined it; the
+    /// group's leader removes it from the group, then proposes
+    /// `ReplicaRemoved`, after which the node starts the replica again,
+    /// empty, and the leader adds it back (see `cluster.rs`).
+    ReplicaDamaged {
+        /// The Raft group.
+        group: u64,
+        /// The node whose replica is damaged.
+        node: u64,
+        /// Names this quarantine (the node's marker file holds it).
+        nonce: u64,
+    },
+    /// The damaged replica named by `nonce` is out of the group's committed
+    /// membership: its node may start it again, empty.
+    ReplicaRemoved {
+        /// The Raft group.
+        group: u64,
+        /// The node whose replica was removed.
+        node: u64,
+        /// The quarantine's nonce.
+        nonce: u64,
+    },
+}
+
+/// A replica being rebuilt (see `MetadataCommand::ReplicaDamaged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRebuild {
+    /// The Raft group.
+    pub group: u64,
+    /// The node.
+    pub node: u64,
+    /// The quarantine's nonce.
+    pub nonce: u64,
 }
 
 /// A broker of the cluster.
@@ -115,6 +148,13 @@ pub struct ClusterMetadata {
     pub next_group: u64,
     /// The last producer id allocated, if any.
     pub last_producer_id: Option<u64>,
+    /// Damaged replicas waiting to be removed from their group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<ReplicaRebuild>,
+    /// The last damaged replica removed, per (group, node): its node may
+    /// start it again empty when this nonce matches its marker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ReplicaRebuild>,
 }
 
 impl ClusterMetadata {
@@ -144,7 +184,11 @@ impl ClusterMetadata {
                     .insert(name.clone(), TopicInfo { name: name.clone(), partitions, configs: configs.clone() });
             }
             MetadataCommand::DeleteTopic { name } => {
-                self.topics.remove(name);
+                if let Some(topic) = self.topics.remove(name) {
+                    let gone = |r: &ReplicaRebuild| topic.partitions.iter().any(|p| p.group == r.group);
+                    self.damaged.retain(|r| !gone(r));
+                    self.removed.retain(|r| !gone(r));
+                }
             }
             MetadataCommand::AlterTopicConfig { name, configs, delete } => {
                 if let Some(topic) = self.topics.get_mut(name) {
@@ -162,6 +206,23 @@ impl ClusterMetadata {
                     target.replicas = replicas.clone();
                 }
             }
+            MetadataCommand::ReplicaDamaged { group, node, nonce } => {
+                let this = ReplicaRebuild { group: *group, node: *node, nonce: *nonce };
+                // A re-proposal of a quarantine already dealt with changes nothing.
+                if self.partition_of_group(*group).is_none() || self.removed.contains(&this) {
+                    return;
+                }
+                self.damaged.retain(|r| (r.group, r.node) != (*group, *node));
+                self.damaged.push(this);
+            }
+            MetadataCommand::ReplicaRemoved { group, node, nonce } => {
+                let this = ReplicaRebuild { group: *group, node: *node, nonce: *nonce };
+                if self.damaged.contains(&this) {
+                    self.damaged.retain(|r| *r != this);
+                    self.removed.retain(|r| (r.group, r.node) != (*group, *node));
+                    self.removed.push(this);
+                }
+            }
         }
     }
 
@@ -170,6 +231,17 @@ impl ClusterMetadata {
         self.topics
             .values()
             .find_map(|t| t.partitions.iter().position(|p| p.group == group).map(|i| (t.name.as_str(), i as u32)))
+    }
+
+    /// The nonce of `node`'s damaged replica of `group`, until it is removed.
+    pub fn damaged_replica(&self, group: u64, node: u64) -> Option<u64> {
+        self.damaged.iter().find(|r| (r.group, r.node) == (group, node)).map(|r| r.nonce)
+    }
+
+    /// The nonce of the last damaged replica of `group` on `node` that was
+    /// removed from the group.
+    pub fn removed_replica(&self, group: u64, node: u64) -> Option<u64> {
+        self.removed.iter().find(|r| (r.group, r.node) == (group, node)).map(|r| r.nonce)
     }
 
     /// The partitions `node` holds (or held first) a replica of.
@@ -257,7 +329,19 @@ mod tests {
         assert_eq!(md.partitions_of(1).len(), 2);
         md.apply(4, &MetadataCommand::ReassignPartition { topic: "orders".into(), partition: 0, replicas: vec![9] });
         assert_eq!(md.topics["orders"].partitions[0].replicas, vec![1], "unknown brokers are refused");
+        let damaged = MetadataCommand::ReplicaDamaged { group: 1, node: 1, nonce: 7 };
+        md.apply(5, &MetadataCommand::ReplicaRemoved { group: 1, node: 1, nonce: 7 });
+        assert_eq!(md.removed_replica(1, 1), None, "only a known damaged replica can be removed");
+        md.apply(5, &damaged);
+        assert_eq!(md.damaged_replica(1, 1), Some(7));
+        md.apply(5, &MetadataCommand::ReplicaRemoved { group: 1, node: 1, nonce: 6 });
+        assert_eq!(md.damaged_replica(1, 1), Some(7), "another quarantine's removal changes nothing");
+        md.apply(5, &MetadataCommand::ReplicaRemoved { group: 1, node: 1, nonce: 7 });
+        assert_eq!((md.damaged_replica(1, 1), md.removed_replica(1, 1)), (None, Some(7)));
+        md.apply(5, &damaged);
+        assert_eq!(md.damaged_replica(1, 1), None, "a late re-proposal of a finished quarantine is ignored");
         md.apply(5, &MetadataCommand::DeleteTopic { name: "orders".into() });
+        assert_eq!(md.removed_replica(1, 1), None, "a deleted topic's rebuilds are forgotten");
         assert!(md.topics.is_empty());
         let json = serde_json::to_string(&create).expect("json");
         assert!(json.contains("\"op\":\"create_topic\""), "{json}");

@@ -50,6 +50,23 @@ pub enum NodeError {
     /// openraft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The group's stored data is damaged (a checksum mismatch, a cut-off
+    /// sealed segment, an unreadable snapshot): this replica cannot be
+    /// trusted and must be rebuilt from the others (see `quarantine_group`).
+    #[error("replica of group {group} is damaged: {reason}")]
+    Damaged {
+        /// The group.
+        group: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// The group's replica was quarantined and waits until the other
+    /// replicas removed it from the group before it may start again, empty.
+    #[error("replica of group {group} is waiting to be rebuilt")]
+    AwaitingRebuild {
+        /// The group.
+        group: u64,
+    },
 }
 
 /// How a node runs.
@@ -224,18 +241,34 @@ impl RaftNode {
         if let Some(existing) = self.group(group) {
             return Ok(existing);
         }
-        let dir = self.config.data_dir.join(format!("group-{group}"));
+        if self.rebuild_marker(group).is_some() {
+            return Err(NodeError::AwaitingRebuild { group });
+        }
+        self.open_dir(group, role).await
+    }
+
+    async fn open_dir(&self, group: u64, role: GroupRole) -> Result<Group, NodeError> {
+        let dir = self.group_dir(group);
         let fs = FsDir::open(&dir)
             .map_err(|source| NodeError::Io { context: format!("create {}", dir.display()), source })?;
-        let log = Log::open(Arc::new(fs), self.config.log.clone(), Some(&self.flusher))
-            .map_err(|source| NodeError::Log { group, source })?;
+        let log =
+            Log::open(Arc::new(fs), self.config.log.clone(), Some(&self.flusher)).map_err(|source| {
+                match source.kind() {
+                    strata_log::ErrorKind::Corrupt => NodeError::Damaged { group, reason: source.to_string() },
+                    _ => NodeError::Log { group, source },
+                }
+            })?;
         let log = Arc::new(log);
         let opened = match role {
             GroupRole::Partition => PartitionStateMachine::open(&dir, log.clone()),
             GroupRole::Controller => PartitionStateMachine::open_controller(&dir, log.clone()),
         };
-        let state_machine = opened
-            .map_err(|source| NodeError::Io { context: format!("open state machine in {}", dir.display()), source })?;
+        let state_machine = opened.map_err(|source| match source.kind() {
+            std::io::ErrorKind::InvalidData => {
+                NodeError::Damaged { group, reason: format!("state machine in {}: {source}", dir.display()) }
+            }
+            _ => NodeError::Io { context: format!("open state machine in {}", dir.display()), source },
+        })?;
         state_machine.notify_log_start_on(self.log_start_moved.clone());
         let network = GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone());
         let raft = openraft::Raft::new(
@@ -246,7 +279,11 @@ impl RaftNode {
             state_machine.clone(),
         )
         .await
-        .map_err(|e| NodeError::Raft(format!("start group {group}: {e}")))?;
+        .map_err(|e| match log.damage() {
+            // openraft read the log at start and met the damage.
+            Some(reason) => NodeError::Damaged { group, reason },
+            None => NodeError::Raft(format!("start group {group}: {e}")),
+        })?;
         let handle = Group {
             id: group,
             raft: raft.clone(),
@@ -299,11 +336,95 @@ impl RaftNode {
         }
         if delete_data {
             drop(handle);
-            let dir = self.config.data_dir.join(format!("group-{group}"));
+            let dir = self.group_dir(group);
             std::fs::remove_dir_all(&dir)
                 .map_err(|source| NodeError::Io { context: format!("remove {}", dir.display()), source })?;
         }
         Ok(())
+    }
+
+    fn group_dir(&self, group: u64) -> PathBuf {
+        self.config.data_dir.join(format!("group-{group}"))
+    }
+
+    fn rebuild_marker_path(&self, group: u64) -> PathBuf {
+        self.config.data_dir.join(format!("group-{group}.rebuild"))
+    }
+
+    /// The nonce of the rebuild this node's replica of `group` waits for, if
+    /// it was quarantined (see [`RaftNode::quarantine_group`]).
+    pub fn rebuild_marker(&self, group: u64) -> Option<u64> {
+        let text = std::fs::read_to_string(self.rebuild_marker_path(group)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Takes a damaged replica out of service: closes the group, moves its
+    /// directory aside as `group-G.damaged-NONCE` (kept for the operator) and
+    /// leaves a marker `group-G.rebuild` holding `nonce`, durably, so that
+    /// the replica is not started again — not even empty, after a restart —
+    /// until [`RaftNode::open_rebuilt_group`]. A replica that forgot what it
+    /// stored and voted for must not vote before the others removed it from
+    /// the group: it may have been part of the majority that acknowledged a
+    /// write. Returns the nonce in force (an existing marker's).
+    pub async fn quarantine_group(&self, group: u64, nonce: u64) -> Result<u64, NodeError> {
+        self.close_group(group, false).await?;
+        let nonce = match self.rebuild_marker(group) {
+            Some(existing) => existing,
+            None => {
+                // The marker first: from then on the directory is never
+                // opened as it is, whatever happens next.
+                let io = |context: String| move |source| NodeError::Io { context, source };
+                let marker = self.rebuild_marker_path(group);
+                let tmp = marker.with_extension("rebuild.tmp");
+                let mut file = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+                std::io::Write::write_all(&mut file, format!("{nonce}\n").as_bytes())
+                    .map_err(io(format!("write {}", tmp.display())))?;
+                file.sync_all().map_err(io(format!("sync {}", tmp.display())))?;
+                std::fs::rename(&tmp, &marker).map_err(io(format!("create {}", marker.display())))?;
+                sync_dir(&self.config.data_dir)?;
+                nonce
+            }
+        };
+        self.move_aside(group, nonce)?;
+        Ok(nonce)
+    }
+
+    /// Moves a quarantined group's directory (if still there) to
+    /// `group-G.damaged-NONCE` (or a free name after it).
+    fn move_aside(&self, group: u64, nonce: u64) -> Result<(), NodeError> {
+        let dir = self.group_dir(group);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let mut aside = self.config.data_dir.join(format!("group-{group}.damaged-{nonce}"));
+        for n in 1.. {
+            if !aside.exists() {
+                break;
+            }
+            aside = self.config.data_dir.join(format!("group-{group}.damaged-{nonce}-{n}"));
+        }
+        std::fs::rename(&dir, &aside)
+            .map_err(|source| NodeError::Io { context: format!("move {} aside", dir.display()), source })?;
+        sync_dir(&self.config.data_dir)
+    }
+
+    /// Starts a quarantined replica again, empty, once the other replicas
+    /// removed it from the group (the controller says so): it joins again
+    /// as a new member and receives a snapshot and the log from the leader.
+    /// (Being out of the group, it may start empty: it votes again only
+    /// once the leader added it back.)
+    pub async fn open_rebuilt_group(&self, group: u64) -> Result<Group, NodeError> {
+        if let Some(existing) = self.group(group) {
+            return Ok(existing);
+        }
+        if let Some(nonce) = self.rebuild_marker(group) {
+            self.move_aside(group, nonce)?;
+            let marker = self.rebuild_marker_path(group);
+            std::fs::remove_file(&marker)
+                .map_err(|source| NodeError::Io { context: format!("remove {}", marker.display()), source })?;
+            sync_dir(&self.config.data_dir)?;
+        }
+        self.open_dir(group, GroupRole::Partition).await
     }
 
     /// Sends a write for `group` to `node` (at `addr`), which should lead it,
@@ -349,4 +470,10 @@ impl RaftNode {
             }
         }
     }
+}
+
+fn sync_dir(dir: &std::path::Path) -> Result<(), NodeError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| NodeError::Io { context: format!("sync {}", dir.display()), source })
 }

@@ -194,3 +194,138 @@ async fn a_node_added_to_a_running_cluster_takes_over_a_replica() {
         node.shutdown().await;
     }
 }
+
+/// A batch of 10 incompressible records of 4 KB, so a few fill a segment.
+fn big_batch(n: u64) -> bytes::Bytes {
+    let mut builder = strata_batch::BatchBuilder::new();
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in 0..10 {
+        let value: Vec<u8> = (0..4000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        builder.push(i, Some(format!("k{n}-{i}").as_bytes()), Some(&value), &[]);
+    }
+    builder.build(strata_batch::Compression::None)
+}
+
+/// Every committed batch of a replica, as stored.
+fn stored_data(group: &strata_raft::Group) -> Vec<u8> {
+    let hw = group.state_machine.high_watermark();
+    let (mut out, mut from) = (Vec::new(), group.log.state().log_start_offset);
+    while from < hw {
+        let read = group.log.read_offsets(from, 1 << 20, hw).expect("read");
+        read.chunks.iter().for_each(|c| out.extend_from_slice(c));
+        from = read.next_offset;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
+    let root = Root::new("controller-repair");
+    let (addrs, bound) = listeners(3).await;
+    let peers: BTreeMap<u64, String> = (1..=3).zip(addrs.iter().cloned()).collect();
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=3).zip(bound) {
+        nodes.push(Some(start_on(id, listener, &peers, &root.0).await));
+    }
+    wait_until("three brokers", || nodes.iter().flatten().all(|n| n.metadata().brokers.len() == 3)).await;
+    let any = nodes[0].as_ref().expect("node 1");
+    let topic = loop {
+        match any.create_topic("ledger", 1, 3, BTreeMap::new()).await {
+            Ok(topic) => break topic,
+            Err(err) if any.metadata().topics.contains_key("ledger") => panic!("create: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let group_id = topic.partitions[0].group;
+    let leader_of = |nodes: &[Option<ClusterNode>]| {
+        nodes.iter().flatten().filter_map(|n| n.raft_node().group(group_id)).find(|g| g.raft.is_leader())
+    };
+    // Several sealed segments (256 KiB each) on every replica.
+    let (mut written, deadline) = (0, Instant::now() + T);
+    while written < 24 {
+        match leader_of(&nodes) {
+            Some(group) if produce(&group, big_batch(written)).await.is_ok() => written += 1,
+            _ => {
+                assert!(Instant::now() < deadline, "no writes to the partition");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let leader = leader_of(&nodes).expect("leader");
+    let hw = leader.state_machine.high_watermark();
+    let leader_id = {
+        use openraft::async_runtime::WatchReceiver;
+        leader.raft.metrics().borrow_watched().id
+    };
+    let victim = (1..=3u64).find(|id| *id != leader_id).expect("a follower");
+    let slot = (victim - 1) as usize;
+    wait_until("the follower to hold everything", || {
+        nodes[slot]
+            .as_ref()
+            .and_then(|n| n.raft_node().group(group_id))
+            .is_some_and(|g| g.state_machine.high_watermark() == hw)
+    })
+    .await;
+    nodes[slot].take().expect("victim").shutdown().await;
+
+    // Flip one byte inside the first batch of its first (sealed) segment.
+    let dir = root.0.join(format!("node-{victim}/group-{group_id}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .expect("group dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "expected sealed segments, found {segments:?}");
+    let mut data = std::fs::read(&segments[0]).expect("read segment");
+    data[20_000] ^= 0x5a;
+    std::fs::write(&segments[0], &data).expect("damage segment");
+
+    // Restarted, the node finds the damage, quarantines its replica, the
+    // leader removes it from the group, and it comes back empty and catches up.
+    nodes[slot] = Some(start(victim, &peers, &root.0).await);
+    let expected = stored_data(&leader);
+    wait_until("the rebuilt replica to hold everything again", || {
+        nodes[slot].as_ref().and_then(|n| n.raft_node().group(group_id)).is_some_and(|g| {
+            g.state_machine.high_watermark() == hw && g.log.damage().is_none() && stored_data(&g) == expected
+        })
+    })
+    .await;
+    let quarantined: Vec<String> = std::fs::read_dir(root.0.join(format!("node-{victim}")))
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("group-{group_id}.")))
+        .collect();
+    assert!(
+        quarantined.len() == 1 && quarantined[0].starts_with(&format!("group-{group_id}.damaged-")),
+        "the damaged copy is kept aside and no rebuild marker is left: {quarantined:?}"
+    );
+    wait_until("the rebuilt replica to vote again", || {
+        leader_of(&nodes).is_some_and(|g| {
+            use openraft::async_runtime::WatchReceiver;
+            g.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|id| id == victim)
+        })
+    })
+    .await;
+    // It takes new writes like any replica.
+    let group = leader_of(&nodes).expect("leader");
+    produce(&group, big_batch(99)).await.expect("produce after the rebuild");
+    let hw = group.state_machine.high_watermark();
+    wait_until("the rebuilt replica to take a new write", || {
+        nodes[slot]
+            .as_ref()
+            .and_then(|n| n.raft_node().group(group_id))
+            .is_some_and(|g| g.state_machine.high_watermark() == hw)
+    })
+    .await;
+    for node in nodes.iter().flatten() {
+        node.shutdown().await;
+    }
+}
