@@ -376,6 +376,7 @@ top_level_error!(
     pb::DeleteTopicResponse,
     pb::AlterTopicConfigResponse,
     pb::ReassignPartitionResponse,
+    pb::RemoveBrokerResponse,
     pb::DescribeTopicResponse,
     pb::InitProducerIdResponse,
     pb::FindCoordinatorResponse,
@@ -479,6 +480,11 @@ impl pb::strata_server::Strata for Api {
     ) -> Answer<pb::ReassignPartitionResponse> {
         self.ready()?;
         self.answer("reassign_partition", self.0.reassign_partition(request.into_inner()).await)
+    }
+
+    async fn remove_broker(&self, request: Request<pb::RemoveBrokerRequest>) -> Answer<pb::RemoveBrokerResponse> {
+        self.ready()?;
+        self.answer("remove_broker", self.0.remove_broker(request.into_inner()).await)
     }
 
     async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {

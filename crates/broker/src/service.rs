@@ -532,6 +532,16 @@ impl Broker {
         admin_bounded(reassign).await?.map_err(ApiError::from_cluster)
     }
 
+    /// RemoveBroker: moves the broker's replicas to the others and
+    /// removes it, through the controller.
+    pub async fn remove_broker(&self, request: pb::RemoveBrokerRequest) -> pb::RemoveBrokerResponse {
+        let removal = admin_bounded(self.cluster.remove_broker(request.broker_id)).await;
+        match removal.and_then(|r| r.map_err(ApiError::from_cluster)) {
+            Ok(moved) => pb::RemoveBrokerResponse { error: None, partitions_moved: moved as u32 },
+            Err(err) => pb::RemoveBrokerResponse { error: ok_or_error(Err(err)), partitions_moved: 0 },
+        }
+    }
+
     /// ListTopics.
     pub async fn list_topics(&self) -> pb::ListTopicsResponse {
         pb::ListTopicsResponse { names: self.cluster.metadata().topics.keys().cloned().collect() }

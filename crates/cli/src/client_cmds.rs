@@ -265,8 +265,29 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
     Ok(())
 }
 
-pub async fn cluster(connection: &Connection) -> Result<()> {
-    let cluster = Admin::new(&client(connection)?).describe_cluster().await?;
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Shows the brokers and the controller (the default).
+    Describe,
+    /// Removes a broker for good: its replicas move to the other brokers,
+    /// then it leaves the cluster (stop it once `strata topic describe`
+    /// shows none of its replicas); its id is never used again.
+    RemoveNode {
+        /// The broker's node id.
+        id: u64,
+    },
+}
+
+pub async fn cluster(connection: &Connection, command: Option<ClusterCommand>) -> Result<()> {
+    let admin = Admin::new(&client(connection)?);
+    if let Some(ClusterCommand::RemoveNode { id }) = command {
+        let moved = admin.remove_broker(id).await?;
+        println!(
+            "Removing broker {id}: moving {moved} partition replicas off it; follow with `strata topic describe`."
+        );
+        return Ok(());
+    }
+    let cluster = admin.describe_cluster().await?;
     let controller = cluster.controller.map_or("none".to_string(), |c| c.to_string());
     println!("Controller: {controller}\tTopics: {}\tPartitions: {}", cluster.topics, cluster.partitions);
     for b in cluster.brokers {

@@ -42,10 +42,12 @@ enum Command {
         #[command(subcommand)]
         command: client_cmds::GroupCommand,
     },
-    /// Shows the brokers and the controller.
+    /// Shows the brokers and the controller; removes a broker.
     Cluster {
         #[command(flatten)]
         connection: Connection,
+        #[command(subcommand)]
+        command: Option<client_cmds::ClusterCommand>,
     },
     /// Sends lines from stdin as records.
     Produce(client_cmds::ProduceArgs),
@@ -124,7 +126,7 @@ fn main() -> Result<()> {
             Command::Server(args) => server(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Topic { connection, command } => client_cmds::topic(&connection, command).await,
-            Command::Cluster { connection } => client_cmds::cluster(&connection).await,
+            Command::Cluster { connection, command } => client_cmds::cluster(&connection, command).await,
             Command::Group { connection, command } => client_cmds::group(&connection, command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,

@@ -325,6 +325,18 @@ impl Admin {
         check(response.error)
     }
 
+    /// Removes broker `id` from the cluster for good: the controller moves
+    /// each of its replicas to the least loaded other broker, and the broker
+    /// leaves once they are moved. Returns the number of partitions being
+    /// moved, once the controller recorded it; follow the moves with
+    /// [`Admin::describe_topic`].
+    pub async fn remove_broker(&self, id: u64) -> Result<u32> {
+        let request = pb::RemoveBrokerRequest { broker_id: id };
+        let response = self.client.call_any(|mut stub| async move { stub.remove_broker(request).await }).await?;
+        check(response.error)?;
+        Ok(response.partitions_moved)
+    }
+
     /// The brokers and the controller.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
         let response = self

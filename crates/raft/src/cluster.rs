@@ -29,6 +29,9 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 /// membership change) may take before the pass moves on; it is retried on
 /// a later pass, so one unreachable broker never stalls the others.
 const RECONCILE_STEP_MAX: Duration = Duration::from_secs(5);
+/// The controller keeps at least this many voters while brokers remain
+/// to promote (a removed voter is replaced by an up-to-date learner).
+const CONTROLLER_VOTERS_MIN: usize = 3;
 
 /// Errors of cluster operations.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +251,55 @@ impl ClusterNode {
         self.propose(command).await.map(|_| ())
     }
 
+    /// Removes broker `id` from the cluster for good: moves each of its
+    /// replicas to the least loaded broker not already holding the
+    /// partition (keeping its place in the replica order), then records the
+    /// removal. The partitions' leaders carry the moves out as membership
+    /// changes; the broker deletes each replica once the move committed,
+    /// and the controller drops it from its own group. Returns the number
+    /// of partitions moved.
+    pub async fn remove_broker(&self, id: u64) -> Result<usize, ClusterError> {
+        let metadata = self.metadata();
+        if !metadata.brokers.contains_key(&id) {
+            return Err(ClusterError::Invalid(format!("broker {id} is not registered")));
+        }
+        let mut load: BTreeMap<u64, usize> = metadata.brokers.keys().filter(|b| **b != id).map(|b| (*b, 0)).collect();
+        for partition in metadata.topics.values().flat_map(|t| &t.partitions) {
+            for replica in &partition.replicas {
+                load.entry(*replica).and_modify(|n| *n += 1);
+            }
+        }
+        let mut moves = Vec::new();
+        for topic in metadata.topics.values() {
+            for (i, partition) in topic.partitions.iter().enumerate() {
+                if !partition.replicas.contains(&id) {
+                    continue;
+                }
+                let free = load.iter().filter(|(b, _)| !partition.replicas.contains(b)).min_by_key(|(b, n)| (**n, **b));
+                let Some((&target, _)) = free else {
+                    return Err(ClusterError::Invalid(format!(
+                        "cannot move {}/{i} off broker {id}: each of the other {} brokers already holds it",
+                        topic.name,
+                        load.len()
+                    )));
+                };
+                *load.entry(target).or_default() += 1;
+                let replicas = partition.replicas.iter().map(|r| if *r == id { target } else { *r }).collect();
+                moves.push(MetadataCommand::ReassignPartition {
+                    topic: topic.name.clone(),
+                    partition: i as u32,
+                    replicas,
+                });
+            }
+        }
+        let moved = moves.len();
+        for command in moves {
+            self.propose(command).await?;
+        }
+        self.propose(MetadataCommand::RemoveBroker { id }).await?;
+        Ok(moved)
+    }
+
     /// Allocates a producer id (unique in the cluster, increasing).
     pub async fn allocate_producer_id(&self) -> Result<u64, ClusterError> {
         let offset = self.propose(MetadataCommand::AllocateProducerId).await?;
@@ -400,6 +452,18 @@ impl Reconciler {
                     continue;
                 }
                 let deleted = metadata.partition_of_group(group.id).is_none();
+                if !deleted && group.raft.is_leader() {
+                    // A leader moved away carries the move out itself, then
+                    // steps down once the new voters committed it.
+                    let replicas = metadata
+                        .topics
+                        .values()
+                        .flat_map(|t| &t.partitions)
+                        .find(|p| p.group == group.id)
+                        .map(|p| p.replicas.clone())
+                        .unwrap_or_default();
+                    move_replicas(&group, &replicas, &metadata, peers).await;
+                }
                 let moved_away = !deleted && {
                     use openraft::async_runtime::WatchReceiver;
                     let committed = group.raft.metrics().borrow_watched().committed_membership_config.clone();
@@ -411,6 +475,16 @@ impl Reconciler {
                     if let Err(err) = node.close_group(group.id, true).await {
                         tracing::warn!(group = group.id, error = %err, "cannot remove {what}");
                     }
+                }
+            }
+            if metadata.removed_brokers.contains(&node.id())
+                && !metadata.left_brokers.contains(&node.id())
+                && node.groups().iter().all(|g| g.id == CONTROLLER_GROUP)
+            {
+                let command = MetadataCommand::BrokerLeft { id: node.id() };
+                match bounded(propose_anywhere(node, controller, peers, &command)).await {
+                    Ok(_) => tracing::info!("this broker was removed and has handed over every replica"),
+                    Err(err) => tracing::debug!(error = %err, "reporting the end of the removal will be retried"),
                 }
             }
             tokio::time::sleep(RECONCILE_INTERVAL).await;
@@ -472,6 +546,9 @@ impl Reconciler {
         let Some(wanted) = wanted else { return };
         let id = self.node.id();
         let Some(raft_addr) = self.peers.get(&id).cloned() else { return };
+        if metadata.removed_brokers.contains(&id) {
+            return;
+        }
         if metadata.brokers.get(&id).is_some_and(|b| b.client_addr.as_deref() == Some(wanted.as_str())) {
             return;
         }
@@ -532,14 +609,52 @@ fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
 /// broker at least a learner of the controller, so it follows the metadata.
 async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) {
     for (id, addr) in peers {
-        if metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
+        let removed = metadata.removed_brokers.contains(id);
+        if !removed && metadata.brokers.get(id).is_none_or(|b| b.raft_addr != *addr) {
             let command = MetadataCommand::RegisterBroker { id: *id, raft_addr: addr.clone(), client_addr: None };
             if let Err(err) = bounded(propose(controller, &command)).await {
                 tracing::debug!(broker = id, error = %err, "broker registration will be retried");
             }
         }
     }
-    let (_, members) = membership_of(controller);
+    let (voters, members) = membership_of(controller);
+    // Removed brokers leave the controller group too, once they handed
+    // over their replicas (they follow the metadata until then).
+    for gone in members.iter().filter(|m| metadata.left_brokers.contains(m)) {
+        if voters.len() == 1 && voters.contains(gone) {
+            continue;
+        }
+        let change = if voters.contains(gone) {
+            openraft::ChangeMembers::RemoveVoters(BTreeSet::from([*gone]))
+        } else {
+            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([*gone]))
+        };
+        if let Err(err) = bounded(controller.raft.change_membership(change, false)).await {
+            tracing::debug!(broker = gone, error = %err, "removing a broker from the controller will be retried");
+        }
+        return;
+    }
+    // Keep at least three controller voters while there are brokers to
+    // spare: promote a learner that is up to date.
+    if voters.len() < CONTROLLER_VOTERS_MIN {
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = controller.raft.metrics().borrow_watched().clone();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let replication = metrics.replication.unwrap_or_default();
+        let ready = members
+            .iter()
+            .filter(|m| !voters.contains(m) && metadata.brokers.contains_key(m))
+            .find(|m| replication.get(m).cloned().flatten().is_some_and(|matched| matched.index + 1 >= last));
+        if let Some(&learner) = ready {
+            let change = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
+            match bounded(controller.raft.change_membership(change, false)).await {
+                Ok(_) => tracing::info!(broker = learner, "broker promoted to controller voter"),
+                Err(err) => {
+                    tracing::debug!(broker = learner, error = %err, "promoting a controller voter will be retried")
+                }
+            }
+        }
+    }
     for broker in metadata.brokers.values() {
         if !members.contains(&broker.id) {
             let node = BasicNode::new(broker.raft_addr.clone());

@@ -67,6 +67,19 @@ pub enum MetadataCommand {
         /// The new replicas.
         replicas: Vec<u64>,
     },
+    /// A broker leaves the cluster for good; its id is never used again.
+    /// Applied only once no partition lists it among its replicas (the
+    /// proposer reassigns them first, see `ClusterNode::remove_broker`).
+    RemoveBroker {
+        /// Its node id.
+        id: u64,
+    },
+    /// A removed broker no longer holds any partition replica: the
+    /// controller's leader then drops it from the controller group too.
+    BrokerLeft {
+        /// Its node id.
+        id: u64,
+    },
     /// A node found its replica of a group damaged and quarantined it; the
     /// group's leader removes it from the group, then proposes
     /// `ReplicaRemoved`, after which the node starts the replica again,
@@ -148,6 +161,12 @@ pub struct ClusterMetadata {
     pub next_group: u64,
     /// The last producer id allocated, if any.
     pub last_producer_id: Option<u64>,
+    /// Brokers removed from the cluster: never registered again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub removed_brokers: std::collections::BTreeSet<u64>,
+    /// Removed brokers that have handed over every replica.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub left_brokers: std::collections::BTreeSet<u64>,
     /// Damaged replicas waiting to be removed from their group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<ReplicaRebuild>,
@@ -164,6 +183,9 @@ impl ClusterMetadata {
         self.next_group = self.next_group.max(1);
         match command {
             MetadataCommand::RegisterBroker { id, raft_addr, client_addr } => {
+                if self.removed_brokers.contains(id) {
+                    return;
+                }
                 let known = self.brokers.get(id).and_then(|b| b.client_addr.clone());
                 let client_addr = client_addr.clone().or(known);
                 self.brokers.insert(*id, BrokerInfo { id: *id, raft_addr: raft_addr.clone(), client_addr });
@@ -206,6 +228,17 @@ impl ClusterMetadata {
                     target.replicas = replicas.clone();
                 }
             }
+            MetadataCommand::RemoveBroker { id } => {
+                let holds = self.topics.values().flat_map(|t| &t.partitions).any(|p| p.replicas.contains(id));
+                if !holds && self.brokers.remove(id).is_some() {
+                    self.removed_brokers.insert(*id);
+                }
+            }
+            MetadataCommand::BrokerLeft { id } => {
+                if self.removed_brokers.contains(id) {
+                    self.left_brokers.insert(*id);
+                }
+            }
             MetadataCommand::ReplicaDamaged { group, node, nonce } => {
                 let this = ReplicaRebuild { group: *group, node: *node, nonce: *nonce };
                 // A re-proposal of a quarantine already dealt with changes nothing.
@@ -244,12 +277,14 @@ impl ClusterMetadata {
         self.removed.iter().find(|r| (r.group, r.node) == (group, node)).map(|r| r.nonce)
     }
 
-    /// The partitions `node` holds (or held first) a replica of.
+    /// The partitions `node` holds (or held first, unless it was removed
+    /// from the cluster) a replica of.
     pub fn partitions_of(&self, node: u64) -> Vec<PartitionInfo> {
+        let removed = self.removed_brokers.contains(&node);
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter())
-            .filter(|p| p.replicas.contains(&node) || p.initial_replicas.first() == Some(&node))
+            .filter(|p| p.replicas.contains(&node) || (!removed && p.initial_replicas.first() == Some(&node)))
             .cloned()
             .collect()
     }
@@ -340,8 +375,18 @@ mod tests {
         assert_eq!((md.damaged_replica(1, 1), md.removed_replica(1, 1)), (None, Some(7)));
         md.apply(5, &damaged);
         assert_eq!(md.damaged_replica(1, 1), None, "a late re-proposal of a finished quarantine is ignored");
+        md.apply(5, &MetadataCommand::RemoveBroker { id: 1 });
+        assert!(md.brokers.contains_key(&1), "a broker still holding replicas is not removed");
         md.apply(5, &MetadataCommand::DeleteTopic { name: "orders".into() });
         assert_eq!(md.removed_replica(1, 1), None, "a deleted topic's rebuilds are forgotten");
+        md.apply(6, &MetadataCommand::RemoveBroker { id: 1 });
+        assert!(md.brokers.is_empty() && md.removed_brokers.contains(&1));
+        md.apply(7, &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into(), client_addr: None });
+        assert!(md.brokers.is_empty(), "a removed broker's id is never registered again");
+        md.apply(8, &MetadataCommand::BrokerLeft { id: 2 });
+        assert!(md.left_brokers.is_empty(), "only a removed broker leaves");
+        md.apply(8, &MetadataCommand::BrokerLeft { id: 1 });
+        assert!(md.left_brokers.contains(&1));
         assert!(md.topics.is_empty());
         let json = serde_json::to_string(&create).expect("json");
         assert!(json.contains("\"op\":\"create_topic\""), "{json}");

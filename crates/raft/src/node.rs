@@ -187,7 +187,7 @@ impl RaftNode {
         let peers: Arc<Peers> = Arc::default();
         let faults: Arc<TransportFaults> = Arc::default();
         tokio::spawn(quiescence.clone().run(router.clone(), peers.clone(), faults.clone(), stopping_rx.clone()));
-        let service = RaftTransportServer::new(TransportService::new(router.clone(), stopping_rx))
+        let service = RaftTransportServer::new(TransportService::new(config.node_id, router.clone(), stopping_rx))
             .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -329,3 +329,93 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
+    let root = Root::new("controller-remove");
+    let (addrs, bound) = listeners(4).await;
+    let peers: BTreeMap<u64, String> = (1..=4).zip(addrs.iter().cloned()).collect();
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=4).zip(bound) {
+        nodes.push(start_on(id, listener, &peers, &root.0).await);
+    }
+    wait_until("four brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 4)).await;
+    let topic = loop {
+        match nodes[0].create_topic("orders", 4, 3, BTreeMap::new()).await {
+            Ok(topic) => break topic,
+            Err(err) if nodes[0].metadata().topics.contains_key("orders") => panic!("create: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let groups: Vec<u64> = topic.partitions.iter().map(|p| p.group).collect();
+    let leader_of = |nodes: &[ClusterNode], group: u64| {
+        nodes.iter().filter_map(|n| n.raft_node().group(group)).find(|g| g.raft.is_leader())
+    };
+    let deadline = Instant::now() + T;
+    for (i, group) in groups.iter().enumerate() {
+        loop {
+            match leader_of(&nodes, *group) {
+                Some(leader) if produce(&leader, batch(i as u64)).await.is_ok() => break,
+                _ => {
+                    assert!(Instant::now() < deadline, "no writes to partition {i}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    // Remove the broker leading partition 0 (so it leads at least one group).
+    let removed = {
+        use openraft::async_runtime::WatchReceiver;
+        leader_of(&nodes, groups[0]).expect("leader").raft.metrics().borrow_watched().id
+    };
+    let moved = nodes[0].remove_broker(removed).await.expect("remove broker");
+    assert_eq!(moved, 3, "4 partitions of RF 3 on 4 brokers: each broker holds 3");
+    assert!(nodes[0].remove_broker(removed).await.is_err(), "a removed broker is no longer registered");
+    let stays: Vec<&ClusterNode> = nodes.iter().filter(|n| n.raft_node().id() != removed).collect();
+    let gone = nodes.iter().find(|n| n.raft_node().id() == removed).expect("removed node");
+    wait_until("the removed broker to hand over every replica and leave", || {
+        let metadata = stays[0].metadata();
+        !metadata.brokers.contains_key(&removed)
+            && metadata.left_brokers.contains(&removed)
+            && gone.raft_node().groups().iter().all(|g| g.id == 0)
+    })
+    .await;
+    wait_until("the controller to drop it", || {
+        stays.iter().filter_map(|n| n.raft_node().group(0)).filter(|g| g.raft.is_leader()).any(|g| {
+            use openraft::async_runtime::WatchReceiver;
+            let metrics = g.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            membership.nodes().all(|(id, _)| *id != removed) && membership.voter_ids().count() == 3
+        })
+    })
+    .await;
+    let leftovers: Vec<String> = std::fs::read_dir(root.0.join(format!("node-{removed}")))
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("group-") && name != "group-0")
+        .collect();
+    assert!(leftovers.is_empty(), "the removed broker deleted its replicas: {leftovers:?}");
+    // Every partition runs on the three others, with its data, and takes writes.
+    let metadata = stays[0].metadata();
+    for (i, group) in groups.iter().enumerate() {
+        let replicas = &metadata.topics["orders"].partitions[i].replicas;
+        assert!(!replicas.contains(&removed));
+        let wanted: std::collections::BTreeSet<u64> = replicas.iter().copied().collect();
+        wait_until("the partition's voters to be its replicas", || {
+            stays.iter().filter_map(|n| n.raft_node().group(*group)).find(|g| g.raft.is_leader()).is_some_and(|g| {
+                use openraft::async_runtime::WatchReceiver;
+                let voters: std::collections::BTreeSet<u64> =
+                    g.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+                voters == wanted
+            })
+        })
+        .await;
+        let leader = stays.iter().filter_map(|n| n.raft_node().group(*group)).find(|g| g.raft.is_leader());
+        let leader = leader.expect("leader");
+        produce(&leader, batch(100 + i as u64)).await.expect("produce after the removal");
+        assert_eq!(leader.state_machine.high_watermark().0, 20, "both batches of partition {i} are there");
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -19,6 +19,9 @@ use crate::limits::{
     PEER_CONNECT_TIMEOUT, PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX,
 };
 
+/// The gRPC metadata key naming the node a stream is meant for.
+pub(crate) const TO_NODE_HEADER: &str = "strata-to-node";
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::RaftResponse>>>>;
 
 struct Connection {
@@ -37,14 +40,17 @@ impl Connection {
 
 /// A connection to one peer node, shared by all groups.
 pub struct Peer {
+    /// The node id this connection is for: sent with the stream, so a
+    /// different node now listening at the address refuses it.
+    node: u64,
     addr: String,
     next_id: AtomicU64,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
 impl Peer {
-    pub fn new(addr: String) -> Peer {
-        Peer { addr, next_id: AtomicU64::new(1), connection: tokio::sync::Mutex::new(None) }
+    pub fn new(node: u64, addr: String) -> Peer {
+        Peer { node, addr, next_id: AtomicU64::new(1), connection: tokio::sync::Mutex::new(None) }
     }
 
     pub fn addr(&self) -> &str {
@@ -77,8 +83,10 @@ impl Peer {
             .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::channel::<pb::RaftRequest>(PEER_QUEUE_MAX);
         let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut request = tonic::Request::new(outbound);
+        request.metadata_mut().insert(TO_NODE_HEADER, self.node.into());
         let mut inbound =
-            client.exchange(outbound).await.map_err(|e| format!("open stream to {}: {e}", self.addr))?.into_inner();
+            client.exchange(request).await.map_err(|e| format!("open stream to {}: {e}", self.addr))?.into_inner();
         let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
         let alive = Arc::new(AtomicBool::new(true));
@@ -153,7 +161,7 @@ impl Peers {
         match peers.get(&node) {
             Some(peer) if peer.addr() == addr => peer.clone(),
             _ => {
-                let peer = Arc::new(Peer::new(addr.to_string()));
+                let peer = Arc::new(Peer::new(node, addr.to_string()));
                 peers.insert(node, peer.clone());
                 peer
             }

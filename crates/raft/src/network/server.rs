@@ -117,6 +117,7 @@ async fn handle_with(group: &Group, body: Option<Body>, quiescence: &Quiescence)
 
 /// The gRPC service: one `Exchange` stream per connected peer.
 pub struct TransportService {
+    node_id: u64,
     router: Arc<Router>,
     stopping: watch::Receiver<bool>,
 }
@@ -125,8 +126,10 @@ impl TransportService {
     /// `stopping` turning true ends every open stream: the server's own
     /// shutdown does not end tasks a stream spawned, and a peer would keep
     /// talking to a stopped node over a connection that never breaks.
-    pub fn new(router: Arc<Router>, stopping: watch::Receiver<bool>) -> TransportService {
-        TransportService { router, stopping }
+    /// Streams meant for another node id (one that listened at this
+    /// address before, say a removed broker) are refused.
+    pub fn new(node_id: u64, router: Arc<Router>, stopping: watch::Receiver<bool>) -> TransportService {
+        TransportService { node_id, router, stopping }
     }
 }
 
@@ -140,6 +143,10 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         &self,
         request: tonic::Request<tonic::Streaming<pb::RaftRequest>>,
     ) -> Result<tonic::Response<Self::ExchangeStream>, tonic::Status> {
+        let to = request.metadata().get(super::peer::TO_NODE_HEADER).map(|v| v.to_str().unwrap_or("?").to_string());
+        if let Some(to) = to.filter(|to| *to != self.node_id.to_string()) {
+            return Err(tonic::Status::failed_precondition(format!("this is node {}, not node {to}", self.node_id)));
+        }
         let mut inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::RaftResponse, tonic::Status>>(PEER_QUEUE_MAX);
         let router = self.router.clone();
