@@ -1,7 +1,7 @@
 //! `strata-chaos`: a Jepsen-style test of Strata. It starts a cluster of
 //! real `strata server` processes in network namespaces, runs a queue
 //! workload against it while a nemesis injects faults (kill, pause,
-//! partition, clock, disk), heals everything, reads every partition back,
+//! partition, clock, disk, membership), heals everything, reads every partition back,
 //! and checks the history for lost, duplicated or reordered records.
 //!
 //! `strata-chaos run ...` writes `chaos/out/<time>-<seed>/` (history,
@@ -74,7 +74,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 300)]
     time_limit: u64,
     /// Faults: a comma-separated list of kill, pause, partition, clock,
-    /// disk, or all.
+    /// disk, membership (4 nodes or more), or all.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Seed of the fault schedule and the workload's choices (default: the
@@ -138,7 +138,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn print_plan(args: &RunArgs) -> anyhow::Result<bool> {
-    let kinds = Kind::parse_list(&args.nemesis)?;
+    let kinds = Kind::parse_list_for(&args.nemesis, args.nodes)?;
     let seed = args.seed.context("plan needs --seed")?;
     if !(3..=9).contains(&args.nodes) {
         bail!("--nodes must be 3 to 9");
@@ -188,7 +188,7 @@ fn strata_bin(args: &RunArgs) -> anyhow::Result<PathBuf> {
 
 /// Runs everything; the network is removed whatever happens.
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let kinds = Kind::parse_list(&args.nemesis)?;
+    let kinds = Kind::parse_list_for(&args.nemesis, args.nodes)?;
     if !(3..=9).contains(&args.nodes) {
         bail!("--nodes must be 3 to 9 (a majority must survive a minority's faults)");
     }
@@ -253,7 +253,9 @@ async fn run_in_network(
     }
     cluster.lock().unwrap_or_else(|p| p.into_inner()).start_all()?;
     let bootstrap = cluster.lock().unwrap_or_else(|p| p.into_inner()).bootstrap();
-    workload::create_topic(&bootstrap, args.keys, args.nodes.min(5)).await?;
+    // Removing a broker needs one outside every replica set.
+    let spare = u32::from(kinds.contains(&Kind::Membership));
+    workload::create_topic(&bootstrap, args.keys, (args.nodes - spare).min(5)).await?;
     eprintln!("[chaos] cluster up after {:.1}s; running for {}s", started.elapsed().as_secs_f64(), args.time_limit);
 
     let history = History::create(&out_dir.join("history.jsonl"), started)?;

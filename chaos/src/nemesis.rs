@@ -39,11 +39,13 @@ pub enum Kind {
     Clock,
     /// Damaged segment files on a node that is down.
     Disk,
+    /// A broker removed from the cluster, then a new one added in its place.
+    Membership,
 }
 
 impl Kind {
     /// Every kind the harness can inject (`--nemesis all`).
-    pub const ALL: [Kind; 5] = [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Clock, Kind::Disk];
+    pub const ALL: [Kind; 6] = [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Clock, Kind::Disk, Kind::Membership];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -53,7 +55,21 @@ impl Kind {
             Kind::Partition => "partition",
             Kind::Clock => "clock",
             Kind::Disk => "disk",
+            Kind::Membership => "membership",
         }
+    }
+
+    /// Parses the list for a cluster of `n` nodes: the membership nemesis
+    /// needs 4 (3 brokers must remain), so `all` leaves it out below that
+    /// and naming it is an error.
+    pub fn parse_list_for(list: &str, n: u32) -> anyhow::Result<Vec<Kind>> {
+        let mut kinds = Kind::parse_list(list)?;
+        if n < 4 && kinds.contains(&Kind::Membership) {
+            let named = list.split(',').any(|k| k.trim() == "membership");
+            anyhow::ensure!(!named, "the membership nemesis needs at least 4 nodes (3 brokers must remain)");
+            kinds.retain(|k| *k != Kind::Membership);
+        }
+        Ok(kinds)
     }
 
     /// Parses `kill,pause,...` or `all`.
@@ -68,10 +84,9 @@ impl Kind {
                 Some(kind) => {
                     kinds.insert(*kind);
                 }
-                None if name == "membership" => {
-                    anyhow::bail!("the membership nemesis is not implemented (see docs/chaos.md)")
-                }
-                None => anyhow::bail!("unknown nemesis {name:?}; known: kill, pause, partition, clock, disk, all"),
+                None => anyhow::bail!(
+                    "unknown nemesis {name:?}; known: kill, pause, partition, clock, disk, membership, all"
+                ),
             }
         }
         Ok(kinds.into_iter().collect())
@@ -167,6 +182,14 @@ pub enum Fault {
         /// Chooses the file and positions.
         pick: u64,
     },
+    /// Remove the broker of one node from the cluster (its replicas move to
+    /// the others), stop it and wipe its data; at the stop, a new broker
+    /// (a new id) starts there empty, joins, and takes over a share of the
+    /// workload's partitions.
+    Membership {
+        /// Node (slot) id.
+        node: u32,
+    },
 }
 
 impl Fault {
@@ -178,6 +201,7 @@ impl Fault {
             Fault::Partition { .. } => Kind::Partition,
             Fault::Clock { .. } => Kind::Clock,
             Fault::Disk { .. } => Kind::Disk,
+            Fault::Membership { .. } => Kind::Membership,
         }
     }
 }
@@ -303,6 +327,7 @@ fn fault_of(rng: &mut Rng, kind: Kind, n: u32, disk_nodes: &[u32]) -> Fault {
             };
             Fault::Disk { node, damage, pick: rng.next_u64() }
         }
+        Kind::Membership => Fault::Membership { node: *rng.pick(&all_nodes(n)) },
     }
 }
 
@@ -367,6 +392,11 @@ pub struct Outcome {
     pub periods: Vec<Period>,
 }
 
+/// Longest an admin call of the membership nemesis may take.
+const ADMIN_MAX: Duration = Duration::from_secs(30);
+/// Longest a removed broker is given to hand over its replicas.
+const DRAIN_MAX: Duration = Duration::from_secs(60);
+
 /// Carries out a plan against a cluster.
 pub struct Nemesis {
     cluster: Arc<Mutex<Cluster>>,
@@ -414,7 +444,7 @@ impl Nemesis {
                     // killed): undo what can be undone, count nothing.
                     eprintln!("[nemesis] could not start {description}: {e:#}");
                     self.record(F::StartFault, &description, Some(format!("{e:#}")));
-                    let undone = self.stop(&step.fault);
+                    let undone = self.stop(&step.fault).await;
                     self.record(F::StopFault, &description, undone.err().map(|e| format!("{e:#}")));
                     self.outcome.skipped.push(format!("{description}: {e:#}"));
                     continue;
@@ -424,7 +454,7 @@ impl Nemesis {
             if let Some(strobe) = strobe {
                 strobe.abort();
             }
-            let result = self.stop(&step.fault);
+            let result = self.stop(&step.fault).await;
             let stop_ns = self.history.now_ns();
             eprintln!("[nemesis] {:>7.1}s stop  {}", stop_ns as f64 / 1e9, kind.name());
             self.record(F::StopFault, &description, result.err().map(|e| format!("{e:#}")));
@@ -459,7 +489,11 @@ impl Nemesis {
             Fault::Partition { shape: Shape::Leaders, .. } => {
                 let leaders = crate::workload::current_leaders(&self.cluster).await?;
                 let n = self.cluster().n_nodes();
-                let mut leaders: Vec<u32> = leaders.into_iter().collect();
+                // Broker ids to slots (the membership nemesis gives slots new brokers).
+                let mut leaders: Vec<u32> = {
+                    let cluster = self.cluster();
+                    leaders.into_iter().filter_map(|broker| cluster.slot_of(broker)).collect()
+                };
                 rng.shuffle(&mut leaders);
                 leaders.truncate(((n - 1) / 2).max(1) as usize);
                 let mut grudge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
@@ -510,11 +544,96 @@ impl Nemesis {
                 let what = cluster.damage(*node, *damage, *pick)?;
                 Ok((format!("{described} {what}"), None))
             }
+            Fault::Membership { node } => {
+                let what = self.remove_broker(*node).await?;
+                Ok((format!("{described} {what}"), None))
+            }
         }
     }
 
+    /// Removes slot `node`'s broker through the others, waits until it
+    /// handed over its replicas (at most `DRAIN_MAX`), then kills it.
+    async fn remove_broker(&mut self, node: u32) -> anyhow::Result<String> {
+        use anyhow::Context;
+        let (broker, others) = {
+            let cluster = self.cluster();
+            let n = cluster.n_nodes();
+            let others: Vec<String> = (1..=n).filter(|x| *x != node).map(Cluster::client_addr).collect();
+            (cluster.broker_id(node), others.join(","))
+        };
+        let admin = strata_client::Admin::new(&strata_client::Client::new(&others).context("client")?);
+        let moved = tokio::time::timeout(ADMIN_MAX, admin.remove_broker(u64::from(broker)))
+            .await
+            .context("remove broker: no answer")?
+            .with_context(|| format!("remove broker {broker}"))?;
+        let drained_by = tokio::time::Instant::now() + DRAIN_MAX;
+        let drained = loop {
+            if self.cluster().replicas_on_disk(node) == 0 {
+                break true;
+            }
+            if tokio::time::Instant::now() >= drained_by {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.cluster().kill(node)?;
+        let left = if drained { "handed over every replica" } else { "still held replicas when killed" };
+        Ok(format!("removed broker {broker} ({moved} partitions moved; it {left})"))
+    }
+
+    /// Starts a new broker in slot `node` (after `remove_broker`) and gives
+    /// it a share of the workload's partitions: every partition whose
+    /// balanced assignment would place a replica on that slot.
+    async fn add_broker(&mut self, node: u32) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let (broker, n) = {
+            let mut cluster = self.cluster();
+            (cluster.replace(node)?, cluster.n_nodes())
+        };
+        let admin =
+            strata_client::Admin::new(&strata_client::Client::new(&Cluster::client_addr(node)).context("client")?);
+        let joined_by = tokio::time::Instant::now() + ADMIN_MAX;
+        loop {
+            let cluster = tokio::time::timeout(Duration::from_secs(2), admin.describe_cluster()).await;
+            if let Ok(Ok(cluster)) = cluster {
+                if cluster.brokers.iter().any(|b| b.id == u64::from(broker) && !b.address.is_empty()) {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < joined_by,
+                "broker {broker} did not join within {ADMIN_MAX:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let topic = tokio::time::timeout(ADMIN_MAX, admin.describe_topic(crate::workload::TOPIC))
+            .await
+            .context("describe topic: no answer")??;
+        for partition in &topic.partitions {
+            let share = (partition.partition + node) % n < partition.replicas.len() as u32;
+            if !share || partition.replicas.contains(&u64::from(broker)) {
+                continue;
+            }
+            // The last replica (never the preferred leader) makes room.
+            let mut replicas = partition.replicas.clone();
+            if let Some(last) = replicas.last_mut() {
+                *last = u64::from(broker);
+            }
+            tokio::time::timeout(
+                ADMIN_MAX,
+                admin.reassign_partition(crate::workload::TOPIC, partition.partition, replicas),
+            )
+            .await
+            .context("reassign: no answer")??;
+        }
+        Ok(())
+    }
+
     /// Heals a fault.
-    fn stop(&mut self, fault: &Fault) -> anyhow::Result<()> {
+    async fn stop(&mut self, fault: &Fault) -> anyhow::Result<()> {
+        if let Fault::Membership { node } = fault {
+            return self.add_broker(*node).await;
+        }
         let mut cluster = self.cluster();
         match fault {
             Fault::Kill { nodes } => nodes.iter().try_for_each(|n| cluster.restart(*n)),
@@ -522,6 +641,7 @@ impl Nemesis {
             Fault::Partition { .. } => cluster.heal_network(),
             Fault::Clock { nodes, .. } => nodes.iter().try_for_each(|n| cluster.set_clock(*n, 0)),
             Fault::Disk { node, .. } => cluster.restart(*node),
+            Fault::Membership { .. } => Ok(()),
         }
     }
 }
@@ -548,6 +668,18 @@ mod tests {
                 t = step.stop_ms;
             }
             assert!(t <= 300_000, "seed {seed}: the last fault ends at {t} ms");
+        }
+    }
+
+    #[test]
+    fn membership_needs_four_nodes_and_all_includes_it_from_four() {
+        assert!(Kind::parse_list_for("membership", 3).is_err());
+        assert!(!Kind::parse_list_for("all", 3).expect("all").contains(&Kind::Membership));
+        assert!(Kind::parse_list_for("all", 4).expect("all").contains(&Kind::Membership));
+        let steps = plan(3, &[Kind::Membership], 5, 120_000, 10_000);
+        assert!(!steps.is_empty());
+        for step in steps {
+            assert!(matches!(step.fault, Fault::Membership { node } if (1..=5).contains(&node)), "{step:?}");
         }
     }
 

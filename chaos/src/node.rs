@@ -84,7 +84,11 @@ pub struct Exit {
 }
 
 struct Node {
+    /// The slot: namespace, address, data and log files.
     id: u32,
+    /// The broker id running in the slot: the slot's number until the
+    /// membership nemesis replaces the broker with a new one.
+    broker: u32,
     child: Option<Child>,
     /// Held so the server sees EOF (and stops) if the harness dies.
     stdin: Option<ChildStdin>,
@@ -97,18 +101,51 @@ pub struct Cluster {
     nodes: Vec<Node>,
     started: Instant,
     exits: Vec<Exit>,
+    /// The next broker id the membership nemesis hands out (ids are never
+    /// reused).
+    next_broker: u32,
 }
 
 impl Cluster {
     /// A cluster with nothing started yet.
     pub fn new(config: ClusterConfig, started: Instant) -> Cluster {
-        let nodes = (1..=config.n_nodes).map(|id| Node { id, child: None, stdin: None, paused: false }).collect();
-        Cluster { config, nodes, started, exits: Vec::new() }
+        let nodes =
+            (1..=config.n_nodes).map(|id| Node { id, broker: id, child: None, stdin: None, paused: false }).collect();
+        let next_broker = config.n_nodes + 1;
+        Cluster { config, nodes, started, exits: Vec::new(), next_broker }
     }
 
     /// How many nodes.
     pub fn n_nodes(&self) -> u32 {
         self.config.n_nodes
+    }
+
+    /// The broker id running in slot `node`.
+    pub fn broker_id(&self, node: u32) -> u32 {
+        self.nodes.iter().find(|n| n.id == node).map_or(node, |n| n.broker)
+    }
+
+    /// The slot running broker `broker`, if any does.
+    pub fn slot_of(&self, broker: u32) -> Option<u32> {
+        self.nodes.iter().find(|n| n.broker == broker).map(|n| n.id)
+    }
+
+    /// Replaces the (stopped) broker of slot `node` with a new broker: a
+    /// new id, an empty data directory, then started; returns the new id.
+    /// The old broker must have been removed from the cluster first.
+    pub fn replace(&mut self, node: u32) -> anyhow::Result<u32> {
+        if self.node_mut(node)?.child.is_some() {
+            bail!("node {node} must be down to be replaced");
+        }
+        let data_dir = self.data_dir(node);
+        if data_dir.exists() {
+            std::fs::remove_dir_all(&data_dir).with_context(|| format!("wipe {}", data_dir.display()))?;
+        }
+        let broker = self.next_broker;
+        self.next_broker += 1;
+        self.node_mut(node)?.broker = broker;
+        self.spawn(node)?;
+        Ok(broker)
     }
 
     /// The client address of `node`.
@@ -152,11 +189,15 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
-        let _ =
-            writeln!(log, "==== strata-chaos: starting node {node} at {:.3}s", self.started.elapsed().as_secs_f64());
+        let broker = self.broker_id(node);
+        let _ = writeln!(
+            log,
+            "==== strata-chaos: starting node {node} (broker {broker}) at {:.3}s",
+            self.started.elapsed().as_secs_f64()
+        );
         let ip = netns::node_ip(node);
         let peers: Vec<String> =
-            (1..=self.config.n_nodes).map(|id| format!("{id}={}:{PEER_PORT}", netns::node_ip(id))).collect();
+            self.nodes.iter().map(|n| format!("{}={}:{PEER_PORT}", n.broker, netns::node_ip(n.id))).collect();
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &netns::ns_name(node), "env"]);
         if self.config.faketime {
@@ -168,7 +209,7 @@ impl Cluster {
             command.arg("FAKETIME_DONT_FAKE_MONOTONIC=1");
         }
         command.arg(&self.config.strata_bin);
-        command.args(["server", "--stop-on-stdin-eof", "--node-id", &node.to_string(), "--peers", &peers.join(",")]);
+        command.args(["server", "--stop-on-stdin-eof", "--node-id", &broker.to_string(), "--peers", &peers.join(",")]);
         command.arg("--data-dir").arg(&data_dir);
         command.args(["--listen-client", &format!("{ip}:{CLIENT_PORT}")]);
         command.args(["--listen-peer", &format!("{ip}:{PEER_PORT}")]);
@@ -283,6 +324,19 @@ impl Cluster {
     /// Removes every partition.
     pub fn heal_network(&self) -> anyhow::Result<()> {
         netns::heal(self.config.n_nodes)
+    }
+
+    /// How many partition replicas (group directories other than the
+    /// controller's) slot `node` holds on disk.
+    pub fn replicas_on_disk(&self, node: u32) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.data_dir(node)) else { return 0 };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("group-") && name != "group-0" && !name.contains('.')
+            })
+            .count()
     }
 
     /// Damages a segment of `node` (which must be down); returns what was

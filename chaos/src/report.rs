@@ -8,7 +8,7 @@
 //!   power of ten from 1 ms to 10 s; throughput y: operations completed
 //!   per second, a tick every 10;
 //! - points and lines: ok green, info orange, fail red;
-//! - shading: kill red, pause yellow, partition blue, clock purple, disk grey.
+//! - shading: kill red, pause yellow, partition blue, clock purple, disk grey, membership teal.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +38,7 @@ fn shade(kind: Kind) -> Rgb {
         Kind::Partition => [120, 160, 255],
         Kind::Clock => [190, 120, 230],
         Kind::Disk => [150, 150, 150],
+        Kind::Membership => [110, 210, 200],
     }
 }
 
@@ -48,7 +49,7 @@ pub fn legend() -> Value {
         "latency.png y": "latency of completed operations, log scale, ticks at 1 ms, 10 ms, 100 ms, 1 s, 10 s",
         "throughput.png y": "operations completed per second, one tick per 10",
         "points and lines": {"ok": "green", "info": "orange", "fail": "red"},
-        "shaded periods": {"kill": "red", "pause": "yellow", "partition": "blue", "clock": "purple", "disk": "grey"},
+        "shaded periods": {"kill": "red", "pause": "yellow", "partition": "blue", "clock": "purple", "disk": "grey", "membership": "teal"},
     })
 }
 
