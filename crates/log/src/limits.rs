@@ -25,6 +25,10 @@ pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// the segments scanned so far (bounding the cleaner's memory).
 pub const COMPACTION_KEYS_MAX: usize = 4 * 1024 * 1024;
 
+/// Bytes copied per read in the journaled test mode's catch-up of a shadow
+/// file (`io::journaled`), bounding that buffer.
+pub const JOURNAL_COPY_CHUNK_BYTES: usize = 1024 * 1024;
+
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);

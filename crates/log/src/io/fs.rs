@@ -1,4 +1,11 @@
 //! The real disk: `std::fs` files with positional I/O and `fdatasync`.
+//!
+//! An [`FsDir`] may also be *journaled* (see [`super::journaled`]), a test
+//! mode that records what was synced so a harness can make the directory
+//! lose its unsynced writes after the process is killed. Opened by
+//! [`FsDir::open_journaled`], or by [`FsDir::open`] under a root given to
+//! [`super::journaled::journal_under`]; otherwise every call goes straight
+//! to `std::fs`.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -7,19 +14,40 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::journaled::Journal;
 use super::{Dir, File};
 
 /// A directory on the real file system.
 #[derive(Debug, Clone)]
 pub struct FsDir {
     path: PathBuf,
+    /// Set in the journaled test mode only.
+    journal: Option<Arc<Journal>>,
 }
 
 impl FsDir {
-    /// Opens (creating it and its parents if needed) the directory at `path`.
+    /// Opens (creating it and its parents if needed) the directory at `path`:
+    /// journaled if it lies under a root given to
+    /// [`super::journaled::journal_under`] in this process (a test mode),
+    /// plain otherwise.
     pub fn open(path: impl AsRef<Path>) -> io::Result<FsDir> {
         std::fs::create_dir_all(path.as_ref())?;
-        Ok(FsDir { path: path.as_ref().to_path_buf() })
+        let journal = super::journaled::journal_for(path.as_ref())?;
+        Ok(FsDir { path: path.as_ref().to_path_buf(), journal })
+    }
+
+    /// Opens (creating it if needed) the directory at `path` in the
+    /// journaled test mode, whatever [`super::journaled::journal_under`]
+    /// was told.
+    pub fn open_journaled(path: impl AsRef<Path>) -> io::Result<FsDir> {
+        std::fs::create_dir_all(path.as_ref())?;
+        let journal = super::journaled::shared_journal(path.as_ref())?;
+        Ok(FsDir { path: path.as_ref().to_path_buf(), journal: Some(journal) })
+    }
+
+    /// Whether the directory is journaled (see [`super::journaled`]).
+    pub fn is_journaled(&self) -> bool {
+        self.journal.is_some()
     }
 
     /// Where the directory is.
@@ -55,17 +83,29 @@ impl File for FsFile {
 
 impl Dir for FsDir {
     fn open(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        if let Some(journal) = &self.journal {
+            return journal.open_file(name);
+        }
         let file = std::fs::OpenOptions::new().read(true).write(true).open(self.path.join(name))?;
         Ok(Arc::new(FsFile { file }))
     }
     fn create(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        if let Some(journal) = &self.journal {
+            return journal.create_file(name);
+        }
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path.join(name))?;
         Ok(Arc::new(FsFile { file }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
+        if let Some(journal) = &self.journal {
+            return journal.remove_file(name);
+        }
         std::fs::remove_file(self.path.join(name))
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if let Some(journal) = &self.journal {
+            return journal.rename_file(from, to);
+        }
         std::fs::rename(self.path.join(from), self.path.join(to))
     }
     fn list(&self) -> io::Result<Vec<String>> {
@@ -81,6 +121,9 @@ impl Dir for FsDir {
         Ok(names)
     }
     fn sync_dir(&self) -> io::Result<()> {
+        if let Some(journal) = &self.journal {
+            return journal.sync_dir();
+        }
         std::fs::File::open(&self.path)?.sync_all()
     }
 }

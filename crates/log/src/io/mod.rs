@@ -3,13 +3,17 @@
 //! crash, keeps only what was synced.
 //!
 //! Two implementations: [`fs`] (real files, `pread`/`pwrite`/`fdatasync`, and
-//! `mmap` for immutable files) and [`sim`] (in memory, crashable).
+//! `mmap` for immutable files) and [`sim`] (in memory, crashable). A test
+//! mode of [`fs`], [`journaled`], also records what was synced, so that a
+//! real process's directory can be made to lose its unsynced writes
+//! ([`journaled::lose_unsynced`]) after the process is killed.
 //!
 //! **Architecture Invariant:** the engine never calls `std::fs` directly; the
 //! seam is narrow (read_at, write_at, set_len, sync_data, sync_dir, map) so a
 //! simulated disk can model exactly what a crash keeps.
 
 pub mod fs;
+pub mod journaled;
 mod mmap;
 pub mod sim;
 
