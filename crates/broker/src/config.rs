@@ -88,6 +88,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("shutdown.grace", Some("10s")),
     ("groups.offsets_partitions", Some("12")),
     ("testing.ack_before_quorum", Some("false")),
+    ("testing.journal_unsynced", Some("false")),
 ];
 
 /// The whole server configuration, checked.
@@ -144,6 +145,15 @@ pub struct ServerConfig {
     /// it, so acknowledged writes can be lost. It exists so the chaos
     /// checker can be shown to catch lost writes. Default false.
     pub testing_ack_before_quorum: bool,
+    /// UNSAFE, for the chaos harness's disk nemesis only: run every
+    /// partition directory under `data_dir` in the storage engine's
+    /// journaled mode (`strata_log::io::journaled`), which records what
+    /// each file held at its last fdatasync and each directory's names at
+    /// its last fsync, so that once the process is killed
+    /// `strata_log::io::journaled::lose_unsynced` can make the directory
+    /// lose what was not synced, as a power loss would. Every byte written
+    /// is written twice. Default false.
+    pub testing_journal_unsynced: bool,
 }
 
 /// Where a value came from, for error messages.
@@ -313,6 +323,7 @@ impl ConfigBuilder {
                 parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
             })?,
             testing_ack_before_quorum: self.required("testing.ack_before_quorum", parse_bool)?,
+            testing_journal_unsynced: self.required("testing.journal_unsynced", parse_bool)?,
         })
     }
 
@@ -570,6 +581,17 @@ mod tests {
         let on = ConfigBuilder::new().set("testing.ack_before_quorum", "true").expect("known").build().expect("valid");
         assert!(on.testing_ack_before_quorum);
         let bad = ConfigBuilder::new().set("testing.ack_before_quorum", "yes").expect("known").build();
+        assert!(bad.is_err(), "{bad:?}");
+    }
+
+    #[test]
+    fn journal_unsynced_is_off_unless_set_and_takes_only_true_or_false() {
+        assert!(!ConfigBuilder::new().build().expect("defaults").testing_journal_unsynced);
+        let on = ConfigBuilder::new().set("testing.journal_unsynced", "true").expect("known").build().expect("valid");
+        assert!(on.testing_journal_unsynced);
+        let env = vec![("STRATA_TESTING_JOURNAL_UNSYNCED".to_string(), "true".to_string())];
+        assert!(ConfigBuilder::new().env(env).build().expect("valid").testing_journal_unsynced);
+        let bad = ConfigBuilder::new().set("testing.journal_unsynced", "1").expect("known").build();
         assert!(bad.is_err(), "{bad:?}");
     }
 

@@ -36,6 +36,16 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The journaled test mode (`testing.journal_unsynced`) could not be
+    /// set up.
+    #[error("cannot journal unsynced writes under {dir}: {source}")]
+    Journal {
+        /// The data directory.
+        dir: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The cluster node could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -94,6 +104,16 @@ impl Server {
         let client_addr = addr_of(&listeners.client, "clients", config.listen_client)?;
         let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
+        if config.testing_journal_unsynced {
+            // UNSAFE test mode (see the setting): every partition directory
+            // this node opens records what it synced.
+            strata_log::io::journaled::journal_under(&config.data_dir)
+                .map_err(|source| ServerError::Journal { dir: config.data_dir.display().to_string(), source })?;
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "testing.journal_unsynced is on: every write is journaled for crash tests (UNSAFE, slow)"
+            );
+        }
         let raft = RaftNodeConfig {
             node_id: config.node_id,
             listen: peer_addr,
