@@ -94,7 +94,9 @@ impl Broker {
         })?;
         let what = format!("{topic}/{partition}");
         let Some(group) = self.cluster.raft_node().group(group_id) else {
-            return Err(ApiError::not_leader(&what, None));
+            let hint = metadata.leaders.get(&group_id).map(|h| h.node).filter(|l| *l != self.node_id);
+            let leader = hint.and_then(|id| Self::client_addr(metadata, id).map(|a| (id, a)));
+            return Err(ApiError::not_leader(&what, leader));
         };
         if !group.raft.is_leader() {
             let leader = current_leader(&group).filter(|l| *l != self.node_id);
@@ -352,13 +354,22 @@ impl Broker {
         pb::ListOffsetsResponse { partitions }
     }
 
-    fn partitions_pb(&self, info: &TopicInfo) -> Vec<pb::PartitionMetadata> {
+    /// The leader of a partition's group: as this node's replica sees it,
+    /// or else the last leader reported to the controller (a hint).
+    fn leader_of(&self, metadata: &ClusterMetadata, group: u64) -> Option<u64> {
+        match self.cluster.raft_node().group(group) {
+            Some(local) => current_leader(&local),
+            None => metadata.leaders.get(&group).map(|h| h.node),
+        }
+    }
+
+    fn partitions_pb(&self, metadata: &ClusterMetadata, info: &TopicInfo) -> Vec<pb::PartitionMetadata> {
         info.partitions
             .iter()
             .enumerate()
             .map(|(i, p)| pb::PartitionMetadata {
                 partition: i as u32,
-                leader: self.cluster.raft_node().group(p.group).as_ref().and_then(current_leader),
+                leader: self.leader_of(metadata, p.group),
                 replicas: p.replicas.clone(),
                 error: None,
             })
@@ -388,7 +399,7 @@ impl Broker {
                 Ok(info) => pb::TopicMetadata {
                     name,
                     error: None,
-                    partitions: self.partitions_pb(info),
+                    partitions: self.partitions_pb(&metadata, info),
                     configs: info.configs.clone().into_iter().collect(),
                 },
                 Err(e) => pb::TopicMetadata { name, error: Some(error_to_pb(&e)), ..Default::default() },
@@ -409,7 +420,7 @@ impl Broker {
                 topic: Some(pb::TopicMetadata {
                     name: info.name.clone(),
                     error: None,
-                    partitions: self.partitions_pb(&info),
+                    partitions: self.partitions_pb(&self.cluster.metadata(), &info),
                     configs: info.configs.into_iter().collect(),
                 }),
             },
@@ -563,6 +574,7 @@ impl Broker {
                 let mut d = pb::PartitionDescription {
                     partition: i as u32,
                     replicas: p.replicas.clone(),
+                    leader: self.leader_of(&metadata, p.group),
                     ..Default::default()
                 };
                 if let Some(group) = self.cluster.raft_node().group(p.group) {

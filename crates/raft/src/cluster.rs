@@ -415,6 +415,8 @@ impl Reconciler {
         // election timeout.
         let mut first_seen: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
         let mut complaints = Complaints::default();
+        // The term in which this node last reported leading each group.
+        let mut reported: std::collections::HashMap<u64, u64> = Default::default();
         loop {
             let metadata = controller.state_machine.metadata().unwrap_or_default();
             if controller.raft.is_leader() {
@@ -435,6 +437,22 @@ impl Reconciler {
                         // NotAllowed means "already initialized" (a restart).
                         let _ = bounded(group.raft.initialize(members)).await;
                         initialized.insert(partition.group);
+                    }
+                }
+                if group.raft.is_leader() {
+                    use openraft::async_runtime::WatchReceiver;
+                    let term = group.raft.metrics().borrow_watched().current_term;
+                    let hint = metadata.leaders.get(&group.id).map(|h| (h.node, h.term));
+                    if hint != Some((node.id(), term)) && reported.get(&group.id) != Some(&term) {
+                        let command = MetadataCommand::LeaderChanged { group: group.id, node: node.id(), term };
+                        match bounded(propose_anywhere(node, controller, peers, &command)).await {
+                            Ok(_) => {
+                                reported.insert(group.id, term);
+                            }
+                            Err(err) => {
+                                tracing::debug!(group = group.id, error = %err, "reporting leadership will be retried")
+                            }
+                        }
                     }
                 }
                 if group.raft.is_leader() && !remove_damaged(&self, &group, &metadata).await {

@@ -80,6 +80,17 @@ pub enum MetadataCommand {
         /// Its node id.
         id: u64,
     },
+    /// A node became the leader of a partition's group in `term`: a hint
+    /// every broker can hand to clients, also for partitions it holds no
+    /// replica of. Only a newer term replaces a hint.
+    LeaderChanged {
+        /// The Raft group.
+        group: u64,
+        /// The leader's node id.
+        node: u64,
+        /// Its term.
+        term: u64,
+    },
     /// A node found its replica of a group damaged and quarantined it; the
     /// group's leader removes it from the group, then proposes
     /// `ReplicaRemoved`, after which the node starts the replica again,
@@ -102,6 +113,15 @@ pub enum MetadataCommand {
         /// The quarantine's nonce.
         nonce: u64,
     },
+}
+
+/// Who last reported leading a group, and in which term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// The leader's node id.
+    pub node: u64,
+    /// Its Raft term.
+    pub term: u64,
 }
 
 /// A replica being rebuilt (see `MetadataCommand::ReplicaDamaged`).
@@ -161,6 +181,10 @@ pub struct ClusterMetadata {
     pub next_group: u64,
     /// The last producer id allocated, if any.
     pub last_producer_id: Option<u64>,
+    /// The last leader each partition group reported, by group (a hint:
+    /// leadership may have moved since).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leaders: BTreeMap<u64, LeaderHint>,
     /// Brokers removed from the cluster: never registered again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub removed_brokers: std::collections::BTreeSet<u64>,
@@ -207,6 +231,9 @@ impl ClusterMetadata {
             }
             MetadataCommand::DeleteTopic { name } => {
                 if let Some(topic) = self.topics.remove(name) {
+                    for partition in &topic.partitions {
+                        self.leaders.remove(&partition.group);
+                    }
                     let gone = |r: &ReplicaRebuild| topic.partitions.iter().any(|p| p.group == r.group);
                     self.damaged.retain(|r| !gone(r));
                     self.removed.retain(|r| !gone(r));
@@ -232,6 +259,12 @@ impl ClusterMetadata {
                 let holds = self.topics.values().flat_map(|t| &t.partitions).any(|p| p.replicas.contains(id));
                 if !holds && self.brokers.remove(id).is_some() {
                     self.removed_brokers.insert(*id);
+                }
+            }
+            MetadataCommand::LeaderChanged { group, node, term } => {
+                let newer = self.leaders.get(group).is_none_or(|known| *term > known.term);
+                if newer && self.partition_of_group(*group).is_some() {
+                    self.leaders.insert(*group, LeaderHint { node: *node, term: *term });
                 }
             }
             MetadataCommand::BrokerLeft { id } => {
@@ -375,10 +408,16 @@ mod tests {
         assert_eq!((md.damaged_replica(1, 1), md.removed_replica(1, 1)), (None, Some(7)));
         md.apply(5, &damaged);
         assert_eq!(md.damaged_replica(1, 1), None, "a late re-proposal of a finished quarantine is ignored");
+        md.apply(5, &MetadataCommand::LeaderChanged { group: 1, node: 1, term: 3 });
+        md.apply(5, &MetadataCommand::LeaderChanged { group: 1, node: 2, term: 2 });
+        assert_eq!(md.leaders[&1], LeaderHint { node: 1, term: 3 }, "an older term's report changes nothing");
+        md.apply(5, &MetadataCommand::LeaderChanged { group: 9, node: 2, term: 2 });
+        assert!(!md.leaders.contains_key(&9), "no hint for an unknown group");
         md.apply(5, &MetadataCommand::RemoveBroker { id: 1 });
         assert!(md.brokers.contains_key(&1), "a broker still holding replicas is not removed");
         md.apply(5, &MetadataCommand::DeleteTopic { name: "orders".into() });
         assert_eq!(md.removed_replica(1, 1), None, "a deleted topic's rebuilds are forgotten");
+        assert!(md.leaders.is_empty(), "and so are its leaders");
         md.apply(6, &MetadataCommand::RemoveBroker { id: 1 });
         assert!(md.brokers.is_empty() && md.removed_brokers.contains(&1));
         md.apply(7, &MetadataCommand::RegisterBroker { id: 1, raft_addr: "a:1".into(), client_addr: None });

@@ -332,6 +332,7 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
+    use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove");
     let (addrs, bound) = listeners(4).await;
     let peers: BTreeMap<u64, String> = (1..=4).zip(addrs.iter().cloned()).collect();
@@ -363,6 +364,16 @@ async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
             }
         }
     }
+    // Every node can name every partition's leader, also where it holds
+    // no replica (RF 3 on 4 brokers): leaders report themselves to the
+    // controller.
+    wait_until("every node to know every leader", || {
+        groups.iter().all(|group| {
+            let leader = leader_of(&nodes, *group).map(|g| g.raft.metrics().borrow_watched().id);
+            leader.is_some() && nodes.iter().all(|n| n.metadata().leaders.get(group).map(|h| h.node) == leader)
+        })
+    })
+    .await;
     // Remove the broker leading partition 0 (so it leads at least one group).
     let removed = {
         use openraft::async_runtime::WatchReceiver;
