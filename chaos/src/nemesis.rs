@@ -14,6 +14,13 @@
 //! not repaired, so damage adds up, and one node is a minority of every
 //! replica set (the smallest have 3 replicas). The cluster as a whole must
 //! then not lose any acknowledged record because of it.
+//!
+//! The disk fault's third form, losing the node's unsynced writes (as a
+//! power loss would), is not damage: a correct node survives it on any
+//! number of nodes. It goes to the same node all the same, so that the
+//! disk nemesis keeps one shape. The first disk fault of every run is this
+//! one (so a short run exercises it); later ones are it a third of the
+//! time, drawn from a stream of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -37,7 +44,8 @@ pub enum Kind {
     Partition,
     /// Wall-clock jumps and strobes (libfaketime).
     Clock,
-    /// Damaged segment files on a node that is down.
+    /// Damaged segment files, or unsynced writes lost, on a node that is
+    /// down.
     Disk,
     /// A broker removed from the cluster, then a new one added in its place.
     Membership,
@@ -128,7 +136,7 @@ pub enum ClockMode {
     },
 }
 
-/// How a disk fault damages a segment.
+/// What a disk fault does to the node's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Damage {
@@ -142,6 +150,10 @@ pub enum Damage {
         /// Bits flipped.
         bits: u32,
     },
+    /// Rewrite every partition directory to what was fsynced when the node
+    /// was killed (`strata_log::io::journaled::lose_unsynced`; the servers
+    /// run with the UNSAFE `testing.journal_unsynced`).
+    LoseUnsynced,
 }
 
 /// One planned fault.
@@ -173,7 +185,8 @@ pub enum Fault {
         /// How.
         mode: ClockMode,
     },
-    /// Damage a segment of one node while it is down.
+    /// Damage a segment of one node, or make it lose its unsynced
+    /// writes, while it is down.
     Disk {
         /// Node id.
         node: u32,
@@ -351,6 +364,10 @@ pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: 
     // Its own stream, so that the rest of every seed's schedule stays as
     // it was before this choice existed.
     let disk_nodes = some_nodes(&mut Rng::new(seed ^ 0x6469_736B_6E6F_6465), n, 1);
+    // Which disk faults lose unsynced writes: the first, then a third of
+    // the others, from a stream of their own again.
+    let mut loss_rng = Rng::new(seed ^ 0x6C6F_7365_756E_7379);
+    let mut n_disk = 0;
     let mut t = 0;
     loop {
         // The first cycle draws in 0–1× so that every kind fits a short run.
@@ -362,7 +379,14 @@ pub fn plan(seed: u64, kinds: &[Kind], n: u32, time_limit_ms: u64, interval_ms: 
             break;
         }
         let kind = first_cycle.pop().unwrap_or_else(|| *rng.pick(kinds));
-        steps.push(Step { start_ms, stop_ms, fault: fault_of(&mut rng, kind, n, &disk_nodes) });
+        let mut fault = fault_of(&mut rng, kind, n, &disk_nodes);
+        if let Fault::Disk { damage, .. } = &mut fault {
+            if n_disk == 0 || loss_rng.below(3) == 0 {
+                *damage = Damage::LoseUnsynced;
+            }
+            n_disk += 1;
+        }
+        steps.push(Step { start_ms, stop_ms, fault });
         t = stop_ms;
     }
     steps
@@ -727,6 +751,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_first_disk_fault_loses_unsynced_writes_and_later_ones_mix_all_three_forms() {
+        let mut later = BTreeSet::new();
+        let mut n_plans_with_disk = 0;
+        for seed in 0..200 {
+            let steps = plan(seed, &Kind::ALL, 5, 300_000, 5_000);
+            let damages: Vec<Damage> = steps
+                .iter()
+                .filter_map(|s| match s.fault {
+                    Fault::Disk { damage, .. } => Some(damage),
+                    _ => None,
+                })
+                .collect();
+            let Some((first, rest)) = damages.split_first() else { continue };
+            n_plans_with_disk += 1;
+            assert_eq!(*first, Damage::LoseUnsynced, "seed {seed}: {damages:?}");
+            later.extend(rest.iter().map(|d| match d {
+                Damage::Truncate { .. } => "truncate",
+                Damage::BitFlip { .. } => "bit-flip",
+                Damage::LoseUnsynced => "lose-unsynced",
+            }));
+        }
+        assert!(n_plans_with_disk > 150, "only {n_plans_with_disk} of 200 plans have a disk fault");
+        assert_eq!(later, BTreeSet::from(["bit-flip", "lose-unsynced", "truncate"]));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use strata_log::io::journaled::{Lost, lose_unsynced};
 
 use crate::nemesis::Damage;
 use crate::netns;
@@ -339,11 +340,14 @@ impl Cluster {
             .count()
     }
 
-    /// Damages a segment of `node` (which must be down); returns what was
-    /// done.
+    /// Damages a segment of `node` (which must be down), or makes it lose
+    /// its unsynced writes; returns what was done.
     pub fn damage(&mut self, node: u32, damage: Damage, pick: u64) -> anyhow::Result<String> {
         if self.node_mut(node)?.child.is_some() {
             bail!("node {node} must be down to damage its disk");
+        }
+        if damage == Damage::LoseUnsynced {
+            return self.lose_unsynced(node);
         }
         let mut segments = Vec::new();
         find_segments(&self.data_dir(node), &mut segments)?;
@@ -370,6 +374,7 @@ impl Cluster {
                 file.sync_all().with_context(|| format!("sync {}", path.display()))?;
                 Ok(format!("truncated {} by {cut} of {len} bytes", path.display()))
             }
+            Damage::LoseUnsynced => self.lose_unsynced(node),
             Damage::BitFlip { bits } => {
                 let mut file = std::fs::OpenOptions::new()
                     .read(true)
@@ -392,6 +397,48 @@ impl Cluster {
                 Ok(format!("flipped bits (byte:bit) {} of {} ({len} bytes)", flipped.join(","), path.display()))
             }
         }
+    }
+
+    /// Rewrites every partition directory of `node` (down) to what its
+    /// server had fsynced, as a power loss would leave it. The servers keep
+    /// what that takes only under the UNSAFE `testing.journal_unsynced`
+    /// (see `strata_log::io::journaled`); a directory without it fails the
+    /// fault. Quarantined directories (`group-G.damaged-N`) are never
+    /// opened again and are left alone.
+    fn lose_unsynced(&self, node: u32) -> anyhow::Result<String> {
+        let data_dir = self.data_dir(node);
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(&data_dir).with_context(|| format!("list {}", data_dir.display()))? {
+            let path = entry.with_context(|| format!("list {}", data_dir.display()))?.path();
+            let is_group = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("group-"))
+                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
+            if is_group && path.is_dir() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        if dirs.is_empty() {
+            bail!("node {node} has no partition directory in {}", data_dir.display());
+        }
+        let mut total = Lost::default();
+        let mut n_changed = 0;
+        for dir in &dirs {
+            let lost = lose_unsynced(dir).with_context(|| {
+                format!(
+                    "lose the unsynced writes of {} (is the server started with testing.journal_unsynced=true?)",
+                    dir.display()
+                )
+            })?;
+            n_changed += usize::from(!lost.is_empty());
+            total += lost;
+        }
+        Ok(format!(
+            "lost the unsynced writes of node {node}: {n_changed} of {} partition directories changed ({total})",
+            dirs.len()
+        ))
     }
 
     /// Undoes every fault: network, clocks, pauses, and restarts every node
