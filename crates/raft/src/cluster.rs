@@ -145,6 +145,24 @@ impl ClusterNode {
         caught_up
     }
 
+    /// This node's copy of the cluster metadata, once it holds every
+    /// change the controller had applied when this was called: decisions
+    /// made from it (a replica assignment) then see every broker and topic.
+    /// (A just-restarted node may otherwise still be replaying its copy.)
+    pub async fn sync_metadata(&self) -> Result<ClusterMetadata, ClusterError> {
+        let offset = self.propose(MetadataCommand::Barrier).await?;
+        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
+        while self.controller.state_machine.high_watermark().0 <= offset {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Invalid(format!(
+                    "this node's copy of the metadata did not catch up within {RECONCILE_STEP_MAX:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(self.metadata())
+    }
+
     /// This node's copy of the cluster metadata.
     pub fn metadata(&self) -> ClusterMetadata {
         self.controller.state_machine.metadata().unwrap_or_default()
@@ -160,7 +178,7 @@ impl ClusterNode {
         replication_factor: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicInfo, ClusterError> {
-        let metadata = self.metadata();
+        let metadata = self.sync_metadata().await?;
         if metadata.topics.contains_key(name) {
             return Err(ClusterError::Invalid(format!("topic {name} already exists")));
         }
@@ -236,7 +254,7 @@ impl ClusterNode {
     /// controller's leader); the partition's leader then changes the group's
     /// membership, new replicas catching up as learners first.
     pub async fn reassign(&self, topic: &str, partition: u32, replicas: Vec<u64>) -> Result<(), ClusterError> {
-        let metadata = self.metadata();
+        let metadata = self.sync_metadata().await?;
         let exists = metadata.topics.get(topic).is_some_and(|t| (partition as usize) < t.partitions.len());
         if !exists {
             return Err(ClusterError::Invalid(format!("no partition {partition} in topic {topic}")));
@@ -259,7 +277,7 @@ impl ClusterNode {
     /// and the controller drops it from its own group. Returns the number
     /// of partitions moved.
     pub async fn remove_broker(&self, id: u64) -> Result<usize, ClusterError> {
-        let metadata = self.metadata();
+        let metadata = self.sync_metadata().await?;
         if !metadata.brokers.contains_key(&id) {
             return Err(ClusterError::Invalid(format!("broker {id} is not registered")));
         }

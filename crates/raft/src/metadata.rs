@@ -67,6 +67,10 @@ pub enum MetadataCommand {
         /// The new replicas.
         replicas: Vec<u64>,
     },
+    /// Changes nothing: a node proposes it and waits until it applied it,
+    /// so its copy of the metadata is at least as new as when it asked
+    /// (see `ClusterNode::sync_metadata`).
+    Barrier,
     /// A broker leaves the cluster for good; its id is never used again.
     /// Applied only once no partition lists it among its replicas (the
     /// proposer reassigns them first, see `ClusterNode::remove_broker`).
@@ -248,6 +252,7 @@ impl ClusterMetadata {
                 }
             }
             MetadataCommand::AllocateProducerId => self.last_producer_id = Some(offset),
+            MetadataCommand::Barrier => {}
             MetadataCommand::ReassignPartition { topic, partition, replicas } => {
                 let known = replicas.iter().all(|r| self.brokers.contains_key(r));
                 let target = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(*partition as usize));
