@@ -229,6 +229,12 @@ async fn run_in_network(
     if args.control {
         settings.push("testing.ack_before_quorum=true".to_string());
     }
+    if kinds.contains(&Kind::Disk) {
+        // The disk nemesis's lose-unsynced fault rewrites a killed node's
+        // partition directories to what it had fsynced; the servers record
+        // that only in this UNSAFE test mode.
+        settings.push("testing.journal_unsynced=true".to_string());
+    }
     let cluster = Arc::new(Mutex::new(Cluster::new(
         ClusterConfig {
             n_nodes: args.nodes,
