@@ -612,6 +612,11 @@ impl Nemesis {
         use anyhow::Context;
         let (broker, n) = {
             let mut cluster = self.cluster();
+            if cluster.is_up(node) {
+                // The removal failed before the broker was stopped: it is
+                // still a member, nothing to replace.
+                return Ok(());
+            }
             (cluster.replace(node)?, cluster.n_nodes())
         };
         let admin =

@@ -121,6 +121,11 @@ impl Cluster {
         self.config.n_nodes
     }
 
+    /// Whether slot `node`'s process is running (paused counts).
+    pub fn is_up(&self, node: u32) -> bool {
+        self.nodes.iter().any(|n| n.id == node && n.child.is_some())
+    }
+
     /// The broker id running in slot `node`.
     pub fn broker_id(&self, node: u32) -> u32 {
         self.nodes.iter().find(|n| n.id == node).map_or(node, |n| n.broker)

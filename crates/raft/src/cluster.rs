@@ -379,19 +379,41 @@ async fn propose_anywhere(
     command: &MetadataCommand,
 ) -> Result<u64, ClusterError> {
     let batch = command_batch(command)?;
-    match produce(controller, batch.clone()).await {
-        Ok(produced) => Ok(produced.base_offset),
-        Err(ProduceError::NotLeader { leader: Some(leader) }) if leader != node.id() => {
-            let metadata = controller.state_machine.metadata().unwrap_or_default();
-            let addr =
-                metadata.brokers.get(&leader).map(|b| b.raft_addr.clone()).or_else(|| peers.get(&leader).cloned());
-            let Some(addr) = addr else {
-                return Err(ProduceError::NotLeader { leader: Some(leader) }.into());
-            };
-            Ok(node.forward(leader, &addr, CONTROLLER_GROUP, batch).await?.base_offset)
+    let leader = match produce(controller, batch.clone()).await {
+        Ok(produced) => return Ok(produced.base_offset),
+        Err(ProduceError::NotLeader { leader }) => leader.filter(|l| *l != node.id()),
+        Err(err) => return Err(err.into()),
+    };
+    let metadata = controller.state_machine.metadata().unwrap_or_default();
+    let addr_of = |id: u64| metadata.brokers.get(&id).map(|b| b.raft_addr.clone()).or_else(|| peers.get(&id).cloned());
+    // The leader this node knows of; else (a node just added, not yet
+    // following the controller, knows none) every node it knows, each of
+    // which names the leader if it is not it.
+    let mut candidates: Vec<u64> = leader.into_iter().collect();
+    for id in peers.keys().chain(metadata.brokers.keys()) {
+        if *id != node.id() && !candidates.contains(id) {
+            candidates.push(*id);
         }
-        Err(err) => Err(err.into()),
     }
+    let mut last = ProduceError::NotLeader { leader: None };
+    for id in candidates {
+        let Some(addr) = addr_of(id) else { continue };
+        match node.forward(id, &addr, CONTROLLER_GROUP, batch.clone()).await {
+            Ok(produced) => return Ok(produced.base_offset),
+            Err(ProduceError::NotLeader { leader: Some(named) }) if named != node.id() && named != id => {
+                let Some(named_addr) = addr_of(named) else { continue };
+                match node.forward(named, &named_addr, CONTROLLER_GROUP, batch.clone()).await {
+                    Ok(produced) => return Ok(produced.base_offset),
+                    Err(err) => last = err,
+                }
+            }
+            Err(err) => last = err,
+        }
+        if !matches!(last, ProduceError::NotLeader { .. } | ProduceError::Unavailable(_)) {
+            break; // refused: another node would refuse it too
+        }
+    }
+    Err(last.into())
 }
 
 /// Proposes one command to the controller group here (its leader).

@@ -163,9 +163,14 @@ async fn a_node_added_to_a_running_cluster_takes_over_a_replica() {
     // place of one replica.
     let mut all = initial.clone();
     all.insert(4, addrs[3].clone());
+    // It registers itself: it knows the others from its peer list only,
+    // and they know nothing of it.
     let newcomer = start_on(4, fourth, &all, &root.0).await;
-    controller.add_broker(4, &addrs[3]).await.expect("add broker");
-    wait_until("node 4 to follow the metadata", || newcomer.metadata().topics.contains_key("payments")).await;
+    newcomer.announce_client_addr("127.0.0.1:1".into());
+    wait_until("node 4 to register and follow the metadata", || {
+        newcomer.metadata().topics.contains_key("payments") && controller.metadata().brokers.contains_key(&4)
+    })
+    .await;
     let dropped = topic.partitions[0].replicas[2];
     let mut replicas = topic.partitions[0].replicas.clone();
     replicas[2] = 4;
