@@ -29,6 +29,9 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 /// membership change) may take before the pass moves on; it is retried on
 /// a later pass, so one unreachable broker never stalls the others.
 const RECONCILE_STEP_MAX: Duration = Duration::from_secs(5);
+/// How long a replica moved off a broker that was then removed from the
+/// cluster may stay a silent learner before the leader drops it anyway.
+const GONE_LEARNER_GRACE: Duration = Duration::from_secs(30);
 /// The controller keeps at least this many voters while brokers remain
 /// to promote (a removed voter is replaced by an up-to-date learner).
 const CONTROLLER_VOTERS_MIN: usize = 3;
@@ -656,6 +659,15 @@ fn has_committed_membership(group: &Group, nodes: &BTreeSet<u64>) -> bool {
     })
 }
 
+/// How long the leader has seen the group's committed membership leave
+/// learners behind (see `has_committed_membership`).
+fn leaving_for(group: &Group) -> Duration {
+    use openraft::async_runtime::WatchReceiver;
+    let me = group.raft.metrics().borrow_watched().id;
+    let since = LEAVING_SINCE.lock().unwrap_or_else(|p| p.into_inner()).get(&(me, group.id)).copied();
+    since.map_or(Duration::ZERO, |s| s.elapsed())
+}
+
 fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
     use openraft::async_runtime::WatchReceiver;
     let metrics = group.raft.metrics().borrow_watched().clone();
@@ -804,10 +816,20 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
         // Replicas moved away were kept as learners, so that they learn
         // of the committed membership that drops them and delete their
         // copy; once they have it, they leave the group altogether.
+        // A removed broker that stays silent (stopped for good) is dropped
+        // after `GONE_LEARNER_GRACE` without its acknowledgement.
         let leaving: BTreeSet<u64> = members.difference(&wanted).copied().collect();
-        if !leaving.is_empty() && has_committed_membership(group, &leaving) {
+        let ready: BTreeSet<u64> = leaving
+            .iter()
+            .copied()
+            .filter(|n| {
+                has_committed_membership(group, &BTreeSet::from([*n]))
+                    || (!metadata.brokers.contains_key(n) && leaving_for(group) >= GONE_LEARNER_GRACE)
+            })
+            .collect();
+        if !ready.is_empty() {
             group.ensure_awake().await;
-            let remove = openraft::ChangeMembers::RemoveNodes(leaving);
+            let remove = openraft::ChangeMembers::RemoveNodes(ready);
             match bounded(group.raft.change_membership(remove, false)).await {
                 Ok(_) => {
                     use openraft::async_runtime::WatchReceiver;
