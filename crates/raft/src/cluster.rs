@@ -668,6 +668,14 @@ fn leaving_for(group: &Group) -> Duration {
     since.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
+/// Whether the group's last membership change is not committed yet (a new
+/// one would be refused until it is).
+fn membership_change_pending(group: &Group) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+}
+
 fn membership_of(group: &Group) -> (BTreeSet<u64>, BTreeSet<u64>) {
     use openraft::async_runtime::WatchReceiver;
     let metrics = group.raft.metrics().borrow_watched().clone();
@@ -748,6 +756,9 @@ async fn remove_damaged(reconciler: &Reconciler, group: &Group, metadata: &Clust
             if voters.len() == 1 && voters.contains(&replica.node) {
                 continue; // the only voter: nothing to rebuild it from
             }
+            if membership_change_pending(group) {
+                continue;
+            }
             group.ensure_awake().await;
             let change = if voters.contains(&replica.node) {
                 openraft::ChangeMembers::RemoveVoters(BTreeSet::from([replica.node]))
@@ -827,7 +838,7 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
                     || (!metadata.brokers.contains_key(n) && leaving_for(group) >= GONE_LEARNER_GRACE)
             })
             .collect();
-        if !ready.is_empty() {
+        if !ready.is_empty() && !membership_change_pending(group) {
             group.ensure_awake().await;
             let remove = openraft::ChangeMembers::RemoveNodes(ready);
             match bounded(group.raft.change_membership(remove, false)).await {
@@ -851,6 +862,9 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
                 return;
             }
         }
+    }
+    if membership_change_pending(group) {
+        return; // openraft would refuse (and log an error): retried next pass
     }
     // `retain`: voters dropped stay learners for now (see above).
     if let Err(err) = bounded(group.raft.change_membership(wanted, true)).await {
