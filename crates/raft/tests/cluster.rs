@@ -1,5 +1,6 @@
 //! A three-node cluster on real sockets and real files: replication, leader
-//! failover, catch-up of a restarted node.
+//! failover, catch-up of a restarted node; and the transport's check of the
+//! node id a stream is meant for.
 
 mod common;
 
@@ -49,4 +50,24 @@ async fn acknowledged_batches_survive_leader_failover_and_a_restarted_node_catch
 
     restarted.shutdown().await;
     common::shutdown_all(&survivors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_traffic_meant_for_another_node_id() {
+    // Two single-node groups: node 1 leads its own, node 3 only talks to it.
+    let root = Root::new("cluster-node-id");
+    let nodes = cluster(1, &root.0).await;
+    let target = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let other = start(3, "127.0.0.1:0".parse().expect("addr"), &root.0).await;
+    let addr = target.addr().to_string();
+    // Node 1's address, believed to be node 2's (a removed node's address
+    // now used by another): refused, nothing written.
+    let err = other.forward(2, &addr, GROUP, batch(1)).await.expect_err("a stream meant for node 2");
+    assert!(err.to_string().contains("this is node 1, not node 2"), "{err}");
+    assert_eq!(committed_batches(&target).len(), 0);
+    // The same write for the right id goes through.
+    other.forward(1, &addr, GROUP, batch(1)).await.expect("forward to node 1");
+    assert_eq!(committed_batches(&target).len(), 1);
+    other.shutdown().await;
+    common::shutdown_all(&nodes).await;
 }
