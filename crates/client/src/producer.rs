@@ -223,6 +223,21 @@ struct Shared {
 #[derive(Clone)]
 pub struct Producer {
     shared: Arc<Shared>,
+    /// Dropped with the last clone (the partition tasks hold `shared`,
+    /// not this): see [`Handles`].
+    _handles: Arc<Handles>,
+}
+
+/// Ends the partition tasks once every clone of a producer is dropped
+/// without `close`: it drops their queues' senders, so each task sends
+/// what it holds and stops. Otherwise the tasks, which keep `Shared`
+/// alive, would keep each other's queues open forever.
+struct Handles(Arc<Shared>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 impl Producer {
@@ -240,18 +255,17 @@ impl Producer {
         config.max_in_flight = config.max_in_flight.max(1);
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x5EED, |d| d.as_nanos() as u64);
-        Producer {
-            shared: Arc::new(Shared {
-                client: client.clone(),
-                config,
-                producer_id: tokio::sync::OnceCell::new(),
-                partitions: Mutex::default(),
-                tasks: Mutex::default(),
-                sticky: Mutex::default(),
-                rng: Mutex::new(seed),
-                counters: ProducerCounters::default(),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            config,
+            producer_id: tokio::sync::OnceCell::new(),
+            partitions: Mutex::default(),
+            tasks: Mutex::default(),
+            sticky: Mutex::default(),
+            rng: Mutex::new(seed),
+            counters: ProducerCounters::default(),
+        });
+        Producer { shared: shared.clone(), _handles: Arc::new(Handles(shared)) }
     }
 
     /// What this producer (and its clones) sent so far.
@@ -772,5 +786,23 @@ mod tests {
         assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
         assert_eq!(murmur2(b"abc"), 479470107);
         assert!(partition_for_key(b"21", 12) < 12);
+    }
+
+    #[tokio::test]
+    async fn a_producer_dropped_without_close_ends_its_partition_tasks() {
+        let producer = Producer::new(&Client::new("127.0.0.1:1").expect("client"));
+        let clone = producer.clone();
+        drop(producer.queue("orders", 0));
+        drop(producer.queue("orders", 1));
+        let shared = Arc::downgrade(&producer.shared);
+        drop(producer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(shared.upgrade().is_some(), "a clone still in use keeps the tasks");
+        drop(clone);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.upgrade().is_some() {
+            assert!(Instant::now() < deadline, "the partition tasks outlived every producer handle");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
