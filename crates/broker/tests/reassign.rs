@@ -17,12 +17,7 @@ async fn a_reassigned_partition_moves_with_all_its_records() {
     let client = Client::new(&cluster.bootstrap).expect("client");
     let admin = Admin::new(&client);
     admin.create_topic(NewTopic::new("moving", 1).replication_factor(2)).await.expect("create");
-    // The first broker may hold no replica and so name no leader: ask every broker.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !admin.describe_replicas("moving").await.is_ok_and(|rs| rs.iter().any(|r| r.is_leader)) {
-        assert!(Instant::now() < deadline, "moving got no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_leaders(&admin, "moving").await;
     let before = admin.describe_topic("moving").await.expect("describe").partitions[0].replicas.clone();
     let newcomer = (1..=3).find(|id| !before.contains(id)).expect("a broker without a replica");
     let (kept, dropped) = (before[0], before[1]);
