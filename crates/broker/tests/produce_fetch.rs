@@ -1,7 +1,9 @@
 //! Produce with each acks level and fetch's long poll behave as the API
 //! says: acks=all answers with offsets once committed, acks=leader and
 //! acks=none answer at once (offset -1) and the records still arrive, and a
-//! fetch waiting for data returns as soon as a record is committed.
+//! fetch waiting for data returns as soon as a record is committed; a
+//! consumer hands out at most `max_poll_records` per poll, keeps its position
+//! at what it handed out, and drops what it fetched ahead when sought.
 
 mod common;
 
@@ -78,5 +80,94 @@ async fn a_long_poll_returns_when_a_record_is_committed_not_at_its_deadline() {
     let records = poll.await.expect("task").expect("poll");
     assert_eq!(records.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(10), "the poll waited for its deadline: {:?}", started.elapsed());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops_what_was_fetched_ahead() {
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("bounded", 2)).await.expect("create");
+    wait_for_leaders(&admin, "bounded").await;
+    let producer = Producer::new(&client);
+    let mut deliveries = Vec::new();
+    for p in 0..2u32 {
+        for i in 0..500 {
+            deliveries
+                .push(producer.send(Record::new("bounded", format!("{p}-{i}")).partition(p)).await.expect("send"));
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.expect("ack");
+    }
+    producer.close().await;
+
+    let config =
+        strata_client::ConsumerConfig { max_poll_records: 64, max_wait: Duration::from_secs(2), ..Default::default() };
+    let mut consumer = Consumer::with_config(&client, config);
+    let (tp0, tp1) = (TopicPartition::new("bounded", 0), TopicPartition::new("bounded", 1));
+    consumer.assign(vec![tp0.clone(), tp1.clone()]);
+    consumer.seek(&tp0, Seek::Beginning).await.expect("seek");
+    consumer.seek(&tp1, Seek::Beginning).await.expect("seek");
+    let mut seen: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.is_empty() {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        first = consumer.poll().await.expect("poll");
+    }
+    // One fetch brought whole partitions; one poll hands out 64 at most,
+    // and the position is where the caller is, not where the fetch ended.
+    assert!(first.len() <= 64, "a poll returned {} records", first.len());
+    for record in &first {
+        seen[record.partition as usize].push(record.offset);
+        assert_eq!(record.value.as_deref(), Some(format!("{}-{}", record.partition, record.offset).as_bytes()));
+    }
+    let last = first.last().expect("a record");
+    let tp_last = TopicPartition::new("bounded", last.partition);
+    assert_eq!(consumer.position(&tp_last), Some(last.offset + 1), "the position follows what was handed out");
+
+    // Partition 0 is sought back (a replay) while its later records are
+    // buffered or being fetched: they must not be handed out next.
+    while seen[0].len() < 200 {
+        assert!(Instant::now() < deadline, "only {} records of partition 0 arrived", seen[0].len());
+        for record in consumer.poll().await.expect("poll") {
+            seen[record.partition as usize].push(record.offset);
+        }
+    }
+    consumer.seek(&tp0, Seek::Offset(100)).await.expect("seek back");
+    let sought_at = seen[0].len();
+    while seen[0].len() < sought_at + 400 || seen[1].len() < 500 {
+        assert!(Instant::now() < deadline, "only {} and {} records arrived", seen[0].len(), seen[1].len());
+        let records = consumer.poll().await.expect("poll");
+        assert!(records.len() <= 64, "a poll returned {} records", records.len());
+        for record in records {
+            assert!(seen[record.partition as usize].len() < 1000, "records repeat");
+            seen[record.partition as usize].push(record.offset);
+        }
+    }
+    let expected0: Vec<u64> = seen[0][..sought_at].iter().copied().chain(100..500).collect();
+    assert_eq!(seen[0], expected0, "partition 0: what was read before the seek, then 100..500");
+    assert_eq!(seen[1], (0..500).collect::<Vec<u64>>(), "partition 1: every record once, in order");
+
+    // Both partitions are read to their ends: this poll waits out a long
+    // poll and sends the next fetch of partition 0, from offset 500. A
+    // record committed while that fetch waits is answered to it, but the
+    // consumer has meanwhile been sought back to 300: the answer is dropped.
+    assert!(consumer.poll().await.expect("poll").is_empty());
+    consumer.seek(&tp0, Seek::Offset(300)).await.expect("seek back again");
+    let producer = Producer::new(&client);
+    producer.send(Record::new("bounded", "0-500").partition(0)).await.expect("send").await.expect("ack");
+    producer.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replayed_from = seen[0].len();
+    while seen[0].len() < replayed_from + 201 {
+        assert!(Instant::now() < deadline, "only {} records arrived after the second seek", seen[0].len());
+        for record in consumer.poll().await.expect("poll") {
+            seen[record.partition as usize].push(record.offset);
+        }
+    }
+    assert_eq!(seen[0][replayed_from..], (300..501).collect::<Vec<u64>>()[..], "partition 0 after the second seek");
     cluster.shutdown().await;
 }

@@ -73,6 +73,9 @@ pub struct ConsumerConfig {
     pub partition_max_bytes: u32,
     /// Bytes per fetch, at most. Default 50 MiB.
     pub max_bytes: u32,
+    /// Records one `poll` returns, at most; the rest stay buffered, still
+    /// encoded, for the next polls. Default 500 (Kafka's `max.poll.records`).
+    pub max_poll_records: usize,
     /// Where to go when the position is lost. Default latest.
     pub auto_offset_reset: OffsetReset,
     /// The consumer group, for [`Consumer::subscribe`]. Default none.
@@ -99,6 +102,7 @@ impl Default for ConsumerConfig {
             min_bytes: 1,
             partition_max_bytes: 1024 * 1024,
             max_bytes: 50 * 1024 * 1024,
+            max_poll_records: 500,
             auto_offset_reset: OffsetReset::Latest,
             group_id: None,
             group_instance_id: None,
@@ -161,7 +165,12 @@ pub struct Consumer {
     config: ConsumerConfig,
     /// Assigned partitions and their next offsets (`None`: not yet known).
     positions: BTreeMap<TopicPartition, Option<u64>>,
-    buffered: VecDeque<ConsumerRecord>,
+    /// Fetched batches not yet handed out, per partition.
+    buffered: BTreeMap<TopicPartition, Fetched>,
+    /// Fetches under way while the caller handles what `poll` returned.
+    in_flight: Vec<InFlight>,
+    /// Where the next `poll` starts draining: the partition it was at.
+    drain_turn: usize,
     membership: Option<Membership>,
     on_rebalance: Option<RebalanceCallback>,
     paused: BTreeSet<TopicPartition>,
@@ -189,7 +198,9 @@ impl Consumer {
             client: client.clone(),
             config,
             positions: BTreeMap::new(),
-            buffered: VecDeque::new(),
+            buffered: BTreeMap::new(),
+            in_flight: Vec::new(),
+            drain_turn: 0,
             membership: None,
             on_rebalance: None,
             paused: BTreeSet::new(),
@@ -236,7 +247,7 @@ impl Consumer {
                 Err(e) => return Err(e),
             },
         };
-        self.buffered.retain(|r| !(r.topic == tp.topic && r.partition == tp.partition));
+        self.buffered.remove(tp);
         self.positions.insert(tp.clone(), Some(offset));
         Ok(())
     }
@@ -245,9 +256,14 @@ impl Consumer {
         self.client.list_offset(&tp.topic, tp.partition, timestamp).await
     }
 
-    /// Records from the assigned partitions, waiting up to `max_wait` when
-    /// there are none; an empty answer means nothing new yet. Retriable
-    /// errors (a leader moving) are handled here.
+    /// Records from the assigned partitions, at most `max_poll_records`,
+    /// waiting up to `max_wait` when there are none; an empty answer means
+    /// nothing new yet. Retriable errors (a leader moving) are handled here.
+    ///
+    /// Fetched batches are kept encoded and decoded as they are handed out.
+    /// Before returning, `poll` sends the next fetch for every partition
+    /// with nothing buffered, so the brokers answer while the caller works
+    /// on these records.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
         if self.pattern.is_some() {
             self.refresh_pattern().await?;
@@ -256,10 +272,8 @@ impl Consumer {
             self.sync_group().await?;
             self.maybe_auto_commit().await;
         }
-        if !self.buffered.is_empty() {
-            return Ok(self.buffered.drain(..).collect());
-        }
         if self.positions.is_empty() {
+            self.in_flight.clear();
             if self.membership.is_some() {
                 // Nothing owned yet: wait for the group to hand something out.
                 tokio::time::sleep(Duration::from_millis(50).min(self.config.max_wait)).await;
@@ -272,10 +286,71 @@ impl Consumer {
         for tp in unknown {
             self.reset(&tp).await?;
         }
-        // One fetch per leader, in parallel.
+        self.collect_fetches(false).await?;
+        let mut records = self.drain()?;
+        self.send_fetches().await?;
+        if records.is_empty() && !self.in_flight.is_empty() {
+            self.collect_fetches(true).await?;
+            records = self.drain()?;
+            self.send_fetches().await?;
+        }
+        Ok(records)
+    }
+
+    /// Hands out up to `max_poll_records` buffered records, a partition at
+    /// a time, each emptied before the next (so its next fetch can go out),
+    /// going round the partitions so none starves; moves the positions past
+    /// them.
+    fn drain(&mut self) -> Result<Vec<ConsumerRecord>> {
+        let room = self.config.max_poll_records.max(1);
+        let mut out = Vec::with_capacity(room.min(4096));
+        let ready: Vec<TopicPartition> =
+            self.buffered.keys().filter(|tp| !self.paused.contains(*tp)).cloned().collect();
+        if ready.is_empty() {
+            return Ok(out);
+        }
+        let first = self.drain_turn % ready.len();
+        for tp in ready[first..].iter().chain(&ready[..first]) {
+            if out.len() >= room {
+                break;
+            }
+            let Some(Some(mut position)) = self.positions.get(tp).copied() else {
+                self.buffered.remove(tp);
+                continue;
+            };
+            let Some(fetched) = self.buffered.get_mut(tp) else { continue };
+            let before = out.len();
+            let drained = fetched.drain_into(tp, &mut position, room - out.len(), &mut out);
+            self.metrics.records_consumed += (out.len() - before) as u64;
+            self.positions.insert(tp.clone(), Some(position));
+            match drained {
+                Ok(true) => {
+                    self.buffered.remove(tp);
+                    self.drain_turn = self.drain_turn.wrapping_add(1);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    // Dropped: the next fetch reads the batch again.
+                    self.buffered.remove(tp);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a fetch, in the background, to each leader of an assigned
+    /// partition that is not paused, not buffered and not already being
+    /// fetched. A partition is thus fetched again as soon as it is drained,
+    /// without waiting for a long poll on partitions that have caught up.
+    async fn send_fetches(&mut self) -> Result<()> {
         let mut by_leader: BTreeMap<String, Vec<(TopicPartition, u64)>> = BTreeMap::new();
         for (tp, position) in &self.positions {
-            if self.paused.contains(tp) {
+            let Some(position) = position else { continue };
+            if self.paused.contains(tp)
+                || self.buffered.contains_key(tp)
+                || self.in_flight.iter().any(|f| f.asked.iter().any(|(asked, _)| asked == tp))
+            {
                 continue;
             }
             let addr = match self.client.leader_addr(&tp.topic, tp.partition, 0).await {
@@ -284,17 +359,37 @@ impl Consumer {
                 Err(e) if e.is_retriable() => continue,
                 Err(e) => return Err(e),
             };
-            by_leader.entry(addr).or_default().push((tp.clone(), position.unwrap_or(0)));
+            by_leader.entry(addr).or_default().push((tp.clone(), *position));
         }
-        let fetches = by_leader.into_iter().map(|(addr, partitions)| {
-            let asked: Vec<TopicPartition> = partitions.iter().map(|(tp, _)| tp.clone()).collect();
-            let fetch = self.fetch_from(addr, partitions);
-            async move { (asked, fetch.await) }
-        });
-        let answers = futures::future::join_all(fetches).await;
-        let mut records = Vec::new();
+        for (addr, asked) in by_leader {
+            let client = self.client.clone();
+            let config = self.config.clone();
+            let partitions = asked.clone();
+            let task = tokio::spawn(async move { fetch_from(&client, &config, addr, &partitions).await });
+            self.in_flight.push(InFlight { asked, task: AbortOnDrop(task) });
+        }
+        Ok(())
+    }
+
+    /// Buffers what the finished fetches brought (with `wait`, first waits
+    /// for one to finish); answers for partitions sought, revoked or
+    /// reassigned since they were sent are dropped.
+    async fn collect_fetches(&mut self, wait: bool) -> Result<()> {
+        let mut finished = Vec::new();
+        if wait && !self.in_flight.is_empty() && !self.in_flight.iter().any(|f| f.task.is_finished()) {
+            let tasks = self.in_flight.iter_mut().map(|f| &mut f.task.0);
+            let (answer, i, _) = futures::future::select_all(tasks).await;
+            finished.push((self.in_flight.swap_remove(i).asked, answer));
+        }
+        while let Some(i) = self.in_flight.iter().position(|f| f.task.is_finished()) {
+            let mut done = self.in_flight.swap_remove(i);
+            let answer = (&mut done.task.0).await;
+            finished.push((std::mem::take(&mut done.asked), answer));
+        }
         let mut reset = Vec::new();
-        for (asked, answer) in answers {
+        let mut slept = false;
+        for (asked, answer) in finished {
+            let answer = answer.map_err(|e| Error::Invalid(format!("the fetch task failed: {e}")))?;
             self.metrics.fetches += 1;
             let results = match answer {
                 Ok(results) => results,
@@ -303,17 +398,21 @@ impl Consumer {
                     // poll asks fresh metadata and, if it names no leader,
                     // the next replica.
                     self.metrics.fetch_errors += 1;
-                    for tp in &asked {
-                        self.client.note_error(&tp.topic, tp.partition, &e);
+                    if !slept {
+                        slept = true;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             for result in results {
-                let tp = TopicPartition::new(result.topic.clone(), result.partition);
+                let tp = TopicPartition::new(result.topic, result.partition);
                 let Some(Some(position)) = self.positions.get(&tp).copied() else { continue };
+                let Some(&(_, from)) = asked.iter().find(|(asked, _)| *asked == tp) else { continue };
+                if from != position || self.buffered.contains_key(&tp) {
+                    continue;
+                }
                 if let Some(error) = Error::from_pb(result.error) {
                     self.metrics.fetch_errors += 1;
                     match error.code() {
@@ -323,14 +422,14 @@ impl Consumer {
                     }
                     continue;
                 }
-                let mut next = position;
-                let before = records.len();
-                for chunk in &result.records {
-                    decode_chunk(chunk, &tp, position, &mut records, &mut next)?;
+                let mut fetched = Fetched { batches: VecDeque::new(), current: None, next_fetch: position };
+                for chunk in result.records {
                     self.metrics.bytes_consumed += chunk.len() as u64;
+                    fetched.push_chunk(&tp, chunk)?;
                 }
-                self.metrics.records_consumed += (records.len() - before) as u64;
-                self.positions.insert(tp, Some(next));
+                if !fetched.batches.is_empty() {
+                    self.buffered.insert(tp, fetched);
+                }
             }
         }
         for (tp, error) in reset {
@@ -339,7 +438,7 @@ impl Consumer {
             }
             self.reset(&tp).await?;
         }
-        Ok(records)
+        Ok(())
     }
 
     async fn reset(&mut self, tp: &TopicPartition) -> Result<()> {
@@ -354,43 +453,6 @@ impl Consumer {
             }
         };
         self.seek(tp, to).await
-    }
-
-    async fn fetch_from(
-        &self,
-        addr: String,
-        partitions: Vec<(TopicPartition, u64)>,
-    ) -> Result<Vec<pb::PartitionFetchResult>> {
-        let request = pb::FetchRequest {
-            partitions: partitions
-                .iter()
-                .map(|(tp, offset)| pb::PartitionFetch {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: *offset,
-                    max_bytes: self.config.partition_max_bytes,
-                })
-                .collect(),
-            max_wait_ms: self.config.max_wait.as_millis() as u32,
-            min_bytes: self.config.min_bytes,
-            max_bytes: self.config.max_bytes,
-        };
-        let response = self.client.stub(&addr)?.fetch(request).await.map_err(Error::from_status);
-        match response {
-            Ok(response) => {
-                let response = response.into_inner();
-                if let Some(error) = Error::from_pb(response.error) {
-                    return Err(error);
-                }
-                Ok(response.partitions)
-            }
-            Err(error) => {
-                for (tp, _) in &partitions {
-                    self.client.note_error(&tp.topic, tp.partition, &error);
-                }
-                Err(error)
-            }
-        }
     }
 
     /// Joins the consumer group `group_id` (from the config) and consumes
@@ -474,7 +536,9 @@ impl Consumer {
                 self.positions.remove(tp);
                 self.paused.remove(tp);
             }
-            self.buffered.retain(|r| !revoked.iter().any(|tp| tp.topic == r.topic && tp.partition == r.partition));
+            for tp in &revoked {
+                self.buffered.remove(tp);
+            }
             self.notify(RebalanceEvent::Revoked(revoked.clone()));
         }
         let added: Vec<TopicPartition> = target.difference(&owned).cloned().collect();
@@ -670,45 +734,150 @@ impl Consumer {
     }
 }
 
-/// Decodes the batches of one chunk, keeping records at or after `from`.
-fn decode_chunk(
-    chunk: &Bytes,
-    tp: &TopicPartition,
-    from: u64,
-    out: &mut Vec<ConsumerRecord>,
-    next: &mut u64,
-) -> Result<()> {
-    let mut at = 0;
-    while at < chunk.len() {
-        let len = strata_batch::batch_total_len(&chunk[at..])
-            .map_err(|e| Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {e}", tp.topic, tp.partition)))?;
-        if at + len > chunk.len() {
-            return Err(Error::api(ErrorCode::CorruptBatch, format!("{}/{}: truncated batch", tp.topic, tp.partition)));
-        }
-        let batch = chunk.slice(at..at + len);
-        at += len;
-        let header = strata_batch::BatchHeader::parse(&batch)
-            .map_err(|e| Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {e}", tp.topic, tp.partition)))?;
-        let records = strata_batch::decode_records(&batch)
-            .map_err(|e| Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {e}", tp.topic, tp.partition)))?;
-        for record in records {
-            let record = record
-                .map_err(|e| Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {e}", tp.topic, tp.partition)))?;
-            if record.offset < 0 || (record.offset as u64) < from {
-                continue;
-            }
-            out.push(ConsumerRecord {
+/// One fetch to one broker: the partitions asked for, from which offsets.
+async fn fetch_from(
+    client: &Client,
+    config: &ConsumerConfig,
+    addr: String,
+    partitions: &[(TopicPartition, u64)],
+) -> Result<Vec<pb::PartitionFetchResult>> {
+    let request = pb::FetchRequest {
+        partitions: partitions
+            .iter()
+            .map(|(tp, offset)| pb::PartitionFetch {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
-                offset: record.offset as u64,
-                timestamp: record.timestamp,
-                key: record.key,
-                value: record.value,
-                headers: record.headers,
-            });
+                offset: *offset,
+                max_bytes: config.partition_max_bytes,
+            })
+            .collect(),
+        max_wait_ms: config.max_wait.as_millis() as u32,
+        min_bytes: config.min_bytes,
+        max_bytes: config.max_bytes,
+    };
+    let response = client.stub(&addr)?.fetch(request).await.map_err(Error::from_status);
+    match response {
+        Ok(response) => {
+            let response = response.into_inner();
+            if let Some(error) = Error::from_pb(response.error) {
+                return Err(error);
+            }
+            Ok(response.partitions)
         }
-        let batch_end = header.last_offset().saturating_add(1).max(0) as u64;
-        *next = (*next).max(batch_end);
+        Err(error) => {
+            for (tp, _) in partitions {
+                client.note_error(&tp.topic, tp.partition, &error);
+            }
+            Err(error)
+        }
     }
-    Ok(())
+}
+
+/// A fetch a consumer has under way.
+struct InFlight {
+    /// The partitions asked for, from which offsets.
+    asked: Vec<(TopicPartition, u64)>,
+    task: AbortOnDrop<Result<Vec<pb::PartitionFetchResult>>>,
+}
+
+/// A task that ends with its handle (a dropped consumer stops its fetch).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Fetched batches of one partition that `poll` has not handed out yet.
+struct Fetched {
+    /// Whole batches, still encoded, in offset order.
+    batches: VecDeque<Bytes>,
+    /// The batch being handed out: its records and where it ends.
+    current: Option<(strata_batch::RecordIter, u64)>,
+    /// Where the partition's next fetch starts: after the last batch.
+    next_fetch: u64,
+}
+
+fn corrupt(tp: &TopicPartition, what: impl std::fmt::Display) -> Error {
+    Error::api(ErrorCode::CorruptBatch, format!("{}/{}: {what}", tp.topic, tp.partition))
+}
+
+impl Fetched {
+    /// Splits a chunk of the answer (whole batches back to back) into its
+    /// batches; the CRC is checked when a batch is decoded.
+    fn push_chunk(&mut self, tp: &TopicPartition, chunk: Bytes) -> Result<()> {
+        let mut at = 0;
+        while at < chunk.len() {
+            let len = strata_batch::batch_total_len(&chunk[at..]).map_err(|e| corrupt(tp, e))?;
+            if at + len > chunk.len() {
+                return Err(corrupt(tp, "truncated batch"));
+            }
+            let batch = chunk.slice(at..at + len);
+            let header = strata_batch::BatchHeader::parse(&batch).map_err(|e| corrupt(tp, e))?;
+            self.next_fetch = self.next_fetch.max(header.last_offset().saturating_add(1).max(0) as u64);
+            self.batches.push_back(batch);
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Decodes up to `room` records at or after `position` into `out`,
+    /// moving `position` past each record and each finished batch; true
+    /// when nothing is left.
+    fn drain_into(
+        &mut self,
+        tp: &TopicPartition,
+        position: &mut u64,
+        room: usize,
+        out: &mut Vec<ConsumerRecord>,
+    ) -> Result<bool> {
+        let mut left = room;
+        while left > 0 {
+            let (records, end) = match &mut self.current {
+                Some(current) => current,
+                None => {
+                    let Some(batch) = self.batches.pop_front() else { break };
+                    let header = strata_batch::BatchHeader::parse(&batch).map_err(|e| corrupt(tp, e))?;
+                    let records = strata_batch::decode_records(&batch).map_err(|e| corrupt(tp, e))?;
+                    let end = header.last_offset().saturating_add(1).max(0) as u64;
+                    self.current.insert((records, end))
+                }
+            };
+            match records.next() {
+                Some(record) => {
+                    let record = record.map_err(|e| corrupt(tp, e))?;
+                    if record.offset < 0 || (record.offset as u64) < *position {
+                        continue;
+                    }
+                    *position = record.offset as u64 + 1;
+                    out.push(ConsumerRecord {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        offset: record.offset as u64,
+                        timestamp: record.timestamp,
+                        key: record.key,
+                        value: record.value,
+                        headers: record.headers,
+                    });
+                    left -= 1;
+                }
+                None => {
+                    *position = (*position).max(*end);
+                    self.current = None;
+                }
+            }
+        }
+        let done = self.current.is_none() && self.batches.is_empty();
+        if done {
+            *position = (*position).max(self.next_fetch);
+        }
+        Ok(done)
+    }
 }
