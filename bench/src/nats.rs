@@ -186,8 +186,11 @@ async fn publish(opts: Opts) -> Result<()> {
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
     let ok = latencies.len();
+    // The latency spectrum for the plots: [quantile, ms] pairs.
+    let spectrum: Vec<String> =
+        crate::PLOT_QUANTILES.iter().map(|&q| format!("[{q},{:.3}]", at(q).copied().unwrap_or(0.0))).collect();
     println!(
-        "{{\"records\":{records},\"acked\":{ok},\"errors\":{errors},\"record_bytes\":{},\"seconds\":{seconds:.3},\"records_per_s\":{:.1},\"mb_per_s\":{:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
+        "{{\"records\":{records},\"acked\":{ok},\"errors\":{errors},\"record_bytes\":{},\"seconds\":{seconds:.3},\"records_per_s\":{:.1},\"mb_per_s\":{:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"percentiles_ms\":[{}]}}",
         opts.record_size,
         ok as f64 / seconds,
         (ok * opts.record_size) as f64 / seconds / 1e6,
@@ -195,6 +198,7 @@ async fn publish(opts: Opts) -> Result<()> {
         at(0.99).copied().unwrap_or(0.0),
         at(0.999).copied().unwrap_or(0.0),
         latencies.last().copied().unwrap_or(0.0),
+        spectrum.join(","),
     );
     Ok(())
 }

@@ -106,6 +106,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         let summary = serde_json::json!({
             "records": h.len(),
             "e2e_latency_ms": {"avg": h.mean() / 1000.0, "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+            "percentiles_ms": spectrum(&h),
         });
         println!("{summary}");
     }
@@ -312,6 +313,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
                 "p99": ms(h.value_at_quantile(0.99)),
                 "p999": ms(h.value_at_quantile(0.999)),
             },
+            "percentiles_ms": spectrum(h),
         });
         println!("{summary}");
     }
@@ -400,4 +402,12 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
         consumer.close().await?;
     }
     Ok(())
+}
+
+/// Quantiles of the latency spectrum in `--json` output (`percentiles_ms`:
+/// [quantile, ms] pairs), the points `bench/run` plots.
+const SPECTRUM_QUANTILES: [f64; 11] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0];
+
+fn spectrum(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    SPECTRUM_QUANTILES.iter().map(|&q| serde_json::json!([q, h.value_at_quantile(q) as f64 / 1000.0])).collect()
 }
