@@ -171,3 +171,42 @@ async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops
     assert_eq!(seen[0][replayed_from..], (300..501).collect::<Vec<u64>>()[..], "partition 0 after the second seek");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn send_with_callback_reports_each_record_once_with_its_offset() {
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("callbacks", 1)).await.expect("create");
+    wait_for_leaders(&admin, "callbacks").await;
+    let producer = Producer::new(&client);
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..300u32 {
+        let outcomes = outcomes.clone();
+        producer
+            .send_with_callback(Record::new("callbacks", format!("v{i}")).partition(0), move |result| {
+                outcomes.lock().expect("lock").push((i, result.map(|meta| meta.offset)));
+            })
+            .await
+            .expect("queued");
+    }
+    // Every callback has run once the flush returns.
+    producer.flush().await;
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("lock"));
+    let expected: Vec<(u32, i64)> = (0..300).map(|i| (i, i64::from(i))).collect();
+    let got: Vec<(u32, i64)> = outcomes.into_iter().map(|(i, r)| (i, r.expect("acknowledged"))).collect();
+    assert_eq!(got, expected, "each record's callback ran once, in order, with its offset");
+    // A record that cannot be queued is an error at once, and its callback
+    // never runs.
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = called.clone();
+    let refused = producer
+        .send_with_callback(Record::new("callbacks", "x").partition(7), move |_| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .await;
+    assert!(refused.is_err(), "partition 7 does not exist");
+    producer.close().await;
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    cluster.shutdown().await;
+}

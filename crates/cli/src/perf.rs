@@ -2,12 +2,12 @@
 //! options and output shape, so numbers can be set side by side.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use strata_client::{
     Acks, Client, Compression, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, Record, Seek,
@@ -171,6 +171,23 @@ fn producer_config(props: &[String]) -> Result<ProducerConfig> {
     Ok(config)
 }
 
+/// What `perf produce` has seen: all records, the current progress
+/// window, and failures.
+struct Stats {
+    total: Window,
+    window: Window,
+    failed: u64,
+}
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Latencies in microseconds, and counts, over some window.
 struct Window {
     histogram: Histogram<u64>,
@@ -214,50 +231,34 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     client.partitions(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
     let producer = Producer::with_config(&client, producer_config(&args.producer_props)?);
     let value = Bytes::from((0..args.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, strata_client::DeliveryFuture)>(100_000);
     let size = args.record_size as u64;
     let terminal = std::io::stderr().is_terminal();
-    let collector = tokio::spawn(async move {
-        let mut total = Window::new()?;
-        let mut window = Window::new()?;
-        let mut failed = 0u64;
-        let mut pending = futures::stream::FuturesUnordered::new();
-        let mut open = true;
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                next = rx.recv(), if open => match next {
-                    Some((start, delivery)) => pending.push(async move { (start, delivery.await) }),
-                    None => open = false,
-                },
-                Some((start, result)) = pending.next(), if !pending.is_empty() => match result {
-                    Ok(_) => {
-                        let latency = start.elapsed();
-                        total.record(latency, size);
-                        window.record(latency, size);
+    // Each record's outcome comes to a callback on the producer's partition
+    // task, which records its latency here: no future per record to poll.
+    let stats = Arc::new(Mutex::new(Stats { total: Window::new()?, window: Window::new()?, failed: 0 }));
+    let progress = {
+        let stats = stats.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let line = {
+                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    let line = s.window.line();
+                    if let Ok(fresh) = Window::new() {
+                        s.window = fresh;
                     }
-                    Err(e) => {
-                        failed += 1;
-                        if failed <= 10 {
-                            eprintln!("error: {e}");
-                        }
-                    }
-                },
-                _ = tick.tick() => {
-                    if terminal {
-                        eprintln!("{}.", window.line());
-                    } else {
-                        println!("{}.", window.line());
-                    }
-                    window = Window::new()?;
+                    line
+                };
+                if terminal {
+                    eprintln!("{line}.");
+                } else {
+                    println!("{line}.");
                 }
             }
-            if !open && pending.is_empty() {
-                return anyhow::Ok((total, failed));
-            }
-        }
-    });
+        }))
+    };
     let started = Instant::now();
     for i in 0..args.num_records {
         // With a target rate, a record's latency counts from when it was
@@ -270,14 +271,33 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         } else {
             Instant::now()
         };
-        let delivery = producer.send(Record::new(&args.topic, value.clone())).await?;
-        if tx.send((due, delivery)).await.is_err() {
-            break;
-        }
+        let stats = stats.clone();
+        producer
+            .send_with_callback(Record::new(&args.topic, value.clone()), move |result| {
+                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(_) => {
+                        let latency = due.elapsed();
+                        s.total.record(latency, size);
+                        s.window.record(latency, size);
+                    }
+                    Err(e) => {
+                        s.failed += 1;
+                        if s.failed <= 10 {
+                            eprintln!("error: {e}");
+                        }
+                    }
+                }
+            })
+            .await?;
     }
-    drop(tx);
+    // Every callback has run once the flush returns.
     producer.flush().await;
-    let (total, failed) = collector.await.context("collector")??;
+    drop(progress);
+    let (total, failed) = {
+        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::replace(&mut s.total, Window::new()?), s.failed)
+    };
     producer.close().await;
     let elapsed = started.elapsed().as_secs_f64();
     let h = &total.histogram;

@@ -180,7 +180,25 @@ struct PendingRecord {
     key: Option<Bytes>,
     value: Option<Bytes>,
     headers: Vec<Header>,
-    done: oneshot::Sender<Result<RecordMetadata>>,
+    done: Done,
+}
+
+/// Where a record's outcome goes: the future `send` returned, or the
+/// callback given to `send_with_callback`.
+enum Done {
+    Future(oneshot::Sender<Result<RecordMetadata>>),
+    Callback(Box<dyn FnOnce(Result<RecordMetadata>) + Send>),
+}
+
+impl Done {
+    fn finish(self, outcome: Result<RecordMetadata>) {
+        match self {
+            Done::Future(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Done::Callback(callback) => callback(outcome),
+        }
+    }
 }
 
 impl PendingRecord {
@@ -200,7 +218,9 @@ struct Shared {
     client: Client,
     config: ProducerConfig,
     producer_id: tokio::sync::OnceCell<i64>,
-    partitions: Mutex<HashMap<(String, u32), mpsc::Sender<Queued>>>,
+    /// Each partition's queue, by topic then partition (looked up by
+    /// `&str` on every send, so no allocation).
+    partitions: Mutex<HashMap<String, HashMap<u32, mpsc::Sender<Queued>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Keyless records stick to one partition per topic until about a
     /// batch's worth was sent there.
@@ -276,8 +296,27 @@ impl Producer {
     /// Queues a record; the returned future resolves when it is
     /// acknowledged. Waits only when the partition's queue is full.
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
-        let partitions = self.shared.client.partitions(&record.topic).await?;
-        let n = partitions.len() as u32;
+        let (done, rx) = oneshot::channel();
+        self.enqueue(record, Done::Future(done)).await?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Queues a record like [`Producer::send`], but hands its outcome to
+    /// `callback` (Kafka's `send(record, callback)`) instead of a future. The
+    /// callback runs on the producer's partition task, so it should be
+    /// quick. Cheaper than a future per record when many are in flight.
+    /// An error here means the record was not queued, and the callback is
+    /// not called.
+    pub async fn send_with_callback(
+        &self,
+        record: Record,
+        callback: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
+    ) -> Result<()> {
+        self.enqueue(record, Done::Callback(Box::new(callback))).await
+    }
+
+    async fn enqueue(&self, record: Record, done: Done) -> Result<()> {
+        let n = self.shared.client.partition_count(&record.topic).await?;
         if n == 0 {
             return Err(Error::Invalid(format!("topic {} has no partitions", record.topic)));
         }
@@ -292,7 +331,6 @@ impl Producer {
             (None, Some(key)) => partition_for_key(key, n),
             (None, None) => self.sticky_partition(&record.topic, n, record.value.as_ref().map_or(0, Bytes::len)),
         };
-        let (done, rx) = oneshot::channel();
         let pending = PendingRecord {
             timestamp: record.timestamp.unwrap_or_else(now_ms),
             key: record.key,
@@ -301,13 +339,16 @@ impl Producer {
             done,
         };
         let queue = self.queue(&record.topic, partition);
-        queue.send(Queued::Record(pending)).await.map_err(|_| Error::Closed)?;
-        Ok(DeliveryFuture { rx })
+        queue.send(Queued::Record(pending)).await.map_err(|_| Error::Closed)
     }
 
     fn sticky_partition(&self, topic: &str, n: u32, size: usize) -> u32 {
         let mut sticky = self.shared.sticky.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = sticky.entry(topic.to_string()).or_insert_with(|| (self.random(n), 0));
+        let Some(entry) = sticky.get_mut(topic) else {
+            let partition = self.random(n);
+            sticky.insert(topic.to_string(), (partition, size.max(1)));
+            return partition;
+        };
         if entry.1 >= self.shared.config.batch_size && n > 1 {
             let mut next = self.random(n);
             if next == entry.0 {
@@ -325,23 +366,28 @@ impl Producer {
 
     fn queue(&self, topic: &str, partition: u32) -> mpsc::Sender<Queued> {
         let mut partitions = self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (topic.to_string(), partition);
-        if let Some(queue) = partitions.get(&key) {
+        if let Some(queue) = partitions.get(topic).and_then(|queues| queues.get(&partition)) {
             return queue.clone();
         }
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_RECORDS);
         let task = PartitionTask::new(self.shared.clone(), topic.to_string(), partition);
         let handle = tokio::spawn(task.run(rx));
         self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
-        partitions.insert(key, tx.clone());
+        partitions.entry(topic.to_string()).or_default().insert(partition, tx.clone());
         tx
     }
 
     /// Sends every queued record now and waits until all are acknowledged
     /// or failed.
     pub async fn flush(&self) {
-        let queues: Vec<mpsc::Sender<Queued>> =
-            self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let queues: Vec<mpsc::Sender<Queued>> = self
+            .shared
+            .partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|q| q.values().cloned())
+            .collect();
         let mut waits = Vec::new();
         for queue in queues {
             let (tx, rx) = oneshot::channel();
@@ -678,7 +724,7 @@ impl PartitionTask {
                 offset,
                 timestamp: record.timestamp,
             };
-            let _ = record.done.send(Ok(metadata));
+            record.done.finish(Ok(metadata));
         }
     }
 
@@ -720,7 +766,7 @@ async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
 fn fail(counters: &ProducerCounters, records: Vec<PendingRecord>, error: &Error) {
     ProducerCounters::add(&counters.records_failed, records.len() as u64);
     for record in records {
-        let _ = record.done.send(Err(error.clone()));
+        record.done.finish(Err(error.clone()));
     }
 }
 
