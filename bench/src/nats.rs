@@ -155,6 +155,17 @@ async fn publish(opts: Opts) -> Result<()> {
                     latencies.push(sent.elapsed().as_secs_f64() * 1e3);
                 }
                 reader_window.add_permits(1);
+            } else if let Some(rest) = line.strip_prefix("HMSG _INBOX.bench.") {
+                // A status with headers and no ack, such as 503 "no
+                // responders" while a new stream elects its leader: that
+                // publish failed. (Before this was handled, its bytes were
+                // read as protocol lines and the run waited for ever.)
+                let id: usize = rest.split(' ').next().and_then(|n| n.parse().ok()).context("status inbox id")?;
+                read_payload(&mut reader, &line).await?;
+                if reader_sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some() {
+                    errors += 1;
+                    reader_window.add_permits(1);
+                }
             } else if line.starts_with("-ERR") {
                 bail!("nats-server: {line}");
             }
