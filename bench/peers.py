@@ -246,6 +246,7 @@ def plot(panels, title):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         say("no matplotlib: no latency plot")
         return None
@@ -258,6 +259,11 @@ def plot(panels, title):
                 ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize="x-small")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks([1 / (1 - q) for q in ticks])
         ax.set_xticklabels([f"{q * 100:g}%" for q in ticks])
         ax.set_xlabel("percentile")

@@ -26,6 +26,9 @@ usage: strata-bench nats-publish --addr HOST:PORT --stream NAME --replicas R
                                  --records N --record-size B [--window W]
 ";
 
+/// The longest wait for the next ack before a run is given up.
+const ACK_STALL_MAX: Duration = Duration::from_secs(20);
+
 struct Opts {
     addr: String,
     stream: String,
@@ -144,7 +147,12 @@ async fn publish(opts: Opts) -> Result<()> {
         let mut errors = 0usize;
         let mut line = String::new();
         while latencies.len() + errors < records {
-            read_line(&mut reader, &mut line).await?;
+            // NATS sometimes never answers a publish (seen with a new R3
+            // stream and sync_interval: always): fail the run, which the
+            // harness repeats, rather than wait for ever.
+            tokio::time::timeout(ACK_STALL_MAX, read_line(&mut reader, &mut line)).await.with_context(|| {
+                format!("no answer from nats-server for {ACK_STALL_MAX:?} ({} of {records} acked)", latencies.len())
+            })??;
             if let Some(rest) = line.strip_prefix("MSG _INBOX.bench.") {
                 let id: usize = rest.split(' ').next().and_then(|n| n.parse().ok()).context("ack inbox id")?;
                 let body = read_payload(&mut reader, &line).await?;
