@@ -75,3 +75,29 @@ async fn a_consumer_finds_the_leader_when_its_first_replica_is_down_and_no_broke
     cluster.restart(first).await;
     cluster.shutdown().await;
 }
+
+/// A new idempotent producer needs a producer id from the controller. Asked
+/// while the controller's leader is down (before the others elect a new
+/// one), the id request failed at once and took the first records with it;
+/// it is now retried like a batch (found by the retention test in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_producer_gets_its_id_while_the_controller_elects_a_leader() {
+    let cluster = cluster(3, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("pid", 1).replication_factor(3)).await.expect("create");
+    common::wait_for_leaders(&admin, "pid").await;
+    let controller = admin.describe_cluster().await.expect("describe cluster").controller.expect("a controller");
+    cluster.servers[(controller - 1) as usize].halt().await;
+    let others: Vec<String> = (1..=3).filter(|id| *id != controller).map(|id| cluster.addr(id)).collect();
+    let survivors = Client::new(&others.join(",")).expect("client");
+    let producer = Producer::new(&survivors);
+    let delivery = producer.send(Record::new("pid", "first").partition(0)).await.expect("send");
+    let meta = tokio::time::timeout(Duration::from_secs(60), delivery)
+        .await
+        .expect("acknowledged within a minute")
+        .expect("acknowledged, not failed for want of a producer id");
+    assert_eq!(meta.offset, 0);
+    producer.close().await;
+    cluster.shutdown().await;
+}

@@ -21,6 +21,10 @@ const PATTERN_REFRESH: Duration = Duration::from_secs(1);
 
 pub(crate) const LEADER_WAIT_MAX: Duration = Duration::from_secs(15);
 
+/// How long a partition whose fetch failed with a retriable error (a
+/// leader moving) waits before it is fetched again.
+const FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A topic and a partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
@@ -171,6 +175,9 @@ pub struct Consumer {
     in_flight: Vec<InFlight>,
     /// Where the next `poll` starts draining: the partition it was at.
     drain_turn: usize,
+    /// Partitions whose last fetch failed with a retriable error (no
+    /// leader yet, say): not fetched again before this.
+    retry_at: BTreeMap<TopicPartition, tokio::time::Instant>,
     membership: Option<Membership>,
     on_rebalance: Option<RebalanceCallback>,
     paused: BTreeSet<TopicPartition>,
@@ -201,6 +208,7 @@ impl Consumer {
             buffered: BTreeMap::new(),
             in_flight: Vec::new(),
             drain_turn: 0,
+            retry_at: BTreeMap::new(),
             membership: None,
             on_rebalance: None,
             paused: BTreeSet::new(),
@@ -289,6 +297,15 @@ impl Consumer {
         self.collect_fetches(false).await?;
         let mut records = self.drain()?;
         self.send_fetches().await?;
+        if records.is_empty() && self.in_flight.is_empty() {
+            // Only partitions waiting out a retriable error: wait for the
+            // first, so a caller polling in a loop does not spin.
+            let now = tokio::time::Instant::now();
+            if let Some(&at) = self.retry_at.values().filter(|at| **at > now).min() {
+                tokio::time::sleep_until(at.min(now + self.config.max_wait)).await;
+                self.send_fetches().await?;
+            }
+        }
         if records.is_empty() && !self.in_flight.is_empty() {
             self.collect_fetches(true).await?;
             records = self.drain()?;
@@ -345,9 +362,12 @@ impl Consumer {
     /// without waiting for a long poll on partitions that have caught up.
     async fn send_fetches(&mut self) -> Result<()> {
         let mut by_leader: BTreeMap<String, Vec<(TopicPartition, u64)>> = BTreeMap::new();
+        let now = tokio::time::Instant::now();
+        self.retry_at.retain(|_, at| *at > now);
         for (tp, position) in &self.positions {
             let Some(position) = position else { continue };
             if self.paused.contains(tp)
+                || self.retry_at.contains_key(tp)
                 || self.buffered.contains_key(tp)
                 || self.in_flight.iter().any(|f| f.asked.iter().any(|(asked, _)| asked == tp))
             {
@@ -417,7 +437,10 @@ impl Consumer {
                     self.metrics.fetch_errors += 1;
                     match error.code() {
                         Some(ErrorCode::OffsetOutOfRange) => reset.push((tp, error)),
-                        _ if error.is_retriable() => self.client.note_error(&tp.topic, tp.partition, &error),
+                        _ if error.is_retriable() => {
+                            self.client.note_error(&tp.topic, tp.partition, &error);
+                            self.retry_at.insert(tp, tokio::time::Instant::now() + FETCH_RETRY_BACKOFF);
+                        }
                         _ => return Err(error),
                     }
                     continue;

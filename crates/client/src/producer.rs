@@ -748,15 +748,31 @@ async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
         return Ok(-1);
     }
     let client = shared.client.clone();
+    let config = shared.config.clone();
     shared
         .producer_id
         .get_or_try_init(|| async move {
-            let response = client
-                .call_any(|mut stub| async move { stub.init_producer_id(pb::InitProducerIdRequest {}).await })
-                .await?;
-            match Error::from_pb(response.error) {
-                Some(error) => Err(error),
-                None => Ok(response.producer_id),
+            // A retriable error (the controller electing a leader, say) is
+            // retried with backoff, as a batch would be, until the delivery
+            // timeout: the records waiting on the id must not fail for it.
+            let deadline = Instant::now() + config.delivery_timeout;
+            let mut backoff = config.retry_backoff;
+            loop {
+                let answer = client
+                    .call_any(|mut stub| async move { stub.init_producer_id(pb::InitProducerIdRequest {}).await })
+                    .await
+                    .and_then(|response| match Error::from_pb(response.error) {
+                        Some(error) => Err(error),
+                        None => Ok(response.producer_id),
+                    });
+                match answer {
+                    Err(error) if error.is_retriable() && Instant::now() + backoff < deadline => {
+                        tracing::debug!(%error, "no producer id yet; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(config.retry_backoff_max);
+                    }
+                    answer => return answer,
+                }
             }
         })
         .await
