@@ -83,6 +83,26 @@ async fn a_long_poll_returns_when_a_record_is_committed_not_at_its_deadline() {
     cluster.shutdown().await;
 }
 
+/// Polls until `enough(seen)`, recording each record's offset under its
+/// partition; no poll hands out more than 64 records, and none repeats
+/// without end.
+async fn poll_until(
+    consumer: &mut Consumer,
+    seen: &mut [Vec<u64>; 2],
+    deadline: Instant,
+    enough: impl Fn(&[Vec<u64>; 2]) -> bool,
+) {
+    while !enough(seen) {
+        assert!(Instant::now() < deadline, "only {} and {} records arrived", seen[0].len(), seen[1].len());
+        let records = consumer.poll().await.expect("poll");
+        assert!(records.len() <= 64, "a poll returned {} records", records.len());
+        for record in records {
+            assert!(seen[record.partition as usize].len() < 1000, "records repeat");
+            seen[record.partition as usize].push(record.offset);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops_what_was_fetched_ahead() {
     let cluster = cluster(1, |b| b).await;
@@ -130,23 +150,11 @@ async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops
 
     // Partition 0 is sought back (a replay) while its later records are
     // buffered or being fetched: they must not be handed out next.
-    while seen[0].len() < 200 {
-        assert!(Instant::now() < deadline, "only {} records of partition 0 arrived", seen[0].len());
-        for record in consumer.poll().await.expect("poll") {
-            seen[record.partition as usize].push(record.offset);
-        }
-    }
+    poll_until(&mut consumer, &mut seen, deadline, |seen| seen[0].len() >= 200).await;
     consumer.seek(&tp0, Seek::Offset(100)).await.expect("seek back");
     let sought_at = seen[0].len();
-    while seen[0].len() < sought_at + 400 || seen[1].len() < 500 {
-        assert!(Instant::now() < deadline, "only {} and {} records arrived", seen[0].len(), seen[1].len());
-        let records = consumer.poll().await.expect("poll");
-        assert!(records.len() <= 64, "a poll returned {} records", records.len());
-        for record in records {
-            assert!(seen[record.partition as usize].len() < 1000, "records repeat");
-            seen[record.partition as usize].push(record.offset);
-        }
-    }
+    poll_until(&mut consumer, &mut seen, deadline, |seen| seen[0].len() >= sought_at + 400 && seen[1].len() >= 500)
+        .await;
     let expected0: Vec<u64> = seen[0][..sought_at].iter().copied().chain(100..500).collect();
     assert_eq!(seen[0], expected0, "partition 0: what was read before the seek, then 100..500");
     assert_eq!(seen[1], (0..500).collect::<Vec<u64>>(), "partition 1: every record once, in order");
@@ -162,12 +170,7 @@ async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops
     producer.close().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let replayed_from = seen[0].len();
-    while seen[0].len() < replayed_from + 201 {
-        assert!(Instant::now() < deadline, "only {} records arrived after the second seek", seen[0].len());
-        for record in consumer.poll().await.expect("poll") {
-            seen[record.partition as usize].push(record.offset);
-        }
-    }
+    poll_until(&mut consumer, &mut seen, deadline, |seen| seen[0].len() >= replayed_from + 201).await;
     assert_eq!(seen[0][replayed_from..], (300..501).collect::<Vec<u64>>()[..], "partition 0 after the second seek");
     cluster.shutdown().await;
 }
