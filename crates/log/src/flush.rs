@@ -1,5 +1,5 @@
-//! Group commit: one flusher thread per disk makes appends durable for many
-//! logs, with one `fdatasync` per dirty file covering every append that
+//! Group commit: a few flusher threads per disk make appends durable for
+//! many logs, with one `fdatasync` per dirty file covering every append that
 //! arrived while the previous sync ran.
 //!
 //! Protocol, per log:
@@ -18,15 +18,14 @@
 //! `fdatasync` the kernel may have dropped the dirty pages.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::config::FlushPolicy;
 use crate::error::{LogError, Result};
 use crate::io::{Dir, File};
-use crate::limits::FLUSH_WAITERS_MAX;
+use crate::limits::{FLUSH_THREADS, FLUSH_WAITERS_MAX};
 use crate::types::RaftIndex;
 
 /// Called once the appends it was queued after are durable (or failed).
@@ -237,54 +236,101 @@ impl Durability {
     }
 }
 
-/// The group-commit thread of one disk, shared by every log on it.
+/// The group-commit threads of one disk, shared by every log on it.
 ///
-/// Dropping the flusher stops the thread after it has served what was
+/// A few threads, so that different logs' `fdatasync`s run at once: a disk
+/// completes concurrent syncs of several files in about the time of one
+/// (on the benchmark machine, 100 KB writes each followed by `fdatasync`
+/// reach 390 MB/s from one file and 806 MB/s from four written at once),
+/// while one thread would sync the files of a node's partitions one after
+/// another. Each log is synced by one thread at a time (its sync lock), and
+/// its callbacks run in order whichever thread syncs it.
+///
+/// Dropping the flusher stops the threads after they have served what was
 /// queued; logs that outlive it then sync inline.
 pub struct Flusher {
-    tx: Option<Sender<Wake>>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<FlushQueue>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Logs waiting for a sync, shared by the flusher's threads and the logs.
+struct FlushQueue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Logs to sync now, in request order.
+    ready: VecDeque<Arc<Durability>>,
+    /// Logs under an interval policy, with when each is due.
+    timed: Vec<(Instant, Arc<Durability>)>,
+    /// Set by drop: serve what is queued, then exit; later requests sync inline.
+    stopping: bool,
 }
 
 impl Flusher {
-    /// Starts the flusher thread.
+    /// Starts [`FLUSH_THREADS`] flusher threads named `flush-{name}`.
     pub fn spawn(name: &str) -> std::io::Result<Flusher> {
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new().name(format!("flush-{name}")).spawn(move || run(rx))?;
-        Ok(Flusher { tx: Some(tx), thread: Some(thread) })
+        Flusher::spawn_threads(name, FLUSH_THREADS)
+    }
+
+    /// Starts `n_threads` (at least one) flusher threads.
+    pub fn spawn_threads(name: &str, n_threads: usize) -> std::io::Result<Flusher> {
+        let shared = Arc::new(FlushQueue { state: Mutex::default(), wake: Condvar::new() });
+        let mut flusher = Flusher { shared: shared.clone(), threads: Vec::new() };
+        for _ in 0..n_threads.max(1) {
+            let shared = shared.clone();
+            // On error, dropping `flusher` stops the threads already started.
+            let thread = std::thread::Builder::new().name(format!("flush-{name}")).spawn(move || run(&shared))?;
+            flusher.threads.push(thread);
+        }
+        Ok(flusher)
     }
 
     pub(crate) fn handle(&self) -> FlusherHandle {
-        FlusherHandle { tx: self.tx.clone() }
+        FlusherHandle { queue: Some(self.shared.clone()) }
     }
 }
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        // Logs may still hold senders, so the channel would never close on
-        // its own: tell the thread to stop.
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(None);
-        }
-        if let Some(thread) = self.thread.take() {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+impl FlushQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a log; false once the flusher is stopping (sync inline then).
+    fn push(&self, durability: &Arc<Durability>) -> bool {
+        let mut state = self.lock();
+        if state.stopping {
+            return false;
+        }
+        state.ready.push_back(durability.clone());
+        drop(state);
+        self.wake.notify_one();
+        true
     }
 }
 
 /// What a log keeps to reach its flusher.
 #[derive(Clone)]
 pub(crate) struct FlusherHandle {
-    tx: Option<Sender<Wake>>,
+    queue: Option<Arc<FlushQueue>>,
 }
-
-/// A log to serve, or `None`: stop.
-type Wake = Option<Arc<Durability>>;
 
 impl FlusherHandle {
     /// No flusher thread: every flush syncs inline.
     pub fn inline() -> FlusherHandle {
-        FlusherHandle { tx: None }
+        FlusherHandle { queue: None }
     }
 
     /// Queues `callback` to run once everything appended so far is durable.
@@ -315,7 +361,7 @@ impl FlusherHandle {
     }
 
     fn send_or_sync(&self, durability: &Arc<Durability>) {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Some(durability.clone())).is_ok());
+        let sent = self.queue.as_ref().is_some_and(|queue| queue.push(durability));
         if !sent {
             // No flusher thread (or it stopped): sync inline so callers are
             // never left waiting.
@@ -326,48 +372,48 @@ impl FlusherHandle {
     }
 }
 
-fn run(rx: Receiver<Wake>) {
-    let mut interval_due: Vec<(Instant, Arc<Durability>)> = Vec::new();
+/// What a flusher thread does next.
+enum Job {
+    Sync(Arc<Durability>),
+    Exit,
+}
+
+/// Takes the next job, waiting for one: a log to sync now, an interval log
+/// whose time has come, or, when stopping, the interval logs still waiting
+/// and then exit.
+fn next_job(queue: &FlushQueue) -> Job {
+    let mut state = queue.lock();
     loop {
-        let timeout = interval_due.iter().map(|(due, _)| due.saturating_duration_since(Instant::now())).min();
-        let first = match timeout {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(timeout) => rx.recv_timeout(timeout),
-        };
-        let mut stop = false;
-        let mut group: Vec<Arc<Durability>> = Vec::new();
-        match first {
-            Ok(Some(d)) => group.push(d),
-            Ok(None) | Err(RecvTimeoutError::Disconnected) => stop = true,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        // Everything queued while the last round of syncs ran is one group.
-        for wake in rx.try_iter() {
-            match wake {
-                Some(d) => group.push(d),
-                None => stop = true,
-            }
-        }
-        for d in group {
+        while let Some(d) = state.ready.pop_front() {
             match d.policy() {
-                FlushPolicy::Always => {
-                    if let Err(err) = d.sync_now() {
-                        tracing::error!(error = %err, "group commit failed; log poisoned");
-                    }
-                }
-                FlushPolicy::Interval(every) => interval_due.push((Instant::now() + every, d)),
+                FlushPolicy::Always => return Job::Sync(d),
+                FlushPolicy::Interval(every) => state.timed.push((Instant::now() + every, d)),
             }
         }
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = interval_due.drain(..).partition(|(at, _)| stop || *at <= now);
-        interval_due = later;
-        for (_, d) in due {
-            if let Err(err) = d.sync_now() {
-                tracing::error!(error = %err, "interval flush failed; log poisoned");
-            }
+        let due = state.timed.iter().position(|(at, _)| state.stopping || *at <= now);
+        if let Some(i) = due {
+            return Job::Sync(state.timed.swap_remove(i).1);
         }
-        if stop {
-            return;
+        if state.stopping {
+            return Job::Exit;
+        }
+        state = match state.timed.iter().map(|(at, _)| at.saturating_duration_since(now)).min() {
+            None => queue.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+            Some(timeout) => queue.wake.wait_timeout(state, timeout).unwrap_or_else(|p| p.into_inner()).0,
+        };
+    }
+}
+
+fn run(queue: &FlushQueue) {
+    loop {
+        match next_job(queue) {
+            Job::Sync(d) => {
+                if let Err(err) = d.sync_now() {
+                    tracing::error!(error = %err, "group commit failed; log poisoned");
+                }
+            }
+            Job::Exit => return,
         }
     }
 }

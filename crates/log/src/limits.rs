@@ -16,6 +16,8 @@ pub const VOTE_BYTES_MAX: usize = 256;
 /// Pending flush requests one log may queue before `flush` fails, bounding
 /// the callbacks held in memory.
 pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
+/// Threads of a [`crate::Flusher`]: how many logs' `fdatasync`s run at once.
+pub const FLUSH_THREADS: usize = 4;
 /// Most bytes one read (by index or by offset) returns, whatever budget the
 /// caller asks for; the first batch is always returned whole, and it is at
 /// most `BATCH_BYTES_MAX`.

@@ -263,3 +263,116 @@ fn dropping_the_flusher_before_its_logs_does_not_hang_and_syncs_fall_back_inline
     assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(true));
     assert_eq!(log.durable_index(), Some(RaftIndex(0)));
 }
+
+/// A directory whose files' syncs wait (up to a deadline) until another
+/// sync runs at the same time, recording the most seen at once.
+struct OverlapDir {
+    inner: FsDir,
+    syncs: Arc<SyncMeter>,
+}
+
+#[derive(Default)]
+struct SyncMeter {
+    /// Syncs are held only once armed (opening a log syncs too).
+    armed: std::sync::atomic::AtomicBool,
+    /// (syncs running now, most running at once)
+    state: std::sync::Mutex<(usize, usize)>,
+    changed: std::sync::Condvar,
+}
+
+struct OverlapFile {
+    inner: Arc<dyn strata_log::io::File>,
+    syncs: Arc<SyncMeter>,
+}
+
+impl strata_log::io::Dir for OverlapDir {
+    fn open(&self, name: &str) -> std::io::Result<Arc<dyn strata_log::io::File>> {
+        Ok(Arc::new(OverlapFile { inner: self.inner.open(name)?, syncs: self.syncs.clone() }))
+    }
+    fn create(&self, name: &str) -> std::io::Result<Arc<dyn strata_log::io::File>> {
+        Ok(Arc::new(OverlapFile { inner: self.inner.create(name)?, syncs: self.syncs.clone() }))
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+impl strata_log::io::File for OverlapFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, position)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let meter = &self.syncs;
+        if !meter.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.sync_data();
+        }
+        let mut state = meter.state.lock().expect("meter lock");
+        state.0 += 1;
+        state.1 = state.1.max(state.0);
+        meter.changed.notify_all();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while state.1 < 2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = meter.changed.wait_timeout(state, left).expect("meter lock").0;
+        }
+        state.0 -= 1;
+        drop(state);
+        self.inner.sync_data()
+    }
+    fn map(&self, len: u64) -> std::io::Result<bytes::Bytes> {
+        self.inner.map(len)
+    }
+}
+
+#[test]
+fn one_flusher_syncs_different_logs_at_the_same_time() {
+    // A node's partitions share one flusher; a disk completes concurrent
+    // syncs of several files in about the time of one, so one log's sync
+    // must not wait for another's.
+    let syncs = Arc::new(SyncMeter::default());
+    let flusher = Flusher::spawn("test").expect("flusher");
+    let dirs = [TempDir::new("overlap-a"), TempDir::new("overlap-b")];
+    let logs: Vec<Log> = dirs
+        .iter()
+        .map(|dir| {
+            let dir = OverlapDir { inner: FsDir::open(dir.path()).expect("dir"), syncs: syncs.clone() };
+            Log::open(Arc::new(dir), LogConfig::default(), Some(&flusher)).expect("open")
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    for log in &logs {
+        log.append(&data_batch(0, 1, 100, 0), Term(1)).expect("append");
+    }
+    syncs.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    for log in &logs {
+        let tx = tx.clone();
+        log.flush(Box::new(move |result| {
+            let _ = tx.send(result.is_ok());
+        }));
+    }
+    for _ in &logs {
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(30)).expect("callback"), "flushed");
+    }
+    assert_eq!(syncs.state.lock().expect("meter lock").1, 2, "the two logs' syncs overlapped");
+}

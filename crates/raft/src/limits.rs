@@ -8,6 +8,15 @@ pub const REPLICATION_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest message on the Raft transport; above `REPLICATION_BYTES_MAX` plus
 /// one largest batch, so a bounded AppendEntries always fits.
 pub const TRANSPORT_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// HTTP/2 settings of the transport. hyper's defaults (16 KiB frames, a
+/// 1 MiB window on the server) cut a 100 KB batch into seven frames and let
+/// a few groups' batches to one peer fill the window; larger frames and
+/// windows send a batch in one frame and keep many in flight.
+pub const H2_FRAME_BYTES: u32 = 1024 * 1024;
+/// The per-stream flow-control window of a transport connection.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// The per-connection flow-control window of a transport connection.
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Requests queued to one peer before senders wait.
 pub const PEER_QUEUE_MAX: usize = 1024;
 /// Requests of one group queued on one stream before the stream's reader waits.

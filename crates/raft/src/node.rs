@@ -194,6 +194,9 @@ impl RaftNode {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
+                .max_frame_size(crate::limits::H2_FRAME_BYTES)
+                .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW_BYTES)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;

@@ -72,6 +72,9 @@ impl Peer {
             .map_err(|e| format!("bad peer address {}: {e}", self.addr))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .max_frame_size(crate::limits::H2_FRAME_BYTES)
+            .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW_BYTES)
             // A peer that vanished without closing (host down, blackhole) is
             // noticed by HTTP/2 pings instead of TCP's minutes-long timeout.
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
