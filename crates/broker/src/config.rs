@@ -278,6 +278,7 @@ impl ConfigBuilder {
             })?,
             segment_age_max: Some(self.required("log.segment_age", parse_duration)?),
             flush_policy,
+            ..LogConfig::default()
         };
         let heartbeat_interval = self.required("raft.heartbeat_interval", parse_duration)?;
         let election_min = self.required("raft.election_timeout_min", parse_duration)?;

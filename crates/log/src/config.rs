@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::LogError;
-use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TAIL_CACHE_BYTES_MAX};
 
 /// When appended data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,6 +33,11 @@ pub struct LogConfig {
     pub segment_age_max: Option<Duration>,
     /// Durability of appends. Default [`FlushPolicy::Always`].
     pub flush_policy: FlushPolicy,
+    /// Bytes of the latest appends the log keeps in memory, as written, so
+    /// that reads right behind the writer (applying, replicating, a consumer
+    /// at the end of the log) take no `pread` and no copy. Default 2 MiB;
+    /// 0 disables. [`crate::Log::release_cache`] drops it early.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -41,6 +46,7 @@ impl Default for LogConfig {
             segment_bytes: 128 * 1024 * 1024,
             segment_age_max: Some(Duration::from_secs(7 * 24 * 3600)),
             flush_policy: FlushPolicy::Always,
+            tail_cache_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -58,6 +64,12 @@ impl LogConfig {
             if interval.is_zero() || interval > Duration::from_secs(3600) {
                 return Err(LogError::InvalidArgument(format!("flush interval {interval:?} is outside (0, 1h]")));
             }
+        }
+        if self.tail_cache_bytes > TAIL_CACHE_BYTES_MAX {
+            return Err(LogError::InvalidArgument(format!(
+                "tail_cache_bytes = {} is above {TAIL_CACHE_BYTES_MAX}",
+                self.tail_cache_bytes
+            )));
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ pub const VOTE_BYTES_MAX: usize = 256;
 /// Pending flush requests one log may queue before `flush` fails, bounding
 /// the callbacks held in memory.
 pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
+/// Largest tail cache a log may keep ([`crate::LogConfig::tail_cache_bytes`]).
+pub const TAIL_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Threads of a [`crate::Flusher`]: how many logs' `fdatasync`s run at once.
 pub const FLUSH_THREADS: usize = 4;
 /// Most bytes one read (by index or by offset) returns, whatever budget the

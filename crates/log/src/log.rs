@@ -48,7 +48,6 @@ struct Inner {
     /// Never empty; the last one is the active segment.
     segments: Vec<Segment>,
     meta: Meta,
-    write_buf: Vec<u8>,
 }
 
 impl Inner {
@@ -110,7 +109,7 @@ impl Log {
         config.validate()?;
         let meta = Meta::load(dir.as_ref())?;
         let segments = recover_segments(dir.as_ref(), &meta)?;
-        let inner = Inner { segments, meta, write_buf: Vec::new() };
+        let inner = Inner { segments, meta };
         let appended = inner.last_entry_id().map(|id| id.index);
         let durability = Arc::new(Durability::new(dir.clone(), config.flush_policy, appended));
         let flusher = flusher.map_or_else(FlusherHandle::inline, Flusher::handle);
@@ -195,8 +194,8 @@ impl Log {
         }
         let mut out = Vec::with_capacity(batches.len());
         let mut pending: Vec<(usize, IndexEntry, u64, i64)> = Vec::new();
-        let mut buf = std::mem::take(&mut inner.write_buf);
-        buf.clear();
+        // A fresh buffer each time: once written it becomes the tail cache's.
+        let mut buf = bytes::BytesMut::with_capacity(batches.iter().map(|(b, _)| b.len()).sum());
         let mut result = Ok(());
         for ((batch, term), header) in batches.iter().zip(&headers) {
             let active = inner.active();
@@ -216,11 +215,10 @@ impl Log {
                 SEGMENT_ENTRIES_MAX,
             );
             if let Some(reason) = roll {
-                if let Err(err) = self.write_pending(&mut inner, &buf, &pending) {
+                if let Err(err) = self.write_pending(&mut inner, buf.split().freeze(), &pending) {
                     result = Err(err);
                     break;
                 }
-                buf.clear();
                 pending.clear();
                 tracing::debug!(?reason, segment = %inner.active().name, "rolling segment");
                 if let Err(err) = self.roll(&mut inner) {
@@ -243,18 +241,17 @@ impl Log {
             out.push(Appended { index, base_offset, n_offsets });
         }
         if result.is_ok() {
-            result = self.write_pending(&mut inner, &buf, &pending);
+            result = self.write_pending(&mut inner, buf.freeze(), &pending);
         }
-        inner.write_buf = buf;
         result.map(|()| out)
     }
 
-    fn write_pending(&self, inner: &mut Inner, buf: &[u8], pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
+    fn write_pending(&self, inner: &mut Inner, buf: Bytes, pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let active = inner.segments.last_mut().expect("a log always has an active segment");
-        active.append(buf, pending)?;
+        active.append(buf, pending, self.config.tail_cache_bytes)?;
         self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
         Ok(())
     }
@@ -310,6 +307,15 @@ impl Log {
         self.flusher.request(&self.durability, on_durable);
     }
 
+    /// Drops the copy of the latest appends kept for readers
+    /// ([`LogConfig::tail_cache_bytes`]): for a partition gone idle, whose
+    /// tail nobody is about to read.
+    pub fn release_cache(&self) {
+        if let Some(active) = self.write().segments.last_mut() {
+            active.release_cache();
+        }
+    }
+
     /// Makes everything appended so far durable before returning.
     pub fn sync(&self) -> Result<()> {
         self.durability.sync_now()
@@ -357,15 +363,30 @@ impl Log {
             }
             let start_pos = segment.entry_span(ordinal).0;
             let end_pos = segment.entry_span(stop - 1).1;
-            let bytes = segment.read_range(start_pos, end_pos).map_err(|e| self.note(e))?;
+            // Entries the tail cache holds are slices of the appends that
+            // wrote them (the cache starts at an entry's start); the rest
+            // come from one read.
+            let cached_from = segment.cache_start().map_or(end_pos, |c| c.clamp(start_pos, end_pos));
+            let read = match cached_from > start_pos {
+                true => segment.read_range(start_pos, cached_from).map_err(|e| self.note(e))?,
+                false => Bytes::new(),
+            };
             for i in ordinal..stop {
                 let (a, b) = segment.entry_span(i);
                 let e = segment.entries.get(i);
+                let batch = if a >= cached_from {
+                    match segment.cached_slice(a, b) {
+                        Some(bytes) => bytes,
+                        None => segment.read_range(a, b).map_err(|e| self.note(e))?,
+                    }
+                } else {
+                    read.slice((a - start_pos) as usize..(b - start_pos) as usize)
+                };
                 out.push(Entry {
                     index: RaftIndex(segment.base_index.0 + i as u64),
                     term: e.term,
                     base_offset: e.base_offset,
-                    batch: bytes.slice((a - start_pos) as usize..(b - start_pos) as usize),
+                    batch,
                 });
             }
             n_bytes = budget;
@@ -542,6 +563,7 @@ impl Log {
             fresh.max_timestamp = fresh.entries.last().map_or(-1, |e| e.max_timestamp_so_far);
             *segment = fresh;
         } else {
+            segment.cut_cache(new_len);
             segment.file.set_len(new_len).map_err(LogError::io(format!("truncate {}", segment.name)))?;
             segment.file.sync_data().map_err(LogError::io(format!("sync {}", segment.name)))?;
             segment.entries.truncate(keep);

@@ -1,8 +1,9 @@
 //! One segment: a data file of batches stored back to back, and its index.
 //!
 //! A segment is *active* (the last one; appended to; read by copying with
-//! `pread`, because it still changes) or *sealed* (immutable; data and index
-//! read through a memory map, as `Bytes` slices that own the map).
+//! `pread`, because it still changes, except for its most recent appends,
+//! which it keeps in memory: see [`TailCache`]) or *sealed* (immutable; data
+//! and index read through a memory map, as `Bytes` slices that own the map).
 //!
 //! Invariants:
 //! - entry `i` holds Raft index `base_index + i`; entries are dense;
@@ -12,6 +13,7 @@
 //! - a sealed segment's bytes below `verified_len` have passed their CRC in
 //!   this process; nothing above it is served before it is checked.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -62,6 +64,76 @@ pub(crate) struct Segment {
     /// Mapping of a sealed segment's data, made on first read.
     map: OnceLock<Bytes>,
     verified_len: AtomicU64,
+    /// The active segment's latest appends, as written.
+    tail: TailCache,
+}
+
+/// The active segment's most recent appends, kept as the very buffers that
+/// were written (each `append`'s, whole batches only), up to a byte budget.
+/// Whatever reads the log right after an append (the state machine applying
+/// the entry, the leader replicating it, a consumer at the end of the log)
+/// gets a slice of these instead of a `pread` into a fresh buffer.
+#[derive(Default)]
+struct TailCache {
+    /// (position in the data file, the bytes written there), in order and
+    /// contiguous, the last ending at `data_len`.
+    chunks: VecDeque<(u64, Bytes)>,
+    n_bytes: usize,
+}
+
+impl TailCache {
+    /// Where the cached bytes start (`None`: nothing cached).
+    fn start(&self) -> Option<u64> {
+        self.chunks.front().map(|(position, _)| *position)
+    }
+
+    fn push(&mut self, position: u64, bytes: Bytes, budget: usize) {
+        self.n_bytes += bytes.len();
+        self.chunks.push_back((position, bytes));
+        while self.n_bytes > budget {
+            let Some((_, old)) = self.chunks.pop_front() else { break };
+            self.n_bytes -= old.len();
+        }
+    }
+
+    /// Bytes `[start, end)` as one slice, if one chunk holds them all.
+    fn slice(&self, start: u64, end: u64) -> Option<Bytes> {
+        let i = self.chunks.partition_point(|(position, _)| *position <= start).checked_sub(1)?;
+        let (position, bytes) = &self.chunks[i];
+        let (a, b) = ((start - position) as usize, (end - position) as usize);
+        (b <= bytes.len()).then(|| bytes.slice(a..b))
+    }
+
+    /// Bytes `[start, end)` copied out of the chunks, if all are cached.
+    fn copy(&self, start: u64, end: u64) -> Option<Bytes> {
+        if self.start()? > start {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        for (position, bytes) in &self.chunks {
+            let chunk_end = position + bytes.len() as u64;
+            if chunk_end <= start || *position >= end {
+                continue;
+            }
+            let a = start.max(*position) - position;
+            let b = end.min(chunk_end) - position;
+            out.extend_from_slice(&bytes[a as usize..b as usize]);
+        }
+        (out.len() as u64 == end - start).then(|| out.freeze())
+    }
+
+    /// Forgets everything at or after `len` (a truncation).
+    fn cut(&mut self, len: u64) {
+        while self.chunks.back().is_some_and(|(position, bytes)| position + bytes.len() as u64 > len) {
+            let (_, old) = self.chunks.pop_back().expect("checked");
+            self.n_bytes -= old.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.n_bytes = 0;
+    }
 }
 
 impl Segment {
@@ -80,6 +152,7 @@ impl Segment {
             first_append_at: None,
             map: OnceLock::new(),
             verified_len: AtomicU64::new(0),
+            tail: TailCache::default(),
         })
     }
 
@@ -116,9 +189,10 @@ impl Segment {
 
     /// Appends already stamped and validated batches, written with one
     /// `pwrite`. `items` gives each batch's length, index entry and width.
-    pub fn append(&mut self, buf: &[u8], items: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
+    /// `buf` is then kept in the tail cache, within `cache_budget` bytes.
+    pub fn append(&mut self, buf: Bytes, items: &[(usize, IndexEntry, u64, i64)], cache_budget: usize) -> Result<()> {
         debug_assert!(!self.is_sealed());
-        self.file.write_all_at(buf, self.data_len).map_err(LogError::io(format!("write to segment {}", self.name)))?;
+        self.file.write_all_at(&buf, self.data_len).map_err(LogError::io(format!("write to segment {}", self.name)))?;
         let Entries::Active(entries) = &mut self.entries else {
             unreachable!("append to a sealed segment");
         };
@@ -133,6 +207,9 @@ impl Segment {
             self.next_offset = Offset(self.next_offset.0 + n_offsets);
         }
         assert_eq!(position, self.data_len + buf.len() as u64, "item lengths cover the buffer");
+        if cache_budget > 0 {
+            self.tail.push(self.data_len, buf, cache_budget);
+        }
         self.data_len = position;
         self.first_append_at.get_or_insert_with(Instant::now);
         Ok(())
@@ -153,6 +230,7 @@ impl Segment {
         file.write_all_at(&bytes, 0).map_err(LogError::io(format!("write index {index_name}")))?;
         let map = file.map(bytes.len() as u64).map_err(LogError::io(format!("map index {index_name}")))?;
         self.entries = Entries::Sealed { map, n: self.entries.len() };
+        self.tail.clear();
         // Everything in this segment was validated when appended or scanned.
         self.verified_len.store(self.data_len, Ordering::Release);
         Ok(Some(file))
@@ -211,6 +289,7 @@ impl Segment {
             first_append_at: None,
             map: OnceLock::new(),
             verified_len: AtomicU64::new(0),
+            tail: TailCache::default(),
         }))
     }
 
@@ -235,11 +314,13 @@ impl Segment {
             first_append_at: None,
             map: OnceLock::new(),
             verified_len: AtomicU64::new(scan.valid_len),
+            tail: TailCache::default(),
         }
     }
 
     /// Returns bytes `[start, end)` of the data: a slice of the map when
-    /// sealed (CRC-checked on first touch), a fresh copy when active.
+    /// sealed (CRC-checked on first touch); when active, a slice or a copy of
+    /// the tail cache if it holds them, else a fresh copy read from the file.
     pub fn read_range(&self, start: u64, end: u64) -> Result<Bytes> {
         debug_assert!(start <= end && end <= self.data_len);
         if self.is_sealed() {
@@ -247,9 +328,33 @@ impl Segment {
             self.verify_through(&map, start, end)?;
             return Ok(map.slice(start as usize..end as usize));
         }
+        if let Some(bytes) = self.tail.slice(start, end).or_else(|| self.tail.copy(start, end)) {
+            return Ok(bytes);
+        }
         let mut buf = BytesMut::zeroed((end - start) as usize);
         self.file.read_exact_at(&mut buf, start).map_err(LogError::io(format!("read segment {}", self.name)))?;
         Ok(buf.freeze())
+    }
+
+    /// Where the tail cache starts: entries from there on are read from
+    /// memory. `None` when nothing is cached (or the segment is sealed).
+    pub fn cache_start(&self) -> Option<u64> {
+        self.tail.start()
+    }
+
+    /// Bytes `[start, end)` as a slice of one cached append, if there is one.
+    pub fn cached_slice(&self, start: u64, end: u64) -> Option<Bytes> {
+        self.tail.slice(start, end)
+    }
+
+    /// Drops the tail cache (an idle partition keeps no copy of its tail).
+    pub fn release_cache(&mut self) {
+        self.tail.clear();
+    }
+
+    /// Forgets cached bytes at or after `len`, before the file is cut there.
+    pub fn cut_cache(&mut self, len: u64) {
+        self.tail.cut(len);
     }
 
     fn map(&self) -> Result<Bytes> {

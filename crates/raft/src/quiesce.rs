@@ -256,6 +256,8 @@ impl Quiescence {
         let Some(generation) = self.live_generation(leader) else { return false };
         group.raft.runtime_config().tick(false);
         lock(&self.quiet).insert(group.id, Quiet::Follower { vote, leader, generation });
+        // Everything is applied: nobody is about to read the log's tail.
+        group.log.release_cache();
         tracing::debug!(group = group.id, leader, "quiet (follower)");
         true
     }
@@ -408,6 +410,8 @@ impl Quiescence {
         group.raft.runtime_config().tick(false);
         let followers = followers.into_iter().map(|(node, generation, _)| (node, generation)).collect();
         lock(&self.quiet).insert(group.id, Quiet::Leader { vote, last_log_index, followers });
+        // Replicated and applied everywhere: nobody is about to read the tail.
+        group.log.release_cache();
         tracing::debug!(group = group.id, "quiet (leader)");
     }
 

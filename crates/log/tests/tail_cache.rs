@@ -1,0 +1,158 @@
+//! The tail cache: reads right behind the writer are served from the
+//! buffers that were written, and never serve bytes the file no longer has.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::{TempDir, data_batch};
+use strata_log::io::fs::FsDir;
+use strata_log::io::{Dir, File};
+use strata_log::{Entry, Log, LogConfig, Offset, RaftIndex, Term};
+
+/// A directory counting the reads made from its files.
+struct CountingDir {
+    inner: FsDir,
+    reads: Arc<AtomicUsize>,
+}
+
+struct CountingFile {
+    inner: Arc<dyn File>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Dir for CountingDir {
+    fn open(&self, name: &str) -> std::io::Result<Arc<dyn File>> {
+        Ok(Arc::new(CountingFile { inner: self.inner.open(name)?, reads: self.reads.clone() }))
+    }
+    fn create(&self, name: &str) -> std::io::Result<Arc<dyn File>> {
+        Ok(Arc::new(CountingFile { inner: self.inner.create(name)?, reads: self.reads.clone() }))
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+impl File for CountingFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_exact_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, position)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn map(&self, len: u64) -> std::io::Result<Bytes> {
+        self.inner.map(len)
+    }
+}
+
+fn open_counting(dir: &TempDir, config: LogConfig) -> (Log, Arc<AtomicUsize>) {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counting = CountingDir { inner: FsDir::open(dir.path()).expect("dir"), reads: reads.clone() };
+    (Log::open(Arc::new(counting), config, None).expect("open"), reads)
+}
+
+/// What the file holds: the entries as a freshly opened log reads them.
+fn entries_on_disk(dir: &TempDir, range: std::ops::Range<u64>) -> Vec<Entry> {
+    let log = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), LogConfig::default(), None).expect("reopen");
+    log.entries(RaftIndex(range.start)..RaftIndex(range.end), usize::MAX).expect("entries on disk")
+}
+
+fn same(a: &[Entry], b: &[Entry]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.index == y.index && x.term == y.term && x.base_offset == y.base_offset && x.batch == y.batch
+        })
+}
+
+#[test]
+fn reads_behind_the_writer_take_no_file_reads_and_match_what_the_file_holds() {
+    let dir = TempDir::new("tail-hit");
+    let (log, reads) = open_counting(&dir, LogConfig::default());
+    for i in 0..6u64 {
+        log.append(&data_batch(i, 4, 200, 0), Term(1)).expect("append");
+    }
+    let (a, b) = (data_batch(6, 4, 200, 0), data_batch(7, 4, 200, 0));
+    log.append_many(&[(&a, Term(1)), (&b, Term(2))]).expect("append many");
+    log.sync().expect("sync");
+    let before = reads.load(Ordering::SeqCst);
+
+    let cached = log.entries(RaftIndex(0)..RaftIndex(8), usize::MAX).expect("entries");
+    let next = log.state().next_offset;
+    let by_offset = log.read_offsets(Offset(0), usize::MAX, next).expect("read offsets");
+    assert_eq!(reads.load(Ordering::SeqCst), before, "served from memory");
+
+    assert!(same(&cached, &entries_on_disk(&dir, 0..8)), "the cache holds the stamped bytes the file holds");
+    let flat: Vec<u8> = by_offset.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let from_file: Vec<u8> = cached.iter().flat_map(|e| e.batch.iter().copied()).collect();
+    assert_eq!(flat, from_file, "reads by offset too");
+}
+
+#[test]
+fn older_entries_than_the_budget_and_a_released_cache_are_read_from_the_file() {
+    let dir = TempDir::new("tail-budget");
+    let batch_len = data_batch(0, 4, 200, 0).len();
+    let config = LogConfig { tail_cache_bytes: 3 * batch_len, ..LogConfig::default() };
+    let (log, reads) = open_counting(&dir, config);
+    for i in 0..10u64 {
+        log.append(&data_batch(i, 4, 200, 0), Term(1)).expect("append");
+    }
+    let before = reads.load(Ordering::SeqCst);
+    let newest = log.entries(RaftIndex(7)..RaftIndex(10), usize::MAX).expect("newest");
+    assert_eq!(reads.load(Ordering::SeqCst), before, "the last three are cached");
+    let all = log.entries(RaftIndex(0)..RaftIndex(10), usize::MAX).expect("all");
+    assert!(reads.load(Ordering::SeqCst) > before, "older ones come from the file");
+    assert!(same(&all, &entries_on_disk(&dir, 0..10)));
+    assert!(same(&newest, &all[7..]));
+
+    log.release_cache();
+    let before = reads.load(Ordering::SeqCst);
+    let again = log.entries(RaftIndex(9)..RaftIndex(10), usize::MAX).expect("after release");
+    assert!(reads.load(Ordering::SeqCst) > before, "released");
+    assert!(same(&again, &all[9..]));
+}
+
+#[test]
+fn a_truncated_tail_is_never_served_from_memory() {
+    // Raft truncates a follower's unconfirmed suffix and appends the
+    // leader's entries at the same indexes and file positions.
+    let dir = TempDir::new("tail-truncate");
+    let (log, _) = open_counting(&dir, LogConfig::default());
+    for i in 0..10u64 {
+        log.append(&data_batch(i, 4, 200, 0), Term(1)).expect("append");
+    }
+    log.truncate_from(RaftIndex(5)).expect("truncate");
+    for i in 0..3u64 {
+        log.append(&data_batch(100 + i, 2, 50, 0), Term(2)).expect("append after truncation");
+    }
+    log.sync().expect("sync");
+    let read = log.entries(RaftIndex(0)..RaftIndex(8), usize::MAX).expect("entries");
+    assert!(same(&read, &entries_on_disk(&dir, 0..8)), "what the file holds, not the truncated batches");
+    assert_eq!(read[5].term, Term(2));
+    let next = log.state().next_offset;
+    assert_eq!(next, Offset(5 * 4 + 3 * 2));
+    let by_offset = log.read_offsets(Offset(20), usize::MAX, next).expect("read offsets");
+    let flat: Vec<u8> = by_offset.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let expected: Vec<u8> = read[5..].iter().flat_map(|e| e.batch.iter().copied()).collect();
+    assert_eq!(flat, expected);
+}
