@@ -213,3 +213,39 @@ async fn send_with_callback_reports_each_record_once_with_its_offset() {
     assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_callback_does_not_stop_the_partition_or_lose_the_records_after_it() {
+    // A callback is user code run on the producer's partition task; Kafka
+    // logs an exception thrown there and carries on.
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("panics", 1)).await.expect("create");
+    wait_for_leaders(&admin, "panics").await;
+    let producer = Producer::new(&client);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..20i64 {
+        let seen = seen.clone();
+        producer
+            .send_with_callback(Record::new("panics", format!("v{i}")).partition(0), move |result| {
+                let offset = result.expect("acknowledged").offset;
+                assert!(offset % 7 != 3, "a callback that panics at offset {offset}");
+                seen.lock().expect("lock").push(offset);
+            })
+            .await
+            .expect("queued");
+    }
+    producer.flush().await;
+    let later = producer.send(Record::new("panics", "after").partition(0)).await.expect("queued");
+    let meta = tokio::time::timeout(std::time::Duration::from_secs(10), later)
+        .await
+        .expect("the partition still answers")
+        .expect("acknowledged");
+    assert_eq!(meta.offset, 20);
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    let expected: Vec<i64> = (0..20).filter(|o| o % 7 != 3).collect();
+    assert_eq!(seen, expected, "every other callback ran, in order");
+    producer.close().await;
+    cluster.shutdown().await;
+}

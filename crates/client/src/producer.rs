@@ -196,7 +196,19 @@ impl Done {
             Done::Future(tx) => {
                 let _ = tx.send(outcome);
             }
-            Done::Callback(callback) => callback(outcome),
+            Done::Callback(callback) => {
+                // User code on the partition task: a panic there must not
+                // stop the task (and with it every later record of the
+                // partition), so it is caught and logged, as Kafka does.
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(outcome))) {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(not a string)".into());
+                    tracing::error!(panic = %message, "a send callback panicked; the producer carries on");
+                }
+            }
         }
     }
 }
@@ -304,7 +316,8 @@ impl Producer {
     /// Queues a record like [`Producer::send`], but hands its outcome to
     /// `callback` (Kafka's `send(record, callback)`) instead of a future. The
     /// callback runs on the producer's partition task, so it should be
-    /// quick. Cheaper than a future per record when many are in flight.
+    /// quick; a panic in it is caught and logged, and the producer carries
+    /// on. Cheaper than a future per record when many are in flight.
     /// An error here means the record was not queued, and the callback is
     /// not called.
     pub async fn send_with_callback(
