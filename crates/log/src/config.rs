@@ -36,7 +36,9 @@ pub struct LogConfig {
     /// Bytes of the latest appends the log keeps in memory, as written, so
     /// that reads right behind the writer (applying, replicating, a consumer
     /// at the end of the log) take no `pread` and no copy. Default 2 MiB;
-    /// 0 disables. [`crate::Log::release_cache`] drops it early.
+    /// 0 disables. [`crate::Log::release_cache`] drops it early (the Raft
+    /// layer does when a group goes quiet), so a node holds at most this
+    /// much per partition written to recently.
     pub tail_cache_bytes: usize,
 }
 
