@@ -36,20 +36,32 @@ async fn produce_raw(
     batch: Bytes,
     timeout_ms: u32,
 ) -> Result<pb::PartitionProduceResult, pb::Error> {
+    try_produce_raw(addr, topic, partition, batch, timeout_ms).await.expect("rpc")
+}
+
+/// A produce whose call itself may fail: a broker still catching up with
+/// the cluster metadata answers the call with UNAVAILABLE.
+async fn try_produce_raw(
+    addr: &str,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+    timeout_ms: u32,
+) -> Result<Result<pb::PartitionProduceResult, pb::Error>, tonic::Status> {
     let request = pb::ProduceRequest {
         acks: pb::Acks::All.into(),
         timeout_ms,
         partitions: vec![pb::PartitionRecords { topic: topic.into(), partition, batch }],
     };
-    let response = stub(addr).await.produce(request).await.expect("rpc").into_inner();
+    let response = stub(addr).await.produce(request).await?.into_inner();
     if let Some(e) = response.error {
-        return Err(e);
+        return Ok(Err(e));
     }
     let result = response.partitions.into_iter().next().expect("one result");
-    match result.error.clone() {
+    Ok(match result.error.clone() {
         Some(e) if e.code() != pb::ErrorCode::None => Err(e),
         _ => Ok(result),
-    }
+    })
 }
 
 fn expect_code(
@@ -83,13 +95,21 @@ async fn every_error_code_is_provoked_and_answered_typed() {
         .create_topic(NewTopic::new("t", 1).replication_factor(3).config("max.message.bytes", "2000"))
         .await
         .expect("create");
-    // (A leader just elected may still lose its term once: ask again.)
+    // (A leader just elected may still lose its term once, and a broker may
+    // still be catching up with the metadata that names the topic: ask
+    // again until the leader writes and the follower answers.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let (leader, follower) = loop {
         let (leader, follower) = leader_and_follower(&admin, "t").await;
-        match produce_raw(&cluster.addr(leader), "t", 0, batch(10), 0).await {
-            Ok(_) => break (leader, follower),
-            Err(e) => assert!(std::time::Instant::now() < deadline, "a good batch is not written: {e:?}"),
+        let written = try_produce_raw(&cluster.addr(leader), "t", 0, batch(10), 0).await;
+        let answered = try_produce_raw(&cluster.addr(follower), "t", 0, batch(10), 0).await;
+        match (written, answered) {
+            (Ok(Ok(_)), Ok(_)) => break (leader, follower),
+            (Err(status), _) | (_, Err(status)) => assert!(
+                status.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline,
+                "a broker does not answer: {status:?}"
+            ),
+            (Ok(Err(e)), _) => assert!(std::time::Instant::now() < deadline, "a good batch is not written: {e:?}"),
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
