@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use common::{TempDir, control_batch, data_batch, unstamped};
+use common::{FileHooks, HookedDir, TempDir, control_batch, data_batch, unstamped};
 use strata_log::io::fs::FsDir;
 use strata_log::{FlushPolicy, Flusher, Log, LogConfig, LogError, LogId, Offset, RaftIndex, Term};
 
@@ -264,13 +264,8 @@ fn dropping_the_flusher_before_its_logs_does_not_hang_and_syncs_fall_back_inline
     assert_eq!(log.durable_index(), Some(RaftIndex(0)));
 }
 
-/// A directory whose files' syncs wait (up to a deadline) until another
-/// sync runs at the same time, recording the most seen at once.
-struct OverlapDir {
-    inner: FsDir,
-    syncs: Arc<SyncMeter>,
-}
-
+/// Counts syncs running at once; once armed, a sync waits (up to a
+/// deadline) until another runs beside it.
 #[derive(Default)]
 struct SyncMeter {
     /// Syncs are held only once armed (opening a log syncs too).
@@ -280,68 +275,24 @@ struct SyncMeter {
     changed: std::sync::Condvar,
 }
 
-struct OverlapFile {
-    inner: Arc<dyn strata_log::io::File>,
-    syncs: Arc<SyncMeter>,
-}
-
-impl strata_log::io::Dir for OverlapDir {
-    fn open(&self, name: &str) -> std::io::Result<Arc<dyn strata_log::io::File>> {
-        Ok(Arc::new(OverlapFile { inner: self.inner.open(name)?, syncs: self.syncs.clone() }))
-    }
-    fn create(&self, name: &str) -> std::io::Result<Arc<dyn strata_log::io::File>> {
-        Ok(Arc::new(OverlapFile { inner: self.inner.create(name)?, syncs: self.syncs.clone() }))
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
-    }
-}
-
-impl strata_log::io::File for OverlapFile {
-    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, position)
-    }
-    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, position)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        let meter = &self.syncs;
-        if !meter.armed.load(std::sync::atomic::Ordering::SeqCst) {
-            return self.inner.sync_data();
+impl SyncMeter {
+    fn hold(&self) {
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
-        let mut state = meter.state.lock().expect("meter lock");
+        let mut state = self.state.lock().expect("meter lock");
         state.0 += 1;
         state.1 = state.1.max(state.0);
-        meter.changed.notify_all();
+        self.changed.notify_all();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while state.1 < 2 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            state = meter.changed.wait_timeout(state, left).expect("meter lock").0;
+            state = self.changed.wait_timeout(state, left).expect("meter lock").0;
         }
         state.0 -= 1;
-        drop(state);
-        self.inner.sync_data()
-    }
-    fn map(&self, len: u64) -> std::io::Result<bytes::Bytes> {
-        self.inner.map(len)
     }
 }
 
@@ -356,7 +307,10 @@ fn one_flusher_syncs_different_logs_at_the_same_time() {
     let logs: Vec<Log> = dirs
         .iter()
         .map(|dir| {
-            let dir = OverlapDir { inner: FsDir::open(dir.path()).expect("dir"), syncs: syncs.clone() };
+            let meter = syncs.clone();
+            let on_sync: Arc<dyn Fn() + Send + Sync> = Arc::new(move || meter.hold());
+            let hooks = FileHooks { on_read: None, on_sync: Some(on_sync) };
+            let dir = HookedDir { inner: FsDir::open(dir.path()).expect("dir"), hooks };
             Log::open(Arc::new(dir), LogConfig::default(), Some(&flusher)).expect("open")
         })
         .collect();

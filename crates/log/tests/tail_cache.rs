@@ -6,69 +6,18 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use common::{TempDir, data_batch};
+use common::{FileHooks, HookedDir, TempDir, data_batch};
 use strata_log::io::fs::FsDir;
-use strata_log::io::{Dir, File};
 use strata_log::{Entry, Log, LogConfig, Offset, RaftIndex, Term};
-
-/// A directory counting the reads made from its files.
-struct CountingDir {
-    inner: FsDir,
-    reads: Arc<AtomicUsize>,
-}
-
-struct CountingFile {
-    inner: Arc<dyn File>,
-    reads: Arc<AtomicUsize>,
-}
-
-impl Dir for CountingDir {
-    fn open(&self, name: &str) -> std::io::Result<Arc<dyn File>> {
-        Ok(Arc::new(CountingFile { inner: self.inner.open(name)?, reads: self.reads.clone() }))
-    }
-    fn create(&self, name: &str) -> std::io::Result<Arc<dyn File>> {
-        Ok(Arc::new(CountingFile { inner: self.inner.create(name)?, reads: self.reads.clone() }))
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
-    }
-}
-
-impl File for CountingFile {
-    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_exact_at(buf, position)
-    }
-    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, position)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn map(&self, len: u64) -> std::io::Result<Bytes> {
-        self.inner.map(len)
-    }
-}
 
 fn open_counting(dir: &TempDir, config: LogConfig) -> (Log, Arc<AtomicUsize>) {
     let reads = Arc::new(AtomicUsize::new(0));
-    let counting = CountingDir { inner: FsDir::open(dir.path()).expect("dir"), reads: reads.clone() };
+    let counter = reads.clone();
+    let on_read: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let hooks = FileHooks { on_read: Some(on_read), on_sync: None };
+    let counting = HookedDir { inner: FsDir::open(dir.path()).expect("dir"), hooks };
     (Log::open(Arc::new(counting), config, None).expect("open"), reads)
 }
 

@@ -74,3 +74,78 @@ pub fn records_from_start(log: &strata_log::Log) -> Vec<strata_batch::Record> {
     }
     out
 }
+
+/// What a [`HookedDir`]'s files call before the real operation.
+#[derive(Clone, Default)]
+pub struct FileHooks {
+    /// Before each `read_exact_at`.
+    pub on_read: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+    /// Before each `sync_data` (it may block, to hold a sync).
+    pub on_sync: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// A real directory whose files run hooks, to observe or hold the
+/// engine's I/O.
+pub struct HookedDir {
+    pub inner: strata_log::io::fs::FsDir,
+    pub hooks: FileHooks,
+}
+
+struct HookedFile {
+    inner: std::sync::Arc<dyn strata_log::io::File>,
+    hooks: FileHooks,
+}
+
+impl HookedDir {
+    fn wrap(&self, inner: std::sync::Arc<dyn strata_log::io::File>) -> std::sync::Arc<dyn strata_log::io::File> {
+        std::sync::Arc::new(HookedFile { inner, hooks: self.hooks.clone() })
+    }
+}
+
+impl strata_log::io::Dir for HookedDir {
+    fn open(&self, name: &str) -> std::io::Result<std::sync::Arc<dyn strata_log::io::File>> {
+        Ok(self.wrap(self.inner.open(name)?))
+    }
+    fn create(&self, name: &str) -> std::io::Result<std::sync::Arc<dyn strata_log::io::File>> {
+        Ok(self.wrap(self.inner.create(name)?))
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+impl strata_log::io::File for HookedFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
+        if let Some(hook) = &self.hooks.on_read {
+            hook();
+        }
+        self.inner.read_exact_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, position)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if let Some(hook) = &self.hooks.on_sync {
+            hook();
+        }
+        self.inner.sync_data()
+    }
+    fn map(&self, len: u64) -> std::io::Result<Bytes> {
+        self.inner.map(len)
+    }
+}
