@@ -52,6 +52,9 @@ options of `raft`:
   --no-baseline        no single-node append baseline
   --idle-groups N      partitions of the idle cluster (default 1000; 0 skips it)
   --idle-seconds N     how long the idle cluster is measured (default 20)
+  --preallocate-bytes N
+                       the logs' preallocation headroom (LogConfig's
+                       preallocate_bytes; default its default, 0 disables)
   --heartbeat-ms N     Raft heartbeat interval, elections after 10-20 of them
                        (default: strata-raft's default_raft_config, 100 ms)
   --quick              small volumes, to check the harness itself
@@ -70,6 +73,8 @@ pub(crate) struct RaftOpts {
     idle_seconds: u64,
     /// Raft timing of every node.
     raft: openraft::Config,
+    /// Every node's log settings.
+    log: LogConfig,
     quick: bool,
 }
 
@@ -87,6 +92,7 @@ impl RaftOpts {
             idle_groups: 1000,
             idle_seconds: 20,
             raft: default_raft_config(),
+            log: LogConfig::default(),
             quick: false,
         };
         let mut mib = None;
@@ -123,6 +129,12 @@ impl RaftOpts {
                         ..default_raft_config()
                     };
                 }
+                "--preallocate-bytes" => {
+                    let text = value("--preallocate-bytes")?;
+                    opts.log.preallocate_bytes =
+                        text.parse().with_context(|| format!("--preallocate-bytes {text:?}"))?;
+                    opts.log.validate()?;
+                }
                 "--quick" => opts.quick = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option {other:?} (see --help)"),
@@ -157,7 +169,12 @@ impl Cluster {
     /// three members from node `g % 3 + 1` (so that it is likely to lead
     /// it: only an initialized node starts an election). Returns once every
     /// group has a leader, with the time each step took.
-    async fn start(dir: &Path, groups: usize, raft: &openraft::Config) -> Result<(Cluster, StartTimes)> {
+    async fn start(
+        dir: &Path,
+        groups: usize,
+        raft: &openraft::Config,
+        log: &LogConfig,
+    ) -> Result<(Cluster, StartTimes)> {
         let started = Instant::now();
         let mut nodes = Vec::new();
         for id in 1..=NODES {
@@ -167,7 +184,7 @@ impl Cluster {
                 listen,
                 data_dir: dir.join(format!("node-{id}")),
                 raft: raft.clone(),
-                log: LogConfig::default(),
+                log: log.clone(),
             };
             nodes.push(Arc::new(RaftNode::start(config).await.with_context(|| format!("start node {id}"))?));
         }
@@ -348,7 +365,7 @@ async fn writer(
 }
 
 async fn write_once(dir: &Path, partitions: usize, opts: &RaftOpts, batch: &Bytes, label: &str) -> Result<WriteRun> {
-    let (cluster, times) = Cluster::start(dir, partitions, &opts.raft).await?;
+    let (cluster, times) = Cluster::start(dir, partitions, &opts.raft, &opts.log).await?;
     let cluster = Arc::new(cluster);
     eprintln!(
         "  {label}: cluster up in {:.2} s (groups opened {:.2} s, initialized {:.2} s)",
@@ -581,7 +598,7 @@ async fn idle_once(dir: &Path, opts: &RaftOpts, report: &mut Report, run: usize)
     let groups = opts.idle_groups;
     let mem_names = ["VmRSS", "RssAnon", "RssFile", "Threads"];
     let before = status_fields(&mem_names)?;
-    let (cluster, times) = Cluster::start(dir, groups, &opts.raft).await?;
+    let (cluster, times) = Cluster::start(dir, groups, &opts.raft, &opts.log).await?;
     eprintln!(
         "  idle: {groups} groups on {NODES} nodes up in {:.1} s (opened {:.1} s, initialized {:.1} s)",
         times.elected.as_secs_f64(),
@@ -719,6 +736,7 @@ pub(crate) fn raft_scenario(opts: &RaftOpts) -> Result<Report> {
     report.params.insert("nodes".into(), NODES as f64);
     report.params.insert("quick".into(), if opts.quick { 1.0 } else { 0.0 });
     report.params.insert("heartbeat_interval_ms".into(), opts.raft.heartbeat_interval as f64);
+    report.params.insert("preallocate_bytes".into(), opts.log.preallocate_bytes as f64);
     report.params.insert("election_timeout_min_ms".into(), opts.raft.election_timeout_min as f64);
     report.params.insert("cpus".into(), std::thread::available_parallelism().map_or(f64::NAN, |n| n.get() as f64));
     let start = Instant::now();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::LogError;
-use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TAIL_CACHE_BYTES_MAX};
+use crate::limits::{PREALLOCATE_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TAIL_CACHE_BYTES_MAX};
 
 /// When appended data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +40,16 @@ pub struct LogConfig {
     /// layer does when a group goes quiet), so a node holds at most this
     /// much per partition written to recently.
     pub tail_cache_bytes: usize,
+    /// Most bytes the active segment keeps allocated ahead of its end
+    /// (`fallocate`, reading as zeroes), so that appends overwrite blocks the
+    /// file system has reserved already: the group commit's `fdatasync` then
+    /// writes less metadata than for an append that grows the file and
+    /// allocates blocks as it goes. The headroom grows with the segment
+    /// (never more than the segment already holds, nothing below
+    /// [`crate::limits::PREALLOCATE_AFTER_BYTES`]), so a quiet partition
+    /// holds next to none; it is cut off when the segment is sealed, and a
+    /// restart cuts what a crash left. Default 4 MiB; 0 disables.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -49,6 +59,7 @@ impl Default for LogConfig {
             segment_age_max: Some(Duration::from_secs(7 * 24 * 3600)),
             flush_policy: FlushPolicy::Always,
             tail_cache_bytes: 2 * 1024 * 1024,
+            preallocate_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -71,6 +82,12 @@ impl LogConfig {
             return Err(LogError::InvalidArgument(format!(
                 "tail_cache_bytes = {} is above {TAIL_CACHE_BYTES_MAX}",
                 self.tail_cache_bytes
+            )));
+        }
+        if self.preallocate_bytes > PREALLOCATE_BYTES_MAX {
+            return Err(LogError::InvalidArgument(format!(
+                "preallocate_bytes = {} is above {PREALLOCATE_BYTES_MAX}",
+                self.preallocate_bytes
             )));
         }
         Ok(())

@@ -18,6 +18,12 @@ pub const VOTE_BYTES_MAX: usize = 256;
 pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
 /// Largest tail cache a log may keep ([`crate::LogConfig::tail_cache_bytes`]).
 pub const TAIL_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Largest headroom an active segment keeps allocated ahead of its end
+/// ([`crate::LogConfig::preallocate_bytes`]).
+pub const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Bytes an active segment must hold before it gets any headroom, so a
+/// partition that sees a few small writes never costs a preallocation.
+pub const PREALLOCATE_AFTER_BYTES: u64 = 64 * 1024;
 /// Threads of a [`crate::Flusher`]: how many logs' `fdatasync`s run at once.
 pub const FLUSH_THREADS: usize = 4;
 /// Most bytes one read (by index or by offset) returns, whatever budget the

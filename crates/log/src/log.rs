@@ -252,6 +252,7 @@ impl Log {
         }
         let active = inner.segments.last_mut().expect("a log always has an active segment");
         active.append(buf, pending, self.config.tail_cache_bytes)?;
+        active.preallocate(self.config.preallocate_bytes, self.segment_bytes.load(Ordering::Relaxed));
         self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
         Ok(())
     }
@@ -264,6 +265,7 @@ impl Log {
     /// (every `segment_bytes`) is the price.
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let active = inner.segments.last_mut().expect("a log always has an active segment");
+        active.cut_headroom()?;
         active.file.sync_data().map_err(LogError::io(format!("sync segment {} before rolling", active.name)))?;
         let (base_index, base_offset) = (active.end_index(), active.next_offset);
         let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
@@ -565,6 +567,7 @@ impl Log {
         } else {
             segment.cut_cache(new_len);
             segment.file.set_len(new_len).map_err(LogError::io(format!("truncate {}", segment.name)))?;
+            segment.note_cut(new_len);
             segment.file.sync_data().map_err(LogError::io(format!("sync {}", segment.name)))?;
             segment.entries.truncate(keep);
             segment.data_len = new_len;
@@ -971,6 +974,9 @@ struct Candidate {
 /// first), so damage there, or a gap or overlap between segments, is
 /// corruption and an error naming the file. The last segment may end in a
 /// write torn by a crash: a bad batch with nothing valid after it is cut off.
+/// Zeroes after the last batch (preallocated space) are cut off in any
+/// segment: they hold no data, and the names still prove the segments
+/// follow one another.
 fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     let names = dir.list().map_err(LogError::io("list partition directory"))?;
     let mut data_files = Vec::new();
@@ -1050,6 +1056,15 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         let result = scan(file.as_ref(), file_len, base_offset)?;
         match &result.stop {
             ScanStop::Clean => {}
+            ScanStop::Zeroes { position } => {
+                // Headroom an active segment kept ahead of its data (a
+                // sealed one is cut before its successor exists, so this is
+                // the last segment unless a crash beat that cut's sync):
+                // no data, nothing to report.
+                tracing::debug!(segment = %name, position, "cutting preallocated space");
+                file.set_len(*position).map_err(LogError::io(format!("cut preallocated space of {name}")))?;
+                file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
+            }
             ScanStop::Torn { position, reason } if is_last => {
                 tracing::warn!(segment = %name, position, %reason, "cutting a torn tail left by a crash");
                 file.set_len(*position).map_err(LogError::io(format!("truncate torn tail of {name}")))?;

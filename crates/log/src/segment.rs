@@ -24,6 +24,7 @@ use strata_batch::{BATCH_HEADER_BYTES, BatchHeader};
 use crate::error::{LogError, Result};
 use crate::index::{Entries, IndexEntry, decode_index_file, encode_index_file};
 use crate::io::{Dir, File};
+use crate::limits::PREALLOCATE_AFTER_BYTES;
 use crate::types::{Offset, RaftIndex, Term};
 
 /// Name of a segment's data file: first Raft index and first offset, zero
@@ -53,8 +54,13 @@ pub(crate) struct Segment {
     pub name: String,
     pub file: Arc<dyn File>,
     pub entries: Entries,
-    /// Bytes of valid data (== the file length once recovered).
+    /// Bytes of valid data.
     pub data_len: u64,
+    /// Length of the file: `data_len`, plus space allocated ahead of it
+    /// (reading as zeroes) while the segment is active (see [`Segment::preallocate`]).
+    file_len: u64,
+    /// Set once preallocating failed: the segment no longer tries.
+    preallocate_refused: bool,
     /// Offset after the last entry.
     pub next_offset: Offset,
     /// Largest batch max timestamp in the segment, -1 when empty.
@@ -147,6 +153,8 @@ impl Segment {
             file,
             entries: Entries::Active(Vec::new()),
             data_len: 0,
+            file_len: 0,
+            preallocate_refused: false,
             next_offset: base_offset,
             max_timestamp: -1,
             first_append_at: None,
@@ -211,8 +219,55 @@ impl Segment {
             self.tail.push(self.data_len, buf, cache_budget);
         }
         self.data_len = position;
+        self.file_len = self.file_len.max(position);
         self.first_append_at.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    /// Keeps space allocated ahead of the data, so that later appends land
+    /// on blocks the file system has reserved already (see
+    /// [`crate::LogConfig::preallocate_bytes`]): up to `max_headroom` bytes
+    /// and never more than the segment holds, topped up once less than half
+    /// is left, never past `limit` (where the segment rolls). The new length
+    /// is made durable by the next sync of the file, with the data.
+    ///
+    /// Best effort: if the file system refuses (a full disk, no
+    /// `fallocate`), the segment stops trying and appends simply grow the
+    /// file, so the error is only logged.
+    pub fn preallocate(&mut self, max_headroom: u64, limit: u64) {
+        if self.is_sealed() || self.preallocate_refused || self.data_len < PREALLOCATE_AFTER_BYTES {
+            return;
+        }
+        let want = max_headroom.min(self.data_len);
+        let end = (self.data_len + want).min(limit);
+        if end <= self.file_len || self.file_len - self.data_len >= want / 2 {
+            return;
+        }
+        match self.file.allocate(end) {
+            Ok(()) => self.file_len = end,
+            Err(err) => {
+                tracing::warn!(segment = %self.name, %err, "could not preallocate; appends will grow the file");
+                self.preallocate_refused = true;
+                // Whatever part was allocated reads as zeroes: keep count of it.
+                self.file_len = self.file.len().unwrap_or(self.file_len).max(self.data_len);
+            }
+        }
+    }
+
+    /// Cuts the space kept ahead of the data, so the file is exactly the
+    /// data: before the segment is sealed (a sealed file's length is its
+    /// data's). The caller syncs the file.
+    pub fn cut_headroom(&mut self) -> Result<()> {
+        if self.file_len > self.data_len {
+            self.file.set_len(self.data_len).map_err(LogError::io(format!("cut segment {}", self.name)))?;
+            self.file_len = self.data_len;
+        }
+        Ok(())
+    }
+
+    /// Notes that the file was cut to `len` (a truncation).
+    pub fn note_cut(&mut self, len: u64) {
+        self.file_len = len;
     }
 
     /// Seals the segment: writes its index file and switches reads to the
@@ -285,6 +340,8 @@ impl Segment {
             next_offset: Offset(last.base_offset.0 + parsed.n_offsets()),
             entries,
             data_len,
+            file_len: data_len,
+            preallocate_refused: false,
             max_timestamp,
             first_append_at: None,
             map: OnceLock::new(),
@@ -309,6 +366,8 @@ impl Segment {
             file,
             entries: Entries::Active(scan.entries),
             data_len: scan.valid_len,
+            file_len: scan.valid_len,
+            preallocate_refused: false,
             next_offset: scan.next_offset,
             max_timestamp: scan.max_timestamp,
             first_append_at: None,
@@ -423,6 +482,9 @@ pub(crate) enum ScanStop {
     Torn { position: u64, reason: String },
     /// A bad batch with valid data after it: damage, not a crash.
     Corrupt { position: u64, reason: String },
+    /// Zeroes from `position` on: space preallocated for appends (or a
+    /// write a crash lost there), holding no data.
+    Zeroes { position: u64 },
 }
 
 /// Bytes read per `pread` while scanning.
@@ -499,7 +561,26 @@ pub(crate) fn scan(file: &dyn File, file_len: u64, base_offset: Offset) -> Resul
         position += total as u64;
         out.valid_len = position;
     }
+    if let ScanStop::Torn { position, .. } = out.stop {
+        if zeroes_from(file, file_len, position)? {
+            out.stop = ScanStop::Zeroes { position };
+        }
+    }
     Ok(out)
+}
+
+/// Whether the file holds only zeroes from `position` to its end.
+fn zeroes_from(file: &dyn File, file_len: u64, mut position: u64) -> Result<bool> {
+    let mut buf = vec![0u8; SCAN_CHUNK_BYTES.min((file_len - position) as usize)];
+    while position < file_len {
+        let n = buf.len().min((file_len - position) as usize);
+        file.read_exact_at(&mut buf[..n], position).map_err(LogError::io("read segment while scanning"))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        position += n as u64;
+    }
+    Ok(true)
 }
 
 fn batch_at_is_valid(file: &dyn File, file_len: u64, position: u64) -> Result<bool> {

@@ -45,6 +45,13 @@ fn open(disk: &SimDisk) -> Log {
     Log::open(Arc::new(disk.clone()), config(), None).expect("open after crash")
 }
 
+/// Bytes of all data files on the disk, headroom included.
+fn data_file_bytes(disk: &SimDisk) -> u64 {
+    use strata_log::io::Dir;
+    let names = disk.list().expect("list");
+    names.iter().filter(|n| n.ends_with(".log")).map(|n| disk.open(n).expect("open").len().expect("len")).sum()
+}
+
 /// Checks the reopened log against the model and trims the model to what
 /// survived (a non-durable tail may or may not survive).
 fn check(log: &Log, model: &mut Model, seed: u64, round: usize) {
@@ -87,8 +94,15 @@ fn check(log: &Log, model: &mut Model, seed: u64, round: usize) {
     model.n_durable = n_survived;
 }
 
-fn run(seed: u64, n_rounds: usize) -> usize {
+/// One random run; returns the crashes simulated and the appends after
+/// which the active segment had space allocated ahead of its data.
+fn run(seed: u64, n_rounds: usize) -> (usize, usize) {
     let mut rng = SplitMix(seed);
+    // Every other run with segments large enough to be preallocated.
+    let config =
+        if seed.is_multiple_of(2) { config() } else { LogConfig { segment_bytes: 512 * 1024, ..LogConfig::default() } };
+    let open = |disk: &SimDisk| Log::open(Arc::new(disk.clone()), config.clone(), None).expect("open after crash");
+    let mut n_preallocated = 0;
     let mut disk = SimDisk::new();
     let mut log = open(&disk);
     let mut model =
@@ -126,6 +140,9 @@ fn run(seed: u64, n_rounds: usize) -> usize {
                 }
                 let items: Vec<(&[u8], Term)> = batches.iter().map(|b| (&b[..], model.term)).collect();
                 let appended = log.append_many(&items).expect("append");
+                if data_file_bytes(&disk) > log.state().size_bytes {
+                    n_preallocated += 1;
+                }
                 for (batch, a) in batches.iter().zip(appended) {
                     assert_eq!(a.index, model.end(), "seed {seed} round {round}: index");
                     model.entries.push(ModelEntry {
@@ -193,7 +210,7 @@ fn run(seed: u64, n_rounds: usize) -> usize {
     disk = disk.crash(CrashMode::Random { seed: rng.next_u64() });
     let log = open(&disk);
     check(&log, &mut model, seed, n_rounds);
-    n_crashes + 1
+    (n_crashes + 1, n_preallocated)
 }
 
 #[test]
@@ -202,16 +219,20 @@ fn every_durable_batch_survives_thousands_of_random_crashes() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
     println!("STRATA_SEED={seed}");
-    let mut n_crashes = 0;
+    let (mut n_crashes, mut n_preallocated) = (0, 0);
     let mut rng = SplitMix(seed);
     if let Some(inner) = std::env::var("STRATA_INNER_SEED").ok().and_then(|s| s.parse().ok()) {
         run(inner, 1000);
         return;
     }
-    for _ in 0..20 {
-        n_crashes += run(rng.next_u64(), 1000);
+    for i in 0..20 {
+        // Alternate the seed's parity, so half the runs preallocate.
+        let (crashes, preallocated) = run((rng.next_u64() & !1) | (i & 1), 1000);
+        n_crashes += crashes;
+        n_preallocated += preallocated;
     }
     assert!(n_crashes >= 2000, "only {n_crashes} crashes were simulated");
+    assert!(n_preallocated >= 100, "segments had space allocated ahead after only {n_preallocated} appends");
 }
 
 #[test]

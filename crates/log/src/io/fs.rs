@@ -73,6 +73,10 @@ impl File for FsFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let old_len = self.file.metadata()?.len();
+        super::fallocate::allocate(&self.file, old_len, len)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }

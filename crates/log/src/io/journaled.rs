@@ -743,6 +743,16 @@ impl File for JournaledFile {
         self.inode.note_change(&mut state, len.min(old_len))?;
         self.file.set_len(len)
     }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut state = lock(&self.inode.state);
+        let old_len = self.file.metadata()?.len();
+        if len <= old_len {
+            return Ok(());
+        }
+        // Like growing with set_len: zeroes appear from the old end.
+        self.inode.note_change(&mut state, old_len)?;
+        super::fallocate::allocate(&self.file, old_len, len)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.inode.catch_up(&mut lock(&self.inode.state), &self.file)?;
         // The real sync too, off the lock, so that the timing of appends

@@ -1,4 +1,5 @@
-//! The one place in `strata-log` with `unsafe`: mapping immutable files.
+//! Mapping immutable files: with [`super::fallocate`], one of the two places
+//! in `strata-log` with `unsafe`.
 //!
 //! # Safety
 //!

@@ -9,9 +9,10 @@
 //! ([`journaled::lose_unsynced`]) after the process is killed.
 //!
 //! **Architecture Invariant:** the engine never calls `std::fs` directly; the
-//! seam is narrow (read_at, write_at, set_len, sync_data, sync_dir, map) so a
+//! seam is narrow (read_at, write_at, set_len, allocate, sync_data, sync_dir, map) so a
 //! simulated disk can model exactly what a crash keeps.
 
+mod fallocate;
 pub mod fs;
 pub mod journaled;
 mod mmap;
@@ -33,6 +34,12 @@ pub trait File: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Grows or shrinks the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Grows the file to `len` bytes (zeroes past the old end) with the
+    /// file system's blocks for them allocated now, so that writing there
+    /// later overwrites instead of allocating (`fallocate`). Does nothing if
+    /// the file is already that long. Made durable by `sync_data`, like a
+    /// write.
+    fn allocate(&self, len: u64) -> io::Result<()>;
     /// Makes the data and length durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Returns bytes `[0, len)` of a file that will not change any more, as a

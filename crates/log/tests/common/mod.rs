@@ -139,6 +139,9 @@ impl strata_log::io::File for HookedFile {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
     }
+    fn allocate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(len)
+    }
     fn sync_data(&self) -> std::io::Result<()> {
         if let Some(hook) = &self.hooks.on_sync {
             hook();
