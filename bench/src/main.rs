@@ -136,14 +136,20 @@ struct LogOpts {
     no_append: bool,
 }
 
+/// Writer threads of the `log` scenario's append figures, by default (also
+/// the `raft` scenario's baseline).
+pub(crate) const LOG_WRITERS: usize = 4;
+/// Appends in flight per writer, by default (likewise).
+pub(crate) const LOG_WINDOW: usize = 8;
+
 impl LogOpts {
     /// Parses the options; `None` when help was asked for.
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<LogOpts>> {
         let mut opts = LogOpts {
             dir: None,
             runs: 5,
-            writers: 4,
-            window: 8,
+            writers: LOG_WRITERS,
+            window: LOG_WINDOW,
             interval: Duration::from_millis(100),
             quick: false,
             only: None,

@@ -6,7 +6,11 @@
 //!   `ForwardToLeader`), until a fixed volume is committed: committed bytes
 //!   per second and the latency of each `client_write`. In the same run, the
 //!   `log` scenario's single-node durable append figure for the same batch
-//!   (`append_once`, 4 writers and 1), as the baseline of the ratio.
+//!   (`append_once`, 4 writers and 1, each with 8 appends in flight), as the
+//!   baseline of the ratio. By default the writes keep as many batches in
+//!   flight as the baseline does (32 writer tasks, one write each), so the
+//!   ratio compares the two at the same load; `--writers 12` (one write in
+//!   flight per partition) measures a cluster that is mostly waiting.
 //! - Idle: a cluster holding many partitions and no traffic: process CPU
 //!   time per node and memory.
 //!
@@ -32,6 +36,10 @@ use crate::{AppendSpec, BATCH_TARGET_BYTES, Report, WorkDir, append_once, build_
 
 /// Nodes of the cluster (every group has all of them: RF=3).
 const NODES: u64 = 3;
+/// Writer threads of the single-node baseline, and appends each keeps in
+/// flight: the `log` scenario's defaults.
+const BASELINE_WRITERS: usize = crate::LOG_WRITERS;
+const BASELINE_WINDOW: usize = crate::LOG_WINDOW;
 /// How long one `client_write` (with its redirects) may take before the run fails.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a cluster may take to elect a leader in every group.
@@ -45,7 +53,8 @@ options of `raft`:
   --dir DIR            work under DIR (a fresh subdirectory, removed at the end);
                        default: a fresh directory under /tmp
   --runs N             runs per figure, the median is reported (default 3)
-  --writers N          writer tasks per write figure (default 12)
+  --writers N          writer tasks per write figure, one write in flight each
+                       (default 32: the baseline's 4 logs x 8 appends in flight)
   --mib N              MiB committed per write figure (default 512)
   --partitions LIST    partition counts of the write figures (default 1,12)
   --no-write           no write figures (idle cluster only)
@@ -84,7 +93,7 @@ impl RaftOpts {
         let mut opts = RaftOpts {
             dir: None,
             runs: 3,
-            writers: 12,
+            writers: BASELINE_WRITERS * BASELINE_WINDOW,
             total_bytes: 512 << 20,
             partitions: vec![1, 12],
             write: true,
@@ -487,12 +496,12 @@ fn write_figures(work: &Path, opts: &RaftOpts, report: &mut Report) -> Result<()
             // on one node, 4 logs (and 1) sharing one flusher, 8 in flight.
             let log_bytes: u64 = if opts.quick { 16 << 20 } else { 1 << 30 };
             report.params.insert("baseline_bytes".into(), log_bytes as f64);
-            for writers in [4, 1] {
+            for writers in [BASELINE_WRITERS, 1] {
                 let spec = AppendSpec {
                     label: format!("append_always_w{writers}_100b_mbps"),
                     policy: FlushPolicy::Always,
                     writers,
-                    window: 8,
+                    window: BASELINE_WINDOW,
                     batch: &batch,
                     total_bytes: log_bytes,
                 };
