@@ -8,5 +8,11 @@ fn main() -> std::io::Result<()> {
     // Batches stay `Bytes` end to end: decoding a message slices its buffer
     // instead of copying each entry.
     config.bytes(["."]);
-    tonic_prost_build::configure().compile_with_config(config, &["raft.proto", "api.proto"], &["."])
+    // Every service encodes through Strata's codec (src/codec.rs), which
+    // reserves a message's whole length before writing it.
+    tonic_prost_build::configure().codec_path("crate::codec::StrataCodec").compile_with_config(
+        config,
+        &["raft.proto", "api.proto"],
+        &["."],
+    )
 }

@@ -5,6 +5,8 @@
 //! that speak these protocols convert them to their own types in one place
 //! per type (`strata-raft`'s `network/convert.rs`, `strata-broker`'s and `strata-client`'s `convert.rs`).
 
+pub mod codec;
+
 /// Node-to-node Raft transport (`raft.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod raft {
