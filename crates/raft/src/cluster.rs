@@ -152,7 +152,7 @@ impl ClusterNode {
     /// change the controller had applied when this was called: decisions
     /// made from it (a replica assignment) then see every broker and topic.
     /// (A just-restarted node may otherwise still be replaying its copy.)
-    pub async fn sync_metadata(&self) -> Result<ClusterMetadata, ClusterError> {
+    pub async fn sync_metadata(&self) -> Result<Arc<ClusterMetadata>, ClusterError> {
         let offset = self.propose(MetadataCommand::Barrier).await?;
         let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
         while self.controller.state_machine.high_watermark().0 <= offset {
@@ -167,7 +167,7 @@ impl ClusterNode {
     }
 
     /// This node's copy of the cluster metadata.
-    pub fn metadata(&self) -> ClusterMetadata {
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
         self.controller.state_machine.metadata().unwrap_or_default()
     }
 

@@ -56,7 +56,9 @@ struct State {
     high_watermark: u64,
     producers: ProducerStates,
     /// `Some` in the controller group: its records are metadata commands.
-    metadata: Option<ClusterMetadata>,
+    /// Shared with readers, who take it without copying (a request reads
+    /// it on every call); an apply copies it only while a reader holds it.
+    metadata: Option<Arc<ClusterMetadata>>,
     /// The first index the last applied retention decision keeps.
     log_start_index: u64,
     snapshot: Option<StoredSnapshot>,
@@ -94,7 +96,7 @@ impl PartitionStateMachine {
                 state.membership = stored.meta.last_membership.clone();
                 state.high_watermark = stored.data.next_offset;
                 state.producers = stored.data.producers.clone();
-                state.metadata = stored.data.metadata.clone();
+                state.metadata = stored.data.metadata.clone().map(Arc::new);
                 state.log_start_index = stored.data.log_start_index;
                 // A crash between saving an installed snapshot and resetting
                 // the log leaves the log ending before the snapshot: finish.
@@ -125,12 +127,12 @@ impl PartitionStateMachine {
     /// and its records are applied as metadata commands.
     pub fn open_controller(dir: &Path, log: Arc<Log>) -> io::Result<PartitionStateMachine> {
         let sm = PartitionStateMachine::open(dir, log)?;
-        sm.lock().metadata.get_or_insert_with(ClusterMetadata::default);
+        sm.lock().metadata.get_or_insert_with(Arc::default);
         Ok(sm)
     }
 
     /// The cluster metadata this node has applied (controller group only).
-    pub fn metadata(&self) -> Option<ClusterMetadata> {
+    pub fn metadata(&self) -> Option<Arc<ClusterMetadata>> {
         self.lock().metadata.clone()
     }
 
@@ -243,7 +245,7 @@ fn apply_entry(state: &mut State, entry: &crate::types::RaftEntry) -> io::Result
                 state.producers.record(header.producer_id, header.producer_epoch, batch);
             }
             if let Some(metadata) = state.metadata.as_mut() {
-                apply_metadata(metadata, &batch.0);
+                apply_metadata(Arc::make_mut(metadata), &batch.0);
             }
             WriteResult { base_offset, n_offsets }
         }
@@ -263,7 +265,7 @@ impl State {
             membership: stored.meta.last_membership.clone(),
             high_watermark: stored.data.next_offset,
             producers: stored.data.producers.clone(),
-            metadata: stored.data.metadata.clone(),
+            metadata: stored.data.metadata.clone().map(Arc::new),
             log_start_index: stored.data.log_start_index,
             snapshot: None,
         }
@@ -275,7 +277,7 @@ impl State {
             data: PartitionSnapshot {
                 next_offset: self.high_watermark,
                 producers: self.producers.clone(),
-                metadata: self.metadata.clone(),
+                metadata: self.metadata.as_deref().cloned(),
                 log_start_index: self.log_start_index,
             },
         }
@@ -306,10 +308,7 @@ impl PartitionStateMachine {
         }
         let mut scratch = match &base {
             Some(stored) => State::of_snapshot(stored),
-            None => State {
-                metadata: self.lock().metadata.as_ref().map(|_| ClusterMetadata::default()),
-                ..State::default()
-            },
+            None => State { metadata: self.lock().metadata.as_ref().map(|_| Arc::default()), ..State::default() },
         };
         let log_first = self.log.state().first_index.0;
         if log_first > covered {
@@ -420,7 +419,7 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         state.producers = stored.data.producers.clone();
         state.log_start_index = state.log_start_index.max(stored.data.log_start_index);
         if state.metadata.is_some() {
-            state.metadata = Some(stored.data.metadata.clone().unwrap_or_default());
+            state.metadata = Some(Arc::new(stored.data.metadata.clone().unwrap_or_default()));
         }
         state.snapshot = Some(stored);
         self.high_watermark.send_replace(state.high_watermark);
