@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use bytes::Bytes;
 use openraft::BasicNode;
 use openraft::type_config::async_runtime::WatchReceiver;
 use strata_log::{FlushPolicy, LogConfig};
@@ -278,12 +277,12 @@ impl Cluster {
     /// `ForwardToLeader` answers (a new leader refuses writes until it has
     /// committed an entry of its term: then it names no leader, and the
     /// write is retried after a moment). Counts the redirects.
-    async fn write(&self, group: u64, leader: &mut u64, batch: &Bytes, redirects: &mut u64) -> Result<()> {
+    async fn write(&self, group: u64, leader: &mut u64, batch: &BatchData, redirects: &mut u64) -> Result<()> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let raft = self.raft(*leader, group)?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let result = tokio::time::timeout(left, raft.client_write(BatchData(batch.clone())))
+            let result = tokio::time::timeout(left, raft.client_write(batch.clone()))
                 .await
                 .with_context(|| format!("group {group}: a write was not acknowledged within {WRITE_TIMEOUT:?}"))?;
             match result {
@@ -360,7 +359,7 @@ async fn writer(
     cluster: Arc<Cluster>,
     group: u64,
     mut leader: u64,
-    batch: Bytes,
+    batch: BatchData,
     tickets: Arc<AtomicU64>,
 ) -> Result<(Vec<f64>, u64, Instant)> {
     let mut latencies = Vec::new();
@@ -373,7 +372,13 @@ async fn writer(
     Ok((latencies, redirects, Instant::now()))
 }
 
-async fn write_once(dir: &Path, partitions: usize, opts: &RaftOpts, batch: &Bytes, label: &str) -> Result<WriteRun> {
+async fn write_once(
+    dir: &Path,
+    partitions: usize,
+    opts: &RaftOpts,
+    batch: &BatchData,
+    label: &str,
+) -> Result<WriteRun> {
     let (cluster, times) = Cluster::start(dir, partitions, &opts.raft, &opts.log).await?;
     let cluster = Arc::new(cluster);
     eprintln!(
@@ -394,7 +399,7 @@ async fn write_once(dir: &Path, partitions: usize, opts: &RaftOpts, batch: &Byte
     let placement = cluster.leaders()?;
     let leader_counts = leader_figures(label, &cluster, &placement);
 
-    let writes = opts.total_bytes.div_ceil(batch.len() as u64);
+    let writes = opts.total_bytes.div_ceil(batch.bytes().len() as u64);
     let tickets = Arc::new(AtomicU64::new(writes));
     let cpu_before = process_cpu_seconds()?;
     let start = Instant::now();
@@ -423,7 +428,7 @@ async fn write_once(dir: &Path, partitions: usize, opts: &RaftOpts, batch: &Byte
     cluster.shutdown().await;
     latencies.sort_by(f64::total_cmp);
     Ok(WriteRun {
-        bytes_per_sec: (writes * batch.len() as u64) as f64 / seconds,
+        bytes_per_sec: (writes * batch.bytes().len() as u64) as f64 / seconds,
         latencies,
         redirects,
         leaders: leader_counts,
@@ -444,7 +449,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 fn write_figures(work: &Path, opts: &RaftOpts, report: &mut Report) -> Result<()> {
     // The `log` scenario's 100-byte-record batch (same seed, same bytes).
     let batch = build_batch(100, BATCH_TARGET_BYTES, 0x5eed_0001);
-    let header = strata_batch::validate(&batch).context("a built batch does not validate")?;
+    let (data, header) = BatchData::validate(batch.clone()).context("a built batch does not validate")?;
     report.params.insert("batch_bytes".into(), batch.len() as f64);
     report.params.insert("records_per_batch".into(), f64::from(header.record_count));
     report.params.insert("writers".into(), opts.writers as f64);
@@ -456,7 +461,7 @@ fn write_figures(work: &Path, opts: &RaftOpts, report: &mut Report) -> Result<()
             let label = format!("raft_p{partitions}");
             let dir = work.join(format!("{label}-{run}"));
             let result = runtime
-                .block_on(write_once(&dir, partitions, opts, &batch, &label))
+                .block_on(write_once(&dir, partitions, opts, &data, &label))
                 .with_context(|| format!("{label} run {run}"))?;
             std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
             settle();

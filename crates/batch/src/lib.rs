@@ -37,7 +37,9 @@ mod varint;
 
 pub use builder::{BatchBuilder, Compression, ControlType, build_control, recompress};
 pub use error::BatchError;
-pub use header::{BATCH_HEADER_BYTES, BatchHeader, CRC_START, MAGIC_V2, batch_total_len, stamp, validate};
+pub use header::{
+    BATCH_HEADER_BYTES, BatchHeader, CRC_START, MAGIC_V2, batch_total_len, stamp, validate, validate_structure,
+};
 pub use record::{Header, Record, RecordIter, decode_records};
 
 /// Splits a buffer that holds whole batches back to back into the batches.

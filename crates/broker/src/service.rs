@@ -15,7 +15,7 @@ use bytes::Bytes;
 use strata_log::{LogError, Offset};
 use strata_proto::api as pb;
 use strata_raft::metadata::{ClusterMetadata, TopicInfo};
-use strata_raft::{ClusterNode, Group, Submission, submit};
+use strata_raft::{BatchData, ClusterNode, Group, Submission, submit};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -212,21 +212,27 @@ impl Broker {
                 format!("a batch of {} bytes is larger than max.message.bytes {max} of topic {topic}", batch.len()),
             ));
         }
-        let header = strata_batch::validate(&batch).map_err(|e| ApiError::new(Code::CorruptBatch, e.to_string()))?;
-        if header.total_len() != batch.len() {
+        let total =
+            strata_batch::batch_total_len(&batch).map_err(|e| ApiError::new(Code::CorruptBatch, e.to_string()))?;
+        if total != batch.len() {
             return Err(ApiError::new(
                 Code::CorruptBatch,
-                format!("expected exactly one batch of {} bytes, got {} bytes", header.total_len(), batch.len()),
+                format!("expected exactly one batch of {total} bytes, got {} bytes", batch.len()),
             ));
         }
+        // Checked once here (CRC included); Raft and the log take it as is.
+        let (data, header) =
+            BatchData::validate(batch).map_err(|e| ApiError::new(Code::CorruptBatch, e.to_string()))?;
         let batch = match settings.compression_type.as_str() {
-            "lz4" => strata_batch::recompress(&batch, strata_batch::Compression::Lz4),
-            "uncompressed" => strata_batch::recompress(&batch, strata_batch::Compression::None),
-            _ => Ok(batch),
+            "lz4" => strata_batch::recompress(data.bytes(), strata_batch::Compression::Lz4).and_then(BatchData::new),
+            "uncompressed" => {
+                strata_batch::recompress(data.bytes(), strata_batch::Compression::None).and_then(BatchData::new)
+            }
+            _ => Ok(data),
         }
         .map_err(|e| ApiError::new(Code::CorruptBatch, format!("cannot re-encode for compression.type: {e}")))?;
         let what = format!("{topic}/{partition}");
-        let (n_records, n_bytes) = (header.record_count.max(0) as u64, batch.len() as u64);
+        let (n_records, n_bytes) = (header.record_count.max(0) as u64, batch.bytes().len() as u64);
         let submission = submit(&group, batch)
             .await
             .map_err(|e| ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)))?;

@@ -24,6 +24,10 @@ pub const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Bytes an active segment must hold before it gets any headroom, so a
 /// partition that sees a few small writes never costs a preallocation.
 pub const PREALLOCATE_AFTER_BYTES: u64 = 64 * 1024;
+/// Smallest batch [`crate::Log::append_verified`] writes and keeps without
+/// copying it (when it is already stamped): below it, one copy into the
+/// call's buffer costs less than a `pwrite` of its own.
+pub const ZERO_COPY_BYTES_MIN: usize = 32 * 1024;
 /// Threads of a [`crate::Flusher`]: how many logs' `fdatasync`s run at once.
 pub const FLUSH_THREADS: usize = 4;
 /// Most bytes one read (by index or by offset) returns, whatever budget the

@@ -18,7 +18,7 @@ use crate::error::{LogError, Result};
 use crate::flush::{Durability, FlushCallback, Flusher, FlusherHandle};
 use crate::index::IndexEntry;
 use crate::io::Dir;
-use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, READ_BYTES_MAX, SEGMENT_ENTRIES_MAX};
+use crate::limits::{BATCH_BYTES_MAX, COMPACTION_KEYS_MAX, READ_BYTES_MAX, SEGMENT_ENTRIES_MAX, ZERO_COPY_BYTES_MIN};
 use crate::meta::Meta;
 use crate::plan::{ActiveSegment, Retention, SegmentInfo, retention_purge_before, roll_reason};
 use crate::segment::{Scan, ScanStop, Segment, index_file_name, parse_data_file_name, scan};
@@ -165,24 +165,41 @@ impl Log {
     /// is. On an I/O error some may have been written; the log is then
     /// poisoned (refuses writes) until reopened, which recovers a valid log.
     pub fn append_many(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
-        let result = self.append_many_inner(batches);
+        let result = self.append_inner(batches, Check::Crc);
         self.poison(result)
     }
 
-    fn append_many_inner(&self, batches: &[(&[u8], Term)]) -> Result<Vec<Appended>> {
+    /// [`Log::append_many`] for batches whose CRC the caller has checked in
+    /// this process (`strata_batch::validate`): everything else is checked
+    /// as there, the CRC is not computed again. A batch of at least
+    /// [`ZERO_COPY_BYTES_MIN`] that already carries the base offset and term
+    /// it gets here (a follower's copy of what its leader stamped) is
+    /// written and kept as it is, without a copy.
+    pub fn append_verified(&self, batches: &[(Bytes, Term)]) -> Result<Vec<Appended>> {
+        let result = self.append_inner(batches, Check::Structure);
+        self.poison(result)
+    }
+
+    fn append_inner<B: Source>(&self, batches: &[(B, Term)], check: Check) -> Result<Vec<Appended>> {
         let mut inner = self.write();
         self.check_not_poisoned()?;
-        // Check everything first.
+        // Check everything first, and find the batches written as they are.
         let mut last_term = inner.last_entry_id().map(|id| id.term).unwrap_or_default();
+        let mut next_offset = inner.active().next_offset.0;
         let mut headers = Vec::with_capacity(batches.len());
+        let mut copied_bytes = 0;
         for (batch, term) in batches {
-            if batch.len() > BATCH_BYTES_MAX {
+            let bytes = batch.bytes();
+            if bytes.len() > BATCH_BYTES_MAX {
                 return Err(LogError::InvalidArgument(format!(
                     "batch of {} bytes exceeds the {BATCH_BYTES_MAX}-byte limit",
-                    batch.len()
+                    bytes.len()
                 )));
             }
-            let header = strata_batch::validate(batch)?;
+            let header = match check {
+                Check::Crc => strata_batch::validate(bytes)?,
+                Check::Structure => strata_batch::validate_structure(bytes)?,
+            };
             if *term < last_term {
                 return Err(LogError::InvalidArgument(format!("term {term} is below the log's last term {last_term}")));
             }
@@ -190,16 +207,29 @@ impl Log {
                 return Err(LogError::InvalidArgument(format!("term {term} does not fit the leader epoch field")));
             }
             last_term = *term;
-            headers.push(header);
+            let as_is = batch.shared().is_some()
+                && bytes.len() >= ZERO_COPY_BYTES_MIN
+                && header.base_offset == next_offset as i64
+                && header.partition_leader_epoch == term.0 as i32;
+            if !as_is {
+                copied_bytes += bytes.len();
+            }
+            next_offset += header.n_offsets();
+            headers.push((header, as_is));
         }
         let mut out = Vec::with_capacity(batches.len());
         let mut pending: Vec<(usize, IndexEntry, u64, i64)> = Vec::new();
-        // A fresh buffer each time: once written it becomes the tail cache's.
-        let mut buf = bytes::BytesMut::with_capacity(batches.iter().map(|(b, _)| b.len()).sum());
+        // What goes to the active segment, in order: batches written as they
+        // are, and the copies stamped into `buf`. A fresh buffer each time:
+        // once written it becomes the tail cache's.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut buf = bytes::BytesMut::with_capacity(copied_bytes);
+        let mut pending_bytes = 0u64;
         let mut result = Ok(());
-        for ((batch, term), header) in batches.iter().zip(&headers) {
+        for ((batch, term), (header, as_is)) in batches.iter().zip(&headers) {
+            let bytes = batch.bytes();
             let active = inner.active();
-            let incoming = buf.len() as u64 + batch.len() as u64;
+            let incoming = pending_bytes + bytes.len() as u64;
             let roll = roll_reason(
                 ActiveSegment {
                     size_bytes: active.data_len,
@@ -215,11 +245,14 @@ impl Log {
                 SEGMENT_ENTRIES_MAX,
             );
             if let Some(reason) = roll {
-                if let Err(err) = self.write_pending(&mut inner, buf.split().freeze(), &pending) {
+                take_buffer(&mut pieces, &mut buf);
+                if let Err(err) = self.write_pending(&mut inner, &pieces, &pending) {
                     result = Err(err);
                     break;
                 }
+                pieces.clear();
                 pending.clear();
+                pending_bytes = 0;
                 tracing::debug!(?reason, segment = %inner.active().name, "rolling segment");
                 if let Err(err) = self.roll(&mut inner) {
                     result = Err(err);
@@ -232,26 +265,42 @@ impl Log {
                 Some((_, e, n, _)) => Offset(e.base_offset.0 + n),
                 None => active.next_offset,
             };
-            let start = buf.len();
-            buf.extend_from_slice(batch);
-            strata_batch::stamp(&mut buf[start..], base_offset.0 as i64, term.0 as i32);
+            match batch.shared().filter(|_| *as_is) {
+                Some(shared) => {
+                    debug_assert_eq!(header.base_offset, base_offset.0 as i64, "stamped as it will be");
+                    take_buffer(&mut pieces, &mut buf);
+                    pieces.push(shared.clone());
+                }
+                None => {
+                    let start = buf.len();
+                    buf.extend_from_slice(bytes);
+                    strata_batch::stamp(&mut buf[start..], base_offset.0 as i64, term.0 as i32);
+                }
+            }
             let n_offsets = header.n_offsets();
             let entry = IndexEntry { position: 0, base_offset, term: *term, max_timestamp_so_far: 0 };
-            pending.push((batch.len(), entry, n_offsets, header.max_timestamp));
+            pending.push((bytes.len(), entry, n_offsets, header.max_timestamp));
+            pending_bytes += bytes.len() as u64;
             out.push(Appended { index, base_offset, n_offsets });
         }
         if result.is_ok() {
-            result = self.write_pending(&mut inner, buf.freeze(), &pending);
+            take_buffer(&mut pieces, &mut buf);
+            result = self.write_pending(&mut inner, &pieces, &pending);
         }
         result.map(|()| out)
     }
 
-    fn write_pending(&self, inner: &mut Inner, buf: Bytes, pending: &[(usize, IndexEntry, u64, i64)]) -> Result<()> {
+    fn write_pending(
+        &self,
+        inner: &mut Inner,
+        pieces: &[Bytes],
+        pending: &[(usize, IndexEntry, u64, i64)],
+    ) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let active = inner.segments.last_mut().expect("a log always has an active segment");
-        active.append(buf, pending, self.config.tail_cache_bytes)?;
+        active.append(pieces, pending, self.config.tail_cache_bytes)?;
         active.preallocate(self.config.preallocate_bytes, self.segment_bytes.load(Ordering::Relaxed));
         self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
         Ok(())
@@ -1119,6 +1168,48 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     }
     dir.sync_dir().map_err(LogError::io("sync partition directory on open"))?;
     Ok(segments)
+}
+
+/// How much of a batch [`Log::append_inner`] checks.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Everything, CRC included ([`Log::append_many`]).
+    Crc,
+    /// Everything but the CRC, which the caller checked
+    /// ([`Log::append_verified`]).
+    Structure,
+}
+
+/// A batch handed to [`Log::append_inner`]: its bytes, and a shared handle
+/// on them when it may be written and kept without a copy.
+trait Source {
+    fn bytes(&self) -> &[u8];
+    fn shared(&self) -> Option<&Bytes>;
+}
+
+impl Source for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn shared(&self) -> Option<&Bytes> {
+        None
+    }
+}
+
+impl Source for Bytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn shared(&self) -> Option<&Bytes> {
+        Some(self)
+    }
+}
+
+/// Moves what `buf` holds, if anything, to the end of `pieces`.
+fn take_buffer(pieces: &mut Vec<Bytes>, buf: &mut bytes::BytesMut) {
+    if !buf.is_empty() {
+        pieces.push(buf.split().freeze());
+    }
 }
 
 impl std::fmt::Debug for Log {

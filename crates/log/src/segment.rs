@@ -75,7 +75,9 @@ pub(crate) struct Segment {
 }
 
 /// The active segment's most recent appends, kept as the very buffers that
-/// were written (each `append`'s, whole batches only), up to a byte budget.
+/// were written (each `append`'s pieces, whole batches only), up to a byte
+/// budget. A piece kept as it came (`Log::append_verified`) may be a slice of
+/// a larger buffer, a network message's, which it keeps alive meanwhile.
 /// Whatever reads the log right after an append (the state machine applying
 /// the entry, the leader replicating it, a consumer at the end of the log)
 /// gets a slice of these instead of a `pread` into a fresh buffer.
@@ -195,12 +197,23 @@ impl Segment {
         next.0 - base.0
     }
 
-    /// Appends already stamped and validated batches, written with one
-    /// `pwrite`. `items` gives each batch's length, index entry and width.
-    /// `buf` is then kept in the tail cache, within `cache_budget` bytes.
-    pub fn append(&mut self, buf: Bytes, items: &[(usize, IndexEntry, u64, i64)], cache_budget: usize) -> Result<()> {
+    /// Appends already stamped and validated batches, `pieces` written one
+    /// after another (one `pwrite` each) from `data_len` on. `items` gives
+    /// each batch's length, index entry and width, in order; they cover the
+    /// pieces exactly. The pieces are then kept in the tail cache, within
+    /// `cache_budget` bytes.
+    pub fn append(
+        &mut self,
+        pieces: &[Bytes],
+        items: &[(usize, IndexEntry, u64, i64)],
+        cache_budget: usize,
+    ) -> Result<()> {
         debug_assert!(!self.is_sealed());
-        self.file.write_all_at(&buf, self.data_len).map_err(LogError::io(format!("write to segment {}", self.name)))?;
+        let mut at = self.data_len;
+        for piece in pieces {
+            self.file.write_all_at(piece, at).map_err(LogError::io(format!("write to segment {}", self.name)))?;
+            at += piece.len() as u64;
+        }
         let Entries::Active(entries) = &mut self.entries else {
             unreachable!("append to a sealed segment");
         };
@@ -214,9 +227,13 @@ impl Segment {
             position += len as u64;
             self.next_offset = Offset(self.next_offset.0 + n_offsets);
         }
-        assert_eq!(position, self.data_len + buf.len() as u64, "item lengths cover the buffer");
+        assert_eq!(position, at, "item lengths cover the pieces");
         if cache_budget > 0 {
-            self.tail.push(self.data_len, buf, cache_budget);
+            let mut at = self.data_len;
+            for piece in pieces {
+                self.tail.push(at, piece.clone(), cache_budget);
+                at += piece.len() as u64;
+            }
         }
         self.data_len = position;
         self.file_len = self.file_len.max(position);

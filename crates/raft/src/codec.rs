@@ -19,7 +19,7 @@ use crate::types::{BatchData, RaftEntry, log_id};
 /// The bytes to store for an entry.
 pub fn entry_to_batch(entry: &RaftEntry) -> io::Result<Bytes> {
     Ok(match &entry.payload {
-        EntryPayload::Normal(data) => data.0.clone(),
+        EntryPayload::Normal(data) => data.bytes().clone(),
         EntryPayload::Blank => build_control(ControlType::RaftBlank, 0, &[]),
         EntryPayload::Membership(membership) => {
             let json = serde_json::to_vec(membership).map_err(io::Error::other)?;
@@ -55,11 +55,11 @@ pub fn stored_to_entry(stored: &strata_log::Entry) -> io::Result<RaftEntry> {
                     .map_err(|e| bad(format!("membership entry {}: {e}", stored.index)))?;
                 EntryPayload::Membership(membership)
             }
-            Some(ControlType::LogStart) => EntryPayload::Normal(BatchData(stored.batch.clone())),
+            Some(ControlType::LogStart) => EntryPayload::Normal(BatchData::checked(stored.batch.clone())),
             None => return Err(bad(format!("entry {} has unknown control key {key:?}", stored.index))),
         }
     } else {
-        EntryPayload::Normal(BatchData(stored.batch.clone()))
+        EntryPayload::Normal(BatchData::checked(stored.batch.clone()))
     };
     Ok(RaftEntry { log_id: log_id(stored.term.0, stored.index.0), payload })
 }

@@ -133,6 +133,7 @@ impl ForwardHintInner for openraft::errors::LinearizableReadError<crate::C> {
 /// Appends `batch` to the partition through Raft, answering once a majority
 /// has it on disk and the leader applied it.
 pub async fn produce(group: &Group, batch: Bytes) -> Result<Produced, ProduceError> {
+    let batch = BatchData::new(batch).map_err(|e| ProduceError::InvalidBatch(e.to_string()))?;
     submit(group, batch).await?.wait().await
 }
 
@@ -157,12 +158,13 @@ impl Submission {
     }
 }
 
-/// Validates `batch`, checks an idempotent producer's sequence, and hands it
-/// to Raft in the order of the checks; returns once it is proposed. The
-/// outcome is carried to the [`Submission`] by a task, so a caller that does
-/// not wait (acks = leader) leaves nothing half done.
-pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceError> {
-    let header = strata_batch::validate(&batch).map_err(|e| ProduceError::InvalidBatch(e.to_string()))?;
+/// Checks an idempotent producer's sequence of a validated `batch`, and
+/// hands it to Raft in the order of the checks; returns once it is
+/// proposed. The outcome is carried to the [`Submission`] by a task, so a
+/// caller that does not wait (acks = leader) leaves nothing half done.
+pub async fn submit(group: &Group, batch: BatchData) -> Result<Submission, ProduceError> {
+    let header =
+        strata_batch::BatchHeader::parse(batch.bytes()).map_err(|e| ProduceError::InvalidBatch(e.to_string()))?;
     if header.is_control() {
         return Err(ProduceError::InvalidBatch("clients may not write control batches".into()));
     }
@@ -171,11 +173,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     if header.producer_id < 0 {
         let (responder, answer) = ProgressResponder::complete_only();
         let proposed = std::time::Instant::now();
-        group
-            .raft
-            .client_write_ff(BatchData(batch), Some(responder))
-            .await
-            .map_err(|e| ProduceError::Raft(e.to_string()))?;
+        group.raft.client_write_ff(batch, Some(responder)).await.map_err(|e| ProduceError::Raft(e.to_string()))?;
         let group = group.clone();
         tokio::spawn(async move {
             let result = outcome_of(&group, answer.await);
@@ -255,11 +253,7 @@ pub async fn submit(group: &Group, batch: Bytes) -> Result<Submission, ProduceEr
     // Submit while holding the gate, so proposals keep the order of checks.
     let (responder, answer) = ProgressResponder::complete_only();
     let proposed = std::time::Instant::now();
-    group
-        .raft
-        .client_write_ff(BatchData(batch), Some(responder))
-        .await
-        .map_err(|e| ProduceError::Raft(e.to_string()))?;
+    group.raft.client_write_ff(batch, Some(responder)).await.map_err(|e| ProduceError::Raft(e.to_string()))?;
     let (publish, outcome) = watch::channel::<Outcome>(None);
     gate.pending.entry(pid).or_default().push(Pending { epoch, first_seq: first, last_seq: last, outcome });
     drop(gate);

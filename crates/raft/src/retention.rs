@@ -62,7 +62,7 @@ pub async fn propose_log_start(group: &Group, first_index: u64, now_ms: i64) -> 
     group.ensure_awake().await;
     group
         .raft
-        .client_write(BatchData(log_start_batch(first_index, now_ms)))
+        .client_write(BatchData::checked(log_start_batch(first_index, now_ms)))
         .await
         .map(|_| ())
         .map_err(|e| from_write_error(group, e))

@@ -226,12 +226,12 @@ fn apply_entry(state: &mut State, entry: &crate::types::RaftEntry) -> io::Result
     let base_offset = state.high_watermark;
     Ok(match &entry.payload {
         EntryPayload::Normal(batch) => {
-            let header = strata_batch::BatchHeader::parse(&batch.0)
+            let header = strata_batch::BatchHeader::parse(batch.bytes())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             if header.is_control() {
                 // Only Strata's own control entries are proposed as Normal
                 // ones: the retention decision.
-                if let Some(first_index) = crate::retention::decoded_log_start(&batch.0) {
+                if let Some(first_index) = crate::retention::decoded_log_start(batch.bytes()) {
                     state.log_start_index = state.log_start_index.max(first_index);
                 }
                 return Ok(WriteResult { base_offset, n_offsets: 0 });
@@ -245,7 +245,7 @@ fn apply_entry(state: &mut State, entry: &crate::types::RaftEntry) -> io::Result
                 state.producers.record(header.producer_id, header.producer_epoch, batch);
             }
             if let Some(metadata) = state.metadata.as_mut() {
-                apply_metadata(Arc::make_mut(metadata), &batch.0);
+                apply_metadata(Arc::make_mut(metadata), batch.bytes());
             }
             WriteResult { base_offset, n_offsets }
         }

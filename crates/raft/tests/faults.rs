@@ -95,9 +95,11 @@ async fn a_deposed_leaders_uncommitted_suffix_is_truncated() {
         tokio::spawn(async move {
             let mut results = Vec::new();
             for n in 1000..1005 {
-                let r =
-                    tokio::time::timeout(Duration::from_secs(5), raft.client_write(strata_raft::BatchData(batch(n))))
-                        .await;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    raft.client_write(strata_raft::BatchData::new(batch(n)).expect("a valid batch")),
+                )
+                .await;
                 results.push(matches!(r, Ok(Ok(_))));
             }
             results

@@ -97,7 +97,8 @@ pub async fn write(node: &RaftNode, n: u64, timeout: Duration) -> Result<u64, St
     let deadline = Instant::now() + timeout;
     loop {
         group.ensure_awake().await;
-        let result = tokio::time::timeout(timeout, raft.client_write(BatchData(batch(n)))).await;
+        let result =
+            tokio::time::timeout(timeout, raft.client_write(BatchData::new(batch(n)).expect("a valid batch"))).await;
         match result {
             Ok(Ok(response)) => return Ok(response.data.base_offset),
             Ok(Err(err)) if Instant::now() < deadline && err.forward_to_leader().is_some() => {
