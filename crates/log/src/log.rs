@@ -1106,10 +1106,10 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         match &result.stop {
             ScanStop::Clean => {}
             ScanStop::Zeroes { position } => {
-                // Headroom an active segment kept ahead of its data (a
-                // sealed one is cut before its successor exists, so this is
-                // the last segment unless a crash beat that cut's sync):
-                // no data, nothing to report.
+                // Headroom an active segment kept ahead of its data (a roll
+                // cuts and syncs a segment before its successor exists, so
+                // this is normally the last one): no data, nothing to
+                // report.
                 tracing::debug!(segment = %name, position, "cutting preallocated space");
                 file.set_len(*position).map_err(LogError::io(format!("cut preallocated space of {name}")))?;
                 file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
