@@ -98,7 +98,14 @@ class Strata:
         time.sleep(2)  # leaders elected
         return name
 
-    def produce(self, size, records, rate=-1, tag="", props=("acks=all",)):
+    def drop(self, topic):
+        """Deletes a topic a measurement is done with, so that a scenario's
+        runs do not pile up on the disk (latency-rf3 writes ~20 GB in all)."""
+        r = run([STRATA, "topic", "delete", topic, *BOOT])
+        if r.returncode != 0:
+            say(f"could not delete topic {topic} (left on disk): {r.stderr.strip()[-200:]}")
+
+    def produce(self, size, records, rate=-1, tag="", props=("acks=all",), keep=False):
         topic = self.topic()
         r = run([STRATA, "perf", "produce", "--topic", topic, "--num-records", str(records), "--record-size",
                  str(size), "--throughput", str(rate), "--producer-props", *props, "--json", *BOOT])
@@ -107,6 +114,8 @@ class Strata:
             raise SystemExit(f"strata perf produce failed: {r.stderr[-500:]}")
         j = last_json(r.stdout)
         lat = j["latency_ms"]
+        if not keep:
+            self.drop(topic)
         return {"records_per_s": j["records_per_sec"], "mb_per_s": j["records_per_sec"] * size / 1e6,
                 "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p999_ms": lat["p999"], "max_ms": lat["max"],
                 "percentiles_ms": j.get("percentiles_ms"), "topic": topic}
@@ -357,6 +366,7 @@ def latency_scenario():
                 if r.returncode != 0:
                     raise SystemExit(f"strata perf e2e failed: {r.stderr[-500:]}")
                 j = last_json(r.stdout)
+                strata.drop(topic)
                 e2e.append({**j["e2e_latency_ms"], "percentiles_ms": j.get("percentiles_ms")})
             results.append({"system": "strata", "kind": "end-to-end", "record_bytes": 1024, "rate": rate,
                             "p50_ms": median([e["p50"] for e in e2e]), "p99_ms": median([e["p99"] for e in e2e]),
@@ -379,7 +389,7 @@ def consume_scenario():
         total = (64 << 20) if QUICK else (1 << 30)
         for size in SIZES:
             records = total // size
-            fill = strata.produce(size, records)
+            fill = strata.produce(size, records, keep=True)
             topic = fill["topic"]
             for phase in ["cold", "warm"]:
                 runs = []
