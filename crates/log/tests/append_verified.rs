@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{TempDir, data_batch};
+use common::{TempDir, data_batch, same};
 use strata_log::io::fs::FsDir;
 use strata_log::limits::ZERO_COPY_BYTES_MIN;
 use strata_log::{Entry, Log, LogConfig, LogError, RaftIndex, Term};
@@ -108,5 +108,5 @@ fn a_stamped_batch_that_rolls_the_segment_lands_whole_in_the_new_one() {
     drop(log);
     let reopened = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), config, None).expect("reopen");
     let from_file = entries(&reopened, 0..3);
-    assert!(read.iter().zip(&from_file).all(|(a, b)| a.batch == b.batch && a.base_offset == b.base_offset));
+    assert!(same(&read, &from_file), "the file holds what memory served");
 }

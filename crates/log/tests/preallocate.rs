@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{TempDir, data_batch};
+use common::{TempDir, data_batch, same};
 use strata_log::io::fs::FsDir;
 use strata_log::{Entry, Log, LogConfig, RaftIndex, Term};
 
@@ -36,13 +36,6 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
 fn all_entries(log: &Log) -> Vec<Entry> {
     let end = log.state().last_log_id.map_or(0, |id| id.index.0 + 1);
     log.entries(RaftIndex(0)..RaftIndex(end), usize::MAX).expect("entries")
-}
-
-fn same(a: &[Entry], b: &[Entry]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.index == y.index && x.term == y.term && x.base_offset == y.base_offset && x.batch == y.batch
-        })
 }
 
 #[test]

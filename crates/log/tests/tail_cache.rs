@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{FileHooks, HookedDir, TempDir, data_batch};
+use common::{FileHooks, HookedDir, TempDir, data_batch, same};
 use strata_log::io::fs::FsDir;
 use strata_log::{Entry, Log, LogConfig, Offset, RaftIndex, Term};
 
@@ -25,13 +25,6 @@ fn open_counting(dir: &TempDir, config: LogConfig) -> (Log, Arc<AtomicUsize>) {
 fn entries_on_disk(dir: &TempDir, range: std::ops::Range<u64>) -> Vec<Entry> {
     let log = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir")), LogConfig::default(), None).expect("reopen");
     log.entries(RaftIndex(range.start)..RaftIndex(range.end), usize::MAX).expect("entries on disk")
-}
-
-fn same(a: &[Entry], b: &[Entry]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.index == y.index && x.term == y.term && x.base_offset == y.base_offset && x.batch == y.batch
-        })
 }
 
 #[test]

@@ -152,3 +152,12 @@ impl strata_log::io::File for HookedFile {
         self.inner.map(len)
     }
 }
+
+/// Whether two reads hold the same entries: index, term, base offset and
+/// bytes.
+pub fn same(a: &[strata_log::Entry], b: &[strata_log::Entry]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.index == y.index && x.term == y.term && x.base_offset == y.base_offset && x.batch == y.batch
+        })
+}
