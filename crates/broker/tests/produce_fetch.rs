@@ -249,3 +249,43 @@ async fn a_panicking_callback_does_not_stop_the_partition_or_lose_the_records_af
     producer.close().await;
     cluster.shutdown().await;
 }
+
+/// With `linger` zero a batch is sealed as soon as its partition's task gets
+/// to it, holding whatever was queued by then (up to the batch size): no
+/// record waits for a timer, and none is lost, doubled or reordered on the
+/// way, flushes and close included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zero_linger_producer_batches_what_is_queued_and_keeps_every_record_in_order() {
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("nolinger", 1)).await.expect("create");
+    wait_for_leaders(&admin, "nolinger").await;
+    let tp = TopicPartition::new("nolinger", 0);
+    let config = ProducerConfig { linger: Duration::ZERO, batch_size: 4096, ..ProducerConfig::default() };
+    let producer = Producer::with_config(&client, config);
+    let mut deliveries = Vec::new();
+    for i in 0..3000 {
+        deliveries.push(producer.send(Record::new("nolinger", format!("r{i:05}")).partition(0)).await.expect("send"));
+        if i % 1000 == 999 {
+            producer.flush().await;
+        }
+    }
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        assert_eq!(delivery.await.expect("acknowledged").offset, i as i64, "offsets follow the send order");
+    }
+    // A last record sent alone is not held back for want of company.
+    let last = producer.send(Record::new("nolinger", "r03000").partition(0)).await.expect("send");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), last).await.expect("sent").expect("acked").offset, 3000);
+    let metrics = producer.metrics();
+    producer.close().await;
+    assert_eq!(metrics.records_sent, 3001);
+    assert!(
+        metrics.batches_sent < 3001,
+        "records queued while a batch was on the wire shared batches ({} batches for 3001 records)",
+        metrics.batches_sent
+    );
+    let expected: Vec<String> = (0..3001).map(|i| format!("r{i:05}")).collect();
+    assert_eq!(read_all(&client, &tp, 3001).await, expected);
+    cluster.shutdown().await;
+}

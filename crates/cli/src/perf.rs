@@ -42,6 +42,9 @@ pub struct E2eArgs {
     /// Records per second (a fixed rate is needed for latency to mean much).
     #[arg(long)]
     throughput: u64,
+    /// Producer settings, as for `perf produce`.
+    #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
+    producer_props: Vec<String>,
     /// Also print the summary as one JSON object, last.
     #[arg(long)]
     json: bool,
@@ -78,15 +81,19 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         }
         anyhow::Ok(histogram)
     });
-    let producer = Producer::new(&client);
-    let started = Instant::now();
-    let mut deliveries = Vec::new();
-    for i in 0..n {
-        tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / args.throughput as f64)).await;
-        let mut value = vec![b'x'; args.record_size];
-        value[..8].copy_from_slice(&micros_now().to_be_bytes());
-        deliveries.push(producer.send(Record::new(&args.topic, value)).await?);
-    }
+    let producer = Producer::with_config(&client, producer_config(&args.producer_props)?);
+    let deliveries = {
+        let (producer, topic, size) = (producer.clone(), args.topic.clone(), args.record_size);
+        paced(n, args.throughput, move |_due| {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            async move {
+                let mut value = vec![b'x'; size];
+                value[..8].copy_from_slice(&micros_now().to_be_bytes());
+                Ok(producer.send(Record::new(topic, value)).await?)
+            }
+        })
+        .await?
+    };
     for delivery in deliveries {
         delivery.await?;
     }
@@ -137,6 +144,36 @@ pub struct ProduceArgs {
     /// Also print the summary as one JSON object, last.
     #[arg(long)]
     json: bool,
+}
+
+/// Calls `send(due)` for `n` records at `rate` a second and collects what
+/// each returns. A thread of its own keeps the pace: tokio's timers round
+/// up to the next millisecond, which would add up to a millisecond to every
+/// latency counted from a record's due time, where the thread's sleep is
+/// the kernel's fine timer (tens of microseconds late). Each send runs on
+/// the runtime; records already due go out without sleeping.
+async fn paced<F, Fut, T>(n: u64, rate: u64, mut send: F) -> Result<Vec<T>>
+where
+    F: FnMut(Instant) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            out.push(runtime.block_on(send(Instant::from_std(due)))?);
+        }
+        Ok(out)
+    })
+    .await
+    .context("the pacing thread")?
 }
 
 fn producer_config(props: &[String]) -> Result<ProducerConfig> {
@@ -260,36 +297,42 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         }))
     };
     let started = Instant::now();
-    for i in 0..args.num_records {
-        // With a target rate, a record's latency counts from when it was
-        // due, not when it was sent: a stall is not hidden by the sends it
-        // delayed (coordinated omission).
-        let due = if args.throughput > 0 {
-            let due = started + Duration::from_secs_f64(i as f64 / args.throughput as f64);
-            tokio::time::sleep_until(due).await;
-            due
-        } else {
-            Instant::now()
-        };
-        let stats = stats.clone();
-        producer
-            .send_with_callback(Record::new(&args.topic, value.clone()), move |result| {
-                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                match result {
-                    Ok(_) => {
-                        let latency = due.elapsed();
-                        s.total.record(latency, size);
-                        s.window.record(latency, size);
-                    }
-                    Err(e) => {
-                        s.failed += 1;
-                        if s.failed <= 10 {
-                            eprintln!("error: {e}");
+    // With a target rate, a record's latency counts from when it was due,
+    // not when it was sent: a stall is not hidden by the sends it delayed
+    // (coordinated omission).
+    let send = {
+        let (producer, stats, topic) = (producer.clone(), stats.clone(), args.topic.clone());
+        move |due: Instant| {
+            let (producer, stats, record) = (producer.clone(), stats.clone(), Record::new(&topic, value.clone()));
+            async move {
+                producer
+                    .send_with_callback(record, move |result| {
+                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                        match result {
+                            Ok(_) => {
+                                let latency = due.elapsed();
+                                s.total.record(latency, size);
+                                s.window.record(latency, size);
+                            }
+                            Err(e) => {
+                                s.failed += 1;
+                                if s.failed <= 10 {
+                                    eprintln!("error: {e}");
+                                }
+                            }
                         }
-                    }
-                }
-            })
-            .await?;
+                    })
+                    .await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    if args.throughput > 0 {
+        paced(args.num_records, args.throughput as u64, send).await?;
+    } else {
+        for _ in 0..args.num_records {
+            send(Instant::now()).await?;
+        }
     }
     // Every callback has run once the flush returns.
     producer.flush().await;

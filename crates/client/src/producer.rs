@@ -536,29 +536,55 @@ impl PartitionTask {
                 return;
             }
             let linger_end = self.open_since.map(|t| t + self.shared.config.linger);
+            if linger_end.is_some_and(|end| end <= Instant::now()) {
+                // The linger is over (at once when it is zero). Take the
+                // records already queued, up to the batch size, and seal
+                // without a timer: tokio's timers round up to the next
+                // millisecond, which a zero linger would pay on every batch.
+                // (`take` seals a batch that fills, which ends the loop.)
+                while !closed && !self.open.is_empty() && self.queue.len() < PARTITION_SEALED_BATCHES_MAX {
+                    match rx.try_recv() {
+                        Ok(message) => closed = self.take(Some(message)).await,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => closed = self.take(None).await,
+                    }
+                }
+                self.seal().await;
+                continue;
+            }
             tokio::select! {
-                message = rx.recv(), if !closed && self.queue.len() < PARTITION_SEALED_BATCHES_MAX => match message {
-                    Some(Queued::Record(record)) => {
-                        self.open_since.get_or_insert_with(Instant::now);
-                        self.open_bytes += record.size();
-                        self.open.push(record);
-                        if self.open_bytes >= self.shared.config.batch_size {
-                            self.seal().await;
-                        }
-                    }
-                    Some(Queued::Flush(tx)) => {
-                        self.seal().await;
-                        self.flush_waiters.push((self.n_sealed, tx));
-                        self.answer_flushes();
-                    }
-                    None => {
-                        closed = true;
-                        self.seal().await;
-                    }
-                },
+                message = rx.recv(), if !closed && self.queue.len() < PARTITION_SEALED_BATCHES_MAX => {
+                    closed = self.take(message).await;
+                }
                 _ = sleep_until(linger_end), if linger_end.is_some() => self.seal().await,
                 _ = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
                 Some(result) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_answer(result).await,
+            }
+        }
+    }
+
+    /// Takes one message from the partition's queue (`None`: the queue is
+    /// closed); returns whether the queue is closed.
+    async fn take(&mut self, message: Option<Queued>) -> bool {
+        match message {
+            Some(Queued::Record(record)) => {
+                self.open_since.get_or_insert_with(Instant::now);
+                self.open_bytes += record.size();
+                self.open.push(record);
+                if self.open_bytes >= self.shared.config.batch_size {
+                    self.seal().await;
+                }
+                false
+            }
+            Some(Queued::Flush(tx)) => {
+                self.seal().await;
+                self.flush_waiters.push((self.n_sealed, tx));
+                self.answer_flushes();
+                false
+            }
+            None => {
+                self.seal().await;
+                true
             }
         }
     }
