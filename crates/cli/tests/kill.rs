@@ -202,7 +202,7 @@ async fn acknowledged_records_survive_leaders_killed_and_restarted_exactly_once_
         let mut consumer = Consumer::new(&reader);
         consumer.assign(vec![tp.clone()]);
         consumer.seek(&tp, Seek::Beginning).await.expect("seek");
-        let end = loop {
+        let high_watermark = loop {
             let t = admin.describe_topic("orders").await;
             if let Ok(t) = t {
                 if t.partitions[partition as usize].leader.is_some() {
@@ -211,8 +211,21 @@ async fn acknowledged_records_survive_leaders_killed_and_restarted_exactly_once_
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        // A leader elected a moment ago may not have applied all that is
+        // committed yet, so its high watermark can lag what was
+        // acknowledged: read at least past every acknowledged offset,
+        // which the leader serves once it has caught up.
+        let acked_end = acked.values().filter(|(p, _)| *p == partition).map(|(_, offset)| offset + 1).max();
+        let end = high_watermark.max(acked_end.unwrap_or(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let mut last_value: Option<u64> = None;
         while consumer.position(&tp).unwrap_or(0) < end {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {partition}: read stopped at offset {:?} of {end} (high watermark {high_watermark} when \
+                 the read began, acknowledged up to {acked_end:?})",
+                consumer.position(&tp)
+            );
             for record in consumer.poll().await.expect("poll") {
                 let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
                     .expect("utf8")
