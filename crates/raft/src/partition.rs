@@ -225,7 +225,8 @@ pub async fn submit(group: &Group, batch: BatchData) -> Result<Submission, Produ
         // even while later batches are in flight; then the newest in-flight
         // batch decides what comes next.
         let applied = group.state_machine.check_sequence(pid, epoch, first, last);
-        let newest_in_flight = in_flight.iter().rev().find(|p| p.epoch == epoch).map(|p| p.last_seq);
+        let in_flight_last_seqs = in_flight.iter().filter(|p| p.epoch == epoch).map(|p| p.last_seq);
+        let newest_in_flight = newest_unapplied(in_flight_last_seqs, applied, first);
         match combine_checks(applied, newest_in_flight, first) {
             SequenceCheck::New => break gate,
             SequenceCheck::Duplicate(stored) => {
@@ -301,6 +302,27 @@ fn is_ahead(expected: i32, got: i32) -> bool {
     distance > 0 && distance < (1 << 30)
 }
 
+/// The last sequence of the newest in-flight batch (of this epoch, oldest
+/// first in `last_seqs`) that the applied state does not cover yet. A batch
+/// stays in the in-flight table until its outcome's task removes it, and
+/// those tasks run in any order: an applied batch can linger there after a
+/// later one has left. Taken for the newest, it made the next batch look
+/// ahead of its place and wait out `SEQUENCE_GAP_WAIT` for a predecessor
+/// that was long applied (500 ms stalls under pipelined produce).
+fn newest_unapplied(
+    last_seqs: impl DoubleEndedIterator<Item = i32>,
+    applied: SequenceCheck,
+    first_seq: i32,
+) -> Option<i32> {
+    let applied_next = match applied {
+        SequenceCheck::New => Some(first_seq),
+        SequenceCheck::OutOfOrder { expected, .. } => Some(expected),
+        SequenceCheck::Duplicate(_) | SequenceCheck::Fenced { .. } => None,
+    };
+    let mut last_seqs = last_seqs;
+    last_seqs.next_back().filter(|last| applied_next.is_none_or(|next| !is_ahead(*last, next)))
+}
+
 /// Combines the check against applied state with the newest in-flight batch
 /// of the same epoch (its last sequence), if any.
 fn combine_checks(applied: SequenceCheck, newest_in_flight_last_seq: Option<i32>, first_seq: i32) -> SequenceCheck {
@@ -330,6 +352,19 @@ mod tests {
         );
         assert_eq!(combine_checks(SequenceCheck::New, None, 12), SequenceCheck::New);
         assert!(is_ahead(10, 12) && !is_ahead(10, 10) && !is_ahead(10, 3));
+        // Regression: batches 0-4 and 5-9 were applied, 5-9 had left the
+        // in-flight table and 0-4 not yet; the batch 10-14 then waited for
+        // a "missing" 5 instead of going.
+        let applied = SequenceCheck::New;
+        assert_eq!(newest_unapplied([4].into_iter(), applied, 10), None, "an applied batch in the table is stale");
+        assert_eq!(combine_checks(applied, newest_unapplied([4].into_iter(), applied, 10), 10), SequenceCheck::New);
+        // A batch proposed but not applied still decides what comes next.
+        let applied = SequenceCheck::OutOfOrder { expected: 5, got: 15 };
+        assert_eq!(newest_unapplied([4, 9, 14].into_iter(), applied, 15), Some(14));
+        assert_eq!(combine_checks(applied, Some(14), 15), SequenceCheck::New);
+        assert_eq!(newest_unapplied([9].into_iter(), SequenceCheck::OutOfOrder { expected: 10, got: 20 }, 20), None);
+        // A new epoch starts at 0, which the applied state expects.
+        assert_eq!(newest_unapplied([4].into_iter(), SequenceCheck::OutOfOrder { expected: 0, got: 5 }, 5), Some(4));
         assert!(is_ahead(i32::MAX, 1), "sequences wrap to 0");
         assert_eq!(
             combine_checks(SequenceCheck::Fenced { current: 2 }, Some(9), 10),
