@@ -223,7 +223,7 @@ pub async fn submit(group: &Group, batch: BatchData) -> Result<Submission, Produ
         }
         // Applied state first: a retry of an applied batch is a duplicate
         // even while later batches are in flight; then the newest in-flight
-        // batch decides what comes next.
+        // batch the applied state does not cover yet decides what comes next.
         let applied = group.state_machine.check_sequence(pid, epoch, first, last);
         let in_flight_last_seqs = in_flight.iter().filter(|p| p.epoch == epoch).map(|p| p.last_seq);
         let newest_in_flight = newest_unapplied(in_flight_last_seqs, applied, first);
