@@ -2,9 +2,12 @@
 //! idempotently by default, so a retry never writes a record twice and
 //! records keep their order with up to five batches in flight.
 //!
-//! Each partition the producer writes to has one task. It gathers records
-//! into a batch until `batch_size` bytes or `linger` time, seals it (giving
-//! it the next sequence numbers), and keeps up to `max_in_flight` sealed
+//! Each partition the producer writes to has an accumulator and a task.
+//! `send` adds a record to the accumulator's open batch, under a lock and
+//! without waking anyone unless the record starts a batch or fills one (so a
+//! fast sender pays no wakeup per record). The task takes a batch once it
+//! reaches `batch_size` bytes or its `linger` is over, seals it (giving it
+//! the next sequence numbers), and keeps up to `max_in_flight` sealed
 //! batches on the wire, in order. When a batch fails with a retriable
 //! error, the task waits for the rest of the window, backs off, refreshes
 //! the leader and resends from the first unacknowledged batch. A batch the
@@ -21,7 +24,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use strata_batch::{BatchBuilder, Compression as BatchCompression, Header};
 use strata_proto::api as pb;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -29,12 +32,13 @@ use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::{ProducerCounters, ProducerMetrics};
 
-/// How many of a partition's records may wait for their batch before
+/// How many of a partition's records may wait in its accumulator before
 /// `send` waits (back-pressure).
 const PARTITION_QUEUE_RECORDS: usize = 16 * 1024;
 
 /// How many sealed batches of a partition may wait for the wire. Beyond
-/// it the partition stops taking records from its queue, so `send` waits:
+/// it the partition stops taking batches from its accumulator, so `send`
+/// waits:
 /// without this bound a producer faster than the cluster buffered without
 /// limit (seconds of latency, unbounded memory).
 const PARTITION_SEALED_BATCHES_MAX: usize = 32;
@@ -221,18 +225,115 @@ impl PendingRecord {
     }
 }
 
-enum Queued {
-    Record(PendingRecord),
-    Flush(oneshot::Sender<()>),
+/// A partition's records waiting for their batch: `send` adds to it, the
+/// partition's task takes whole batches from it.
+#[derive(Default)]
+struct Accumulator {
+    state: Mutex<Gathering>,
+    /// Wakes the task: a record started a batch (its linger starts), a
+    /// batch filled, a flush, or the close. A permit is kept when the task
+    /// is busy, so no wakeup is lost.
+    wake: Notify,
+    /// Wakes the senders waiting for room.
+    room: Notify,
+}
+
+#[derive(Default)]
+struct Gathering {
+    open: Vec<PendingRecord>,
+    open_bytes: usize,
+    /// When the open batch's first record came.
+    open_since: Option<Instant>,
+    /// Batches closed for more records, oldest first, each with its ordinal
+    /// among the partition's batches.
+    full: VecDeque<(u64, Vec<PendingRecord>)>,
+    n_batches: u64,
+    /// Records in `open` and `full`.
+    n_records: usize,
+    /// Flushes, each with the ordinal of the last batch it waits for.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// No more records: the producer is closed or dropped.
+    closed: bool,
+}
+
+impl Gathering {
+    /// Closes the open batch for more records.
+    fn close_open(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        self.n_batches += 1;
+        self.full.push_back((self.n_batches, std::mem::take(&mut self.open)));
+        self.open_bytes = 0;
+        self.open_since = None;
+    }
+}
+
+impl Accumulator {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gathering> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes no more records; the task sends what is there and stops.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// Adds a record, waiting while the accumulator is full.
+    async fn add(&self, record: PendingRecord, batch_size: usize) -> Result<()> {
+        let size = record.size();
+        let mut record = Some(record);
+        loop {
+            // Registered before the check, so the task's `notify_waiters`
+            // after it takes records cannot fall between the two.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.try_add(&mut record, size, batch_size)? {
+                return Ok(());
+            }
+            room.await;
+        }
+    }
+
+    /// Adds the record unless the accumulator is full; whether it did.
+    fn try_add(&self, record: &mut Option<PendingRecord>, size: usize, batch_size: usize) -> Result<bool> {
+        let mut gathering = self.lock();
+        if gathering.closed {
+            return Err(Error::Closed);
+        }
+        if gathering.n_records >= PARTITION_QUEUE_RECORDS {
+            return Ok(false);
+        }
+        let Some(record) = record.take() else { return Ok(true) };
+        gathering.n_records += 1;
+        let first = gathering.open.is_empty();
+        if first {
+            gathering.open_since = Some(Instant::now());
+        }
+        gathering.open_bytes += size;
+        gathering.open.push(record);
+        let filled = gathering.open_bytes >= batch_size;
+        if filled {
+            gathering.close_open();
+        }
+        drop(gathering);
+        if first || filled {
+            self.wake.notify_one();
+        }
+        Ok(true)
+    }
 }
 
 struct Shared {
     client: Client,
     config: ProducerConfig,
     producer_id: tokio::sync::OnceCell<i64>,
-    /// Each partition's queue, by topic then partition (looked up by
+    /// Each partition's accumulator, by topic then partition (looked up by
     /// `&str` on every send, so no allocation).
-    partitions: Mutex<HashMap<String, HashMap<u32, mpsc::Sender<Queued>>>>,
+    partitions: Mutex<HashMap<String, HashMap<u32, Arc<Accumulator>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Keyless records stick to one partition per topic until about a
     /// batch's worth was sent there.
@@ -261,14 +362,32 @@ pub struct Producer {
 }
 
 /// Ends the partition tasks once every clone of a producer is dropped
-/// without `close`: it drops their queues' senders, so each task sends
-/// what it holds and stops. Otherwise the tasks, which keep `Shared`
-/// alive, would keep each other's queues open forever.
+/// without `close`: it closes their accumulators, so each task sends what
+/// it holds and stops. Otherwise the tasks, which keep `Shared` alive,
+/// would wait for records forever.
 struct Handles(Arc<Shared>);
 
 impl Drop for Handles {
     fn drop(&mut self) {
-        self.0.partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.0.close_accumulators();
+    }
+}
+
+impl Shared {
+    fn accumulators(&self) -> Vec<Arc<Accumulator>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner()).values().flat_map(|q| q.values().cloned()).collect()
+    }
+
+    /// Forgets every partition's accumulator and closes it.
+    fn close_accumulators(&self) {
+        let accumulators: Vec<Arc<Accumulator>> =
+            std::mem::take(&mut *self.partitions.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .flat_map(HashMap::into_values)
+                .collect();
+        for accumulator in accumulators {
+            accumulator.close();
+        }
     }
 }
 
@@ -351,8 +470,7 @@ impl Producer {
             headers: record.headers,
             done,
         };
-        let queue = self.queue(&record.topic, partition);
-        queue.send(Queued::Record(pending)).await.map_err(|_| Error::Closed)
+        self.accumulator(&record.topic, partition).add(pending, self.shared.config.batch_size).await
     }
 
     fn sticky_partition(&self, topic: &str, n: u32, size: usize) -> u32 {
@@ -377,36 +495,36 @@ impl Producer {
         (splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner())) % u64::from(n)) as u32
     }
 
-    fn queue(&self, topic: &str, partition: u32) -> mpsc::Sender<Queued> {
+    fn accumulator(&self, topic: &str, partition: u32) -> Arc<Accumulator> {
         let mut partitions = self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(queue) = partitions.get(topic).and_then(|queues| queues.get(&partition)) {
-            return queue.clone();
+        if let Some(accumulator) = partitions.get(topic).and_then(|queues| queues.get(&partition)) {
+            return accumulator.clone();
         }
-        let (tx, rx) = mpsc::channel(PARTITION_QUEUE_RECORDS);
-        let task = PartitionTask::new(self.shared.clone(), topic.to_string(), partition);
-        let handle = tokio::spawn(task.run(rx));
+        let accumulator = Arc::new(Accumulator::default());
+        let task = PartitionTask::new(self.shared.clone(), accumulator.clone(), topic.to_string(), partition);
+        let handle = tokio::spawn(task.run());
         self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
-        partitions.entry(topic.to_string()).or_default().insert(partition, tx.clone());
-        tx
+        partitions.entry(topic.to_string()).or_default().insert(partition, accumulator.clone());
+        accumulator
     }
 
     /// Sends every queued record now and waits until all are acknowledged
     /// or failed.
     pub async fn flush(&self) {
-        let queues: Vec<mpsc::Sender<Queued>> = self
-            .shared
-            .partitions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flat_map(|q| q.values().cloned())
-            .collect();
         let mut waits = Vec::new();
-        for queue in queues {
+        for accumulator in self.shared.accumulators() {
             let (tx, rx) = oneshot::channel();
-            if queue.send(Queued::Flush(tx)).await.is_ok() {
-                waits.push(rx);
+            {
+                let mut gathering = accumulator.lock();
+                if gathering.closed {
+                    continue;
+                }
+                gathering.close_open();
+                let upto = gathering.n_batches;
+                gathering.flushes.push((upto, tx));
             }
+            accumulator.wake.notify_one();
+            waits.push(rx);
         }
         futures::future::join_all(waits).await;
     }
@@ -415,7 +533,7 @@ impl Producer {
     /// no longer send.
     pub async fn close(&self) {
         self.flush().await;
-        self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.shared.close_accumulators();
         let tasks: Vec<JoinHandle<()>> =
             self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for task in tasks {
@@ -489,11 +607,9 @@ type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64>> 
 
 struct PartitionTask {
     shared: Arc<Shared>,
+    accumulator: Arc<Accumulator>,
     topic: String,
     partition: u32,
-    open: Vec<PendingRecord>,
-    open_bytes: usize,
-    open_since: Option<Instant>,
     /// Sealed, unacknowledged batches, oldest first; the first `n_sent` are
     /// on the wire.
     queue: VecDeque<Sealed>,
@@ -501,92 +617,89 @@ struct PartitionTask {
     in_flight: FuturesOrdered<InFlight>,
     epoch: i16,
     next_seq: i32,
-    n_sealed: u64,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     retry_at: Option<Instant>,
     attempts: u32,
 }
 
 impl PartitionTask {
-    fn new(shared: Arc<Shared>, topic: String, partition: u32) -> PartitionTask {
+    fn new(shared: Arc<Shared>, accumulator: Arc<Accumulator>, topic: String, partition: u32) -> PartitionTask {
         PartitionTask {
             shared,
+            accumulator,
             topic,
             partition,
-            open: Vec::new(),
-            open_bytes: 0,
-            open_since: None,
             queue: VecDeque::new(),
             n_sent: 0,
             in_flight: FuturesOrdered::new(),
             epoch: 0,
             next_seq: 0,
-            n_sealed: 0,
             flush_waiters: Vec::new(),
             retry_at: None,
             attempts: 0,
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
-        let mut closed = false;
+    async fn run(mut self) {
         loop {
             self.send_window().await;
-            if closed && self.open.is_empty() && self.queue.is_empty() {
+            let (linger_end, done) = self.take().await;
+            if done && self.queue.is_empty() {
                 return;
             }
-            let linger_end = self.open_since.map(|t| t + self.shared.config.linger);
-            if linger_end.is_some_and(|end| end <= Instant::now()) {
-                // The linger is over (at once when it is zero). Take the
-                // records already queued, up to the batch size, and seal
-                // without a timer: tokio's timers round up to the next
-                // millisecond, which a zero linger would pay on every batch.
-                // (`take` seals a batch that fills, which ends the loop.)
-                while !closed && !self.open.is_empty() && self.queue.len() < PARTITION_SEALED_BATCHES_MAX {
-                    match rx.try_recv() {
-                        Ok(message) => closed = self.take(Some(message)).await,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => closed = self.take(None).await,
-                    }
-                }
-                self.seal().await;
-                continue;
+            if self.n_sent < self.queue.len().min(self.shared.config.max_in_flight) && self.retry_at.is_none() {
+                continue; // what `take` sealed can go on the wire now
             }
+            let room = self.queue.len() < PARTITION_SEALED_BATCHES_MAX;
             tokio::select! {
-                message = rx.recv(), if !closed && self.queue.len() < PARTITION_SEALED_BATCHES_MAX => {
-                    closed = self.take(message).await;
-                }
-                _ = sleep_until(linger_end), if linger_end.is_some() => self.seal().await,
+                _ = self.accumulator.wake.notified(), if room => {}
+                _ = sleep_until(linger_end), if room && linger_end.is_some() => {}
                 _ = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
                 Some(result) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_answer(result).await,
             }
         }
     }
 
-    /// Takes one message from the partition's queue (`None`: the queue is
-    /// closed); returns whether the queue is closed.
-    async fn take(&mut self, message: Option<Queued>) -> bool {
-        match message {
-            Some(Queued::Record(record)) => {
-                self.open_since.get_or_insert_with(Instant::now);
-                self.open_bytes += record.size();
-                self.open.push(record);
-                if self.open_bytes >= self.shared.config.batch_size {
-                    self.seal().await;
+    /// Takes from the accumulator what is ready, as far as there is room
+    /// for sealed batches: the full batches, and the open one once its
+    /// linger is over (at once when it is zero: no timer, as tokio's round
+    /// up to the next millisecond) or the accumulator is closed. Seals
+    /// them. Returns the open batch's linger end, and whether the
+    /// accumulator is closed and empty.
+    async fn take(&mut self) -> (Option<Instant>, bool) {
+        let room = PARTITION_SEALED_BATCHES_MAX.saturating_sub(self.queue.len());
+        let linger = self.shared.config.linger;
+        let (batches, linger_end, done) = {
+            let mut gathering = self.accumulator.lock();
+            let linger_over = gathering.open_since.is_some_and(|since| since + linger <= Instant::now());
+            if (linger_over || gathering.closed) && gathering.full.len() < room {
+                gathering.close_open();
+            }
+            let n = gathering.full.len().min(room);
+            let batches: Vec<(u64, Vec<PendingRecord>)> = gathering.full.drain(..n).collect();
+            gathering.n_records -= batches.iter().map(|(_, records)| records.len()).sum::<usize>();
+            // A flush waits for the batches closed before it; once all of
+            // them are taken, the task answers it as they are acknowledged.
+            let next_untaken = gathering.full.front().map_or(u64::MAX, |(ordinal, _)| *ordinal);
+            let flushes = std::mem::take(&mut gathering.flushes);
+            for (upto, tx) in flushes {
+                if upto < next_untaken {
+                    self.flush_waiters.push((upto, tx));
+                } else {
+                    gathering.flushes.push((upto, tx));
                 }
-                false
             }
-            Some(Queued::Flush(tx)) => {
-                self.seal().await;
-                self.flush_waiters.push((self.n_sealed, tx));
-                self.answer_flushes();
-                false
-            }
-            None => {
-                self.seal().await;
-                true
-            }
+            let done = gathering.closed && gathering.open.is_empty() && gathering.full.is_empty();
+            (batches, gathering.open_since.map(|since| since + linger), done)
+        };
+        if !batches.is_empty() {
+            self.accumulator.room.notify_waiters();
         }
+        for (ordinal, records) in batches {
+            self.seal(ordinal, records).await;
+        }
+        self.answer_flushes();
+        (linger_end, done)
     }
 
     fn build(&self, records: &[PendingRecord], producer_id: i64, first_seq: i32) -> Bytes {
@@ -604,14 +717,8 @@ impl PartitionTask {
         builder.build(compression)
     }
 
-    /// Seals the open batch, if any.
-    async fn seal(&mut self) {
-        if self.open.is_empty() {
-            return;
-        }
-        let records = std::mem::take(&mut self.open);
-        self.open_bytes = 0;
-        self.open_since = None;
+    /// Seals a batch taken from the accumulator.
+    async fn seal(&mut self, ordinal: u64, records: Vec<PendingRecord>) {
         let producer_id = match producer_id(self.shared.clone()).await {
             Ok(id) => id,
             Err(error) => {
@@ -622,8 +729,7 @@ impl PartitionTask {
         let first_seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(records.len() as i32) & i32::MAX;
         let bytes = self.build(&records, producer_id, first_seq);
-        self.n_sealed += 1;
-        self.queue.push_back(Sealed { records, bytes, first_seq, sealed_at: Instant::now(), ordinal: self.n_sealed });
+        self.queue.push_back(Sealed { records, bytes, first_seq, sealed_at: Instant::now(), ordinal });
     }
 
     /// Puts batches on the wire up to the in-flight limit.
@@ -889,12 +995,77 @@ mod tests {
         assert!(partition_for_key(b"21", 12) < 12);
     }
 
+    fn pending(value: &'static [u8]) -> PendingRecord {
+        let (tx, _rx) = oneshot::channel();
+        PendingRecord {
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(value)),
+            headers: Vec::new(),
+            done: Done::Future(tx),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_accumulator_wakes_its_task_per_batch_and_holds_senders_back_when_full() {
+        let accumulator = Arc::new(Accumulator::default());
+        let batch_size = 3 * pending(b"v").size();
+        accumulator.add(pending(b"v"), batch_size).await.expect("first");
+        // The first record of a batch wakes the task (a permit is stored).
+        tokio::time::timeout(Duration::from_secs(5), accumulator.wake.notified()).await.expect("woken");
+        accumulator.add(pending(b"v"), batch_size).await.expect("second");
+        {
+            let gathering = accumulator.lock();
+            assert_eq!((gathering.open.len(), gathering.full.len()), (2, 0), "no batch filled yet");
+        }
+        accumulator.add(pending(b"v"), batch_size).await.expect("third");
+        {
+            let gathering = accumulator.lock();
+            assert_eq!(
+                (gathering.open.len(), gathering.full.len(), gathering.n_batches),
+                (0, 1, 1),
+                "the batch filled"
+            );
+            assert_eq!(gathering.full[0].1.len(), 3);
+        }
+        // Fill to the limit; the next sender waits for room.
+        while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
+            accumulator.add(pending(b"v"), usize::MAX).await.expect("below the limit");
+        }
+        let waiting = tokio::spawn({
+            let accumulator = accumulator.clone();
+            async move { accumulator.add(pending(b"late"), usize::MAX).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a full accumulator must hold the sender back");
+        // The task takes the full batch: room for the waiting sender.
+        {
+            let mut gathering = accumulator.lock();
+            let (_, taken) = gathering.full.pop_front().expect("full batch");
+            gathering.n_records -= taken.len();
+        }
+        accumulator.room.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("let in").expect("join").expect("added");
+        // Once full again, closing answers a waiting sender with Closed.
+        while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
+            accumulator.add(pending(b"v"), usize::MAX).await.expect("below the limit");
+        }
+        let waiting = tokio::spawn({
+            let accumulator = accumulator.clone();
+            async move { accumulator.add(pending(b"late"), usize::MAX).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        accumulator.close();
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").expect("join");
+        assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
+    }
+
     #[tokio::test]
     async fn a_producer_dropped_without_close_ends_its_partition_tasks() {
         let producer = Producer::new(&Client::new("127.0.0.1:1").expect("client"));
         let clone = producer.clone();
-        drop(producer.queue("orders", 0));
-        drop(producer.queue("orders", 1));
+        drop(producer.accumulator("orders", 0));
+        drop(producer.accumulator("orders", 1));
         let shared = Arc::downgrade(&producer.shared);
         drop(producer);
         tokio::time::sleep(Duration::from_millis(50)).await;
