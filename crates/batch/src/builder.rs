@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::varint::{put_varint, put_varlong};
+use crate::varint::{put_varint, put_varlong, varlong_len};
 use crate::{BATCH_HEADER_BYTES, CRC_START, Header, MAGIC_V2};
 
 /// How the records of a batch are compressed.
@@ -58,7 +58,9 @@ impl ControlType {
 /// Offsets are relative (0, 1, 2, ...); the log stamps the base offset.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    records: Vec<u8>,
+    /// Room for the batch header, then the encoded records (empty until
+    /// the first record), so an uncompressed batch is finished in place.
+    buf: Vec<u8>,
     n_records: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
@@ -80,7 +82,7 @@ impl BatchBuilder {
     /// An empty batch with no producer id (not idempotent).
     pub fn new() -> BatchBuilder {
         BatchBuilder {
-            records: Vec::new(),
+            buf: Vec::new(),
             n_records: 0,
             base_timestamp: None,
             max_timestamp: -1,
@@ -118,6 +120,13 @@ impl BatchBuilder {
         self
     }
 
+    /// Makes room for about `bytes` more of encoded records, so a batch
+    /// whose size is known up front grows without copying.
+    pub fn reserve(&mut self, bytes: usize) {
+        let header = if self.buf.is_empty() { BATCH_HEADER_BYTES } else { 0 };
+        self.buf.reserve(header + bytes);
+    }
+
     /// Number of records added so far.
     pub fn n_records(&self) -> usize {
         self.n_records as usize
@@ -125,7 +134,12 @@ impl BatchBuilder {
 
     /// Bytes of encoded (uncompressed) records so far, plus the header.
     pub fn size_bytes(&self) -> usize {
-        BATCH_HEADER_BYTES + self.records.len()
+        BATCH_HEADER_BYTES + self.records().len()
+    }
+
+    /// The encoded records so far.
+    fn records(&self) -> &[u8] {
+        self.buf.get(BATCH_HEADER_BYTES..).unwrap_or(&[])
     }
 
     /// Appends a record at the next offset delta.
@@ -146,19 +160,37 @@ impl BatchBuilder {
     ) {
         assert!(offset_delta >= self.offset_span, "offset deltas must increase");
         let base_timestamp = *self.base_timestamp.get_or_insert(timestamp);
-        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
-        body.push(0); // record attributes: unused in v2
-        put_varlong(&mut body, timestamp - base_timestamp);
-        put_varint(&mut body, offset_delta);
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        put_varint(&mut body, headers.len() as i32);
-        for header in headers {
-            put_nullable(&mut body, Some(header.key.as_bytes()));
-            put_nullable(&mut body, header.value.as_deref());
+        let timestamp_delta = timestamp - base_timestamp;
+        let nullable_len = |b: Option<&[u8]>| b.map_or(1, |b| varlong_len(b.len() as i64) + b.len());
+        let body_len = 1
+            + varlong_len(timestamp_delta)
+            + varlong_len(i64::from(offset_delta))
+            + nullable_len(key)
+            + nullable_len(value)
+            + varlong_len(headers.len() as i64)
+            + headers
+                .iter()
+                .map(|h| nullable_len(Some(h.key.as_bytes())) + nullable_len(h.value.as_deref()))
+                .sum::<usize>();
+        if self.buf.is_empty() {
+            self.buf.resize(BATCH_HEADER_BYTES, 0);
         }
-        put_varint(&mut self.records, body.len() as i32);
-        self.records.extend_from_slice(&body);
+        // Written straight into the batch: the length first, then the body.
+        let out = &mut self.buf;
+        out.reserve(varlong_len(body_len as i64) + body_len);
+        put_varint(out, body_len as i32);
+        let body_start = out.len();
+        out.push(0); // record attributes: unused in v2
+        put_varlong(out, timestamp_delta);
+        put_varint(out, offset_delta);
+        put_nullable(out, key);
+        put_nullable(out, value);
+        put_varint(out, headers.len() as i32);
+        for header in headers {
+            put_nullable(out, Some(header.key.as_bytes()));
+            put_nullable(out, header.value.as_deref());
+        }
+        debug_assert_eq!(out.len() - body_start, body_len);
         self.n_records += 1;
         if !self.fixed_max_timestamp {
             self.max_timestamp = self.max_timestamp.max(timestamp);
@@ -175,31 +207,62 @@ impl BatchBuilder {
     /// Encodes the batch. Base offset and leader epoch are left 0 for the log
     /// to stamp.
     pub fn build(&self, compression: Compression) -> Bytes {
-        let records: std::borrow::Cow<'_, [u8]> = match compression {
-            Compression::None => std::borrow::Cow::Borrowed(&self.records),
-            Compression::Lz4 => std::borrow::Cow::Owned(compress_lz4(&self.records)),
+        let compressed;
+        let records = match compression {
+            Compression::None => self.records(),
+            Compression::Lz4 => {
+                compressed = compress_lz4(self.records());
+                &compressed[..]
+            }
         };
         let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
-        out.extend_from_slice(&0i64.to_be_bytes()); // base offset
-        let batch_length = (BATCH_HEADER_BYTES - 12 + records.len()) as i32;
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
-        out.push(MAGIC_V2 as u8);
-        out.extend_from_slice(&[0; 4]); // crc, filled below
-        out.extend_from_slice(&(compression.id() | self.attributes_extra).to_be_bytes());
-        out.extend_from_slice(&(self.offset_span.max(1) - 1).to_be_bytes());
-        let base_timestamp = self.base_timestamp.unwrap_or(self.max_timestamp);
-        out.extend_from_slice(&base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&self.n_records.to_be_bytes());
-        debug_assert_eq!(out.len(), BATCH_HEADER_BYTES);
-        out.extend_from_slice(&records);
-        let crc = crc32c::crc32c(&out[CRC_START..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(&self.header(compression, records));
+        out.extend_from_slice(records);
         Bytes::from(out)
+    }
+
+    /// Encodes the batch as [`build`](Self::build) does, without copying
+    /// the records when they are not compressed.
+    pub fn finish(mut self, compression: Compression) -> Bytes {
+        if compression != Compression::None {
+            return self.build(compression);
+        }
+        if self.buf.is_empty() {
+            self.buf.resize(BATCH_HEADER_BYTES, 0);
+        }
+        let header = self.header(compression, self.records());
+        self.buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
+        Bytes::from(self.buf)
+    }
+
+    /// The batch header for `records` (encoded as `compression` says),
+    /// its CRC included.
+    fn header(&self, compression: Compression, records: &[u8]) -> [u8; BATCH_HEADER_BYTES] {
+        let mut out = [0u8; BATCH_HEADER_BYTES];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&0i64.to_be_bytes()); // base offset
+        let batch_length = (BATCH_HEADER_BYTES - 12 + records.len()) as i32;
+        put(&batch_length.to_be_bytes());
+        put(&0i32.to_be_bytes()); // partition leader epoch
+        put(&[MAGIC_V2 as u8]);
+        put(&[0; 4]); // crc, filled below
+        put(&(compression.id() | self.attributes_extra).to_be_bytes());
+        put(&(self.offset_span.max(1) - 1).to_be_bytes());
+        let base_timestamp = self.base_timestamp.unwrap_or(self.max_timestamp);
+        put(&base_timestamp.to_be_bytes());
+        put(&self.max_timestamp.to_be_bytes());
+        put(&self.producer_id.to_be_bytes());
+        put(&self.producer_epoch.to_be_bytes());
+        put(&self.base_sequence.to_be_bytes());
+        put(&self.n_records.to_be_bytes());
+        debug_assert_eq!(at, BATCH_HEADER_BYTES);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[CRC_START..]), records);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
     }
 }
 
@@ -293,6 +356,29 @@ mod tests {
     }
 
     use crate::Record;
+
+    #[test]
+    fn finish_encodes_what_build_does() {
+        let big = vec![7u8; 300];
+        for compression in [Compression::None, Compression::Lz4] {
+            let mut b = BatchBuilder::new().producer(3, 2, 9);
+            b.reserve(64);
+            b.push(5, Some(&big), Some(b"v"), &[Header { key: "h".repeat(200), value: None }]);
+            b.push(-70_000, None, Some(&big), &[]);
+            b.push(1 << 40, Some(b""), None, &[Header { key: "x".into(), value: Some(Bytes::from(big.clone())) }]);
+            let built = b.build(compression);
+            assert_eq!(b.finish(compression), built);
+            validate(&built).expect("valid");
+            let records: Vec<Record> =
+                decode_records(&built).expect("decode").collect::<Result<_, _>>().expect("records");
+            assert_eq!(records[0].headers[0].key.len(), 200);
+            assert_eq!(records[1].timestamp, -70_000);
+            assert_eq!(records[2].headers[0].value.as_deref(), Some(&big[..]));
+            assert_eq!(records[2].key.as_deref(), Some(&b""[..]));
+        }
+        let empty = BatchBuilder::new();
+        assert_eq!(empty.clone().finish(Compression::None), empty.build(Compression::None));
+    }
 
     #[test]
     fn stamping_keeps_the_crc_valid() {

@@ -15,6 +15,12 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, value: i32) {
     put_varlong(out, i64::from(value));
 }
 
+/// How many bytes `value` takes zig-zag encoded.
+pub(crate) fn varlong_len(value: i64) -> usize {
+    let v = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Reads a zig-zag varlong from the front of `buf`, returning it and the bytes
 /// consumed, or `None` when the buffer ends first or the value overflows.
 pub(crate) fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
@@ -45,6 +51,7 @@ mod tests {
             let mut out = Vec::new();
             put_varlong(&mut out, value);
             assert_eq!(get_varlong(&out), Some((value, out.len())), "value {value}");
+            assert_eq!(varlong_len(value), out.len(), "length of {value}");
         }
     }
 

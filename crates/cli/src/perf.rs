@@ -2,7 +2,7 @@
 //! options and output shape, so numbers can be set side by side.
 
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -89,7 +89,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
             async move {
                 let mut value = vec![b'x'; size];
                 value[..8].copy_from_slice(&micros_now().to_be_bytes());
-                Ok(producer.send(Record::new(topic, value)).await?)
+                anyhow::Ok(producer.send(Record::new(topic, value)).await?)
             }
         })
         .await?
@@ -152,11 +152,12 @@ pub struct ProduceArgs {
 /// latency counted from a record's due time, where the thread's sleep is
 /// the kernel's fine timer (tens of microseconds late). Each send runs on
 /// the runtime; records already due go out without sleeping.
-async fn paced<F, Fut, T>(n: u64, rate: u64, mut send: F) -> Result<Vec<T>>
+async fn paced<F, Fut, T, E>(n: u64, rate: u64, mut send: F) -> Result<Vec<T>>
 where
     F: FnMut(Instant) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T>>,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
     T: Send + 'static,
+    anyhow::Error: From<E>,
 {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -210,6 +211,9 @@ fn producer_config(props: &[String]) -> Result<ProducerConfig> {
 
 /// What `perf produce` has seen: all records, the current progress
 /// window, and failures.
+/// Shards of [`Stats`] a produce run keeps.
+const STATS_SHARDS: usize = 16;
+
 struct Stats {
     total: Window,
     window: Window,
@@ -242,6 +246,12 @@ impl Window {
         self.bytes += bytes;
     }
 
+    /// Adds what `other` counted.
+    fn add(&mut self, other: &Window) {
+        let _ = self.histogram.add(&other.histogram);
+        self.bytes += other.bytes;
+    }
+
     fn line(&self) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let n = self.histogram.len();
@@ -267,80 +277,90 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let client = Client::new(&args.connection.bootstrap_server)?;
     client.partitions(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
     let producer = Producer::with_config(&client, producer_config(&args.producer_props)?);
-    let value = Bytes::from((0..args.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
+    // One value for every record, leaked once: a static `Bytes` is cloned
+    // and dropped without touching a reference count, which the sending
+    // thread and the partition tasks would otherwise pass back and forth.
+    let value: &'static [u8] =
+        Box::leak((0..args.record_size).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>().into_boxed_slice());
+    let value = Bytes::from_static(value);
     let size = args.record_size as u64;
     let terminal = std::io::stderr().is_terminal();
     // Each record's outcome comes to a callback on the producer's partition
     // task, which records its latency here: no future per record to poll.
-    let stats = Arc::new(Mutex::new(Stats { total: Window::new()?, window: Window::new()?, failed: 0 }));
-    let progress = {
-        let stats = stats.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // The statistics are sharded by partition, so the partition tasks on
+    // different threads do not contend for one lock, and leaked, so no
+    // reference count is passed between threads for each record (the
+    // command ends with them).
+    let stats: &'static [Mutex<Stats>] = Box::leak(
+        (0..STATS_SHARDS)
+            .map(|_| Ok(Mutex::new(Stats { total: Window::new()?, window: Window::new()?, failed: 0 })))
+            .collect::<Result<Vec<_>>>()?
+            .into_boxed_slice(),
+    );
+    let progress = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                let line = {
-                    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                    let line = s.window.line();
-                    if let Ok(fresh) = Window::new() {
-                        s.window = fresh;
-                    }
-                    line
-                };
-                if terminal {
-                    eprintln!("{line}.");
-                } else {
-                    println!("{line}.");
+            let Ok(mut window) = Window::new() else { continue };
+            for (i, shard) in stats.iter().enumerate() {
+                let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok(fresh) = Window::new() else { continue };
+                let old = std::mem::replace(&mut s.window, fresh);
+                if i == 0 {
+                    window.started = old.started;
                 }
+                window.add(&old);
             }
-        }))
-    };
+            let line = window.line();
+            if terminal {
+                eprintln!("{line}.");
+            } else {
+                println!("{line}.");
+            }
+        }
+    }));
     let started = Instant::now();
     // With a target rate, a record's latency counts from when it was due,
     // not when it was sent: a stall is not hidden by the sends it delayed
     // (coordinated omission).
-    let send = {
-        let (producer, stats, topic) = (producer.clone(), stats.clone(), args.topic.clone());
-        move |due: Instant| {
-            let (producer, stats, record) = (producer.clone(), stats.clone(), Record::new(&topic, value.clone()));
-            async move {
-                producer
-                    .send_with_callback(record, move |result| {
-                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                        match result {
-                            Ok(_) => {
-                                let latency = due.elapsed();
-                                s.total.record(latency, size);
-                                s.window.record(latency, size);
-                            }
-                            Err(e) => {
-                                s.failed += 1;
-                                if s.failed <= 10 {
-                                    eprintln!("error: {e}");
-                                }
-                            }
-                        }
-                    })
-                    .await?;
-                anyhow::Ok(())
+    let done = move |due: Instant| {
+        move |result: strata_client::Result<strata_client::RecordMetadata>| {
+            let shard = result.as_ref().map_or(0, |m| m.partition as usize % STATS_SHARDS);
+            let mut s = stats[shard].lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(_) => {
+                    let latency = due.elapsed();
+                    s.total.record(latency, size);
+                    s.window.record(latency, size);
+                }
+                Err(e) => {
+                    s.failed += 1;
+                    if s.failed <= 10 {
+                        eprintln!("error: {e}");
+                    }
+                }
             }
         }
     };
     if args.throughput > 0 {
+        let (producer, topic) = (producer.clone(), args.topic.clone());
+        let send = move |due: Instant| producer.send_with_callback(Record::new(&topic, value.clone()), done(due));
         paced(args.num_records, args.throughput as u64, send).await?;
     } else {
         for _ in 0..args.num_records {
-            send(Instant::now()).await?;
+            producer.send_with_callback(Record::new(&args.topic, value.clone()), done(Instant::now())).await?;
         }
     }
     // Every callback has run once the flush returns.
     producer.flush().await;
     drop(progress);
-    let (total, failed) = {
-        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-        (std::mem::replace(&mut s.total, Window::new()?), s.failed)
-    };
+    let (mut total, mut failed) = (Window::new()?, 0);
+    for shard in stats {
+        let s = shard.lock().unwrap_or_else(|p| p.into_inner());
+        total.add(&s.total);
+        failed += s.failed;
+    }
     producer.close().await;
     let elapsed = started.elapsed().as_secs_f64();
     let h = &total.histogram;

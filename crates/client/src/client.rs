@@ -191,14 +191,17 @@ impl Client {
     /// only when the topic is not known yet): the producer's per-record
     /// question, answered without copying the partition list.
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32> {
-        let cached = |client: &Client| {
-            client.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).topics.get(topic).map(|p| p.len() as u32)
-        };
-        if let Some(n) = cached(self) {
+        if let Some(n) = self.cached_partition_count(topic) {
             return Ok(n);
         }
         self.refresh_metadata(&[topic.to_string()]).await?;
-        cached(self).ok_or_else(|| Error::api(crate::ErrorCode::UnknownTopic, format!("topic {topic} does not exist")))
+        self.cached_partition_count(topic)
+            .ok_or_else(|| Error::api(crate::ErrorCode::UnknownTopic, format!("topic {topic} does not exist")))
+    }
+
+    /// How many partitions `topic` has, if the cache knows it.
+    pub(crate) fn cached_partition_count(&self, topic: &str) -> Option<u32> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).topics.get(topic).map(|p| p.len() as u32)
     }
 
     fn cached_partitions(&self, topic: &str) -> Option<Vec<PartitionInfo>> {

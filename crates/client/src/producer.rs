@@ -156,8 +156,8 @@ impl Record {
 /// Where a record was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared by the records of a partition: no copy per record).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
     /// Offset; -1 when acks is not `All`.
@@ -263,7 +263,10 @@ impl Gathering {
             return;
         }
         self.n_batches += 1;
-        self.full.push_back((self.n_batches, std::mem::take(&mut self.open)));
+        // The next batch likely holds as many records: room for them up
+        // front, rather than growing (and copying) the list as they come.
+        let next = Vec::with_capacity(self.open.len());
+        self.full.push_back((self.n_batches, std::mem::replace(&mut self.open, next)));
         self.open_bytes = 0;
         self.open_since = None;
     }
@@ -282,16 +285,14 @@ impl Accumulator {
     }
 
     /// Adds a record, waiting while the accumulator is full.
-    async fn add(&self, record: PendingRecord, batch_size: usize) -> Result<()> {
-        let size = record.size();
-        let mut record = Some(record);
+    async fn add(&self, record: &mut Option<PendingRecord>, size: usize, batch_size: usize) -> Result<()> {
         loop {
             // Registered before the check, so the task's `notify_waiters`
             // after it takes records cannot fall between the two.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.try_add(&mut record, size, batch_size)? {
+            if self.try_add(record, size, batch_size)? {
                 return Ok(());
             }
             room.await;
@@ -327,17 +328,40 @@ impl Accumulator {
     }
 }
 
+/// What [`Producer::enqueue`] did with a record.
+enum Queued {
+    /// It is in its partition's accumulator.
+    Done,
+    /// It waits for its topic's metadata or for room.
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>),
+}
+
+impl Queued {
+    async fn wait(self) -> Result<()> {
+        match self {
+            Queued::Done => Ok(()),
+            Queued::Waiting(wait) => wait.await,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TopicState {
+    /// Keyless records stick to one partition until about a batch's worth
+    /// was sent there: the partition and the bytes sent to it.
+    sticky: Option<(u32, usize)>,
+    /// Each partition's accumulator, by partition number.
+    accumulators: Vec<Option<Arc<Accumulator>>>,
+}
+
 struct Shared {
     client: Client,
     config: ProducerConfig,
     producer_id: tokio::sync::OnceCell<i64>,
-    /// Each partition's accumulator, by topic then partition (looked up by
-    /// `&str` on every send, so no allocation).
-    partitions: Mutex<HashMap<String, HashMap<u32, Arc<Accumulator>>>>,
+    /// What the producer keeps per topic (looked up by `&str` on every
+    /// send, so no allocation, and under one lock).
+    topics: Mutex<HashMap<String, TopicState>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Keyless records stick to one partition per topic until about a
-    /// batch's worth was sent there.
-    sticky: Mutex<HashMap<String, (u32, usize)>>,
     rng: Mutex<u64>,
     counters: ProducerCounters,
 }
@@ -375,15 +399,16 @@ impl Drop for Handles {
 
 impl Shared {
     fn accumulators(&self) -> Vec<Arc<Accumulator>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner()).values().flat_map(|q| q.values().cloned()).collect()
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.values().flat_map(|t| t.accumulators.iter().flatten().cloned()).collect()
     }
 
     /// Forgets every partition's accumulator and closes it.
     fn close_accumulators(&self) {
         let accumulators: Vec<Arc<Accumulator>> =
-            std::mem::take(&mut *self.partitions.lock().unwrap_or_else(|p| p.into_inner()))
+            std::mem::take(&mut *self.topics.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_values()
-                .flat_map(HashMap::into_values)
+                .flat_map(|t| t.accumulators.into_iter().flatten())
                 .collect();
         for accumulator in accumulators {
             accumulator.close();
@@ -410,9 +435,8 @@ impl Producer {
             client: client.clone(),
             config,
             producer_id: tokio::sync::OnceCell::new(),
-            partitions: Mutex::default(),
+            topics: Mutex::default(),
             tasks: Mutex::default(),
-            sticky: Mutex::default(),
             rng: Mutex::new(seed),
             counters: ProducerCounters::default(),
         });
@@ -425,11 +449,17 @@ impl Producer {
     }
 
     /// Queues a record; the returned future resolves when it is
-    /// acknowledged. Waits only when the partition's queue is full.
-    pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
+    /// acknowledged. The record is queued in this call when its topic is
+    /// known and its partition has room; the future then finishes at its
+    /// first poll. Otherwise the future waits for the topic's metadata or
+    /// for room (back-pressure).
+    pub fn send(&self, record: Record) -> impl Future<Output = Result<DeliveryFuture>> + Send + use<> {
         let (done, rx) = oneshot::channel();
-        self.enqueue(record, Done::Future(done)).await?;
-        Ok(DeliveryFuture { rx })
+        let queued = self.enqueue(record, Done::Future(done));
+        async move {
+            queued?.wait().await?;
+            Ok(DeliveryFuture { rx })
+        }
     }
 
     /// Queues a record like [`Producer::send`], but hands its outcome to
@@ -439,30 +469,42 @@ impl Producer {
     /// on. Cheaper than a future per record when many are in flight.
     /// An error here means the record was not queued, and the callback is
     /// not called.
-    pub async fn send_with_callback(
-        &self,
-        record: Record,
-        callback: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
-    ) -> Result<()> {
-        self.enqueue(record, Done::Callback(Box::new(callback))).await
+    pub fn send_with_callback<F>(&self, record: Record, callback: F) -> impl Future<Output = Result<()>> + Send + use<F>
+    where
+        F: FnOnce(Result<RecordMetadata>) + Send + 'static,
+    {
+        let queued = self.enqueue(record, Done::Callback(Box::new(callback)));
+        async move { queued?.wait().await }
     }
 
-    async fn enqueue(&self, record: Record, done: Done) -> Result<()> {
-        let n = self.shared.client.partition_count(&record.topic).await?;
+    /// Queues the record now if it can; otherwise returns the wait (for
+    /// the topic's metadata, or for room) as a boxed future. The common
+    /// case needs no future at all: what `send` returns stays small, and
+    /// nothing large is moved per record.
+    fn enqueue(&self, record: Record, done: Done) -> Result<Queued> {
+        let Some(n) = self.shared.client.cached_partition_count(&record.topic) else {
+            let producer = self.clone();
+            return Ok(Queued::Waiting(Box::pin(async move {
+                producer.shared.client.partition_count(&record.topic).await?;
+                producer.enqueue(record, done)?.wait().await
+            })));
+        };
         if n == 0 {
             return Err(Error::Invalid(format!("topic {} has no partitions", record.topic)));
         }
         let partition = match (record.partition, &record.key) {
-            (Some(p), _) if p < n => p,
+            (Some(p), _) if p < n => Some(p),
             (Some(p), _) => {
                 return Err(Error::api(
                     ErrorCode::UnknownPartition,
                     format!("topic {} has {n} partitions; there is no partition {p}", record.topic),
                 ));
             }
-            (None, Some(key)) => partition_for_key(key, n),
-            (None, None) => self.sticky_partition(&record.topic, n, record.value.as_ref().map_or(0, Bytes::len)),
+            (None, Some(key)) => Some(partition_for_key(key, n)),
+            (None, None) => None,
         };
+        let value_len = record.value.as_ref().map_or(0, Bytes::len);
+        let accumulator = self.route(&record.topic, partition, n, value_len);
         let pending = PendingRecord {
             timestamp: record.timestamp.unwrap_or_else(now_ms),
             key: record.key,
@@ -470,42 +512,57 @@ impl Producer {
             headers: record.headers,
             done,
         };
-        self.accumulator(&record.topic, partition).add(pending, self.shared.config.batch_size).await
+        let size = pending.size();
+        let batch_size = self.shared.config.batch_size;
+        let mut pending = Some(pending);
+        if accumulator.try_add(&mut pending, size, batch_size)? {
+            return Ok(Queued::Done);
+        }
+        Ok(Queued::Waiting(Box::pin(async move { accumulator.add(&mut pending, size, batch_size).await })))
     }
 
-    fn sticky_partition(&self, topic: &str, n: u32, size: usize) -> u32 {
-        let mut sticky = self.shared.sticky.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = sticky.get_mut(topic) else {
-            let partition = self.random(n);
-            sticky.insert(topic.to_string(), (partition, size.max(1)));
-            return partition;
+    /// The accumulator of `partition` of `topic` (`None`: the sticky
+    /// partition for a keyless record of `size` bytes), started if new.
+    fn route(&self, topic: &str, partition: Option<u32>, n: u32, size: usize) -> Arc<Accumulator> {
+        let mut topics = self.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let state = match topics.get_mut(topic) {
+            Some(state) => state,
+            None => topics.entry(topic.to_string()).or_default(),
         };
-        if entry.1 >= self.shared.config.batch_size && n > 1 {
-            let mut next = self.random(n);
-            if next == entry.0 {
-                next = (next + 1) % n;
-            }
-            *entry = (next, 0);
+        let partition = partition.unwrap_or_else(|| {
+            let batch_size = self.shared.config.batch_size;
+            let sticky = match &mut state.sticky {
+                Some((partition, sent)) if *sent >= batch_size && n > 1 => {
+                    let mut next = self.random(n);
+                    if next == *partition {
+                        next = (next + 1) % n;
+                    }
+                    (*partition, *sent) = (next, 0);
+                    state.sticky.as_mut().expect("just set")
+                }
+                Some(sticky) if sticky.0 < n => sticky,
+                _ => state.sticky.insert((self.random(n), 0)),
+            };
+            sticky.1 += size.max(1);
+            sticky.0
+        });
+        let index = partition as usize;
+        if state.accumulators.len() <= index {
+            state.accumulators.resize(index + 1, None);
         }
-        entry.1 += size.max(1);
-        entry.0
+        if let Some(accumulator) = &state.accumulators[index] {
+            return accumulator.clone();
+        }
+        let accumulator = Arc::new(Accumulator::default());
+        let task = PartitionTask::new(self.shared.clone(), accumulator.clone(), topic.into(), partition);
+        let handle = tokio::spawn(task.run());
+        self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        state.accumulators[index] = Some(accumulator.clone());
+        accumulator
     }
 
     fn random(&self, n: u32) -> u32 {
         (splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner())) % u64::from(n)) as u32
-    }
-
-    fn accumulator(&self, topic: &str, partition: u32) -> Arc<Accumulator> {
-        let mut partitions = self.shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(accumulator) = partitions.get(topic).and_then(|queues| queues.get(&partition)) {
-            return accumulator.clone();
-        }
-        let accumulator = Arc::new(Accumulator::default());
-        let task = PartitionTask::new(self.shared.clone(), accumulator.clone(), topic.to_string(), partition);
-        let handle = tokio::spawn(task.run());
-        self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
-        partitions.entry(topic.to_string()).or_default().insert(partition, accumulator.clone());
-        accumulator
     }
 
     /// Sends every queued record now and waits until all are acknowledged
@@ -608,7 +665,7 @@ type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64>> 
 struct PartitionTask {
     shared: Arc<Shared>,
     accumulator: Arc<Accumulator>,
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     /// Sealed, unacknowledged batches, oldest first; the first `n_sent` are
     /// on the wire.
@@ -623,7 +680,7 @@ struct PartitionTask {
 }
 
 impl PartitionTask {
-    fn new(shared: Arc<Shared>, accumulator: Arc<Accumulator>, topic: String, partition: u32) -> PartitionTask {
+    fn new(shared: Arc<Shared>, accumulator: Arc<Accumulator>, topic: Arc<str>, partition: u32) -> PartitionTask {
         PartitionTask {
             shared,
             accumulator,
@@ -707,6 +764,7 @@ impl PartitionTask {
         if producer_id >= 0 {
             builder = builder.producer(producer_id, self.epoch, first_seq);
         }
+        builder.reserve(records.iter().map(PendingRecord::size).sum());
         for r in records {
             builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
         }
@@ -714,7 +772,7 @@ impl PartitionTask {
             Compression::None => BatchCompression::None,
             Compression::Lz4 => BatchCompression::Lz4,
         };
-        builder.build(compression)
+        builder.finish(compression)
     }
 
     /// Seals a batch taken from the accumulator.
@@ -941,7 +999,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// One produce request of one batch to the partition's leader.
 async fn send_batch(
     client: Client,
-    topic: String,
+    topic: Arc<str>,
     partition: u32,
     batch: Bytes,
     acks: Acks,
@@ -958,7 +1016,7 @@ async fn send_batch(
     let request = pb::ProduceRequest {
         acks: acks.into(),
         timeout_ms: timeout.as_millis() as u32,
-        partitions: vec![pb::PartitionRecords { topic: topic.clone(), partition, batch }],
+        partitions: vec![pb::PartitionRecords { topic: topic.to_string(), partition, batch }],
     };
     let response = match tokio::time::timeout(timeout + Duration::from_secs(5), stub.produce(request)).await {
         Ok(Ok(response)) => response.into_inner(),
@@ -1010,15 +1068,15 @@ mod tests {
     async fn the_accumulator_wakes_its_task_per_batch_and_holds_senders_back_when_full() {
         let accumulator = Arc::new(Accumulator::default());
         let batch_size = 3 * pending(b"v").size();
-        accumulator.add(pending(b"v"), batch_size).await.expect("first");
+        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("first");
         // The first record of a batch wakes the task (a permit is stored).
         tokio::time::timeout(Duration::from_secs(5), accumulator.wake.notified()).await.expect("woken");
-        accumulator.add(pending(b"v"), batch_size).await.expect("second");
+        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("second");
         {
             let gathering = accumulator.lock();
             assert_eq!((gathering.open.len(), gathering.full.len()), (2, 0), "no batch filled yet");
         }
-        accumulator.add(pending(b"v"), batch_size).await.expect("third");
+        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("third");
         {
             let gathering = accumulator.lock();
             assert_eq!(
@@ -1030,11 +1088,11 @@ mod tests {
         }
         // Fill to the limit; the next sender waits for room.
         while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(pending(b"v"), usize::MAX).await.expect("below the limit");
+            accumulator.add(&mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
         }
         let waiting = tokio::spawn({
             let accumulator = accumulator.clone();
-            async move { accumulator.add(pending(b"late"), usize::MAX).await }
+            async move { accumulator.add(&mut Some(pending(b"late")), 1, usize::MAX).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "a full accumulator must hold the sender back");
@@ -1048,11 +1106,11 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("let in").expect("join").expect("added");
         // Once full again, closing answers a waiting sender with Closed.
         while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(pending(b"v"), usize::MAX).await.expect("below the limit");
+            accumulator.add(&mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
         }
         let waiting = tokio::spawn({
             let accumulator = accumulator.clone();
-            async move { accumulator.add(pending(b"late"), usize::MAX).await }
+            async move { accumulator.add(&mut Some(pending(b"late")), 1, usize::MAX).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         accumulator.close();
@@ -1064,8 +1122,8 @@ mod tests {
     async fn a_producer_dropped_without_close_ends_its_partition_tasks() {
         let producer = Producer::new(&Client::new("127.0.0.1:1").expect("client"));
         let clone = producer.clone();
-        drop(producer.accumulator("orders", 0));
-        drop(producer.accumulator("orders", 1));
+        drop(producer.route("orders", Some(0), 2, 1));
+        drop(producer.route("orders", Some(1), 2, 1));
         let shared = Arc::downgrade(&producer.shared);
         drop(producer);
         tokio::time::sleep(Duration::from_millis(50)).await;
