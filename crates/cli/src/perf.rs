@@ -193,6 +193,7 @@ fn producer_config(props: &[String]) -> Result<ProducerConfig> {
             }
             "linger.ms" => config.linger = Duration::from_millis(value.parse().map_err(|_| bad())?),
             "batch.size" => config.batch_size = value.parse().map_err(|_| bad())?,
+            "buffer.memory" => config.buffer_memory = value.parse().map_err(|_| bad())?,
             "compression.type" => {
                 config.compression = match value {
                     "none" => Compression::None,

@@ -16,6 +16,7 @@
 //! batches are never refused for a gap.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub struct ProducerConfig {
     pub retry_backoff_max: Duration,
     /// How long one produce request may wait for its acks. Default 30 s.
     pub request_timeout: Duration,
+    /// Bytes of records the producer may hold, queued or unanswered, before
+    /// `send` waits (Kafka's `buffer.memory`). Default 32 MiB. A record
+    /// larger than this is let in alone.
+    pub buffer_memory: usize,
 }
 
 impl Default for ProducerConfig {
@@ -107,6 +112,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            buffer_memory: 32 * 1024 * 1024,
         }
     }
 }
@@ -225,6 +231,32 @@ impl PendingRecord {
     }
 }
 
+/// The bytes of records a producer holds, from `send` until their batch is
+/// answered (Kafka's `buffer.memory`), shared by its partitions.
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    /// Wakes the senders waiting for bytes to be given back.
+    room: Notify,
+}
+
+impl Budget {
+    /// Takes `size` bytes if they fit (or if nothing is held, so a record
+    /// larger than the limit still goes, alone).
+    fn try_take(&self, size: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used == 0 || used + size <= self.limit).then_some(used + size)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, size: usize) {
+        self.used.fetch_sub(size, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+}
+
 /// A partition's records waiting for their batch: `send` adds to it, the
 /// partition's task takes whole batches from it.
 #[derive(Default)]
@@ -284,28 +316,48 @@ impl Accumulator {
         self.room.notify_waiters();
     }
 
-    /// Adds a record, waiting while the accumulator is full.
-    async fn add(&self, record: &mut Option<PendingRecord>, size: usize, batch_size: usize) -> Result<()> {
+    /// Adds a record, waiting while the accumulator is full or the
+    /// producer's budget is spent.
+    async fn add(
+        &self,
+        budget: &Budget,
+        record: &mut Option<PendingRecord>,
+        size: usize,
+        batch_size: usize,
+    ) -> Result<()> {
         loop {
-            // Registered before the check, so the task's `notify_waiters`
-            // after it takes records cannot fall between the two.
+            // Registered before the check, so a `notify_waiters` after the
+            // task takes records, or after a batch gives its bytes back,
+            // cannot fall between the two.
             let room = self.room.notified();
-            tokio::pin!(room);
+            let bytes = budget.room.notified();
+            tokio::pin!(room, bytes);
             room.as_mut().enable();
-            if self.try_add(record, size, batch_size)? {
+            bytes.as_mut().enable();
+            if self.try_add(budget, record, size, batch_size)? {
                 return Ok(());
             }
-            room.await;
+            tokio::select! {
+                _ = room => {}
+                _ = bytes => {}
+            }
         }
     }
 
-    /// Adds the record unless the accumulator is full; whether it did.
-    fn try_add(&self, record: &mut Option<PendingRecord>, size: usize, batch_size: usize) -> Result<bool> {
+    /// Adds the record unless the accumulator is full or the budget spent;
+    /// whether it did.
+    fn try_add(
+        &self,
+        budget: &Budget,
+        record: &mut Option<PendingRecord>,
+        size: usize,
+        batch_size: usize,
+    ) -> Result<bool> {
         let mut gathering = self.lock();
         if gathering.closed {
             return Err(Error::Closed);
         }
-        if gathering.n_records >= PARTITION_QUEUE_RECORDS {
+        if gathering.n_records >= PARTITION_QUEUE_RECORDS || !budget.try_take(size) {
             return Ok(false);
         }
         let Some(record) = record.take() else { return Ok(true) };
@@ -364,6 +416,7 @@ struct Shared {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rng: Mutex<u64>,
     counters: ProducerCounters,
+    budget: Budget,
 }
 
 /// A producer. Cheap to clone; clones share batches and connections.
@@ -431,6 +484,7 @@ impl Producer {
         config.max_in_flight = config.max_in_flight.max(1);
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x5EED, |d| d.as_nanos() as u64);
+        let budget = Budget { limit: config.buffer_memory, used: AtomicUsize::new(0), room: Notify::new() };
         let shared = Arc::new(Shared {
             client: client.clone(),
             config,
@@ -439,6 +493,7 @@ impl Producer {
             tasks: Mutex::default(),
             rng: Mutex::new(seed),
             counters: ProducerCounters::default(),
+            budget,
         });
         Producer { shared: shared.clone(), _handles: Arc::new(Handles(shared)) }
     }
@@ -515,10 +570,13 @@ impl Producer {
         let size = pending.size();
         let batch_size = self.shared.config.batch_size;
         let mut pending = Some(pending);
-        if accumulator.try_add(&mut pending, size, batch_size)? {
+        if accumulator.try_add(&self.shared.budget, &mut pending, size, batch_size)? {
             return Ok(Queued::Done);
         }
-        Ok(Queued::Waiting(Box::pin(async move { accumulator.add(&mut pending, size, batch_size).await })))
+        let shared = self.shared.clone();
+        Ok(Queued::Waiting(Box::pin(
+            async move { accumulator.add(&shared.budget, &mut pending, size, batch_size).await },
+        )))
     }
 
     /// The accumulator of `partition` of `topic` (`None`: the sticky
@@ -780,7 +838,7 @@ impl PartitionTask {
         let producer_id = match producer_id(self.shared.clone()).await {
             Ok(id) => id,
             Err(error) => {
-                fail(&self.shared.counters, records, &error);
+                fail(&self.shared, records, &error);
                 return;
             }
         };
@@ -841,7 +899,7 @@ impl PartitionTask {
                             ErrorCode::Timeout,
                             format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
                         );
-                        fail(&self.shared.counters, batch.records, &error);
+                        fail(&self.shared, batch.records, &error);
                     }
                     self.restart_sequence().await;
                     self.answer_flushes();
@@ -855,7 +913,7 @@ impl PartitionTask {
             Err(error) => {
                 // Refused for good: this batch was not written.
                 if let Some(batch) = self.queue.pop_front() {
-                    fail(&self.shared.counters, batch.records, &error);
+                    fail(&self.shared, batch.records, &error);
                 }
                 self.drain_window(0).await;
                 self.restart_sequence().await;
@@ -919,6 +977,7 @@ impl PartitionTask {
         ProducerCounters::add(&counters.records_sent, batch.records.len() as u64);
         ProducerCounters::add(&counters.bytes_sent, batch.bytes.len() as u64);
         ProducerCounters::add(&counters.batches_sent, 1);
+        self.shared.budget.give_back(batch.records.iter().map(PendingRecord::size).sum());
         for (i, record) in batch.records.into_iter().enumerate() {
             let offset = if base_offset >= 0 { base_offset + i as i64 } else { -1 };
             let metadata = RecordMetadata {
@@ -982,8 +1041,9 @@ async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
         .copied()
 }
 
-fn fail(counters: &ProducerCounters, records: Vec<PendingRecord>, error: &Error) {
-    ProducerCounters::add(&counters.records_failed, records.len() as u64);
+fn fail(shared: &Shared, records: Vec<PendingRecord>, error: &Error) {
+    ProducerCounters::add(&shared.counters.records_failed, records.len() as u64);
+    shared.budget.give_back(records.iter().map(PendingRecord::size).sum());
     for record in records {
         record.done.finish(Err(error.clone()));
     }
@@ -1053,6 +1113,8 @@ mod tests {
         assert!(partition_for_key(b"21", 12) < 12);
     }
 
+    static UNLIMITED: Budget = Budget { limit: usize::MAX, used: AtomicUsize::new(0), room: Notify::const_new() };
+
     fn pending(value: &'static [u8]) -> PendingRecord {
         let (tx, _rx) = oneshot::channel();
         PendingRecord {
@@ -1068,15 +1130,15 @@ mod tests {
     async fn the_accumulator_wakes_its_task_per_batch_and_holds_senders_back_when_full() {
         let accumulator = Arc::new(Accumulator::default());
         let batch_size = 3 * pending(b"v").size();
-        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("first");
+        accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("first");
         // The first record of a batch wakes the task (a permit is stored).
         tokio::time::timeout(Duration::from_secs(5), accumulator.wake.notified()).await.expect("woken");
-        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("second");
+        accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("second");
         {
             let gathering = accumulator.lock();
             assert_eq!((gathering.open.len(), gathering.full.len()), (2, 0), "no batch filled yet");
         }
-        accumulator.add(&mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("third");
+        accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), pending(b"v").size(), batch_size).await.expect("third");
         {
             let gathering = accumulator.lock();
             assert_eq!(
@@ -1088,11 +1150,11 @@ mod tests {
         }
         // Fill to the limit; the next sender waits for room.
         while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(&mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
+            accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
         }
         let waiting = tokio::spawn({
             let accumulator = accumulator.clone();
-            async move { accumulator.add(&mut Some(pending(b"late")), 1, usize::MAX).await }
+            async move { accumulator.add(&UNLIMITED, &mut Some(pending(b"late")), 1, usize::MAX).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "a full accumulator must hold the sender back");
@@ -1106,16 +1168,41 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("let in").expect("join").expect("added");
         // Once full again, closing answers a waiting sender with Closed.
         while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(&mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
+            accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
         }
         let waiting = tokio::spawn({
             let accumulator = accumulator.clone();
-            async move { accumulator.add(&mut Some(pending(b"late")), 1, usize::MAX).await }
+            async move { accumulator.add(&UNLIMITED, &mut Some(pending(b"late")), 1, usize::MAX).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         accumulator.close();
         let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").expect("join");
         assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn senders_wait_while_the_buffer_memory_is_spent_and_a_lone_large_record_still_goes() {
+        let size = pending(b"v").size();
+        let budget = Arc::new(Budget { limit: 2 * size, used: AtomicUsize::new(0), room: Notify::new() });
+        let accumulator = Arc::new(Accumulator::default());
+        for _ in 0..2 {
+            accumulator.add(&budget, &mut Some(pending(b"v")), size, usize::MAX).await.expect("within the budget");
+        }
+        let waiting = tokio::spawn({
+            let (accumulator, budget) = (accumulator.clone(), budget.clone());
+            async move { accumulator.add(&budget, &mut Some(pending(b"v")), size, usize::MAX).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a spent budget must hold the sender back");
+        assert_eq!(accumulator.lock().n_records, 2);
+        // A batch answered gives its bytes back.
+        budget.give_back(size);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("let in").expect("join").expect("added");
+        assert_eq!(budget.used.load(Ordering::Acquire), 2 * size);
+        // With nothing held, a record larger than the whole budget goes alone.
+        budget.give_back(2 * size);
+        assert!(budget.try_take(10 * size), "a lone large record");
+        assert!(!budget.try_take(1), "nothing beside it");
     }
 
     #[tokio::test]
