@@ -89,6 +89,7 @@ mod client;
 mod consumer;
 mod error;
 mod group;
+mod linger;
 mod metrics;
 mod producer;
 

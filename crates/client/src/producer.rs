@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::linger::{Alarm, LingerClock};
 use crate::metrics::{ProducerCounters, ProducerMetrics};
 
 /// How many of a partition's records may wait in its accumulator before
@@ -304,6 +305,12 @@ impl Gathering {
     }
 }
 
+impl Alarm for Accumulator {
+    fn ring(&self) {
+        self.wake.notify_one();
+    }
+}
+
 impl Accumulator {
     fn lock(&self) -> std::sync::MutexGuard<'_, Gathering> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -417,6 +424,7 @@ struct Shared {
     rng: Mutex<u64>,
     counters: ProducerCounters,
     budget: Budget,
+    linger_clock: LingerClock,
 }
 
 /// A producer. Cheap to clone; clones share batches and connections.
@@ -494,6 +502,7 @@ impl Producer {
             rng: Mutex::new(seed),
             counters: ProducerCounters::default(),
             budget,
+            linger_clock: LingerClock::default(),
         });
         Producer { shared: shared.clone(), _handles: Arc::new(Handles(shared)) }
     }
@@ -735,6 +744,8 @@ struct PartitionTask {
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     retry_at: Option<Instant>,
     attempts: u32,
+    /// The linger end the clock was last asked to ring for.
+    linger_alarm: Option<Instant>,
 }
 
 impl PartitionTask {
@@ -752,6 +763,7 @@ impl PartitionTask {
             flush_waiters: Vec::new(),
             retry_at: None,
             attempts: 0,
+            linger_alarm: None,
         }
     }
 
@@ -766,6 +778,13 @@ impl PartitionTask {
                 continue; // what `take` sealed can go on the wire now
             }
             let room = self.queue.len() < PARTITION_SEALED_BATCHES_MAX;
+            if let Some(end) = linger_end.filter(|end| room && self.linger_alarm != Some(*end)) {
+                // The clock rings on time; tokio's timer below, up to a
+                // millisecond later, is the fallback.
+                self.linger_alarm = Some(end);
+                let alarm: std::sync::Weak<dyn Alarm> = Arc::downgrade(&self.accumulator) as _;
+                self.shared.linger_clock.set(end.into_std(), alarm);
+            }
             tokio::select! {
                 _ = self.accumulator.wake.notified(), if room => {}
                 _ = sleep_until(linger_end), if room && linger_end.is_some() => {}
