@@ -106,7 +106,7 @@ mod tests {
     impl Alarm for Count {
         fn ring(&self) {
             self.0.fetch_add(1, AtomicOrdering::SeqCst);
-            *self.1.lock().unwrap() = Some(Instant::now());
+            *self.1.lock().expect("lock") = Some(Instant::now());
         }
     }
 
@@ -130,7 +130,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(early.0.load(AtomicOrdering::SeqCst), 1);
         assert_eq!(late.0.load(AtomicOrdering::SeqCst), 1);
-        let (early_at, late_at) = (early.1.lock().unwrap().unwrap(), late.1.lock().unwrap().unwrap());
+        let rang_at = |a: &Count| a.1.lock().expect("lock").expect("rang");
+        let (early_at, late_at) = (rang_at(&early), rang_at(&late));
         assert!(early_at >= start + Duration::from_millis(20), "rang before its deadline");
         assert!(late_at >= start + Duration::from_millis(60), "rang before its deadline");
         assert!(early_at < late_at, "out of deadline order");
