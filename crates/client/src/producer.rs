@@ -1145,6 +1145,16 @@ mod tests {
         }
     }
 
+    /// Fills the accumulator to its record limit, then starts one more
+    /// sender, which must wait.
+    async fn fill_then_wait(accumulator: &Arc<Accumulator>) -> JoinHandle<Result<()>> {
+        while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
+            accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
+        }
+        let accumulator = accumulator.clone();
+        tokio::spawn(async move { accumulator.add(&UNLIMITED, &mut Some(pending(b"late")), 1, usize::MAX).await })
+    }
+
     #[tokio::test]
     async fn the_accumulator_wakes_its_task_per_batch_and_holds_senders_back_when_full() {
         let accumulator = Arc::new(Accumulator::default());
@@ -1168,13 +1178,7 @@ mod tests {
             assert_eq!(gathering.full[0].1.len(), 3);
         }
         // Fill to the limit; the next sender waits for room.
-        while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
-        }
-        let waiting = tokio::spawn({
-            let accumulator = accumulator.clone();
-            async move { accumulator.add(&UNLIMITED, &mut Some(pending(b"late")), 1, usize::MAX).await }
-        });
+        let waiting = fill_then_wait(&accumulator).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "a full accumulator must hold the sender back");
         // The task takes the full batch: room for the waiting sender.
@@ -1186,13 +1190,7 @@ mod tests {
         accumulator.room.notify_waiters();
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("let in").expect("join").expect("added");
         // Once full again, closing answers a waiting sender with Closed.
-        while accumulator.lock().n_records < PARTITION_QUEUE_RECORDS {
-            accumulator.add(&UNLIMITED, &mut Some(pending(b"v")), 1, usize::MAX).await.expect("below the limit");
-        }
-        let waiting = tokio::spawn({
-            let accumulator = accumulator.clone();
-            async move { accumulator.add(&UNLIMITED, &mut Some(pending(b"late")), 1, usize::MAX).await }
-        });
+        let waiting = fill_then_wait(&accumulator).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         accumulator.close();
         let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").expect("join");
