@@ -38,12 +38,18 @@ async fn each_acks_level_answers_as_documented_and_every_record_arrives() {
     for (acks, label) in [(Acks::All, "all"), (Acks::Leader, "leader"), (Acks::None, "none")] {
         let producer = Producer::with_config(&client, ProducerConfig { acks, ..ProducerConfig::default() });
         let mut deliveries = Vec::new();
+        let before = std::time::Instant::now();
         for i in 0..10 {
             deliveries
                 .push(producer.send(Record::new("acks", format!("{label}-{i}")).partition(0)).await.expect("send"));
         }
         for (i, delivery) in deliveries.into_iter().enumerate() {
             let meta = delivery.await.expect("acknowledged");
+            let acknowledged = meta.acknowledged_at;
+            assert!(
+                before <= acknowledged && acknowledged <= std::time::Instant::now(),
+                "acknowledged while waited for"
+            );
             match acks {
                 Acks::All => assert_eq!(meta.offset, i as i64, "acks=all reports the offset"),
                 _ => assert_eq!(meta.offset, -1, "acks={label} answers before the offset is known"),

@@ -390,7 +390,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
             },
             None => (None, line),
         };
-        let mut record = Record::new(&args.topic, value);
+        let mut record = Record::new(args.topic.as_str(), value);
         if let Some(key) = key {
             record = record.key(key);
         }

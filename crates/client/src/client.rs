@@ -2,6 +2,7 @@
 //! metadata, shared by producers, consumers and admin.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ struct Inner {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     cache: Mutex<Cache>,
+    /// Bumped whenever the cache's topics change (see
+    /// [`Client::metadata_generation`]).
+    generation: AtomicU64,
 }
 
 /// A handle on a Strata cluster: cheap to clone, shared by everything
@@ -61,7 +65,8 @@ impl Client {
         if bootstrap.is_empty() {
             return Err(Error::Invalid("no bootstrap server given".into()));
         }
-        let inner = Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default() };
+        let inner =
+            Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default(), generation: AtomicU64::new(0) };
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -174,6 +179,7 @@ impl Client {
                 .collect();
             cache.topics.insert(topic.name, partitions);
         }
+        self.inner.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -197,6 +203,12 @@ impl Client {
         self.refresh_metadata(&[topic.to_string()]).await?;
         self.cached_partition_count(topic)
             .ok_or_else(|| Error::api(crate::ErrorCode::UnknownTopic, format!("topic {topic} does not exist")))
+    }
+
+    /// Changes whenever the cached topics change: what a caller read from
+    /// the cache is still what it holds while this has not moved.
+    pub(crate) fn metadata_generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// How many partitions `topic` has, if the cache knows it.
@@ -240,6 +252,7 @@ impl Client {
         }
         *cache.misses.entry((topic.to_string(), partition)).or_default() += 1;
         cache.topics.remove(topic);
+        self.inner.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The offset for a ListOffsets query (-2 earliest, -1 latest, else a
@@ -282,5 +295,18 @@ impl Client {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_a_topic_moves_the_metadata_generation() {
+        let client = Client::new("127.0.0.1:1").expect("client");
+        let before = client.metadata_generation();
+        client.note_error("orders", 0, &Error::Closed);
+        assert!(client.metadata_generation() > before, "a producer's cached partition count must be read again");
     }
 }

@@ -121,8 +121,9 @@ impl Default for ProducerConfig {
 /// A record to send.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
-    /// Topic.
-    pub topic: String,
+    /// Topic. Shared: a sender of many records to one topic can hand the
+    /// same `Arc` to each, so no record copies the name.
+    pub topic: Arc<str>,
     /// Partition; `None` = by key (murmur2, as Kafka), or sticky when keyless.
     pub partition: Option<u32>,
     /// Key.
@@ -137,7 +138,7 @@ pub struct Record {
 
 impl Record {
     /// A record with a value for `topic`.
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Record {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Record {
         Record { topic: topic.into(), value: Some(value.into()), ..Record::default() }
     }
 
@@ -171,6 +172,9 @@ pub struct RecordMetadata {
     pub offset: i64,
     /// The record's timestamp.
     pub timestamp: i64,
+    /// When the producer learned of the acknowledgement (read once per
+    /// batch): a record's latency without a clock read per record.
+    pub acknowledged_at: std::time::Instant,
 }
 
 /// Resolves once the record is acknowledged (or has failed).
@@ -411,6 +415,10 @@ struct TopicState {
     sticky: Option<(u32, usize)>,
     /// Each partition's accumulator, by partition number.
     accumulators: Vec<Option<Arc<Accumulator>>>,
+    /// The topic's partition count and the client's metadata generation
+    /// it was read at: while that is current, a send needs no second
+    /// lookup in the client's cache.
+    partitions: Option<(u32, u64)>,
 }
 
 struct Shared {
@@ -546,12 +554,30 @@ impl Producer {
     /// case needs no future at all: what `send` returns stays small, and
     /// nothing large is moved per record.
     fn enqueue(&self, record: Record, done: Done) -> Result<Queued> {
-        let Some(n) = self.shared.client.cached_partition_count(&record.topic) else {
-            let producer = self.clone();
-            return Ok(Queued::Waiting(Box::pin(async move {
-                producer.shared.client.partition_count(&record.topic).await?;
-                producer.enqueue(record, done)?.wait().await
-            })));
+        // Read before the topic's entry, so a metadata change that lands
+        // in between makes the next record look again.
+        let generation = self.shared.client.metadata_generation();
+        let mut topics = self.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let state = match topics.get_mut(&*record.topic) {
+            Some(state) => state,
+            None => topics.entry(record.topic.to_string()).or_default(),
+        };
+        let n = match state.partitions {
+            Some((n, known)) if known == generation => n,
+            _ => match self.shared.client.cached_partition_count(&record.topic) {
+                Some(n) => {
+                    state.partitions = Some((n, generation));
+                    n
+                }
+                None => {
+                    drop(topics);
+                    let producer = self.clone();
+                    return Ok(Queued::Waiting(Box::pin(async move {
+                        producer.shared.client.partition_count(&record.topic).await?;
+                        producer.enqueue(record, done)?.wait().await
+                    })));
+                }
+            },
         };
         if n == 0 {
             return Err(Error::Invalid(format!("topic {} has no partitions", record.topic)));
@@ -568,7 +594,8 @@ impl Producer {
             (None, None) => None,
         };
         let value_len = record.value.as_ref().map_or(0, Bytes::len);
-        let accumulator = self.route(&record.topic, partition, n, value_len);
+        let accumulator = self.route(state, &record.topic, partition, n, value_len);
+        drop(topics);
         let pending = PendingRecord {
             timestamp: record.timestamp.unwrap_or_else(now_ms),
             key: record.key,
@@ -588,14 +615,17 @@ impl Producer {
         )))
     }
 
-    /// The accumulator of `partition` of `topic` (`None`: the sticky
-    /// partition for a keyless record of `size` bytes), started if new.
-    fn route(&self, topic: &str, partition: Option<u32>, n: u32, size: usize) -> Arc<Accumulator> {
-        let mut topics = self.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
-        let state = match topics.get_mut(topic) {
-            Some(state) => state,
-            None => topics.entry(topic.to_string()).or_default(),
-        };
+    /// The accumulator of `partition` of the topic whose entry is `state`
+    /// (`None`: the sticky partition for a keyless record of `size`
+    /// bytes), started if new.
+    fn route(
+        &self,
+        state: &mut TopicState,
+        topic: &Arc<str>,
+        partition: Option<u32>,
+        n: u32,
+        size: usize,
+    ) -> Arc<Accumulator> {
         let partition = partition.unwrap_or_else(|| {
             let batch_size = self.shared.config.batch_size;
             let sticky = match &mut state.sticky {
@@ -621,7 +651,7 @@ impl Producer {
             return accumulator.clone();
         }
         let accumulator = Arc::new(Accumulator::default());
-        let task = PartitionTask::new(self.shared.clone(), accumulator.clone(), topic.into(), partition);
+        let task = PartitionTask::new(self.shared.clone(), accumulator.clone(), topic.clone(), partition);
         let handle = tokio::spawn(task.run());
         self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
         state.accumulators[index] = Some(accumulator.clone());
@@ -997,6 +1027,7 @@ impl PartitionTask {
         ProducerCounters::add(&counters.bytes_sent, batch.bytes.len() as u64);
         ProducerCounters::add(&counters.batches_sent, 1);
         self.shared.budget.give_back(batch.records.iter().map(PendingRecord::size).sum());
+        let acknowledged_at = std::time::Instant::now();
         for (i, record) in batch.records.into_iter().enumerate() {
             let offset = if base_offset >= 0 { base_offset + i as i64 } else { -1 };
             let metadata = RecordMetadata {
@@ -1004,6 +1035,7 @@ impl PartitionTask {
                 partition: self.partition,
                 offset,
                 timestamp: record.timestamp,
+                acknowledged_at,
             };
             record.done.finish(Ok(metadata));
         }
@@ -1226,8 +1258,12 @@ mod tests {
     async fn a_producer_dropped_without_close_ends_its_partition_tasks() {
         let producer = Producer::new(&Client::new("127.0.0.1:1").expect("client"));
         let clone = producer.clone();
-        drop(producer.route("orders", Some(0), 2, 1));
-        drop(producer.route("orders", Some(1), 2, 1));
+        let topic: Arc<str> = "orders".into();
+        for partition in [0, 1] {
+            let mut topics = producer.shared.topics.lock().expect("topics");
+            let state = topics.entry(topic.to_string()).or_default();
+            drop(producer.route(state, &topic, Some(partition), 2, 1));
+        }
         let shared = Arc::downgrade(&producer.shared);
         drop(producer);
         tokio::time::sleep(Duration::from_millis(50)).await;
