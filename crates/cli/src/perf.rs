@@ -220,7 +220,9 @@ const STATS_SHARDS: usize = 16;
 const SEND_CLOCK_REUSE: u64 = 16;
 
 struct Stats {
+    /// The progress windows already closed.
     total: Window,
+    /// The progress window now open.
     window: Window,
     failed: u64,
 }
@@ -312,6 +314,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
                 let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
                 let Ok(fresh) = Window::new() else { continue };
                 let old = std::mem::replace(&mut s.window, fresh);
+                s.total.add(&old);
                 if i == 0 {
                     window.started = old.started;
                 }
@@ -338,7 +341,8 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             match result {
                 Ok(metadata) => {
                     let latency = metadata.acknowledged_at.saturating_duration_since(due.into_std());
-                    s.total.record(latency, size);
+                    // Into the window only: the window is added to the
+                    // total when it closes, one histogram per record.
                     s.window.record(latency, size);
                 }
                 Err(e) => {
@@ -384,6 +388,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     for shard in stats {
         let s = shard.lock().unwrap_or_else(|p| p.into_inner());
         total.add(&s.total);
+        total.add(&s.window);
         failed += s.failed;
     }
     producer.close().await;
