@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{cluster, wait_for_leaders};
 use strata_client::{Acks, Admin, Client, Consumer, NewTopic, Producer, ProducerConfig, Record, Seek, TopicPartition};
+use strata_raft::FaultRates;
 
 async fn read_all(client: &Client, tp: &TopicPartition, n: usize) -> Vec<String> {
     let mut consumer = Consumer::new(client);
@@ -293,5 +294,55 @@ async fn a_zero_linger_producer_batches_what_is_queued_and_keeps_every_record_in
     );
     let expected: Vec<String> = (0..3001).map(|i| format!("r{i:05}")).collect();
     assert_eq!(read_all(&client, &tp, 3001).await, expected);
+    cluster.shutdown().await;
+}
+
+/// A batch whose linger is over while the in-flight window is full stays
+/// open and gathers the records that come meanwhile, as Kafka's does. The
+/// leader's AppendEntries are delayed (up to 40 ms each), so each acks=all
+/// round trip takes milliseconds: records sent 200 µs apart behind one batch
+/// in flight go out in a few batches, not one batch each, and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_held_back_by_a_full_window_gathers_the_records_that_come_meanwhile() {
+    const N: usize = 200;
+    let cluster = cluster(3, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("window", 1).replication_factor(3)).await.expect("create");
+    wait_for_leaders(&admin, "window").await;
+    let leader = admin.describe_topic("window").await.expect("describe").partitions[0].leader.expect("leader");
+    let faults = cluster.servers[(leader - 1) as usize].cluster().raft_node().faults();
+    let slow = FaultRates { delay_pct: 100, delay_max: Duration::from_millis(40), ..FaultRates::default() };
+    faults.set_rates(slow, 7);
+    let tp = TopicPartition::new("window", 0);
+    let config =
+        ProducerConfig { linger: Duration::ZERO, batch_size: 1 << 20, max_in_flight: 1, ..ProducerConfig::default() };
+    let producer = Producer::with_config(&client, config);
+    let topic: std::sync::Arc<str> = "window".into();
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let record = Record::new(topic.clone(), format!("w{i:05}")).partition(0);
+        deliveries.push(producer.send(record).await.expect("send"));
+        // Shorter than tokio's timer tick, so spun.
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+    }
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        assert_eq!(delivery.await.expect("acknowledged").offset, i as i64, "offsets follow the send order");
+    }
+    let metrics = producer.metrics();
+    producer.close().await;
+    assert!(faults.n_injected() > 0, "no AppendEntries was delayed");
+    faults.heal();
+    assert_eq!(metrics.records_sent, N as u64);
+    assert!(
+        metrics.batches_sent <= 20,
+        "{N} records sent 200 µs apart behind one slow batch in flight went out in {} batches",
+        metrics.batches_sent
+    );
+    let expected: Vec<String> = (0..N).map(|i| format!("w{i:05}")).collect();
+    assert_eq!(read_all(&client, &tp, N).await, expected);
     cluster.shutdown().await;
 }

@@ -827,16 +827,24 @@ impl PartitionTask {
     /// Takes from the accumulator what is ready, as far as there is room
     /// for sealed batches: the full batches, and the open one once its
     /// linger is over (at once when it is zero: no timer, as tokio's round
-    /// up to the next millisecond) or the accumulator is closed. Seals
-    /// them. Returns the open batch's linger end, and whether the
-    /// accumulator is closed and empty.
+    /// up to the next millisecond) and it can go on the wire at once, or
+    /// the accumulator is closed. Seals them. Returns when the open batch's
+    /// linger ends (`None` once it is over), and whether the accumulator
+    /// is closed and empty.
+    ///
+    /// A batch whose linger is over while the in-flight window is full (or
+    /// a retry waits) stays open and gathers records until a batch is
+    /// answered, as Kafka's does: under load a short linger makes larger
+    /// batches, not a queue of small ones.
     async fn take(&mut self) -> (Option<Instant>, bool) {
         let room = PARTITION_SEALED_BATCHES_MAX.saturating_sub(self.queue.len());
         let linger = self.shared.config.linger;
         let (batches, linger_end, done) = {
             let mut gathering = self.accumulator.lock();
             let linger_over = gathering.open_since.is_some_and(|since| since + linger <= Instant::now());
-            if (linger_over || gathering.closed) && gathering.full.len() < room {
+            let sendable =
+                self.retry_at.is_none() && self.queue.len() + gathering.full.len() < self.shared.config.max_in_flight;
+            if ((linger_over && sendable) || gathering.closed) && gathering.full.len() < room {
                 gathering.close_open();
             }
             let n = gathering.full.len().min(room);
@@ -854,7 +862,9 @@ impl PartitionTask {
                 }
             }
             let done = gathering.closed && gathering.open.is_empty() && gathering.full.is_empty();
-            (batches, gathering.open_since.map(|since| since + linger), done)
+            // Over and held back: an answer, not the timer, lets it go.
+            let linger_end = gathering.open_since.map(|since| since + linger).filter(|_| !linger_over);
+            (batches, linger_end, done)
         };
         if !batches.is_empty() {
             self.accumulator.room.notify_waiters();
