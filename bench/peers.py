@@ -351,9 +351,14 @@ def produce_scenario(rf):
 # commits thousands of small entries a second, and on this 2-vCPU machine
 # the per-entry cost of three synced replicas is what falls behind. Large
 # batches with a 1 ms linger send about a thousand entries a second at
-# 50 MB/s, each record waiting at most the linger for its batch.
+# 50 MB/s, each record waiting at most the linger for its batch. The third
+# is what a Kafka user tunes for latency: no linger and one batch in flight
+# per partition, so a batch goes as soon as the previous one is answered and
+# holds what came meanwhile (batches size themselves to the round trip).
 LATENCY_PROPS = [("default", ("acks=all",)),
-                 ("linger1-1mib", ("acks=all", "linger.ms=1", "batch.size=1048576"))]
+                 ("linger1-1mib", ("acks=all", "linger.ms=1", "batch.size=1048576")),
+                 ("linger0-inflight1-1mib", ("acks=all", "linger.ms=0", "batch.size=1048576",
+                                             "max.in.flight.requests.per.connection=1"))]
 
 
 def latency_scenario():
