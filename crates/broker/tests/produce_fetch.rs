@@ -221,6 +221,68 @@ async fn send_with_callback_reports_each_record_once_with_its_offset() {
     cluster.shutdown().await;
 }
 
+/// Tagged records are answered once per batch, to the producer's delivery
+/// handler, each with its tag and offset; records sent the other ways in
+/// the same batches are answered their own way; a failed batch reports its
+/// tagged records' error; a producer without a handler refuses the send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn send_tagged_reports_each_batch_once_with_its_records_tags_and_offsets() {
+    use std::sync::{Arc, Mutex};
+    use strata_client::{DeliveredBatch, ErrorCode};
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("tagged", 1).config("max.message.bytes", "40000")).await.expect("create");
+    wait_for_leaders(&admin, "tagged").await;
+    // (tag, offset, timestamp) per record, and one entry per handler call.
+    type Seen = Arc<Mutex<(Vec<(u64, i64, i64)>, Vec<std::result::Result<usize, ErrorCode>>)>>;
+    let seen: Seen = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        move |batch: &DeliveredBatch<'_>| {
+            let mut seen = seen.lock().expect("lock");
+            assert_eq!((batch.topic, batch.partition), ("tagged", 0));
+            let records: Vec<_> = batch.records().collect();
+            assert_eq!(records.len(), batch.len());
+            seen.0.extend(records.iter().map(|r| (r.tag, r.offset, r.timestamp)));
+            seen.1.push(batch.outcome.map(|_| batch.len()).map_err(|e| e.code().expect("an API error")));
+        }
+    };
+    let config = ProducerConfig { linger: Duration::from_millis(20), ..ProducerConfig::default() };
+    let producer = Producer::with_delivery_handler(&client, config, handler);
+    // 300 tagged records with a future-answered one in the middle: one
+    // linger, so they share batches.
+    let mut middle = None;
+    for i in 0..300u64 {
+        let record =
+            Record { timestamp: Some(1_000 + i as i64), ..Record::new("tagged", format!("v{i}")).partition(0) };
+        producer.send_tagged(record, 7_000 + i).await.expect("queued");
+        if i == 149 {
+            middle = Some(producer.send(Record::new("tagged", "middle").partition(0)).await.expect("queued"));
+        }
+    }
+    producer.flush().await;
+    assert_eq!(middle.expect("sent").await.expect("acknowledged").offset, 150);
+    let (records, calls) = std::mem::take(&mut *seen.lock().expect("lock"));
+    let expected: Vec<(u64, i64, i64)> =
+        (0..300u64).map(|i| (7_000 + i, if i < 150 { i as i64 } else { i as i64 + 1 }, 1_000 + i as i64)).collect();
+    assert_eq!(records, expected, "each tagged record reported once, in order, with its offset and timestamp");
+    assert!(calls.len() < 300, "reported per batch, not per record: {} calls", calls.len());
+    assert_eq!(calls.iter().map(|c| *c.as_ref().expect("acknowledged")).sum::<usize>(), 300);
+    // A batch the broker refuses: its tagged record is reported failed.
+    producer.send_tagged(Record::new("tagged", vec![b'v'; 50_000]).partition(0), 42).await.expect("queued");
+    producer.flush().await;
+    let (records, calls) = std::mem::take(&mut *seen.lock().expect("lock"));
+    assert_eq!(records.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(), vec![(42, -1)]);
+    assert_eq!(calls, vec![Err(ErrorCode::MessageTooLarge)]);
+    producer.close().await;
+    // Without a handler a tagged send is refused at once.
+    let plain = Producer::new(&client);
+    assert!(plain.send_tagged(Record::new("tagged", "x").partition(0), 1).await.is_err());
+    plain.close().await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_callback_does_not_stop_the_partition_or_lose_the_records_after_it() {
     // A callback is user code run on the producer's partition task; Kafka

@@ -102,6 +102,7 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Rebala
 pub use error::{Error, ErrorCode, Result};
 pub use metrics::{ConsumerMetrics, ProducerMetrics};
 pub use producer::{
-    Acks, Compression, DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata, murmur2, partition_for_key,
+    Acks, Compression, DeliveredBatch, DeliveryFuture, DeliveryHandler, Producer, ProducerConfig, Record,
+    RecordMetadata, TaggedRecord, murmur2, partition_for_key,
 };
 pub use strata_batch::Header;

@@ -198,11 +198,92 @@ struct PendingRecord {
     done: Done,
 }
 
-/// Where a record's outcome goes: the future `send` returned, or the
-/// callback given to `send_with_callback`.
+/// Where a record's outcome goes: the future `send` returned, the
+/// callback given to `send_with_callback`, or (for `send_tagged`) the
+/// producer's [`DeliveryHandler`], once per batch, with the record's tag.
 enum Done {
     Future(oneshot::Sender<Result<RecordMetadata>>),
     Callback(Box<dyn FnOnce(Result<RecordMetadata>) + Send>),
+    Tag(u64),
+}
+
+/// Receives the outcomes of the records sent with [`Producer::send_tagged`]:
+/// one call per batch, on the partition's task, so it should be quick. A
+/// panic in it is caught and logged. For a sender of very many records
+/// this costs no allocation and no call per record, where a callback costs
+/// both.
+pub trait DeliveryHandler: Send + Sync + 'static {
+    /// A batch holding tagged records was acknowledged or failed.
+    fn delivered(&self, batch: &DeliveredBatch<'_>);
+}
+
+impl<F: Fn(&DeliveredBatch<'_>) + Send + Sync + 'static> DeliveryHandler for F {
+    fn delivered(&self, batch: &DeliveredBatch<'_>) {
+        self(batch)
+    }
+}
+
+/// One batch's outcome, for a [`DeliveryHandler`].
+pub struct DeliveredBatch<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: u32,
+    /// The offset of the batch's first record (-1 when acks is not `All`),
+    /// or why the batch failed.
+    pub outcome: std::result::Result<i64, &'a Error>,
+    /// When the producer learned of the outcome.
+    pub acknowledged_at: std::time::Instant,
+    records: &'a [PendingRecord],
+}
+
+/// A tagged record of a [`DeliveredBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaggedRecord {
+    /// The tag given to `send_tagged`.
+    pub tag: u64,
+    /// Its offset; -1 when acks is not `All` or the batch failed.
+    pub offset: i64,
+    /// Its timestamp.
+    pub timestamp: i64,
+}
+
+impl DeliveredBatch<'_> {
+    /// The batch's tagged records, in order. (Records of the batch sent
+    /// with `send` or `send_with_callback` are answered their own way.)
+    pub fn records(&self) -> impl Iterator<Item = TaggedRecord> + '_ {
+        let base = self.outcome.as_ref().ok().copied().filter(|b| *b >= 0);
+        self.records.iter().enumerate().filter_map(move |(i, r)| match r.done {
+            Done::Tag(tag) => {
+                Some(TaggedRecord { tag, offset: base.map_or(-1, |b| b + i as i64), timestamp: r.timestamp })
+            }
+            _ => None,
+        })
+    }
+
+    /// How many of the batch's records are tagged.
+    pub fn len(&self) -> usize {
+        self.records.iter().filter(|r| matches!(r.done, Done::Tag(_))).count()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Runs user code on a partition task: a panic there must not stop the
+/// task (and with it every later record of the partition), so it is
+/// caught and logged, as Kafka does.
+fn run_user_code(what: &str, code: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(code)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".into());
+        tracing::error!(panic = %message, "a {what} panicked; the producer carries on");
+    }
 }
 
 impl Done {
@@ -211,19 +292,9 @@ impl Done {
             Done::Future(tx) => {
                 let _ = tx.send(outcome);
             }
-            Done::Callback(callback) => {
-                // User code on the partition task: a panic there must not
-                // stop the task (and with it every later record of the
-                // partition), so it is caught and logged, as Kafka does.
-                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(outcome))) {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(not a string)".into());
-                    tracing::error!(panic = %message, "a send callback panicked; the producer carries on");
-                }
-            }
+            Done::Callback(callback) => run_user_code("send callback", || callback(outcome)),
+            // Answered with its batch, by the delivery handler.
+            Done::Tag(_) => {}
         }
     }
 }
@@ -433,6 +504,8 @@ struct Shared {
     counters: ProducerCounters,
     budget: Budget,
     linger_clock: LingerClock,
+    /// Where the outcomes of tagged records go.
+    delivery: Option<Arc<dyn DeliveryHandler>>,
 }
 
 /// A producer. Cheap to clone; clones share batches and connections.
@@ -493,7 +566,17 @@ impl Producer {
 
     /// A producer with `config`. Idempotence needs acks = all and at most
     /// 5 batches in flight; other settings turn it off.
-    pub fn with_config(client: &Client, mut config: ProducerConfig) -> Producer {
+    pub fn with_config(client: &Client, config: ProducerConfig) -> Producer {
+        Producer::build(client, config, None)
+    }
+
+    /// A producer with `config` whose [`Producer::send_tagged`] records are
+    /// answered to `handler`, one call per batch.
+    pub fn with_delivery_handler(client: &Client, config: ProducerConfig, handler: impl DeliveryHandler) -> Producer {
+        Producer::build(client, config, Some(Arc::new(handler)))
+    }
+
+    fn build(client: &Client, mut config: ProducerConfig, delivery: Option<Arc<dyn DeliveryHandler>>) -> Producer {
         if config.acks != Acks::All || config.max_in_flight > 5 {
             config.idempotence = false;
         }
@@ -511,6 +594,7 @@ impl Producer {
             counters: ProducerCounters::default(),
             budget,
             linger_clock: LingerClock::default(),
+            delivery,
         });
         Producer { shared: shared.clone(), _handles: Arc::new(Handles(shared)) }
     }
@@ -546,6 +630,19 @@ impl Producer {
         F: FnOnce(Result<RecordMetadata>) + Send + 'static,
     {
         let queued = self.enqueue(record, Done::Callback(Box::new(callback)));
+        async move { queued?.wait().await }
+    }
+
+    /// Queues a record like [`Producer::send`]; its outcome goes, with
+    /// `tag`, to the producer's [`DeliveryHandler`] together with the rest
+    /// of its batch: no future, callback or allocation per record. Fails
+    /// when the producer was made without a handler. An error here means
+    /// the record was not queued, and it is not reported.
+    pub fn send_tagged(&self, record: Record, tag: u64) -> impl Future<Output = Result<()>> + Send + use<> {
+        let queued = match self.shared.delivery {
+            Some(_) => self.enqueue(record, Done::Tag(tag)),
+            None => Err(Error::Invalid("send_tagged needs a producer made with a delivery handler".into())),
+        };
         async move { queued?.wait().await }
     }
 
@@ -897,7 +994,7 @@ impl PartitionTask {
         let producer_id = match producer_id(self.shared.clone()).await {
             Ok(id) => id,
             Err(error) => {
-                fail(&self.shared, records, &error);
+                self.fail(records, &error);
                 return;
             }
         };
@@ -958,7 +1055,7 @@ impl PartitionTask {
                             ErrorCode::Timeout,
                             format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
                         );
-                        fail(&self.shared, batch.records, &error);
+                        self.fail(batch.records, &error);
                     }
                     self.restart_sequence().await;
                     self.answer_flushes();
@@ -972,7 +1069,7 @@ impl PartitionTask {
             Err(error) => {
                 // Refused for good: this batch was not written.
                 if let Some(batch) = self.queue.pop_front() {
-                    fail(&self.shared, batch.records, &error);
+                    self.fail(batch.records, &error);
                 }
                 self.drain_window(0).await;
                 self.restart_sequence().await;
@@ -1038,7 +1135,11 @@ impl PartitionTask {
         ProducerCounters::add(&counters.batches_sent, 1);
         self.shared.budget.give_back(batch.records.iter().map(PendingRecord::size).sum());
         let acknowledged_at = std::time::Instant::now();
+        self.report_tagged(&batch.records, Ok(base_offset), acknowledged_at);
         for (i, record) in batch.records.into_iter().enumerate() {
+            if let Done::Tag(_) = record.done {
+                continue;
+            }
             let offset = if base_offset >= 0 { base_offset + i as i64 } else { -1 };
             let metadata = RecordMetadata {
                 topic: self.topic.clone(),
@@ -1049,6 +1150,33 @@ impl PartitionTask {
             };
             record.done.finish(Ok(metadata));
         }
+    }
+
+    /// Fails a batch's records.
+    fn fail(&self, records: Vec<PendingRecord>, error: &Error) {
+        let shared = &self.shared;
+        ProducerCounters::add(&shared.counters.records_failed, records.len() as u64);
+        shared.budget.give_back(records.iter().map(PendingRecord::size).sum());
+        self.report_tagged(&records, Err(error), std::time::Instant::now());
+        for record in records {
+            record.done.finish(Err(error.clone()));
+        }
+    }
+
+    /// Hands the outcome of a batch's tagged records, if it has any, to the
+    /// delivery handler.
+    fn report_tagged(
+        &self,
+        records: &[PendingRecord],
+        outcome: std::result::Result<i64, &Error>,
+        acknowledged_at: std::time::Instant,
+    ) {
+        let Some(handler) = &self.shared.delivery else { return };
+        if !records.iter().any(|r| matches!(r.done, Done::Tag(_))) {
+            return;
+        }
+        let batch = DeliveredBatch { topic: &self.topic, partition: self.partition, outcome, acknowledged_at, records };
+        run_user_code("delivery handler", || handler.delivered(&batch));
     }
 
     /// Answers the flushes whose batches are all done.
@@ -1100,14 +1228,6 @@ async fn producer_id(shared: Arc<Shared>) -> Result<i64> {
         })
         .await
         .copied()
-}
-
-fn fail(shared: &Shared, records: Vec<PendingRecord>, error: &Error) {
-    ProducerCounters::add(&shared.counters.records_failed, records.len() as u64);
-    shared.budget.give_back(records.iter().map(PendingRecord::size).sum());
-    for record in records {
-        record.done.finish(Err(error.clone()));
-    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
