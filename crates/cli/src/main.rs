@@ -121,6 +121,12 @@ enum LogFormat {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    if !matches!(cli.command, Command::Server(_) | Command::Dev(_)) {
+        // A client command says what went wrong on the way (a retried
+        // request, say) on stderr, as Kafka's tools do; its output stays
+        // on stdout.
+        init_logs(LogFormat::Text, tracing::Level::WARN, &Export::default());
+    }
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server(args).await,
@@ -142,17 +148,16 @@ type Export = Option<otlp::Otlp>;
 #[cfg(not(feature = "otlp"))]
 type Export = ();
 
-/// Logs to stderr: Strata's own at `STRATA_LOG` (default info), its
+/// Logs to stderr: Strata's own at `STRATA_LOG` (default `default`), its
 /// libraries' at warn and above; with `export`, the same spans also go to
 /// the OpenTelemetry collector.
-fn init_logs(format: LogFormat, export: &Export) {
+fn init_logs(format: LogFormat, default: tracing::Level, export: &Export) {
     use std::io::IsTerminal;
     use tracing_subscriber::Layer;
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let level =
-        std::env::var("STRATA_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
+    let level = std::env::var("STRATA_LOG").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(default);
     let targets = Targets::new().with_default(tracing::Level::WARN.min(level)).with_target("strata", level);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let fmt = match format {
@@ -177,7 +182,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     };
     #[cfg(not(feature = "otlp"))]
     let export: Export = ();
-    init_logs(args.log_format, &export);
+    init_logs(args.log_format, tracing::Level::INFO, &export);
     let mut builder = strata_broker::ConfigBuilder::new();
     if let Some(path) = &args.config {
         builder = builder.file(path)?;

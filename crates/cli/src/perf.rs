@@ -403,6 +403,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     }
     producer.close().await;
     let elapsed = started.elapsed().as_secs_f64();
+    let sent = producer.metrics();
     let h = &total.histogram;
     let n = h.len();
     let ms = |v: u64| v as f64 / 1000.0;
@@ -426,6 +427,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             "records": n,
             "failed": failed,
             "seconds": elapsed,
+            "batches": sent.batches_sent,
+            "retries": sent.retries,
+            "epoch_restarts": sent.epoch_restarts,
             "records_per_sec": n as f64 / elapsed,
             "mb_per_sec": total.bytes as f64 / elapsed / (1024.0 * 1024.0),
             "latency_ms": {

@@ -839,6 +839,16 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The wait before retry number `retry` (counted from 1): `retry_backoff`
+/// for the first, doubled for each after it up to `retry_backoff_max`, as
+/// Kafka's producer waits; ±20% jitter (from `random`), so producers
+/// retrying together spread out.
+fn retry_backoff(config: &ProducerConfig, retry: u32, random: u64) -> Duration {
+    let exp = config.retry_backoff.saturating_mul(1 << retry.saturating_sub(1).min(10));
+    let capped = exp.min(config.retry_backoff_max);
+    capped.mul_f64(0.8 + (random % 41) as f64 / 100.0)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -1064,6 +1074,12 @@ impl PartitionTask {
                 self.attempts += 1;
                 ProducerCounters::add(&self.shared.counters.retries, 1);
                 let backoff = error.retry_after().unwrap_or_else(|| self.backoff());
+                // As Kafka's producer does: a retry is worth a line, since
+                // it holds the partition's records back for the backoff.
+                tracing::warn!(
+                    topic = %self.topic, partition = self.partition, attempt = self.attempts, ?backoff, %error,
+                    "a produce request failed; retrying"
+                );
                 self.retry_at = Some(Instant::now() + backoff);
             }
             Err(error) => {
@@ -1120,12 +1136,8 @@ impl PartitionTask {
     }
 
     fn backoff(&self) -> Duration {
-        let config = &self.shared.config;
-        let exp = config.retry_backoff.saturating_mul(1 << self.attempts.min(10));
-        let capped = exp.min(config.retry_backoff_max);
-        // ±20% jitter, so producers retrying together spread out.
-        let jitter = splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner())) % 41;
-        capped.mul_f64(0.8 + jitter as f64 / 100.0)
+        let random = splitmix(&mut self.shared.rng.lock().unwrap_or_else(|p| p.into_inner()));
+        retry_backoff(&self.shared.config, self.attempts, random)
     }
 
     fn complete(&self, batch: Sealed, base_offset: i64) {
@@ -1292,6 +1304,22 @@ mod tests {
         assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
         assert_eq!(murmur2(b"abc"), 479470107);
         assert!(partition_for_key(b"21", 12) < 12);
+    }
+
+    #[test]
+    fn the_first_retry_waits_the_configured_backoff_and_each_later_one_twice_as_long_up_to_the_max() {
+        let config = ProducerConfig::default(); // 100 ms, at most 1 s
+        let range = |retry: u32| {
+            let waits: Vec<Duration> = (0..41).map(|random| retry_backoff(&config, retry, random)).collect();
+            (*waits.iter().min().expect("some"), *waits.iter().max().expect("some"))
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(range(1), (ms(80), ms(120)));
+        assert_eq!(range(2), (ms(160), ms(240)));
+        assert_eq!(range(3), (ms(320), ms(480)));
+        assert_eq!(range(4), (ms(640), ms(960)));
+        assert_eq!(range(5), (ms(800), ms(1200)), "capped at retry_backoff_max, jitter on top");
+        assert_eq!(range(40), (ms(800), ms(1200)));
     }
 
     static UNLIMITED: Budget = Budget { limit: usize::MAX, used: AtomicUsize::new(0), room: Notify::const_new() };

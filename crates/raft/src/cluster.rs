@@ -56,8 +56,9 @@ pub struct ClusterNode {
     controller: Group,
     peers: BTreeMap<u64, String>,
     /// Set once this node's copy of the metadata caught up (see
-    /// `metadata_caught_up`); never cleared.
-    caught_up: std::sync::atomic::AtomicBool,
+    /// `metadata_caught_up`), by a task watching the controller group from
+    /// the start; never cleared.
+    caught_up: Arc<std::sync::atomic::AtomicBool>,
     /// The client API address this node announces to the cluster.
     client_addr: Arc<std::sync::Mutex<Option<String>>>,
     reconciler: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -106,11 +107,13 @@ impl ClusterNode {
             client_addr: client_addr.clone(),
         };
         let reconciler = tokio::spawn(reconciler.run());
+        let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(watch_catch_up(controller.clone(), caught_up.clone()));
         Ok(ClusterNode {
             node,
             controller,
             peers,
-            caught_up: std::sync::atomic::AtomicBool::new(false),
+            caught_up,
             client_addr,
             reconciler: std::sync::Mutex::new(Some(reconciler)),
         })
@@ -132,20 +135,15 @@ impl ClusterNode {
     /// leader reported committed. A node just restarted serves stale
     /// metadata until then (topics it does not know yet), so clients are
     /// sent elsewhere meanwhile. Once true, stays true.
+    ///
+    /// It is latched by a task that sees every change of the controller
+    /// group's state, not computed when a client asks: under steady
+    /// metadata traffic a node's applied index trails the committed one
+    /// for a moment after each commit, and a node first asked in such a
+    /// moment (long after it caught up) turned the client away, which then
+    /// waited out a retry backoff.
     pub fn metadata_caught_up(&self) -> bool {
-        use openraft::async_runtime::WatchReceiver;
-        use std::sync::atomic::Ordering;
-        if self.caught_up.load(Ordering::Acquire) {
-            return true;
-        }
-        let metrics = self.controller.raft.metrics().borrow_watched().clone();
-        let applied = metrics.last_applied.map(|id| id.index);
-        let committed = metrics.cluster_committed.map(|id| id.index);
-        let caught_up = metrics.current_leader.is_some() && applied >= committed;
-        if caught_up {
-            self.caught_up.store(true, Ordering::Release);
-        }
-        caught_up
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// This node's copy of the cluster metadata, once it holds every
@@ -441,6 +439,28 @@ fn now_ms() -> i64 {
 /// announces this node's client address, opens assigned groups, initializes
 /// groups it created, carries out reassignments of groups it leads, and
 /// closes the groups of deleted topics.
+/// Sets `caught_up` the first time the controller group has a leader and
+/// this node has applied everything that leader reported committed; ends
+/// then, or when the group stops.
+async fn watch_catch_up(controller: Group, caught_up: Arc<std::sync::atomic::AtomicBool>) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = controller.raft.metrics();
+    drop(controller);
+    loop {
+        let done = {
+            let m = metrics.borrow_watched();
+            m.current_leader.is_some() && m.last_applied.map(|id| id.index) >= m.cluster_committed.map(|id| id.index)
+        };
+        if done {
+            caught_up.store(true, std::sync::atomic::Ordering::Release);
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 struct Reconciler {
     node: Arc<RaftNode>,
     controller: Group,
