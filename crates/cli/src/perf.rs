@@ -82,23 +82,34 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         }
         anyhow::Ok(histogram)
     });
-    let producer = Producer::with_config(&client, producer_config(&args.producer_props)?);
-    let deliveries = {
-        let (producer, topic, size) = (producer.clone(), args.topic.clone(), args.record_size);
-        paced(n, args.throughput, move |_due| {
-            let (producer, topic) = (producer.clone(), topic.clone());
-            async move {
-                let mut value = vec![b'x'; size];
-                value[..8].copy_from_slice(&micros_now().to_be_bytes());
-                anyhow::Ok(producer.send(Record::new(topic, value)).await?)
-            }
-        })
-        .await?
+    // Outcomes come per batch, through a delivery handler: no future held
+    // per record until the end. The latency is the consumer's to measure;
+    // the producer only has to report what failed.
+    let failed: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
+    let first_error: &'static Mutex<Option<String>> = Box::leak(Box::default());
+    let handler = move |batch: &DeliveredBatch<'_>| {
+        if let Err(e) = batch.outcome {
+            failed.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+        }
     };
-    for delivery in deliveries {
-        delivery.await?;
+    let producer = Producer::with_delivery_handler(&client, producer_config(&args.producer_props)?, handler);
+    {
+        let (producer, size) = (producer.clone(), args.record_size);
+        let topic: Arc<str> = args.topic.as_str().into();
+        paced(n, args.throughput, move |_due| {
+            let mut value = vec![b'x'; size];
+            value[..8].copy_from_slice(&micros_now().to_be_bytes());
+            producer.send_tagged(Record::new(topic.clone(), value), 0)
+        })
+        .await?;
     }
     producer.close().await;
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        let error = first_error.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        bail!("{failed} records were not written (first error: {error})");
+    }
     let h = reader.await.context("reader")??;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
