@@ -229,11 +229,10 @@ const STATS_SHARDS: usize = 16;
 /// share one reading of the clock as their send time.
 const SEND_CLOCK_REUSE: u64 = 16;
 
-/// What `perf produce` has seen: all records, the current progress
-/// window, and failures.
+/// What a shard of `perf produce`'s statistics has seen since the last
+/// progress line, and its failures. The closed windows are added up apart,
+/// outside the shards' locks.
 struct Stats {
-    /// The progress windows already closed.
-    total: Window,
     /// The progress window now open.
     window: Window,
     failed: u64,
@@ -309,7 +308,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     // them).
     let stats: &'static [Mutex<Stats>] = Box::leak(
         (0..STATS_SHARDS)
-            .map(|_| Ok(Mutex::new(Stats { total: Window::new()?, window: Window::new()?, failed: 0 })))
+            .map(|_| Ok(Mutex::new(Stats { window: Window::new()?, failed: 0 })))
             .collect::<Result<Vec<_>>>()?
             .into_boxed_slice(),
     );
@@ -344,6 +343,10 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         }
     };
     let producer = Producer::with_delivery_handler(&client, producer_config(&args.producer_props)?, handler);
+    // The windows closed so far. A shard's lock is held only to swap its
+    // window for a fresh one (made before): the handler waiting for it
+    // runs on the producer's partition task.
+    let closed: &'static Mutex<Window> = Box::leak(Box::new(Mutex::new(Window::new()?)));
     let progress = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
@@ -351,10 +354,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             tick.tick().await;
             let Ok(mut window) = Window::new() else { continue };
             for (i, shard) in stats.iter().enumerate() {
-                let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
                 let Ok(fresh) = Window::new() else { continue };
-                let old = std::mem::replace(&mut s.window, fresh);
-                s.total.add(&old);
+                let old = std::mem::replace(&mut shard.lock().unwrap_or_else(|p| p.into_inner()).window, fresh);
+                closed.lock().unwrap_or_else(|p| p.into_inner()).add(&old);
                 if i == 0 {
                     window.started = old.started;
                 }
@@ -406,9 +408,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     producer.flush().await;
     drop(progress);
     let (mut total, mut failed) = (Window::new()?, 0);
+    total.add(&closed.lock().unwrap_or_else(|p| p.into_inner()));
     for shard in stats {
         let s = shard.lock().unwrap_or_else(|p| p.into_inner());
-        total.add(&s.total);
         total.add(&s.window);
         failed += s.failed;
     }
