@@ -148,7 +148,7 @@ type Export = Option<otlp::Otlp>;
 #[cfg(not(feature = "otlp"))]
 type Export = ();
 
-/// Logs to stderr: Strata's own at `STRATA_LOG` (default `default`), its
+/// Logs to stderr: Strata's own at `STRATA_LOG` (else at `default`), its
 /// libraries' at warn and above; with `export`, the same spans also go to
 /// the OpenTelemetry collector.
 fn init_logs(format: LogFormat, default: tracing::Level, export: &Export) {

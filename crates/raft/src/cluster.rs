@@ -434,11 +434,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Keeps this node in line with the metadata: registers peers (controller
-/// leader), adds brokers to the controller as learners (controller leader),
-/// announces this node's client address, opens assigned groups, initializes
-/// groups it created, carries out reassignments of groups it leads, and
-/// closes the groups of deleted topics.
 /// Sets `caught_up` the first time the controller group has a leader and
 /// this node has applied everything that leader reported committed; ends
 /// then, or when the group stops.
@@ -461,6 +456,11 @@ async fn watch_catch_up(controller: Group, caught_up: Arc<std::sync::atomic::Ato
     }
 }
 
+/// Keeps this node in line with the metadata: registers peers (controller
+/// leader), adds brokers to the controller as learners (controller leader),
+/// announces this node's client address, opens assigned groups, initializes
+/// groups it created, carries out reassignments of groups it leads, and
+/// closes the groups of deleted topics.
 struct Reconciler {
     node: Arc<RaftNode>,
     controller: Group,
