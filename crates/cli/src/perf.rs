@@ -372,9 +372,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     }));
     let started = Instant::now();
     // One name for every record: no copy of it per record. Each record's
-    // timestamp is its send time from the clock read here, in
-    // milliseconds, rather than a second clock read per record in the
-    // producer.
+    // timestamp is its send time (with a rate, its due time) from the
+    // clock read here, in milliseconds, rather than a second clock read
+    // per record in the producer.
     let topic: Arc<str> = args.topic.as_str().into();
     let record = move |now: Instant| Record {
         timestamp: Some(base_ms + now.into_std().saturating_duration_since(base).as_millis() as i64),
