@@ -1171,6 +1171,9 @@ impl PartitionTask {
         shared.budget.give_back(records.iter().map(PendingRecord::size).sum());
         self.report_tagged(&records, Err(error), std::time::Instant::now());
         for record in records {
+            if let Done::Tag(_) = record.done {
+                continue; // reported with its batch above
+            }
             record.done.finish(Err(error.clone()));
         }
     }
