@@ -69,6 +69,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("log.segment_age", Some("7d")),
     ("log.flush_policy", Some("always")),
     ("log.flush_interval", Some("1s")),
+    ("log.direct_io", Some("true")),
     ("log.retention", Some("7d")),
     ("log.retention_bytes", Some("unlimited")),
     ("log.cleanup_policy", Some("delete")),
@@ -278,6 +279,7 @@ impl ConfigBuilder {
             })?,
             segment_age_max: Some(self.required("log.segment_age", parse_duration)?),
             flush_policy,
+            direct_io: self.required("log.direct_io", parse_bool)?,
             ..LogConfig::default()
         };
         let heartbeat_interval = self.required("raft.heartbeat_interval", parse_duration)?;

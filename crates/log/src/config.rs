@@ -53,6 +53,13 @@ pub struct LogConfig {
     /// holds next to none; it is cut off when the segment is sealed, and a
     /// restart cuts what a crash left. Default 4 MiB; 0 disables.
     pub preallocate_bytes: u64,
+    /// Whether segment data files are written and read with `O_DIRECT`,
+    /// around the page cache (see [`crate::io::direct`]). Read by whoever
+    /// opens the partition directory ([`crate::io::fs::FsDir::with_direct_segments`]);
+    /// a file system without direct I/O falls back to the page cache.
+    /// Sealed segments are still served from their memory map. Default off
+    /// here; the server turns it on (`log.direct_io`).
+    pub direct_io: bool,
 }
 
 impl Default for LogConfig {
@@ -63,6 +70,7 @@ impl Default for LogConfig {
             flush_policy: FlushPolicy::Always,
             tail_cache_bytes: 2 * 1024 * 1024,
             preallocate_bytes: 4 * 1024 * 1024,
+            direct_io: false,
         }
     }
 }

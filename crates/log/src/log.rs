@@ -1086,7 +1086,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 });
             }
         }
-        let file = dir.open(&name).map_err(LogError::io(format!("open segment {name}")))?;
+        let file = dir.open_segment(&name).map_err(LogError::io(format!("open segment {name}")))?;
         let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
         let is_last = k + 1 == n_files;
         let index_name = index_file_name(&name);

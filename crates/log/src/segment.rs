@@ -147,7 +147,7 @@ impl TailCache {
 impl Segment {
     pub fn new_active(dir: &dyn Dir, base_index: RaftIndex, base_offset: Offset) -> Result<Segment> {
         let name = data_file_name(base_index, base_offset);
-        let file = dir.create(&name).map_err(LogError::io(format!("create segment {name}")))?;
+        let file = dir.create_segment(&name).map_err(LogError::io(format!("create segment {name}")))?;
         Ok(Segment {
             base_index,
             base_offset,
@@ -198,7 +198,7 @@ impl Segment {
     }
 
     /// Appends already stamped and validated batches, `pieces` written one
-    /// after another (one `pwrite` each) from `data_len` on. `items` gives
+    /// after another from `data_len` on (`File::write_pieces_at`). `items` gives
     /// each batch's length, index entry and width, in order; they cover the
     /// pieces exactly. The pieces are then kept in the tail cache, within
     /// `cache_budget` bytes.
@@ -209,11 +209,10 @@ impl Segment {
         cache_budget: usize,
     ) -> Result<()> {
         debug_assert!(!self.is_sealed());
-        let mut at = self.data_len;
-        for piece in pieces {
-            self.file.write_all_at(piece, at).map_err(LogError::io(format!("write to segment {}", self.name)))?;
-            at += piece.len() as u64;
-        }
+        self.file
+            .write_pieces_at(pieces, self.data_len)
+            .map_err(LogError::io(format!("write to segment {}", self.name)))?;
+        let at = self.data_len + pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         let Entries::Active(entries) = &mut self.entries else {
             unreachable!("append to a sealed segment");
         };
@@ -236,7 +235,7 @@ impl Segment {
             }
         }
         self.data_len = position;
-        self.file_len = self.file_len.max(position);
+        self.file_len = self.file_len.max(self.file.extent_after_write(position));
         self.first_append_at.get_or_insert_with(Instant::now);
         Ok(())
     }

@@ -253,7 +253,8 @@ impl RaftNode {
     async fn open_dir(&self, group: u64, role: GroupRole) -> Result<Group, NodeError> {
         let dir = self.group_dir(group);
         let fs = FsDir::open(&dir)
-            .map_err(|source| NodeError::Io { context: format!("create {}", dir.display()), source })?;
+            .map_err(|source| NodeError::Io { context: format!("create {}", dir.display()), source })?
+            .with_direct_segments(self.config.log.direct_io);
         let log =
             Log::open(Arc::new(fs), self.config.log.clone(), Some(&self.flusher)).map_err(|source| {
                 match source.kind() {

@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -23,7 +24,12 @@ pub struct FsDir {
     path: PathBuf,
     /// Set in the journaled test mode only.
     journal: Option<Arc<Journal>>,
+    /// Segment data files are opened with `O_DIRECT` (see [`super::direct`]).
+    direct_segments: bool,
 }
+
+/// Set once a file system refused `O_DIRECT`, so the fallback is logged once.
+static DIRECT_REFUSED: AtomicBool = AtomicBool::new(false);
 
 impl FsDir {
     /// Opens (creating it and its parents if needed) the directory at `path`:
@@ -33,7 +39,7 @@ impl FsDir {
     pub fn open(path: impl AsRef<Path>) -> io::Result<FsDir> {
         std::fs::create_dir_all(path.as_ref())?;
         let journal = super::journaled::journal_for(path.as_ref())?;
-        Ok(FsDir { path: path.as_ref().to_path_buf(), journal })
+        Ok(FsDir { path: path.as_ref().to_path_buf(), journal, direct_segments: false })
     }
 
     /// Opens (creating it if needed) the directory at `path` in the
@@ -42,7 +48,32 @@ impl FsDir {
     pub fn open_journaled(path: impl AsRef<Path>) -> io::Result<FsDir> {
         std::fs::create_dir_all(path.as_ref())?;
         let journal = super::journaled::shared_journal(path.as_ref())?;
-        Ok(FsDir { path: path.as_ref().to_path_buf(), journal: Some(journal) })
+        Ok(FsDir { path: path.as_ref().to_path_buf(), journal: Some(journal), direct_segments: false })
+    }
+
+    /// Opens segment data files with `O_DIRECT` (if `direct`): appends and
+    /// reads of the active segment then bypass the page cache (see
+    /// [`super::direct`]). Where the file system refuses it (tmpfs), or in
+    /// the journaled test mode, files are opened as usual; the first refusal
+    /// is logged.
+    pub fn with_direct_segments(mut self, direct: bool) -> FsDir {
+        self.direct_segments = direct && self.journal.is_none();
+        self
+    }
+
+    fn open_direct(&self, name: &str, create_new: bool) -> io::Result<Option<Arc<dyn File>>> {
+        if !self.direct_segments {
+            return Ok(None);
+        }
+        match super::direct::open(&self.path.join(name), create_new)? {
+            Some(file) => Ok(Some(Arc::new(file))),
+            None => {
+                if !DIRECT_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %self.path.display(), "the file system refuses O_DIRECT; segments use the page cache");
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Whether the directory is journaled (see [`super::journaled`]).
@@ -99,6 +130,20 @@ impl Dir for FsDir {
         }
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(self.path.join(name))?;
         Ok(Arc::new(FsFile { file }))
+    }
+    fn create_segment(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        match self.open_direct(name, true)? {
+            Some(file) => Ok(file),
+            // A refused direct open may have created the file already.
+            None if self.direct_segments && self.path.join(name).exists() => self.open(name),
+            None => self.create(name),
+        }
+    }
+    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        match self.open_direct(name, false)? {
+            Some(file) => Ok(file),
+            None => self.open(name),
+        }
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         if let Some(journal) = &self.journal {

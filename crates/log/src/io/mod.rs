@@ -3,7 +3,8 @@
 //! crash, keeps only what was synced.
 //!
 //! Two implementations: [`fs`] (real files, `pread`/`pwrite`/`fdatasync`, and
-//! `mmap` for immutable files) and [`sim`] (in memory, crashable). A test
+//! `mmap` for immutable files; segment data files optionally with `O_DIRECT`,
+//! see [`direct`]) and [`sim`] (in memory, crashable). A test
 //! mode of [`fs`], [`journaled`], also records what was synced, so that a
 //! real process's directory can be made to lose its unsynced writes
 //! ([`journaled::lose_unsynced`]) after the process is killed.
@@ -12,6 +13,7 @@
 //! seam is narrow (read_at, write_at, set_len, allocate, sync_data, sync_dir, map) so a
 //! simulated disk can model exactly what a crash keeps.
 
+pub mod direct;
 mod fallocate;
 pub mod fs;
 pub mod journaled;
@@ -30,6 +32,21 @@ pub trait File: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
     /// Writes all of `buf` at `position`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Writes `pieces` one after another from `position` on (an append of
+    /// several batches: one system call where the file can).
+    fn write_pieces_at(&self, pieces: &[Bytes], position: u64) -> io::Result<()> {
+        let mut at = position;
+        for piece in pieces {
+            self.write_all_at(piece, at)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
+    }
+    /// How long the file may be after a write that ends at `end`: `end`,
+    /// or more where writes are padded to a block (see [`direct`]).
+    fn extent_after_write(&self, end: u64) -> u64 {
+        end
+    }
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Grows or shrinks the file.
@@ -56,6 +73,16 @@ pub trait Dir: Send + Sync {
     fn open(&self, name: &str) -> io::Result<Arc<dyn File>>;
     /// Creates a new, empty file; fails if it exists.
     fn create(&self, name: &str) -> io::Result<Arc<dyn File>>;
+    /// [`Dir::create`] for a segment data file: written only by appends at
+    /// its end and by cuts, read back by position, memory-mapped once
+    /// sealed. A real directory may open it for direct I/O (see [`direct`]).
+    fn create_segment(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        self.create(name)
+    }
+    /// [`Dir::open`] for a segment data file (see [`Dir::create_segment`]).
+    fn open_segment(&self, name: &str) -> io::Result<Arc<dyn File>> {
+        self.open(name)
+    }
     /// Removes a file (open handles and maps stay valid).
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to`.

@@ -1,0 +1,461 @@
+//! Segment data files written with `O_DIRECT`: appends go from a buffer of
+//! ours to the device, not through the page cache.
+//!
+//! Why: on the virtual machines Strata is measured on, the kernel's buffered
+//! write path (allocate a page-cache page, copy into it, write it back at the
+//! sync) is CPU-bound near 300 MB/s, and it is most of the broker's kernel
+//! time; the device itself takes 0.6–1.7 GB/s of direct writes of 256 KiB–1
+//! MiB with an `fdatasync` after each (docs/benchmarks.md, session 13).
+//!
+//! `O_DIRECT` wants the file position, the length and the buffer's address
+//! aligned to the device's block. Appends are not: a batch ends anywhere. So
+//! a write starts at the block holding its first byte, and carries again that
+//! block's bytes before the write (kept from the previous write, or read back
+//! from the file), then the new bytes, then zeroes up to the next block
+//! boundary. The zeroes land where the next append will write; to the
+//! segment's recovery scan they are the same as preallocated space, which it
+//! already tells from data (see `segment::scan`). [`File::extent_after_write`]
+//! tells the segment how far the file may have grown, so that sealing cuts
+//! the padding off.
+//!
+//! Every read of such a file goes around the page cache too (aligned reads
+//! into a buffer of ours, the wanted range copied out): a page cached by a
+//! buffered read of the block being appended to could outlive the direct
+//! write that changes it, and a later read would see the old bytes. Sealed
+//! segments are never written again, so their memory map (the page cache)
+//! is safe, as it is for buffered files.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::File;
+
+/// The alignment used for positions, lengths and buffers: 4 KiB, which every
+/// block device's logical block size divides.
+pub const ALIGN: u64 = 4096;
+
+/// A write buffer this large or larger is freed after use instead of kept
+/// for the thread's next write.
+const KEEP_BUFFER_BYTES_MAX: usize = 16 << 20;
+
+/// Most bytes appended and not yet written out before an append writes them
+/// itself (normally the flusher's sync writes them long before).
+const PENDING_BYTES_MAX: u64 = 8 << 20;
+
+fn align_down(position: u64) -> u64 {
+    position & !(ALIGN - 1)
+}
+
+fn align_up(position: u64) -> u64 {
+    position.div_ceil(ALIGN) * ALIGN
+}
+
+/// Memory aligned to [`ALIGN`], as a `Vec` a little larger than needed and
+/// the aligned part of it.
+#[derive(Default)]
+struct AlignedBuf {
+    raw: Vec<u8>,
+}
+
+impl AlignedBuf {
+    /// An aligned slice of `len` bytes (contents unspecified).
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        let align = ALIGN as usize;
+        if self.raw.len() < len + align {
+            self.raw = vec![0; (len + align).next_power_of_two()];
+        }
+        let skip = self.raw.as_ptr().align_offset(align);
+        assert!(skip < align, "a byte pointer can always be aligned");
+        &mut self.raw[skip..skip + len]
+    }
+}
+
+thread_local! {
+    /// Each thread's write buffer, kept between writes so its pages are not
+    /// faulted in again for every append.
+    static WRITE_BUF: RefCell<AlignedBuf> = RefCell::default();
+}
+
+/// What a [`DirectFile`] holds in memory: the file's bytes from an aligned
+/// position to the end of the last append. Those past `written` are not in
+/// the file yet; the block before `written` is kept so the next write can
+/// carry it again.
+struct Pending {
+    /// Aligned position of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+    /// The file holds `bytes` up to here (`start <= written <= end`).
+    written: u64,
+    /// Whether `bytes` is known: false for a new handle, and after a cut
+    /// below `start`, until an append reads the block back from the file.
+    known: bool,
+}
+
+impl Pending {
+    fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+/// A segment data file opened with `O_DIRECT`, written behind: an append
+/// only copies its bytes into memory; `sync_data` (the flusher thread's
+/// call) writes them to the file, padded to a block, then syncs. So appends
+/// never wait for the device, and the device gets one large write per group
+/// commit. Reads of bytes not written yet are served from memory.
+pub(crate) struct DirectFile {
+    file: std::fs::File,
+    pending: Mutex<Pending>,
+    /// Held while bytes are written out or the file is cut, so that a
+    /// write-out that copied its bytes before a cut cannot land after it.
+    io: Mutex<()>,
+}
+
+/// Opens `path` with `O_DIRECT` (creating it if `create_new`). `Ok(None)`:
+/// the file system refuses direct I/O (tmpfs does, with `EINVAL`).
+pub(crate) fn open(path: &Path, create_new: bool) -> io::Result<Option<DirectFile>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).custom_flags(libc::O_DIRECT);
+    if create_new {
+        options.create_new(true);
+    }
+    match options.open(path) {
+        Ok(file) => Ok(Some(DirectFile {
+            file,
+            pending: Mutex::new(Pending { start: 0, bytes: Vec::new(), written: 0, known: false }),
+            io: Mutex::new(()),
+        })),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+impl DirectFile {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads into aligned `buf` from aligned `position` until it is full or
+    /// the file ends; returns how many bytes were read.
+    fn read_aligned(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], position + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+            if done % ALIGN as usize != 0 {
+                // Only the end of the file ends a direct read off a block
+                // boundary.
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Reads `buf.len()` bytes at any `position` from the file itself.
+    fn read_from_file(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let start = align_down(position);
+        let end = position + buf.len() as u64;
+        let mut aligned = AlignedBuf::default();
+        let chunk = aligned.get((align_up(end) - start) as usize);
+        let got = self.read_aligned(chunk, start)?;
+        let skip = (position - start) as usize;
+        if got < skip + buf.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"));
+        }
+        buf.copy_from_slice(&chunk[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    fn write_aligned(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.write_at(&buf[done..], position + done as u64) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "direct write wrote nothing")),
+                Ok(n) if n % ALIGN as usize != 0 => {
+                    return Err(io::Error::other(format!("direct write of {} bytes wrote {n}", buf.len() - done)));
+                }
+                Ok(n) => done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything appended so far to the file (not synced). The
+    /// caller holds `io`.
+    fn write_out(&self) -> io::Result<()> {
+        WRITE_BUF.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (start, end) = {
+                let pending = self.lock_pending();
+                if !pending.known || pending.written >= pending.end() {
+                    return Ok::<(), io::Error>(());
+                }
+                let len = pending.bytes.len();
+                let buf = cell.get(align_up(len as u64) as usize);
+                buf[..len].copy_from_slice(&pending.bytes);
+                buf[len..].fill(0);
+                (pending.start, pending.end())
+            };
+            // Appends may go on meanwhile: they only add bytes past `end`.
+            self.write_aligned(cell.get(align_up(end - start) as usize), start)?;
+            let mut pending = self.lock_pending();
+            pending.written = end;
+            // Keep the block holding `end`: the next write starts there.
+            let keep_from = align_down(end);
+            let drop_bytes = (keep_from - pending.start) as usize;
+            pending.bytes.drain(..drop_bytes);
+            if pending.bytes.capacity() > KEEP_BUFFER_BYTES_MAX / 16 {
+                // A burst's worth of memory is not kept per file.
+                pending.bytes.shrink_to(ALIGN as usize);
+            }
+            pending.start = keep_from;
+            Ok(())
+        })?;
+        WRITE_BUF.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.raw.len() > KEEP_BUFFER_BYTES_MAX {
+                *cell = AlignedBuf::default();
+            }
+        });
+        Ok(())
+    }
+}
+
+impl File for DirectFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+        let end = position + buf.len() as u64;
+        let from_file = {
+            let pending = self.lock_pending();
+            if pending.known && end > pending.written {
+                if end > pending.end() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"));
+                }
+                // Bytes from `start` on are all in memory.
+                let split = position.max(pending.start);
+                let k = (split - position) as usize;
+                let a = (split - pending.start) as usize;
+                let n = buf.len() - k;
+                buf[k..].copy_from_slice(&pending.bytes[a..a + n]);
+                k
+            } else {
+                buf.len()
+            }
+        };
+        self.read_from_file(&mut buf[..from_file], position)
+    }
+
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        self.write_pieces_at(&[Bytes::copy_from_slice(buf)], position)
+    }
+
+    fn write_pieces_at(&self, pieces: &[Bytes], position: u64) -> io::Result<()> {
+        let total: usize = pieces.iter().map(Bytes::len).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let mut pending = self.lock_pending();
+        if !pending.known || pending.end() != position {
+            // Not an append right after the last: write out what is pending,
+            // then start again from the block holding `position`, read back.
+            drop(pending);
+            let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_out()?;
+            let start = align_down(position);
+            let mut block = vec![0u8; (position - start) as usize];
+            self.read_from_file(&mut block, start).map_err(|err| {
+                io::Error::new(err.kind(), format!("append at {position}, past the end of the file: {err}"))
+            })?;
+            pending = self.lock_pending();
+            *pending = Pending { start, bytes: block, written: position, known: true };
+        }
+        for piece in pieces {
+            pending.bytes.extend_from_slice(piece);
+        }
+        let unwritten = pending.end() - pending.written;
+        drop(pending);
+        if unwritten > PENDING_BYTES_MAX {
+            // No sync came for a while (an interval flush policy): write out
+            // here rather than hold more.
+            let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn extent_after_write(&self, end: u64) -> u64 {
+        align_up(end)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let on_disk = self.file.metadata()?.len();
+        let pending = self.lock_pending();
+        Ok(if pending.known { on_disk.max(pending.end()) } else { on_disk })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut pending = self.lock_pending();
+            if pending.known && len < pending.end() {
+                if len >= pending.start {
+                    let keep = (len - pending.start) as usize;
+                    pending.bytes.truncate(keep);
+                    pending.written = pending.written.min(len);
+                } else {
+                    // Everything below `len` is in the file already.
+                    *pending = Pending { start: 0, bytes: Vec::new(), written: 0, known: false };
+                }
+            }
+        }
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let old_len = self.file.metadata()?.len();
+        super::fallocate::allocate(&self.file, old_len, len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        {
+            let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_out()?;
+        }
+        self.file.sync_data()
+    }
+
+    fn map(&self, len: u64) -> io::Result<Bytes> {
+        {
+            let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            self.write_out()?;
+        }
+        super::mmap::map_read_only(&self.file, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let path = std::env::temp_dir().join(format!("strata-direct-{tag}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            TempDir(path)
+        }
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `None` where the temporary directory's file system has no direct I/O
+    /// (tmpfs): the test then has nothing to check.
+    fn direct_file(dir: &Path, name: &str) -> Option<DirectFile> {
+        let file = open(&dir.join(name), true).expect("open");
+        if file.is_none() {
+            eprintln!("{} has no O_DIRECT; nothing to test", dir.display());
+        }
+        file
+    }
+
+    fn on_disk(dir: &Path, name: &str) -> Vec<u8> {
+        std::fs::read(dir.join(name)).expect("read back")
+    }
+
+    #[test]
+    fn appends_at_any_position_leave_the_bytes_written_and_zeroes_to_the_next_block() {
+        let dir = TempDir::new("appends");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let mut expected = Vec::new();
+        let mut n = 0u8;
+        // Sizes that start and end inside blocks, on boundaries, and span several.
+        for size in [1usize, 100, 3995, 4096, 5000, 1, 8191, 12_288, 7] {
+            let pieces: Vec<Bytes> = (0..3)
+                .map(|k| {
+                    n = n.wrapping_add(1);
+                    Bytes::from(vec![n; size + k])
+                })
+                .collect();
+            file.write_pieces_at(&pieces, expected.len() as u64).expect("append");
+            let before = expected.len();
+            for piece in &pieces {
+                expected.extend_from_slice(piece);
+            }
+            // Not in the file yet, but readable.
+            let mut back = vec![0u8; expected.len() - before / 2];
+            file.read_exact_at(&mut back, (before / 2) as u64).expect("read pending");
+            assert_eq!(&back[..], &expected[before / 2..]);
+            file.sync_data().expect("sync");
+            let disk = on_disk(dir.path(), "seg");
+            assert_eq!(disk.len() as u64, file.extent_after_write(expected.len() as u64));
+            assert_eq!(&disk[..expected.len()], &expected[..]);
+            assert!(disk[expected.len()..].iter().all(|&b| b == 0), "padding is zeroes");
+        }
+        let mut back = vec![0u8; 6000];
+        file.read_exact_at(&mut back, 1234).expect("read");
+        assert_eq!(&back[..], &expected[1234..7234]);
+        assert!(file.read_exact_at(&mut back, expected.len() as u64).is_err(), "a read past the end fails");
+    }
+
+    #[test]
+    fn an_append_after_a_cut_or_from_a_new_handle_keeps_the_bytes_before_it() {
+        let dir = TempDir::new("cuts");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let first: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        file.write_pieces_at(&[Bytes::from(first.clone())], 0).expect("append");
+        file.sync_data().expect("sync");
+        // A truncation into the last block, then an append where it cut.
+        file.set_len(9_000).expect("cut");
+        file.write_pieces_at(&[Bytes::from_static(b"after the cut")], 9_000).expect("append");
+        let mut expected = first[..9_000].to_vec();
+        expected.extend_from_slice(b"after the cut");
+        // A cut of bytes not written out yet.
+        file.write_pieces_at(&[Bytes::from_static(b"never written")], expected.len() as u64).expect("append");
+        file.set_len(expected.len() as u64).expect("cut");
+        file.sync_data().expect("sync");
+        // A cut before the kept block.
+        file.set_len(5_000).expect("cut");
+        expected.truncate(5_000);
+        file.write_pieces_at(&[Bytes::from_static(b"xyz")], 5_000).expect("append");
+        expected.extend_from_slice(b"xyz");
+        file.sync_data().expect("sync");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(&disk[..expected.len()], &expected[..]);
+        assert!(disk[expected.len()..].iter().all(|&b| b == 0), "the cut bytes are gone");
+        drop(file);
+        // A new handle knows nothing of the tail: it reads the block back.
+        let file = open(&dir.path().join("seg"), false).expect("reopen").expect("direct");
+        file.write_pieces_at(&[Bytes::from_static(b"reopened")], expected.len() as u64).expect("append");
+        expected.extend_from_slice(b"reopened");
+        file.sync_data().expect("sync");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(&disk[..expected.len()], &expected[..]);
+        assert!(disk[expected.len()..].iter().all(|&b| b == 0));
+        // An append past the end of the file is refused, not padded with garbage.
+        let len = disk.len() as u64;
+        file.set_len(len - 100).expect("cut");
+        let err = file.write_pieces_at(&[Bytes::from_static(b"gap")], len + 1).expect_err("past the end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
