@@ -33,6 +33,24 @@ fn direct_io_works(dir: &TempDir) -> bool {
         .is_ok()
 }
 
+/// Every data file but the last is its batches exactly: no padding left
+/// after the seal.
+fn assert_sealed_files_hold_only_batches(dir: &TempDir) {
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".log"))
+        .collect();
+    names.sort();
+    names.pop();
+    assert!(!names.is_empty());
+    for name in names {
+        let bytes = std::fs::read(dir.path().join(&name)).expect("read");
+        let covered: usize = strata_batch::split_batches(&bytes).map(|item| item.expect("a whole batch").1.len()).sum();
+        assert_eq!(covered, bytes.len(), "{name} holds {} bytes past its batches", bytes.len() - covered);
+    }
+}
+
 fn check_all(log: &Log, expected: &[Vec<u8>]) {
     let entries = log.entries(RaftIndex(0)..RaftIndex(expected.len() as u64), usize::MAX).expect("entries");
     assert_eq!(entries.len(), expected.len());
@@ -67,6 +85,7 @@ fn batches_of_any_size_read_back_before_and_after_sync_across_rolls_and_reopen()
         log.sync().expect("sync");
         check_all(&log, &expected);
         assert!(log.state().n_segments > 3, "rolled: {:?}", log.state());
+        assert_sealed_files_hold_only_batches(&dir);
     }
     let log = open(&dir);
     check_all(&log, &expected);

@@ -307,6 +307,9 @@ impl File for DirectFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        // Write out first, so that no later write-out pads the file past
+        // `len` again (a seal cuts the padding this way).
+        self.write_out()?;
         {
             let mut pending = self.lock_pending();
             if pending.known && len < pending.end() {
