@@ -362,7 +362,7 @@ fn render_storage(out: &mut String) {
     header(
         out,
         "strata_fsync_seconds",
-        "fdatasync calls of the group commit, by duration (every log of the process).",
+        "Syncs of the group commit, by duration (every log of the process); with log.direct_io, each includes writing out the appended bytes.",
         "histogram",
     );
     render_histogram(

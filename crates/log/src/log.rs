@@ -301,6 +301,13 @@ impl Log {
         }
         let active = inner.segments.last_mut().expect("a log always has an active segment");
         active.append(pieces, pending, self.config.tail_cache_bytes)?;
+        if matches!(self.durability.policy(), crate::FlushPolicy::Interval(_)) {
+            // Reported durable at once: at least the page cache must have it,
+            // as after a plain `pwrite`, so that only a crash of the machine
+            // can lose it (a direct file would otherwise hold it until the
+            // interval's sync).
+            active.file.write_out().map_err(LogError::io(format!("write out segment {}", active.name)))?;
+        }
         active.preallocate(self.config.preallocate_bytes, self.segment_bytes.load(Ordering::Relaxed));
         self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{TempDir, data_batch, unstamped};
 use strata_log::io::fs::FsDir;
-use strata_log::{Log, LogConfig, Offset, RaftIndex, Term};
+use strata_log::{FlushPolicy, Log, LogConfig, Offset, RaftIndex, Term};
 
 /// 64 KiB segments and no tail cache, so reads of the active segment go to
 /// the file (or to what is not written out yet).
@@ -22,6 +22,12 @@ fn open(dir: &TempDir) -> Log {
 
 /// Whether the directory's file system takes `O_DIRECT` (tmpfs does not;
 /// the log then falls back to the page cache and these tests check that).
+#[cfg(not(target_os = "linux"))]
+fn direct_io_works(_dir: &TempDir) -> bool {
+    false
+}
+
+#[cfg(target_os = "linux")]
 fn direct_io_works(dir: &TempDir) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -135,4 +141,23 @@ fn a_truncation_of_written_and_unwritten_entries_keeps_the_rest_and_takes_new_ap
     let log = open(&dir);
     check_all(&log, &expected);
     assert_eq!(log.state().next_offset, Offset(25 * 4 + 10 * 2));
+}
+
+#[test]
+fn under_the_interval_policy_an_append_is_in_the_file_before_any_sync() {
+    let dir = TempDir::new("direct-interval");
+    let config = LogConfig { flush_policy: FlushPolicy::Interval(std::time::Duration::from_secs(3600)), ..config() };
+    let log = Log::open(Arc::new(FsDir::open(dir.path()).expect("dir").with_direct_segments(true)), config, None)
+        .expect("open");
+    let batch = data_batch(7, 3, 500, 0);
+    log.append(&batch, Term(1)).expect("append");
+    // Reported durable at once: a crash of the process must not lose it.
+    let name = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .find(|name| name.ends_with(".log"))
+        .expect("a segment");
+    let on_disk = std::fs::read(dir.path().join(name)).expect("read");
+    assert!(on_disk.len() >= batch.len(), "{} bytes in the file", on_disk.len());
+    assert_eq!(unstamped(&on_disk[..batch.len()]), unstamped(&batch));
 }

@@ -18,12 +18,15 @@
 //! tells the segment how far the file may have grown, so that sealing cuts
 //! the padding off.
 //!
-//! Every read of such a file goes around the page cache too (aligned reads
-//! into a buffer of ours, the wanted range copied out): a page cached by a
-//! buffered read of the block being appended to could outlive the direct
-//! write that changes it, and a later read would see the old bytes. Sealed
-//! segments are never written again, so their memory map (the page cache)
-//! is safe, as it is for buffered files.
+//! Reads of bytes not written out yet come from memory. Other reads go
+//! through the page cache, by a second, buffered descriptor of the same file,
+//! so that a consumer catching up finds warm data there; sealed segments are
+//! memory-mapped as usual. Linux keeps buffered reads coherent with direct
+//! writes: a direct write invalidates the cached pages of its range before
+//! and after it, and that only fails for pages that cannot be dropped (dirty
+//! ones, written through the page cache), which these files never have. The
+//! block an append must carry again, when it is not in memory, is read back
+//! with a direct read.
 
 use std::cell::RefCell;
 use std::io;
@@ -44,7 +47,8 @@ pub const ALIGN: u64 = 4096;
 const KEEP_BUFFER_BYTES_MAX: usize = 16 << 20;
 
 /// Most bytes appended and not yet written out before an append writes them
-/// itself (normally the flusher's sync writes them long before).
+/// itself (normally the flusher's sync writes them long before; under the
+/// interval policy the log has each append written out at once).
 const PENDING_BYTES_MAX: u64 = 8 << 20;
 
 fn align_down(position: u64) -> u64 {
@@ -109,6 +113,9 @@ impl Pending {
 /// commit. Reads of bytes not written yet are served from memory.
 pub(crate) struct DirectFile {
     file: std::fs::File,
+    /// The same file opened without `O_DIRECT`, for reads through the page
+    /// cache and the memory map.
+    cached: std::fs::File,
     pending: Mutex<Pending>,
     /// Held while bytes are written out or the file is cut, so that a
     /// write-out that copied its bytes before a cut cannot land after it.
@@ -117,21 +124,34 @@ pub(crate) struct DirectFile {
 
 /// Opens `path` with `O_DIRECT` (creating it if `create_new`). `Ok(None)`:
 /// the file system refuses direct I/O (tmpfs does, with `EINVAL`).
+/// Elsewhere than Linux, always `Ok(None)`.
 pub(crate) fn open(path: &Path, create_new: bool) -> io::Result<Option<DirectFile>> {
+    let Some(flags) = direct_flag() else { return Ok(None) };
     let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).custom_flags(libc::O_DIRECT);
+    options.read(true).write(true).custom_flags(flags);
     if create_new {
         options.create_new(true);
     }
     match options.open(path) {
         Ok(file) => Ok(Some(DirectFile {
             file,
+            cached: std::fs::OpenOptions::new().read(true).open(path)?,
             pending: Mutex::new(Pending { start: 0, bytes: Vec::new(), written: 0, known: false }),
             io: Mutex::new(()),
         })),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn direct_flag() -> Option<i32> {
+    Some(libc::O_DIRECT)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_flag() -> Option<i32> {
+    None
 }
 
 impl DirectFile {
@@ -159,8 +179,9 @@ impl DirectFile {
         Ok(done)
     }
 
-    /// Reads `buf.len()` bytes at any `position` from the file itself.
-    fn read_from_file(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
+    /// Reads `buf.len()` bytes at any `position` from the file itself,
+    /// around the page cache.
+    fn read_direct(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -195,7 +216,7 @@ impl DirectFile {
 
     /// Writes everything appended so far to the file (not synced). The
     /// caller holds `io`.
-    fn write_out(&self) -> io::Result<()> {
+    fn flush_pending(&self) -> io::Result<()> {
         WRITE_BUF.with(|cell| {
             let mut cell = cell.borrow_mut();
             let (start, end) = {
@@ -254,7 +275,7 @@ impl File for DirectFile {
                 buf.len()
             }
         };
-        self.read_from_file(&mut buf[..from_file], position)
+        self.cached.read_exact_at(&mut buf[..from_file], position)
     }
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
@@ -272,10 +293,10 @@ impl File for DirectFile {
             // then start again from the block holding `position`, read back.
             drop(pending);
             let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_out()?;
+            self.flush_pending()?;
             let start = align_down(position);
             let mut block = vec![0u8; (position - start) as usize];
-            self.read_from_file(&mut block, start).map_err(|err| {
+            self.read_direct(&mut block, start).map_err(|err| {
                 io::Error::new(err.kind(), format!("append at {position}, past the end of the file: {err}"))
             })?;
             pending = self.lock_pending();
@@ -287,16 +308,20 @@ impl File for DirectFile {
         let unwritten = pending.end() - pending.written;
         drop(pending);
         if unwritten > PENDING_BYTES_MAX {
-            // No sync came for a while (an interval flush policy): write out
-            // here rather than hold more.
+            // No sync came for a while: write out here rather than hold more.
             let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_out()?;
+            self.flush_pending()?;
         }
         Ok(())
     }
 
     fn extent_after_write(&self, end: u64) -> u64 {
         align_up(end)
+    }
+
+    fn write_out(&self) -> io::Result<()> {
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_pending()
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -309,7 +334,7 @@ impl File for DirectFile {
         let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         // Write out first, so that no later write-out pads the file past
         // `len` again (a seal cuts the padding this way).
-        self.write_out()?;
+        self.flush_pending()?;
         {
             let mut pending = self.lock_pending();
             if pending.known && len < pending.end() {
@@ -334,7 +359,7 @@ impl File for DirectFile {
     fn sync_data(&self) -> io::Result<()> {
         {
             let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_out()?;
+            self.flush_pending()?;
         }
         self.file.sync_data()
     }
@@ -342,9 +367,9 @@ impl File for DirectFile {
     fn map(&self, len: u64) -> io::Result<Bytes> {
         {
             let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-            self.write_out()?;
+            self.flush_pending()?;
         }
-        super::mmap::map_read_only(&self.file, len)
+        super::mmap::map_read_only(&self.cached, len)
     }
 }
 

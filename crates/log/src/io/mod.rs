@@ -42,6 +42,12 @@ pub trait File: Send + Sync {
         }
         Ok(())
     }
+    /// Hands what this handle keeps in memory to the file (see [`direct`]),
+    /// without syncing it: from then on only a crash of the machine, not of
+    /// the process, can lose it. Nothing to do for a file that writes at once.
+    fn write_out(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// How long the file may be after a write that ends at `end`: `end`,
     /// or more where writes are padded to a block (see [`direct`]).
     fn extent_after_write(&self, end: u64) -> u64 {
