@@ -1093,9 +1093,12 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 });
             }
         }
-        let file = dir.open_segment(&name).map_err(LogError::io(format!("open segment {name}")))?;
-        let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
         let is_last = k + 1 == n_files;
+        // Only the last segment is appended to; the others are read (and
+        // mapped) only.
+        let file = if is_last { dir.open_segment(&name) } else { dir.open(&name) }
+            .map_err(LogError::io(format!("open segment {name}")))?;
+        let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
         let index_name = index_file_name(&name);
         let has_index = index_files.contains(&index_name);
         if !is_last {
