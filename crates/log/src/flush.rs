@@ -126,8 +126,16 @@ impl Durability {
     /// Syncs everything written so far and reports it durable. Used by the
     /// flusher thread and by `Log::sync`.
     pub fn sync_now(&self) -> Result<()> {
-        let result = self.sync_and_release();
+        let (result, files) = self.sync_files_and_release();
         self.deliver();
+        // With the waiters answered, the files may prepare space ahead of
+        // their data (zeroes a direct file was asked for): the next group
+        // commit finds it ready instead of waiting for it.
+        for file in files {
+            if let Err(err) = file.write_ahead() {
+                tracing::warn!(%err, "could not write ahead of a segment's data; appends will grow the file");
+            }
+        }
         result
     }
 
@@ -135,11 +143,16 @@ impl Durability {
     /// callbacks to [`Durability::deliver`]: for callers that hold the log's
     /// lock, where a callback calling into the log would deadlock.
     pub fn sync_and_release(&self) -> Result<()> {
+        self.sync_files_and_release().0
+    }
+
+    /// [`Durability::sync_and_release`], also returning the files it synced.
+    fn sync_files_and_release(&self) -> (Result<()>, Vec<Arc<dyn File>>) {
         let _one_syncer = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (target, files, dir_dirty, generation) = {
             let mut s = self.lock();
             if let Some(reason) = &s.poisoned {
-                return Err(LogError::Poisoned(reason.clone()));
+                return (Err(LogError::Poisoned(reason.clone())), Vec::new());
             }
             s.queued = false;
             (s.appended, std::mem::take(&mut s.dirty_files), std::mem::take(&mut s.dir_dirty), s.generation)
@@ -160,7 +173,7 @@ impl Durability {
             s.poisoned = Some(reason.clone());
             let failed: Vec<_> = s.waiters.drain(..).map(|(_, cb)| (cb, Some(reason.clone()))).collect();
             s.ready.extend(failed);
-            return result;
+            return (result, Vec::new());
         }
         if s.generation == generation && target > s.durable {
             s.durable = target;
@@ -176,7 +189,7 @@ impl Durability {
         if !files.is_empty() || dir_dirty {
             crate::stats::record_sync(started.elapsed(), released);
         }
-        Ok(())
+        (Ok(()), files)
     }
 
     /// Runs released callbacks in release order, without holding any lock,

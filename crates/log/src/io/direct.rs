@@ -18,6 +18,19 @@
 //! tells the segment how far the file may have grown, so that sealing cuts
 //! the padding off.
 //!
+//! Space ahead of the data ([`File::allocate`], the segment's headroom) is
+//! written with zeroes after a group commit has answered its waiters
+//! ([`File::write_ahead`], on the flusher thread), not reserved with
+//! `fallocate`. `fallocate` leaves its blocks *unwritten* extents: every
+//! later write into them changes the file's extent map, and every
+//! `fdatasync` then writes that metadata too, one synchronous device write
+//! after the data. Blocks already written with zeroes are overwritten in
+//! place, and the sync writes only the data: on the machine of session 14,
+//! fio's 64 KiB direct writes with `fdatasync` took 63–89 µs per sync into a
+//! zero-filled file against 237 µs into an `fallocate`d one
+//! (docs/benchmarks.md). PostgreSQL fills its WAL files with zeroes for the
+//! same reason.
+//!
 //! Reads of bytes not written out yet come from memory. Other reads go
 //! through the page cache, by a second, buffered descriptor of the same file,
 //! so that a consumer catching up finds warm data there; sealed segments are
@@ -51,6 +64,14 @@ const KEEP_BUFFER_BYTES_MAX: usize = 16 << 20;
 /// interval policy the log has each append written out at once).
 const PENDING_BYTES_MAX: u64 = 8 << 20;
 
+/// Most zeroes one [`File::write_ahead`] writes, from one shared buffer of
+/// this size: the headroom is filled a little after each group commit, as
+/// the data moves into it. A sync after zeroes were written is slower (the
+/// file system records the new blocks, and the device takes them in): in
+/// 2 MiB steps one sync in 25 took over 2 ms at 50k records/s, where 256 KiB
+/// steps spread that cost (docs/benchmarks.md, session 14).
+const ZERO_CHUNK_BYTES: usize = 256 << 10;
+
 fn align_down(position: u64) -> u64 {
     position & !(ALIGN - 1)
 }
@@ -77,6 +98,14 @@ impl AlignedBuf {
         assert!(skip < align, "a byte pointer can always be aligned");
         &mut self.raw[skip..skip + len]
     }
+}
+
+/// [`ZERO_CHUNK_BYTES`] aligned zeroes, allocated once and never written.
+fn zero_chunk() -> &'static [u8] {
+    static ZEROES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let raw = ZEROES.get_or_init(|| vec![0; ZERO_CHUNK_BYTES + ALIGN as usize]);
+    let skip = raw.as_ptr().align_offset(ALIGN as usize);
+    &raw[skip..skip + ZERO_CHUNK_BYTES]
 }
 
 thread_local! {
@@ -106,6 +135,17 @@ impl Pending {
     }
 }
 
+/// Zeroes ahead of a [`DirectFile`]'s data.
+#[derive(Default)]
+struct Zeroes {
+    /// Where the file should end in zeroes ([`File::allocate`]), written by
+    /// the next [`File::write_ahead`].
+    wanted: u64,
+    /// The file holds zeroes from its data's end up to here (as far as this
+    /// handle wrote them), so a top-up need not write them again.
+    written: u64,
+}
+
 /// A segment data file opened with `O_DIRECT`, written behind: an append
 /// only copies its bytes into memory; `sync_data` (the flusher thread's
 /// call) writes them to the file, padded to a block, then syncs. So appends
@@ -117,6 +157,8 @@ pub(crate) struct DirectFile {
     /// cache and the memory map.
     cached: std::fs::File,
     pending: Mutex<Pending>,
+    /// The zeroes asked for ahead of the data and those written.
+    zeroes: Mutex<Zeroes>,
     /// Held while bytes are written out or the file is cut, so that a
     /// write-out that copied its bytes before a cut cannot land after it.
     io: Mutex<()>,
@@ -137,6 +179,7 @@ pub(crate) fn open(path: &Path, create_new: bool) -> io::Result<Option<DirectFil
             file,
             cached: std::fs::OpenOptions::new().read(true).open(path)?,
             pending: Mutex::new(Pending { start: 0, bytes: Vec::new(), written: 0, known: false }),
+            zeroes: Mutex::new(Zeroes::default()),
             io: Mutex::new(()),
         })),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(None),
@@ -211,6 +254,34 @@ impl DirectFile {
                 Err(err) => return Err(err),
             }
         }
+        Ok(())
+    }
+
+    fn lock_zeroes(&self) -> std::sync::MutexGuard<'_, Zeroes> {
+        self.zeroes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes zeroes from the block after the last append towards where
+    /// [`File::allocate`] asked the file to end, if that is further, at most
+    /// [`ZERO_CHUNK_BYTES`] of them. The caller holds `io`.
+    fn write_zeroes(&self) -> io::Result<()> {
+        let (from, to) = {
+            let pending = self.lock_pending();
+            if !pending.known {
+                // No append yet in this handle: where the data ends is not
+                // known, and nothing asks for zeroes before an append.
+                return Ok(());
+            }
+            let zeroes = self.lock_zeroes();
+            (align_up(pending.end()).max(zeroes.written), align_up(zeroes.wanted))
+        };
+        if from >= to {
+            return Ok(());
+        }
+        let n = (to - from).min(ZERO_CHUNK_BYTES as u64);
+        self.write_aligned(&zero_chunk()[..n as usize], from)?;
+        let mut done = self.lock_zeroes();
+        done.written = done.written.max(from + n);
         Ok(())
     }
 
@@ -332,6 +403,12 @@ impl File for DirectFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            // Zeroes past the cut are neither wanted nor there any more.
+            let mut zeroes = self.lock_zeroes();
+            zeroes.wanted = zeroes.wanted.min(len);
+            zeroes.written = zeroes.written.min(len);
+        }
         // Write out first, so that no later write-out pads the file past
         // `len` again (a seal cuts the padding this way).
         self.flush_pending()?;
@@ -351,9 +428,24 @@ impl File for DirectFile {
         self.file.set_len(len)
     }
 
+    /// Asks for zeroes up to `len` (rounded up to a block), written by the
+    /// next [`File::write_ahead`]: see the module's documentation for why
+    /// not `fallocate`. The next sync after that makes the new length
+    /// durable.
     fn allocate(&self, len: u64) -> io::Result<()> {
-        let old_len = self.file.metadata()?.len();
-        super::fallocate::allocate(&self.file, old_len, len)
+        let mut zeroes = self.lock_zeroes();
+        zeroes.wanted = zeroes.wanted.max(len);
+        Ok(())
+    }
+
+    fn write_ahead(&self) -> io::Result<()> {
+        let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.write_zeroes();
+        if result.is_err() {
+            // Not asked again until the segment asks: it may be a full disk.
+            self.lock_zeroes().wanted = 0;
+        }
+        result
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -485,5 +577,41 @@ mod tests {
         file.set_len(len - 100).expect("cut");
         let err = file.write_pieces_at(&[Bytes::from_static(b"gap")], len + 1).expect_err("past the end");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn space_asked_for_ahead_is_written_with_zeroes_after_the_sync_a_step_at_a_time() {
+        let dir = TempDir::new("ahead");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        file.write_pieces_at(&[Bytes::from(first.clone())], 0).expect("append");
+        file.allocate(1 << 20).expect("allocate");
+        file.sync_data().expect("sync");
+        // Deferred: the sync wrote the data only.
+        let data_extent = align_up(first.len() as u64);
+        assert_eq!(on_disk(dir.path(), "seg").len() as u64, data_extent);
+        file.write_ahead().expect("write ahead");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(disk.len() as u64, data_extent + ZERO_CHUNK_BYTES as u64, "one step of zeroes");
+        assert_eq!(&disk[..first.len()], &first[..]);
+        assert!(disk[first.len()..].iter().all(|&b| b == 0));
+        for _ in 0..8 {
+            file.write_ahead().expect("write ahead");
+        }
+        assert_eq!(on_disk(dir.path(), "seg").len() as u64, 1 << 20, "no further than asked");
+        // Appends overwrite the zeroes; the file does not grow.
+        let second = vec![7u8; 300_000];
+        file.write_pieces_at(&[Bytes::from(second.clone())], first.len() as u64).expect("append");
+        file.sync_data().expect("sync");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(disk.len() as u64, 1 << 20);
+        assert_eq!(&disk[first.len()..first.len() + second.len()], &second[..]);
+        assert!(disk[first.len() + second.len()..].iter().all(|&b| b == 0));
+        // A cut (a seal) drops the zeroes and what was still asked for.
+        let end = (first.len() + second.len()) as u64;
+        file.allocate(4 << 20).expect("allocate");
+        file.set_len(end).expect("cut");
+        file.write_ahead().expect("write ahead");
+        assert_eq!(on_disk(dir.path(), "seg").len() as u64, end, "nothing written past the cut");
     }
 }

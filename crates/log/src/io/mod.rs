@@ -48,6 +48,13 @@ pub trait File: Send + Sync {
     fn write_out(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Does the work [`File::allocate`] left for later, off the path that
+    /// acknowledges writes: the flusher calls it after a group commit has
+    /// released its waiters. Not synced: the next `sync_data` is. Nothing to
+    /// do for a file that allocates at once.
+    fn write_ahead(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// How long the file may be after a write that ends at `end`: `end`,
     /// or more where writes are padded to a block (see [`direct`]).
     fn extent_after_write(&self, end: u64) -> u64 {
@@ -61,7 +68,9 @@ pub trait File: Send + Sync {
     /// file system's blocks for them allocated now, so that writing there
     /// later overwrites instead of allocating (`fallocate`). Does nothing if
     /// the file is already that long. Made durable by `sync_data`, like a
-    /// write.
+    /// write. A file may defer it to [`File::write_ahead`] (the direct file
+    /// writes real zeroes then, see [`direct`]), so `len` need not show it
+    /// at once.
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Makes the data and length durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
