@@ -408,3 +408,51 @@ async fn a_batch_held_back_by_a_full_window_gathers_the_records_that_come_meanwh
     assert_eq!(read_all(&client, &tp, N).await, expected);
     cluster.shutdown().await;
 }
+
+/// Batches of many partitions led by one broker share produce requests:
+/// with one request in flight per broker, the batches sealed meanwhile go
+/// out together in the next one (several of a partition among them), and
+/// every partition still gets its records once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_of_partitions_led_by_one_broker_share_requests_and_keep_their_order() {
+    const PARTITIONS: u32 = 8;
+    const N: usize = 4000;
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("shared", PARTITIONS)).await.expect("create");
+    wait_for_leaders(&admin, "shared").await;
+    let config =
+        ProducerConfig { linger: Duration::ZERO, batch_size: 2048, max_in_flight: 1, ..ProducerConfig::default() };
+    let producer = Producer::with_config(&client, config);
+    let topic: std::sync::Arc<str> = "shared".into();
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let partition = i as u32 % PARTITIONS;
+        let record = Record::new(topic.clone(), format!("s{i:05}")).partition(partition);
+        deliveries.push((partition, producer.send(record).await.expect("send")));
+    }
+    let mut next = vec![0i64; PARTITIONS as usize];
+    for (partition, delivery) in deliveries {
+        let metadata = delivery.await.expect("acknowledged");
+        assert_eq!(metadata.partition, partition);
+        assert_eq!(metadata.offset, next[partition as usize], "offsets follow the send order");
+        next[partition as usize] += 1;
+    }
+    let metrics = producer.metrics();
+    producer.close().await;
+    assert_eq!(metrics.records_sent, N as u64);
+    assert!(
+        metrics.produce_requests < metrics.batches_sent,
+        "{} batches went out in {} requests",
+        metrics.batches_sent,
+        metrics.produce_requests
+    );
+    for partition in [0, PARTITIONS - 1] {
+        let expected: Vec<String> =
+            (0..N).filter(|i| *i as u32 % PARTITIONS == partition).map(|i| format!("s{i:05}")).collect();
+        let tp = TopicPartition::new("shared", partition);
+        assert_eq!(read_all(&client, &tp, expected.len()).await, expected);
+    }
+    cluster.shutdown().await;
+}

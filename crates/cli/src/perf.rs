@@ -441,6 +441,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             "failed": failed,
             "seconds": elapsed,
             "batches": sent.batches_sent,
+            "requests": sent.produce_requests,
             "retries": sent.retries,
             "epoch_restarts": sent.epoch_restarts,
             "records_per_sec": n as f64 / elapsed,

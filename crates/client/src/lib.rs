@@ -87,6 +87,7 @@
 mod admin;
 mod client;
 mod consumer;
+mod dispatch;
 mod error;
 mod group;
 mod linger;

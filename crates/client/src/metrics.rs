@@ -13,6 +13,9 @@ pub struct ProducerMetrics {
     pub bytes_sent: u64,
     /// Batches acknowledged.
     pub batches_sent: u64,
+    /// Produce requests sent (each carries batches of one or more
+    /// partitions led by one broker, see `Producer`).
+    pub produce_requests: u64,
     /// Records that failed for good (their delivery future got an error).
     pub records_failed: u64,
     /// Batches resent after a retriable error.
@@ -41,6 +44,7 @@ pub(crate) struct ProducerCounters {
     pub records_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub batches_sent: AtomicU64,
+    pub produce_requests: AtomicU64,
     pub records_failed: AtomicU64,
     pub retries: AtomicU64,
     pub epoch_restarts: AtomicU64,
@@ -57,6 +61,7 @@ impl ProducerCounters {
             records_sent: get(&self.records_sent),
             bytes_sent: get(&self.bytes_sent),
             batches_sent: get(&self.batches_sent),
+            produce_requests: get(&self.produce_requests),
             records_failed: get(&self.records_failed),
             retries: get(&self.retries),
             epoch_restarts: get(&self.epoch_restarts),

@@ -8,7 +8,10 @@
 //! fast sender pays no wakeup per record). The task takes a batch once it
 //! reaches `batch_size` bytes or its `linger` is over, seals it (giving it
 //! the next sequence numbers), and keeps up to `max_in_flight` sealed
-//! batches on the wire, in order. When a batch fails with a retriable
+//! batches on the wire, in order. A sealed batch goes out in the next
+//! produce request to its leader, which carries the batches of every
+//! partition that broker leads ([`crate::dispatch`]; at most
+//! `max_in_flight` requests per broker, as Kafka's per connection). When a batch fails with a retriable
 //! error, the task waits for the rest of the window, backs off, refreshes
 //! the leader and resends from the first unacknowledged batch. A batch the
 //! broker definitely did not write (a sequence error, or a non-retriable
@@ -30,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::client::Client;
+use crate::dispatch::{Dispatchers, RequestSettings};
 use crate::error::{Error, ErrorCode, Result};
 use crate::linger::{Alarm, LingerClock};
 use crate::metrics::{ProducerCounters, ProducerMetrics};
@@ -501,7 +505,9 @@ struct Shared {
     topics: Mutex<HashMap<String, TopicState>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rng: Mutex<u64>,
-    counters: ProducerCounters,
+    counters: Arc<ProducerCounters>,
+    /// Puts sealed batches into produce requests, one queue per broker.
+    dispatch: Arc<Dispatchers>,
     budget: Budget,
     linger_clock: LingerClock,
     /// Where the outcomes of tagged records go.
@@ -584,6 +590,14 @@ impl Producer {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x5EED, |d| d.as_nanos() as u64);
         let budget = Budget { limit: config.buffer_memory, used: AtomicUsize::new(0), room: Notify::new() };
+        let counters = Arc::new(ProducerCounters::default());
+        let acks = match config.acks {
+            Acks::All => pb::Acks::All,
+            Acks::Leader => pb::Acks::Leader,
+            Acks::None => pb::Acks::NoneAcks,
+        };
+        let settings = RequestSettings { acks, timeout: config.request_timeout, max_in_flight: config.max_in_flight };
+        let dispatch = Arc::new(Dispatchers::new(client.clone(), settings, counters.clone()));
         let shared = Arc::new(Shared {
             client: client.clone(),
             config,
@@ -591,7 +605,8 @@ impl Producer {
             topics: Mutex::default(),
             tasks: Mutex::default(),
             rng: Mutex::new(seed),
-            counters: ProducerCounters::default(),
+            counters,
+            dispatch,
             budget,
             linger_clock: LingerClock::default(),
             delivery,
@@ -1023,11 +1038,10 @@ impl PartitionTask {
             let batch = self.queue[self.n_sent].bytes.clone();
             let request = send_batch(
                 self.shared.client.clone(),
+                self.shared.dispatch.clone(),
                 self.topic.clone(),
                 self.partition,
                 batch,
-                self.shared.config.acks,
-                self.shared.config.request_timeout,
                 self.attempts as usize,
             );
             self.in_flight.push_back(Box::pin(request));
@@ -1252,45 +1266,18 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// One produce request of one batch to the partition's leader.
+/// Sends one batch to the partition's leader, in the next produce request
+/// to that broker (see [`crate::dispatch`]); resolves to its base offset.
 async fn send_batch(
     client: Client,
+    dispatch: Arc<Dispatchers>,
     topic: Arc<str>,
     partition: u32,
     batch: Bytes,
-    acks: Acks,
-    timeout: Duration,
     attempt: usize,
 ) -> Result<i64> {
     let addr = client.leader_addr(&topic, partition, attempt).await?;
-    let mut stub = client.stub(&addr)?;
-    let acks = match acks {
-        Acks::All => pb::Acks::All,
-        Acks::Leader => pb::Acks::Leader,
-        Acks::None => pb::Acks::NoneAcks,
-    };
-    let request = pb::ProduceRequest {
-        acks: acks.into(),
-        timeout_ms: timeout.as_millis() as u32,
-        partitions: vec![pb::PartitionRecords { topic: topic.to_string(), partition, batch }],
-    };
-    let response = match tokio::time::timeout(timeout + Duration::from_secs(5), stub.produce(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Err(Error::from_status(status)),
-        Err(_) => return Err(Error::api(ErrorCode::Timeout, format!("no answer from {addr} in time"))),
-    };
-    if let Some(error) = Error::from_pb(response.error) {
-        return Err(error);
-    }
-    let result = response
-        .partitions
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Transport(format!("{addr} answered a produce without a result")))?;
-    match Error::from_pb(result.error) {
-        Some(error) => Err(error),
-        None => Ok(result.base_offset),
-    }
+    dispatch.send(&addr, topic, partition, batch).await
 }
 
 #[cfg(test)]
