@@ -11,12 +11,13 @@
 //! batches on the wire, in order. A sealed batch goes out in the next
 //! produce request to its leader, which carries the batches of every
 //! partition that broker leads ([`crate::dispatch`]; at most
-//! `max_in_flight` requests per broker, as Kafka's per connection). When a batch fails with a retriable
-//! error, the task waits for the rest of the window, backs off, refreshes
-//! the leader and resends from the first unacknowledged batch. A batch the
-//! broker definitely did not write (a sequence error, or a non-retriable
-//! error) restarts the partition's sequence under a new epoch, so later
-//! batches are never refused for a gap.
+//! `max_in_flight` requests per broker, as Kafka's per connection). When a
+//! batch fails with a retriable error, the task waits for the rest of the
+//! window, backs off, refreshes the leader and resends from the first
+//! unacknowledged batch. A batch the broker definitely did not write (a
+//! sequence error, or a non-retriable error) restarts the partition's
+//! sequence under a new epoch, so later batches are never refused for a
+//! gap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
