@@ -42,6 +42,7 @@
 //! with a direct read.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -118,20 +119,98 @@ thread_local! {
 /// position to the end of the last append. Those past `written` are not in
 /// the file yet; the block before `written` is kept so the next write can
 /// carry it again.
+///
+/// The appended bytes are kept as the appends' own buffers, not copied: the
+/// write-out copies them once, into its aligned buffer, which `O_DIRECT`
+/// needs anyway. (Those buffers are the ones the log's tail cache keeps too,
+/// so holding them here costs no memory of its own.)
 struct Pending {
-    /// Aligned position of `bytes[0]`.
+    /// Aligned position of the first byte held.
     start: u64,
-    bytes: Vec<u8>,
-    /// The file holds `bytes` up to here (`start <= written <= end`).
+    /// The bytes from `start` on up to the first of `pieces`: the block the
+    /// next write carries again (less than [`ALIGN`] bytes), or for a new
+    /// append position, the block's bytes read back from the file.
+    head: Vec<u8>,
+    /// The appends' buffers after `head`, in file order.
+    pieces: VecDeque<Bytes>,
+    /// Bytes in `pieces`.
+    pieces_len: u64,
+    /// The file holds the bytes up to here (`start <= written <= end`).
     written: u64,
-    /// Whether `bytes` is known: false for a new handle, and after a cut
+    /// Whether the bytes are known: false for a new handle, and after a cut
     /// below `start`, until an append reads the block back from the file.
     known: bool,
 }
 
 impl Pending {
+    fn unknown() -> Pending {
+        Pending { start: 0, head: Vec::new(), pieces: VecDeque::new(), pieces_len: 0, written: 0, known: false }
+    }
+
     fn end(&self) -> u64 {
-        self.start + self.bytes.len() as u64
+        self.start + self.head.len() as u64 + self.pieces_len
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.pieces_len += piece.len() as u64;
+            self.pieces.push_back(piece);
+        }
+    }
+
+    /// The held bytes from `from` on (`start <= from`), `head` first, as
+    /// slices in order.
+    fn slices_from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
+        let mut skip = (from - self.start) as usize;
+        std::iter::once(&self.head[..]).chain(self.pieces.iter().map(|p| &p[..])).filter_map(move |slice| {
+            if skip >= slice.len() {
+                skip -= slice.len();
+                return None;
+            }
+            let rest = &slice[skip..];
+            skip = 0;
+            (!rest.is_empty()).then_some(rest)
+        })
+    }
+
+    /// Copies the held bytes from `from` on into `out`, which they must fill.
+    fn copy_to(&self, from: u64, out: &mut [u8]) {
+        let mut done = 0;
+        for slice in self.slices_from(from) {
+            let n = slice.len().min(out.len() - done);
+            out[done..done + n].copy_from_slice(&slice[..n]);
+            done += n;
+            if done == out.len() {
+                break;
+            }
+        }
+        assert_eq!(done, out.len(), "the bytes asked for are held");
+    }
+
+    /// Forgets the held bytes from `len` on (`start <= len`).
+    fn truncate(&mut self, len: u64) {
+        let mut keep = len - self.start;
+        if keep <= self.head.len() as u64 {
+            self.head.truncate(keep as usize);
+            self.pieces.clear();
+            self.pieces_len = 0;
+            return;
+        }
+        keep -= self.head.len() as u64;
+        let mut kept = 0u64;
+        let mut n = 0;
+        for piece in self.pieces.iter_mut() {
+            if kept + piece.len() as u64 >= keep {
+                piece.truncate((keep - kept) as usize);
+                kept = keep;
+                n += 1;
+                break;
+            }
+            kept += piece.len() as u64;
+            n += 1;
+        }
+        self.pieces.truncate(n);
+        self.pieces_len = kept;
     }
 }
 
@@ -147,8 +226,9 @@ struct Zeroes {
 }
 
 /// A segment data file opened with `O_DIRECT`, written behind: an append
-/// only copies its bytes into memory; `sync_data` (the flusher thread's
-/// call) writes them to the file, padded to a block, then syncs. So appends
+/// only keeps its buffers (`Bytes`, shared, not copied); `sync_data` (the
+/// flusher thread's call) copies them into one aligned buffer and writes that
+/// to the file, padded to a block, then syncs. So appends
 /// never wait for the device, and the device gets one large write per group
 /// commit. Reads of bytes not written yet are served from memory.
 pub(crate) struct DirectFile {
@@ -178,7 +258,7 @@ pub(crate) fn open(path: &Path, create_new: bool) -> io::Result<Option<DirectFil
         Ok(file) => Ok(Some(DirectFile {
             file,
             cached: std::fs::OpenOptions::new().read(true).open(path)?,
-            pending: Mutex::new(Pending { start: 0, bytes: Vec::new(), written: 0, known: false }),
+            pending: Mutex::new(Pending::unknown()),
             zeroes: Mutex::new(Zeroes::default()),
             io: Mutex::new(()),
         })),
@@ -290,30 +370,32 @@ impl DirectFile {
     fn flush_pending(&self) -> io::Result<()> {
         WRITE_BUF.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (start, end) = {
+            let (start, end, n_pieces) = {
                 let pending = self.lock_pending();
                 if !pending.known || pending.written >= pending.end() {
                     return Ok::<(), io::Error>(());
                 }
-                let len = pending.bytes.len();
-                let buf = cell.get(align_up(len as u64) as usize);
-                buf[..len].copy_from_slice(&pending.bytes);
+                let (start, end) = (pending.start, pending.end());
+                let buf = cell.get(align_up(end - start) as usize);
+                let len = (end - start) as usize;
+                pending.copy_to(start, &mut buf[..len]);
                 buf[len..].fill(0);
-                (pending.start, pending.end())
+                (start, end, pending.pieces.len())
             };
-            // Appends may go on meanwhile: they only add bytes past `end`.
-            self.write_aligned(cell.get(align_up(end - start) as usize), start)?;
+            // Appends may go on meanwhile: they only add pieces past `end`.
+            let buf = cell.get(align_up(end - start) as usize);
+            self.write_aligned(buf, start)?;
             let mut pending = self.lock_pending();
-            pending.written = end;
             // Keep the block holding `end`: the next write starts there.
             let keep_from = align_down(end);
-            let drop_bytes = (keep_from - pending.start) as usize;
-            pending.bytes.drain(..drop_bytes);
-            if pending.bytes.capacity() > KEEP_BUFFER_BYTES_MAX / 16 {
-                // A burst's worth of memory is not kept per file.
-                pending.bytes.shrink_to(ALIGN as usize);
+            pending.head.clear();
+            pending.head.extend_from_slice(&buf[(keep_from - start) as usize..(end - start) as usize]);
+            for _ in 0..n_pieces {
+                let piece = pending.pieces.pop_front().expect("appends only add pieces");
+                pending.pieces_len -= piece.len() as u64;
             }
             pending.start = keep_from;
+            pending.written = end;
             Ok(())
         })?;
         WRITE_BUF.with(|cell| {
@@ -338,9 +420,7 @@ impl File for DirectFile {
                 // Bytes from `start` on are all in memory.
                 let split = position.max(pending.start);
                 let k = (split - position) as usize;
-                let a = (split - pending.start) as usize;
-                let n = buf.len() - k;
-                buf[k..].copy_from_slice(&pending.bytes[a..a + n]);
+                pending.copy_to(split, &mut buf[k..]);
                 k
             } else {
                 buf.len()
@@ -371,10 +451,10 @@ impl File for DirectFile {
                 io::Error::new(err.kind(), format!("append at {position}, past the end of the file: {err}"))
             })?;
             pending = self.lock_pending();
-            *pending = Pending { start, bytes: block, written: position, known: true };
+            *pending = Pending { start, head: block, written: position, known: true, ..Pending::unknown() };
         }
         for piece in pieces {
-            pending.bytes.extend_from_slice(piece);
+            pending.push(piece.clone());
         }
         let unwritten = pending.end() - pending.written;
         drop(pending);
@@ -416,12 +496,11 @@ impl File for DirectFile {
             let mut pending = self.lock_pending();
             if pending.known && len < pending.end() {
                 if len >= pending.start {
-                    let keep = (len - pending.start) as usize;
-                    pending.bytes.truncate(keep);
+                    pending.truncate(len);
                     pending.written = pending.written.min(len);
                 } else {
                     // Everything below `len` is in the file already.
-                    *pending = Pending { start: 0, bytes: Vec::new(), written: 0, known: false };
+                    *pending = Pending::unknown();
                 }
             }
         }
@@ -577,6 +656,45 @@ mod tests {
         file.set_len(len - 100).expect("cut");
         let err = file.write_pieces_at(&[Bytes::from_static(b"gap")], len + 1).expect_err("past the end");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn appends_are_held_as_their_own_buffers_and_cuts_and_reads_cross_them() {
+        let dir = TempDir::new("pieces");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let pieces: Vec<Bytes> = (1..=4u8).map(|k| Bytes::from(vec![k; 3000 * k as usize])).collect();
+        file.write_pieces_at(&pieces[..2], 0).expect("append");
+        file.sync_data().expect("sync");
+        // Written: 9,000 bytes; the block holding the end (8192..9000) is kept.
+        file.write_pieces_at(&pieces[2..], 9000).expect("append");
+        {
+            let pending = file.lock_pending();
+            assert_eq!((pending.start, pending.head.len(), pending.written), (8192, 808, 9000));
+            let held: Vec<*const u8> = pending.pieces.iter().map(|p| p.as_ptr()).collect();
+            assert_eq!(held, vec![pieces[2].as_ptr(), pieces[3].as_ptr()], "the appends' buffers, not copies");
+        }
+        let mut expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        // A read from the file, across the kept block and both pieces.
+        let mut back = vec![0u8; expected.len() - 100];
+        file.read_exact_at(&mut back, 100).expect("read");
+        assert_eq!(&back[..], &expected[100..]);
+        // Cuts (each writes out first) inside the last piece and the one
+        // before, then an append where the second cut left off.
+        file.set_len(20_000).expect("cut");
+        file.set_len(17_000).expect("cut");
+        expected.truncate(17_000);
+        file.write_pieces_at(&[Bytes::from_static(b"tail")], 17_000).expect("append");
+        expected.extend_from_slice(b"tail");
+        let mut back = vec![0u8; expected.len()];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert_eq!(back, expected);
+        file.sync_data().expect("sync");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(&disk[..expected.len()], &expected[..]);
+        assert!(disk[expected.len()..].iter().all(|&b| b == 0));
+        let pending = file.lock_pending();
+        assert!(pending.pieces.is_empty() && pending.pieces_len == 0, "written pieces are let go");
+        assert_eq!(pending.start + pending.head.len() as u64, expected.len() as u64);
     }
 
     #[test]
