@@ -5,6 +5,16 @@ use std::time::Duration;
 
 /// Largest `limits.request_bytes` that may be configured.
 pub const REQUEST_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Largest HTTP/2 frame the client API accepts (HTTP/2's default is 16 KiB;
+/// a producer's request is megabytes).
+pub const H2_FRAME_BYTES: u32 = 1024 * 1024;
+/// Bytes a client may send on one request before the broker has read them
+/// (HTTP/2's flow-control window; its default is 1 MiB here). The broker
+/// reads a whole request into memory anyway (up to `limits.request_bytes`),
+/// so a larger window only saves the client waiting for window updates.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// The same for all requests of one connection together.
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Longest a fetch may wait for data (`max_wait_ms` is capped here).
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Bytes a fetch returns when the request names no limit.

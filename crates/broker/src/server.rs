@@ -146,6 +146,12 @@ impl Server {
         let rpc_parent = node_span.clone();
         let api = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
+                // HTTP/2's defaults (16 KiB frames, 1 MiB windows) cut a
+                // producer's megabytes into many small frames and make it
+                // wait for window updates: see `limits::H2_*`.
+                .max_frame_size(crate::limits::H2_FRAME_BYTES)
+                .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW_BYTES)
                 // One span per request, under the node's, naming the call.
                 .trace_fn(move |request| tracing::info_span!(parent: &rpc_parent, "rpc", path = %request.uri().path()))
                 .add_service(service)

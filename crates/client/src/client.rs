@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message the client accepts from a broker (a fetch answer).
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Largest HTTP/2 frame the client accepts (HTTP/2's default is 16 KiB).
+const H2_FRAME_BYTES: u32 = 1024 * 1024;
+/// HTTP/2 flow-control windows, per answer and per connection (hyper's
+/// defaults are 2 and 5 MiB; a fetch answer may be up to 64 MiB).
+const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// One partition as the metadata describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +94,11 @@ impl Client {
                     .map_err(|e| Error::Invalid(format!("bad broker address {addr}: {e}")))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
+                    // Large frames and windows for megabyte fetch answers,
+                    // as the broker has for produce requests.
+                    .max_frame_size(H2_FRAME_BYTES)
+                    .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(10));
                 let channel = endpoint.connect_lazy();
