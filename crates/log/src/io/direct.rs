@@ -547,26 +547,7 @@ impl File for DirectFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct TempDir(std::path::PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            let path = std::env::temp_dir().join(format!("strata-direct-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            TempDir(path)
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::io::TempDir;
 
     /// `None` where the temporary directory's file system has no direct I/O
     /// (tmpfs): the test then has nothing to check.

@@ -874,27 +874,9 @@ mod tests {
 
     use super::*;
     use crate::io::Dir;
+    use crate::io::TempDir;
     use crate::io::fs::FsDir;
     use crate::io::sim::{CrashMode, SimDisk, SplitMix};
-
-    /// A directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let path = std::env::temp_dir().join(format!("strata-journal-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// Every regular file of `dir` with its bytes (the journal's folder is
     /// not a regular file).
