@@ -486,7 +486,7 @@ mod tests {
 
     impl GatedFile {
         fn open_gate(&self) {
-            *self.gate.lock().unwrap() = true;
+            *self.gate.lock().expect("gate lock") = true;
             self.opened.notify_all();
         }
     }
@@ -509,9 +509,9 @@ mod tests {
         }
         fn sync_data(&self) -> std::io::Result<()> {
             self.syncs.fetch_add(1, Ordering::SeqCst);
-            let mut open = self.gate.lock().unwrap();
+            let mut open = self.gate.lock().expect("gate lock");
             while !*open {
-                open = self.opened.wait(open).unwrap();
+                open = self.opened.wait(open).expect("gate lock");
             }
             Ok(())
         }
