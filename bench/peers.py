@@ -355,9 +355,11 @@ def produce_scenario(rf):
         versions[system] = nats.version
         try:
             for size in SIZES:
-                # An fsync per ack makes NATS some 50 times slower: a tenth of
-                # the records keeps each run within a minute or so.
-                n = RECORDS[size] // 10 if sync_always else RECORDS[size]
+                # An fsync per ack makes NATS 15 to 50 times slower (R1 about
+                # 4 k records/s here): a hundredth of the records keeps each
+                # run within half a minute, and a rate bound by one fsync per
+                # ack holds from the first second.
+                n = RECORDS[size] // 100 if sync_always else RECORDS[size]
                 results.append(measure(system, size, lambda: nats.produce(size, n), n))
         finally:
             nats.stop()
