@@ -15,7 +15,7 @@ use crate::Connection;
 
 #[derive(Subcommand)]
 pub enum TopicCommand {
-    /// Creates a topic.
+    /// Creates a topic; returns once its partitions have leaders (up to 10 s).
     Create {
         /// Topic name.
         name: String,
@@ -184,6 +184,9 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
     Ok(())
 }
 
+/// How long `topic create` waits for the new partitions' leaders.
+const TOPIC_LEADERS_WAIT: Duration = Duration::from_secs(10);
+
 fn client(connection: &Connection) -> Result<Client> {
     Client::new(&connection.bootstrap_server).context("connect")
 }
@@ -198,7 +201,15 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 topic = topic.config(k.trim(), v.trim());
             }
             admin.create_topic(topic).await?;
-            println!("Created topic {name}.");
+            // Returning once the partitions have leaders spares the next
+            // command (a producer, most often) its first refusals.
+            match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await? {
+                0 => println!("Created topic {name}."),
+                leaderless => println!(
+                    "Created topic {name}; {leaderless} of its {partitions} partitions have no leader yet \
+                     (their elections are still running)."
+                ),
+            }
         }
         TopicCommand::List => {
             for name in admin.list_topics().await? {

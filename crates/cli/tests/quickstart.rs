@@ -115,7 +115,13 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     let (dev, banner) = start_dev(base, &data);
     assert!(banner.iter().any(|l| l.contains(&format!("node 3: client 127.0.0.1:{}", base + 20))), "{banner:?}");
 
-    assert!(strata(&["topic", "create", "demo", "--partitions", "3"], &bootstrap, "").contains("Created topic demo"));
+    let created = strata(&["topic", "create", "demo", "--partitions", "3"], &bootstrap, "");
+    assert!(created.contains("Created topic demo."), "{created}");
+    // `topic create` returns once the partitions have leaders, so that the
+    // producer below is not refused first.
+    let described = strata(&["topic", "describe", "demo"], &bootstrap, "");
+    assert_eq!(described.matches("\tLeader: ").count(), 3, "{described}");
+    assert!(!described.contains("Leader: none"), "{described}");
     assert!(strata(&["topic", "list"], &bootstrap, "").lines().any(|l| l == "demo"));
     strata(&["produce", "--topic", "demo", "--key-separator", ":"], &bootstrap, "hello\nk:world\n");
     let consume = ["consume", "--topic", "demo", "--from-beginning", "--max-messages", "2"];

@@ -8,6 +8,9 @@ use crate::client::Client;
 use crate::consumer::TopicPartition;
 use crate::error::{Error, Result};
 
+/// How often [`Admin::wait_for_leaders`] asks again.
+const LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A topic to create.
 #[derive(Debug, Clone)]
 pub struct NewTopic {
@@ -195,6 +198,27 @@ impl Admin {
             .await?;
         check(response.error)?;
         self.client.refresh_metadata(&[topic.name]).await
+    }
+
+    /// Waits until every partition of topic `name` has a leader, or until
+    /// `timeout` has passed; returns how many partitions are still without
+    /// one. A new topic's Raft groups elect their leaders within a second or
+    /// so of its creation; a producer that starts before then has its first
+    /// requests refused (not the leader) and retried.
+    pub async fn wait_for_leaders(&self, name: &str, timeout: std::time::Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let topic = self.describe_topic(name).await?;
+            let leaderless = topic.partitions.iter().filter(|p| p.leader.is_none()).count();
+            if leaderless == 0 {
+                self.client.refresh_metadata(&[name.to_string()]).await?;
+                return Ok(0);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(leaderless);
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
     }
 
     /// Deletes a topic and its data.
