@@ -39,9 +39,8 @@ PARTITIONS = 12
 SIZES = [100, 1024]
 # Records per produce run: enough for several seconds at Strata's rates.
 # (Until session 16 this was 1 M and 300 k: by then a run of 300 k records
-# of 1 KB lasted under half a second, and start-up (first-touch memory,
-# connection windows, the first group commits) took 25-40% off the figure
-# that a run of 3 M records holds steadily.)
+# of 1 KB lasted under half a second, and start-up took 25-40% off the
+# figure that a run of 3 M records holds steadily.)
 RECORDS = {100: 50_000, 1024: 20_000} if QUICK else {100: 10_000_000, 1024: 3_000_000}
 BASE = 19070
 BOOT = ["--bootstrap-server", f"127.0.0.1:{BASE}"]

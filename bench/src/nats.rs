@@ -69,6 +69,9 @@ pub(crate) fn nats_publish(args: impl Iterator<Item = String>) -> Result<()> {
     runtime.block_on(publish(opts))
 }
 
+type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+
 /// One line of the server's protocol, without its CRLF.
 async fn read_line(reader: &mut Reader, line: &mut String) -> Result<()> {
     line.clear();
@@ -88,9 +91,6 @@ async fn read_payload(reader: &mut Reader, header: &str) -> Result<Vec<u8>> {
     payload.truncate(len);
     Ok(payload)
 }
-
-type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
-type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 /// Sends a JetStream API request (`$JS.API.<api>`) and returns its answer,
 /// which arrives on `_INBOX.bench.<tag>`.

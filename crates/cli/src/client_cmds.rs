@@ -203,12 +203,13 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             admin.create_topic(topic).await?;
             // Returning once the partitions have leaders spares the next
             // command (a producer, most often) its first refusals.
-            match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await? {
-                0 => println!("Created topic {name}."),
-                leaderless => println!(
+            match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
+                Ok(0) => println!("Created topic {name}."),
+                Ok(leaderless) => println!(
                     "Created topic {name}; {leaderless} of its {partitions} partitions have no leader yet \
                      (their elections are still running)."
                 ),
+                Err(err) => println!("Created topic {name}; its leaders could not be checked: {err}."),
             }
         }
         TopicCommand::List => {

@@ -204,20 +204,24 @@ impl Admin {
     /// `timeout` has passed; returns how many partitions are still without
     /// one. A new topic's Raft groups elect their leaders within a second or
     /// so of its creation; a producer that starts before then has its first
-    /// requests refused (not the leader) and retried.
+    /// requests refused (not the leader) and retried. A broker that does not
+    /// know the topic yet (it has not applied the creation) is asked again,
+    /// until the timeout; then its error is returned.
     pub async fn wait_for_leaders(&self, name: &str, timeout: std::time::Duration) -> Result<usize> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let topic = self.describe_topic(name).await?;
-            let leaderless = topic.partitions.iter().filter(|p| p.leader.is_none()).count();
-            if leaderless == 0 {
-                self.client.refresh_metadata(&[name.to_string()]).await?;
-                return Ok(0);
+            let leaderless = self
+                .describe_topic(name)
+                .await
+                .map(|topic| topic.partitions.iter().filter(|p| p.leader.is_none()).count());
+            match leaderless {
+                Ok(0) => {
+                    self.client.refresh_metadata(&[name.to_string()]).await?;
+                    return Ok(0);
+                }
+                done if tokio::time::Instant::now() >= deadline => return done,
+                _ => tokio::time::sleep(LEADER_POLL).await,
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(leaderless);
-            }
-            tokio::time::sleep(LEADER_POLL).await;
         }
     }
 
