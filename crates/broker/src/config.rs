@@ -87,6 +87,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("limits.connections", Some("1024")),
     ("limits.produce_memory_bytes", Some("256 MiB")),
     ("shutdown.grace", Some("10s")),
+    ("runtime.worker_threads", Some("auto")),
     ("groups.offsets_partitions", Some("12")),
     ("testing.ack_before_quorum", Some("false")),
     ("testing.journal_unsynced", Some("false")),
@@ -127,6 +128,9 @@ pub struct ServerConfig {
     pub produce_memory_bytes: u64,
     /// How long a graceful shutdown may take.
     pub shutdown_grace: Duration,
+    /// Threads of the async runtime that serves clients, peers and Raft
+    /// (`auto`: one per CPU). The flusher threads come on top.
+    pub worker_threads: usize,
     /// Partitions of `__consumer_offsets` (fixed once created).
     pub offsets_partitions: u32,
     /// Every topic's settings where the topic sets none: Kafka's topic keys
@@ -316,6 +320,7 @@ impl ConfigBuilder {
                 parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
             })?,
             shutdown_grace: self.required("shutdown.grace", parse_duration)?,
+            worker_threads: self.required("runtime.worker_threads", parse_threads)?,
             offsets_partitions: self.required("groups.offsets_partitions", |v| parse_int(v, 1, 1000))? as u32,
             topic_defaults,
             retention_check_interval: self.required("log.retention_check_interval", |v| {
@@ -460,6 +465,14 @@ fn parse_int(v: &str, min: u64, max: u64) -> Result<u64, String> {
     Ok(n)
 }
 
+/// `auto` (one per CPU the process may use) or a count.
+fn parse_threads(v: &str) -> Result<usize, String> {
+    if v == "auto" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    parse_int(v, 1, 1024).map(|n| n as usize).map_err(|reason| format!("expected \"auto\" or a count: {reason}"))
+}
+
 fn parse_addr(v: &str) -> Result<SocketAddr, String> {
     v.parse().map_err(|_| "expected IP:PORT, e.g. 0.0.0.0:7070".to_string())
 }
@@ -529,6 +542,18 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_threads_are_auto_or_a_count() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(ConfigBuilder::new().build().expect("defaults").worker_threads, cpus);
+        let set = |v: &str| ConfigBuilder::new().set("runtime.worker_threads", v).expect("known").build();
+        assert_eq!(set("3").expect("a count").worker_threads, 3);
+        for bad in ["0", "1025", "many", "-1"] {
+            let err = set(bad).expect_err(bad).to_string();
+            assert!(err.contains("runtime.worker_threads") && err.contains("auto"), "{err}");
+        }
+    }
 
     #[test]
     fn sizes_and_durations_take_units() {

@@ -46,6 +46,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let port = |i: u16, k: u16| args.base_port + 10 * (i - 1) + k;
     let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}=127.0.0.1:{}", port(i, 1))).collect();
     let peers = peers.join(",");
+    // The nodes share this machine's CPUs out rather than each starting a
+    // runtime thread per CPU: on few cores, every extra thread is one more
+    // to wake per request (see docs/benchmarks.md, session 17). A worker
+    // count set in the environment wins.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_threads = (threads / usize::from(args.nodes)).max(1);
+    let share_cpus = std::env::var_os("STRATA_RUNTIME_WORKER_THREADS").is_none();
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let dir = args.data_dir.join(format!("node-{i}"));
@@ -61,11 +68,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
             format!("127.0.0.1:{}", port(i, 1)),
             format!("127.0.0.1:{}", port(i, 2)),
         );
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(["server", "--stop-on-stdin-eof", "--node-id", &i.to_string(), "--peers", &peers])
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--listen-client", &client, "--listen-peer", &peer, "--listen-http", &http])
+            .args(["--listen-client", &client, "--listen-peer", &peer, "--listen-http", &http]);
+        if share_cpus {
+            command.arg("--set").arg(format!("runtime.worker_threads={worker_threads}"));
+        }
+        let child = command
             .stdin(Stdio::piped())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

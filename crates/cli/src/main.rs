@@ -120,7 +120,18 @@ enum LogFormat {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // A server's settings come first: they say how many threads its runtime has.
+    let server_config = match &cli.command {
+        Command::Server(args) => {
+            let config = server_config(args)?;
+            runtime.worker_threads(config.worker_threads);
+            Some(config)
+        }
+        _ => None,
+    };
+    let runtime = runtime.build().context("start the runtime")?;
     if !matches!(cli.command, Command::Server(_) | Command::Dev(_)) {
         // A client command says what went wrong on the way (a retried
         // request, say) on stderr, as Kafka's tools do; its output stays
@@ -129,7 +140,7 @@ fn main() -> Result<()> {
     }
     runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => server(args).await,
+            Command::Server(args) => server(args, server_config.context("server settings")?).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Topic { connection, command } => client_cmds::topic(&connection, command).await,
             Command::Cluster { connection, command } => client_cmds::cluster(&connection, command).await,
@@ -174,15 +185,8 @@ fn init_logs(format: LogFormat, default: tracing::Level, export: &Export) {
     tracing_subscriber::registry().with(fmt).with(exported).with(targets).init();
 }
 
-async fn server(args: ServerArgs) -> Result<()> {
-    #[cfg(feature = "otlp")]
-    let export: Export = match &args.otlp_endpoint {
-        Some(endpoint) => Some(otlp::Otlp::start(endpoint, args.node_id)?),
-        None => None,
-    };
-    #[cfg(not(feature = "otlp"))]
-    let export: Export = ();
-    init_logs(args.log_format, tracing::Level::INFO, &export);
+/// The server's settings: defaults, the file, `STRATA_*` variables, flags.
+fn server_config(args: &ServerArgs) -> Result<strata_broker::ServerConfig> {
     let mut builder = strata_broker::ConfigBuilder::new();
     if let Some(path) = &args.config {
         builder = builder.file(path)?;
@@ -190,12 +194,12 @@ async fn server(args: ServerArgs) -> Result<()> {
     builder = builder.env(std::env::vars());
     let flags: [(&str, Option<String>); 7] = [
         ("node_id", args.node_id.map(|n| n.to_string())),
-        ("peers", args.peers),
-        ("data_dir", args.data_dir.map(|d| d.display().to_string())),
-        ("listen.client", args.listen_client),
-        ("listen.peer", args.listen_peer),
-        ("listen.http", args.listen_http),
-        ("advertise.client", args.advertise_client),
+        ("peers", args.peers.clone()),
+        ("data_dir", args.data_dir.as_ref().map(|d| d.display().to_string())),
+        ("listen.client", args.listen_client.clone()),
+        ("listen.peer", args.listen_peer.clone()),
+        ("listen.http", args.listen_http.clone()),
+        ("advertise.client", args.advertise_client.clone()),
     ];
     for (key, value) in flags {
         if let Some(value) = value {
@@ -212,7 +216,18 @@ async fn server(args: ServerArgs) -> Result<()> {
     for (key, value) in extra {
         builder = builder.set(&key, value)?;
     }
-    let config = builder.build()?;
+    Ok(builder.build()?)
+}
+
+async fn server(args: ServerArgs, config: strata_broker::ServerConfig) -> Result<()> {
+    #[cfg(feature = "otlp")]
+    let export: Export = match &args.otlp_endpoint {
+        Some(endpoint) => Some(otlp::Otlp::start(endpoint, args.node_id)?),
+        None => None,
+    };
+    #[cfg(not(feature = "otlp"))]
+    let export: Export = ();
+    init_logs(args.log_format, tracing::Level::INFO, &export);
     let server = strata_broker::Server::start(config).await?;
     let stdin_closed = async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

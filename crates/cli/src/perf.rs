@@ -158,12 +158,22 @@ pub struct ProduceArgs {
     json: bool,
 }
 
+/// The shortest sleep of the pacing thread: at most this many wake-ups a
+/// second. Each wake-up costs the machine a context switch or two (some
+/// 20 µs of CPU on a 2-vCPU virtual machine); waking for every record took
+/// a fifth of a CPU at 50k records/s, CPU the brokers sharing the machine
+/// then lacked (docs/benchmarks.md, session 17).
+const PACE_QUANTUM: Duration = Duration::from_micros(500);
+
 /// Calls `send(due)` for `n` records at `rate` a second and collects what
 /// each returns. A thread of its own keeps the pace: tokio's timers round
 /// up to the next millisecond, which would add up to a millisecond to every
 /// latency counted from a record's due time, where the thread's sleep is
 /// the kernel's fine timer (tens of microseconds late). Each send runs on
-/// the runtime; records already due go out without sleeping.
+/// the runtime; records already due go out without sleeping, and the
+/// thread sleeps at least [`PACE_QUANTUM`], sending what fell due meanwhile
+/// on waking. Never early: a record's latency still counts from its due
+/// time, so the wait in this thread is part of the figures.
 async fn paced<F, Fut, T, E>(n: u64, rate: u64, mut send: F) -> Result<Vec<T>>
 where
     F: FnMut(Instant) -> Fut + Send + 'static,
@@ -179,7 +189,7 @@ where
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             let now = std::time::Instant::now();
             if due > now {
-                std::thread::sleep(due - now);
+                std::thread::sleep((due - now).max(PACE_QUANTUM));
             }
             out.push(runtime.block_on(send(Instant::from_std(due)))?);
         }
