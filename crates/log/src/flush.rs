@@ -135,10 +135,25 @@ impl Durability {
         self.deliver();
         // With the waiters answered, the files may prepare space ahead of
         // their data (zeroes a direct file was asked for): the next group
-        // commit finds it ready instead of waiting for it.
+        // commit finds it ready instead of waiting for it. New blocks are
+        // synced here too, so that the next group commit, which appends
+        // wait for, has no file-system metadata to write.
         for file in files {
-            if let Err(err) = file.write_ahead() {
-                tracing::warn!(%err, "could not write ahead of a segment's data; appends will grow the file");
+            match file.write_ahead() {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(err) = file.sync_data() {
+                        // As after a failed group commit: the kernel may have
+                        // dropped what it could not write.
+                        let err = LogError::io("sync segment after writing ahead")(err);
+                        self.poison(err.to_string());
+                        self.deliver();
+                        return Err(err);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "could not write ahead of a segment's data; appends will grow the file");
+                }
             }
         }
         result
@@ -518,6 +533,64 @@ mod tests {
         fn map(&self, _: u64) -> std::io::Result<Bytes> {
             Ok(Bytes::new())
         }
+    }
+
+    /// A file that always has zeroes to write ahead, and whose syncs fail
+    /// from the `fail_from`th on (counting from 0).
+    struct AheadFile {
+        syncs: AtomicUsize,
+        fail_from: usize,
+    }
+
+    impl File for AheadFile {
+        fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(0)
+        }
+        fn set_len(&self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn allocate(&self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_ahead(&self) -> std::io::Result<bool> {
+            Ok(true)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            match self.syncs.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
+                true => Err(std::io::Error::other("device gone")),
+                false => Ok(()),
+            }
+        }
+        fn map(&self, _: u64) -> std::io::Result<Bytes> {
+            Ok(Bytes::new())
+        }
+    }
+
+    #[test]
+    fn space_written_ahead_is_synced_at_once_and_a_failed_sync_of_it_poisons_the_log() {
+        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: usize::MAX });
+        let as_dyn: Arc<dyn File> = file.clone();
+        let log = log_with(&as_dyn);
+        log.sync_now().expect("synced");
+        assert_eq!(file.syncs.load(Ordering::SeqCst), 2, "the group commit, then the zeroes' own sync");
+        assert_eq!(log.lock().durable, Some(RaftIndex(1)));
+
+        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: 1 });
+        let as_dyn: Arc<dyn File> = file.clone();
+        let log = log_with(&as_dyn);
+        let err = log.sync_now().expect_err("the second sync fails");
+        assert!(err.to_string().contains("writing ahead"), "{err}");
+        assert_eq!(log.lock().durable, Some(RaftIndex(1)), "the group commit itself succeeded");
+        assert!(log.lock().poisoned.is_some(), "a failed sync poisons the log");
+        let (tx, rx) = mpsc::channel();
+        FlusherHandle::inline().request(&log, Box::new(move |result| tx.send(result.is_err()).expect("test waits")));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true), "later flushes fail");
     }
 
     struct OpenOnDrop(Arc<GatedFile>);

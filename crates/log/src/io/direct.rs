@@ -70,7 +70,9 @@ const PENDING_BYTES_MAX: u64 = 8 << 20;
 /// the data moves into it. A sync after zeroes were written is slower (the
 /// file system records the new blocks, and the device takes them in): in
 /// 2 MiB steps one sync in 25 took over 2 ms at 50k records/s, where 256 KiB
-/// steps spread that cost (docs/benchmarks.md, session 14).
+/// steps spread that cost (docs/benchmarks.md, session 14). The flusher now
+/// pays it in a sync of its own right after the zeroes, which no append
+/// waits for (session 17).
 const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
 fn align_down(position: u64) -> u64 {
@@ -344,25 +346,25 @@ impl DirectFile {
     /// Writes zeroes from the block after the last append towards where
     /// [`File::allocate`] asked the file to end, if that is further, at most
     /// [`ZERO_CHUNK_BYTES`] of them. The caller holds `io`.
-    fn write_zeroes(&self) -> io::Result<()> {
+    fn write_zeroes(&self) -> io::Result<bool> {
         let (from, to) = {
             let pending = self.lock_pending();
             if !pending.known {
                 // No append yet in this handle: where the data ends is not
                 // known, and nothing asks for zeroes before an append.
-                return Ok(());
+                return Ok(false);
             }
             let zeroes = self.lock_zeroes();
             (align_up(pending.end()).max(zeroes.written), align_up(zeroes.wanted))
         };
         if from >= to {
-            return Ok(());
+            return Ok(false);
         }
         let n = (to - from).min(ZERO_CHUNK_BYTES as u64);
         self.write_aligned(&zero_chunk()[..n as usize], from)?;
         let mut done = self.lock_zeroes();
         done.written = done.written.max(from + n);
-        Ok(())
+        Ok(true)
     }
 
     /// Writes everything appended so far to the file (not synced). The
@@ -517,7 +519,7 @@ impl File for DirectFile {
         Ok(())
     }
 
-    fn write_ahead(&self) -> io::Result<()> {
+    fn write_ahead(&self) -> io::Result<bool> {
         let _io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.write_zeroes();
         if result.is_err() {
@@ -689,7 +691,7 @@ mod tests {
         // Deferred: the sync wrote the data only.
         let data_extent = align_up(first.len() as u64);
         assert_eq!(on_disk(dir.path(), "seg").len() as u64, data_extent);
-        file.write_ahead().expect("write ahead");
+        assert!(file.write_ahead().expect("write ahead"), "zeroes written");
         let disk = on_disk(dir.path(), "seg");
         assert_eq!(disk.len() as u64, data_extent + ZERO_CHUNK_BYTES as u64, "one step of zeroes");
         assert_eq!(&disk[..first.len()], &first[..]);
@@ -698,6 +700,7 @@ mod tests {
             file.write_ahead().expect("write ahead");
         }
         assert_eq!(on_disk(dir.path(), "seg").len() as u64, 1 << 20, "no further than asked");
+        assert!(!file.write_ahead().expect("write ahead"), "nothing left to write");
         // Appends overwrite the zeroes; the file does not grow.
         let second = vec![7u8; 300_000];
         file.write_pieces_at(&[Bytes::from(second.clone())], first.len() as u64).expect("append");

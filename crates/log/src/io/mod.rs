@@ -50,10 +50,13 @@ pub trait File: Send + Sync {
     }
     /// Does the work [`File::allocate`] left for later, off the path that
     /// acknowledges writes: the flusher calls it after a group commit has
-    /// released its waiters. Not synced: the next `sync_data` is. Nothing to
-    /// do for a file that allocates at once.
-    fn write_ahead(&self) -> io::Result<()> {
-        Ok(())
+    /// released its waiters. Returns whether it wrote anything: the file
+    /// then has new blocks and a new length that only a `sync_data` makes
+    /// durable (the flusher syncs it at once, so that the next group commit
+    /// does not carry that metadata). Nothing to do for a file that
+    /// allocates at once.
+    fn write_ahead(&self) -> io::Result<bool> {
+        Ok(false)
     }
     /// How long the file may be after a write that ends at `end`: `end`,
     /// or more where writes are padded to a block (see [`direct`]).
