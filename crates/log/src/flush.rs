@@ -137,10 +137,13 @@ impl Durability {
         // their data (zeroes a direct file was asked for): the next group
         // commit finds it ready instead of waiting for it. New blocks are
         // synced here too, so that the next group commit, which appends
-        // wait for, has no file-system metadata to write.
+        // wait for, has no file-system metadata to write; unless that commit
+        // is already asked for (a busy log), which would then wait for this
+        // sync instead.
         for file in files {
             match file.write_ahead() {
                 Ok(false) => {}
+                Ok(true) if self.commit_requested() => {}
                 Ok(true) => {
                     if let Err(err) = file.sync_data() {
                         // As after a failed group commit: the kernel may have
@@ -157,6 +160,12 @@ impl Durability {
             }
         }
         result
+    }
+
+    /// Whether appends wait for a group commit not yet started.
+    fn commit_requested(&self) -> bool {
+        let s = self.lock();
+        s.queued || s.sync_again
     }
 
     /// A flusher thread's sync: [`Durability::sync_now`], except that a
@@ -580,6 +589,23 @@ mod tests {
         log.sync_now().expect("synced");
         assert_eq!(file.syncs.load(Ordering::SeqCst), 2, "the group commit, then the zeroes' own sync");
         assert_eq!(log.lock().durable, Some(RaftIndex(1)));
+
+        // A commit already asked for when the zeroes are written carries
+        // their metadata itself: no sync of their own.
+        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: usize::MAX });
+        let as_dyn: Arc<dyn File> = file.clone();
+        let log = log_with(&as_dyn);
+        log.enqueue(Box::new(|_| {})).map_err(|(_, err)| err).expect("queued");
+        let again = log.clone();
+        let (tx, rx) = mpsc::channel();
+        // Released by the sync; it asks for the next commit at once.
+        log.lock().waiters.push_back((
+            Some(RaftIndex(1)),
+            Box::new(move |_| tx.send(again.enqueue(Box::new(|_| {})).is_ok()).expect("test waits")),
+        ));
+        log.sync_now().expect("synced");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        assert_eq!(file.syncs.load(Ordering::SeqCst), 1, "only the group commit");
 
         let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: 1 });
         let as_dyn: Arc<dyn File> = file.clone();
