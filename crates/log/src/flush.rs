@@ -501,57 +501,41 @@ mod tests {
     use super::*;
     use crate::io::sim::SimDisk;
 
-    /// A file whose first `sync_data` waits until the test opens the gate.
-    struct GatedFile {
+    /// A file for the flusher's tests: its syncs wait while the gate is
+    /// closed, fail from the `fail_from`th on (counting from 0), and it has
+    /// zeroes to write ahead whenever `ahead` is set.
+    struct TestFile {
         gate: Mutex<bool>,
         opened: Condvar,
         syncs: AtomicUsize,
+        fail_from: usize,
+        ahead: bool,
     }
 
-    impl GatedFile {
+    impl TestFile {
+        /// Syncs wait until the gate opens (at once if `open`).
+        fn gated(open: bool) -> TestFile {
+            TestFile {
+                gate: Mutex::new(open),
+                opened: Condvar::new(),
+                syncs: AtomicUsize::new(0),
+                fail_from: usize::MAX,
+                ahead: false,
+            }
+        }
+
+        /// Always has zeroes to write ahead; syncs fail from `fail_from` on.
+        fn ahead(fail_from: usize) -> TestFile {
+            TestFile { fail_from, ahead: true, ..TestFile::gated(true) }
+        }
+
         fn open_gate(&self) {
             *self.gate.lock().expect("gate lock") = true;
             self.opened.notify_all();
         }
     }
 
-    impl File for GatedFile {
-        fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn len(&self) -> std::io::Result<u64> {
-            Ok(0)
-        }
-        fn set_len(&self, _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn allocate(&self, _: u64) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.syncs.fetch_add(1, Ordering::SeqCst);
-            let mut open = self.gate.lock().expect("gate lock");
-            while !*open {
-                open = self.opened.wait(open).expect("gate lock");
-            }
-            Ok(())
-        }
-        fn map(&self, _: u64) -> std::io::Result<Bytes> {
-            Ok(Bytes::new())
-        }
-    }
-
-    /// A file that always has zeroes to write ahead, and whose syncs fail
-    /// from the `fail_from`th on (counting from 0).
-    struct AheadFile {
-        syncs: AtomicUsize,
-        fail_from: usize,
-    }
-
-    impl File for AheadFile {
+    impl File for TestFile {
         fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
             Ok(())
         }
@@ -568,10 +552,15 @@ mod tests {
             Ok(())
         }
         fn write_ahead(&self) -> std::io::Result<bool> {
-            Ok(true)
+            Ok(self.ahead)
         }
         fn sync_data(&self) -> std::io::Result<()> {
-            match self.syncs.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
+            let n = self.syncs.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.gate.lock().expect("gate lock");
+            while !*open {
+                open = self.opened.wait(open).expect("gate lock");
+            }
+            match n >= self.fail_from {
                 true => Err(std::io::Error::other("device gone")),
                 false => Ok(()),
             }
@@ -581,9 +570,15 @@ mod tests {
         }
     }
 
+    fn log_with(file: &Arc<dyn File>) -> Arc<Durability> {
+        let log = Arc::new(Durability::new(Arc::new(SimDisk::new()), FlushPolicy::Always, None));
+        log.note_append(file, RaftIndex(1));
+        log
+    }
+
     #[test]
     fn space_written_ahead_is_synced_at_once_and_a_failed_sync_of_it_poisons_the_log() {
-        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: usize::MAX });
+        let file = Arc::new(TestFile::ahead(usize::MAX));
         let as_dyn: Arc<dyn File> = file.clone();
         let log = log_with(&as_dyn);
         log.sync_now().expect("synced");
@@ -592,7 +587,7 @@ mod tests {
 
         // A commit already asked for when the zeroes are written carries
         // their metadata itself: no sync of their own.
-        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: usize::MAX });
+        let file = Arc::new(TestFile::ahead(usize::MAX));
         let as_dyn: Arc<dyn File> = file.clone();
         let log = log_with(&as_dyn);
         log.enqueue(Box::new(|_| {})).map_err(|(_, err)| err).expect("queued");
@@ -607,7 +602,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
         assert_eq!(file.syncs.load(Ordering::SeqCst), 1, "only the group commit");
 
-        let file = Arc::new(AheadFile { syncs: AtomicUsize::new(0), fail_from: 1 });
+        let file = Arc::new(TestFile::ahead(1));
         let as_dyn: Arc<dyn File> = file.clone();
         let log = log_with(&as_dyn);
         let err = log.sync_now().expect_err("the second sync fails");
@@ -619,7 +614,7 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true), "later flushes fail");
     }
 
-    struct OpenOnDrop(Arc<GatedFile>);
+    struct OpenOnDrop(Arc<TestFile>);
 
     impl Drop for OpenOnDrop {
         fn drop(&mut self) {
@@ -627,16 +622,9 @@ mod tests {
         }
     }
 
-    fn log_with(file: &Arc<dyn File>) -> Arc<Durability> {
-        let log = Arc::new(Durability::new(Arc::new(SimDisk::new()), FlushPolicy::Always, None));
-        log.note_append(file, RaftIndex(1));
-        log
-    }
-
     #[test]
     fn a_log_whose_sync_is_slow_holds_one_flusher_thread_and_the_others_serve_other_logs() {
-        let slow_file =
-            Arc::new(GatedFile { gate: Mutex::new(false), opened: Condvar::new(), syncs: AtomicUsize::new(0) });
+        let slow_file = Arc::new(TestFile::gated(false));
         let flusher = Flusher::spawn_threads("test", 2).expect("spawn");
         // Dropped first, should an assertion fail: the gate opens, so the
         // flusher's threads can finish and the test fails instead of hanging.
@@ -663,8 +651,7 @@ mod tests {
         handle.request(&slow, tell("slow 2"));
         // Another log's sync, queued behind it, is served meanwhile by the
         // second thread.
-        let other_file: Arc<dyn File> =
-            Arc::new(GatedFile { gate: Mutex::new(true), opened: Condvar::new(), syncs: AtomicUsize::new(0) });
+        let other_file: Arc<dyn File> = Arc::new(TestFile::gated(true));
         let other = log_with(&other_file);
         handle.request(&other, tell("other"));
         assert_eq!(finished.recv_timeout(Duration::from_secs(10)), Ok("other"), "a free thread served the other log");
