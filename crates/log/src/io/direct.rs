@@ -70,9 +70,8 @@ const PENDING_BYTES_MAX: u64 = 8 << 20;
 /// the data moves into it. A sync after zeroes were written is slower (the
 /// file system records the new blocks, and the device takes them in): in
 /// 2 MiB steps one sync in 25 took over 2 ms at 50k records/s, where 256 KiB
-/// steps spread that cost (docs/benchmarks.md, session 14). The flusher now
-/// pays it in a sync of its own right after the zeroes, which no append
-/// waits for (session 17).
+/// steps spread that cost (docs/benchmarks.md, session 14). Larger steps
+/// with a sync of their own after each did worse (session 18).
 const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
 fn align_down(position: u64) -> u64 {

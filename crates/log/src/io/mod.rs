@@ -51,10 +51,9 @@ pub trait File: Send + Sync {
     /// Does the work [`File::allocate`] left for later, off the path that
     /// acknowledges writes: the flusher calls it after a group commit has
     /// released its waiters. Returns whether it wrote anything: the file
-    /// then has new blocks and a new length that only a `sync_data` makes
-    /// durable (the flusher syncs it at once, so that the next group commit
-    /// does not carry that metadata). Nothing to do for a file that
-    /// allocates at once.
+    /// then has new blocks and a new length that the next `sync_data` makes
+    /// durable, with the next group commit's data. Nothing to do for a file
+    /// that allocates at once.
     fn write_ahead(&self) -> io::Result<bool> {
         Ok(false)
     }
