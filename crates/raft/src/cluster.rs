@@ -732,17 +732,23 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
         }
         return;
     }
+    use openraft::async_runtime::WatchReceiver;
+    let metrics = controller.raft.metrics().borrow_watched().clone();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let replication = metrics.replication.clone().unwrap_or_default();
+    // This node (the leader), or a member that has the leader's log but
+    // for at most the last entry.
+    let caught_up = |m: &u64| {
+        *m == metrics.id || replication.get(m).cloned().flatten().is_some_and(|matched| matched.index + 1 >= last)
+    };
+    let (removed_voters, staying): (Vec<u64>, Vec<u64>) =
+        voters.iter().partition(|v| metadata.removed_brokers.contains(v));
     // Keep at least three controller voters while there are brokers to
-    // spare: promote a learner that is up to date.
-    if voters.len() < CONTROLLER_VOTERS_MIN {
-        use openraft::async_runtime::WatchReceiver;
-        let metrics = controller.raft.metrics().borrow_watched().clone();
-        let last = metrics.last_log_index.unwrap_or(0);
-        let replication = metrics.replication.unwrap_or_default();
-        let ready = members
-            .iter()
-            .filter(|m| !voters.contains(m) && metadata.brokers.contains_key(m))
-            .find(|m| replication.get(m).cloned().flatten().is_some_and(|matched| matched.index + 1 >= last));
+    // spare: promote a learner that is up to date (before a removed voter
+    // stops voting).
+    if staying.len() < CONTROLLER_VOTERS_MIN {
+        let ready =
+            members.iter().filter(|m| !voters.contains(m) && metadata.brokers.contains_key(m)).find(|m| caught_up(m));
         if let Some(&learner) = ready {
             let change = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
             match bounded(controller.raft.change_membership(change, false)).await {
@@ -751,6 +757,26 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
                     tracing::debug!(broker = learner, error = %err, "promoting a controller voter will be retried")
                 }
             }
+            return;
+        }
+    }
+    // A removed broker stops voting as soon as the voters that stay can
+    // commit without it, and follows the metadata as a learner until it
+    // has left. It may have been removed because it is down for good: as a
+    // voter it would count against the quorum until it reports that it
+    // left, which a dead broker never does, and one more failure would
+    // leave the controller without a majority.
+    if let Some(&removed) = removed_voters.first() {
+        let quorum = staying.len() / 2 + 1;
+        if !staying.is_empty() && staying.iter().filter(|v| caught_up(v)).count() >= quorum {
+            let change = openraft::ChangeMembers::RemoveVoters(BTreeSet::from([removed]));
+            match bounded(controller.raft.change_membership(change, true)).await {
+                Ok(_) => tracing::info!(broker = removed, "removed broker no longer votes in the controller"),
+                Err(err) => {
+                    tracing::debug!(broker = removed, error = %err, "demoting a removed controller voter will be retried")
+                }
+            }
+            return;
         }
     }
     for broker in metadata.brokers.values() {

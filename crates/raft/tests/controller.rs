@@ -444,3 +444,67 @@ async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_broker_that_is_down_stops_voting_so_the_controller_outlives_one_more_failure() {
+    use openraft::async_runtime::WatchReceiver;
+    let root = Root::new("controller-remove-down");
+    let (addrs, bound) = listeners(4).await;
+    let peers: BTreeMap<u64, String> = (1..=4).zip(addrs.iter().cloned()).collect();
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=4).zip(bound) {
+        nodes.push(start_on(id, listener, &peers, &root.0).await);
+    }
+    wait_until("four brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 4)).await;
+    let controller_voters = |nodes: &[ClusterNode]| {
+        nodes.iter().filter_map(|n| n.raft_node().group(0)).find(|g| g.raft.is_leader()).map(|g| {
+            let metrics = g.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            let members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            (voters, members)
+        })
+    };
+    wait_until("four controller voters", || controller_voters(&nodes).is_some_and(|(v, _)| v == [1, 2, 3, 4])).await;
+
+    // Broker 4 dies for good, and the operator removes it. It can never
+    // report that it left.
+    let dead = nodes.pop().expect("node 4");
+    dead.shutdown().await;
+    let deadline = Instant::now() + T;
+    loop {
+        match nodes[0].remove_broker(4).await {
+            Ok(moved) => break assert_eq!(moved, 0, "no topic, nothing to move"),
+            Err(err) => {
+                assert!(Instant::now() < deadline, "remove broker 4: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    wait_until("the removed broker to stop voting in the controller", || {
+        controller_voters(&nodes).is_some_and(|(voters, members)| voters == [1, 2, 3] && members.contains(&4))
+    })
+    .await;
+
+    // One more node fails: two of the three voters remain, a majority, so
+    // metadata changes still commit (with broker 4 still voting, two of
+    // four would not be).
+    let third = nodes.pop().expect("node 3");
+    third.shutdown().await;
+    let deadline = Instant::now() + T;
+    loop {
+        match nodes[0].create_topic("after", 1, 2, BTreeMap::new()).await {
+            Ok(_) => break,
+            Err(_) if nodes[0].metadata().topics.contains_key("after") => break,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "no metadata change after the second failure: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    wait_until("both live nodes to see the topic", || nodes.iter().all(|n| n.metadata().topics.contains_key("after")))
+        .await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
