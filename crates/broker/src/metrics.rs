@@ -395,6 +395,14 @@ fn render_storage(out: &mut String) {
         &raft.commit_buckets,
         raft.commit_seconds,
     );
+    header(
+        out,
+        "strata_raft_commit_notices_total",
+        "Appends without entries from partitions' leaders to followers: \"carried\", commit notices not sent, answered by a later request that carried the index (the next append, or a newer notice); \"alone\", sent on their own (no append came in time, and heartbeats).",
+        "counter",
+    );
+    let _ = writeln!(out, "strata_raft_commit_notices_total{{how=\"carried\"}} {}", raft.commit_notices_carried);
+    let _ = writeln!(out, "strata_raft_commit_notices_total{{how=\"alone\"}} {}", raft.commit_notices_alone);
 }
 
 async fn render_groups(out: &mut String, cluster: &ClusterNode, coordinator: &Coordinator, metadata: &ClusterMetadata) {

@@ -21,6 +21,11 @@ pub const H2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 pub const PEER_QUEUE_MAX: usize = 1024;
 /// Requests of one group queued on one stream before the stream's reader waits.
 pub const GROUP_QUEUE_MAX: usize = 64;
+/// How long an append that only tells a follower the new commit index waits
+/// for the next append to carry it instead (network/client.rs). A follower
+/// learns a commit up to this much later; leaders' commits and
+/// acknowledgements do not wait for it.
+pub const COMMIT_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -274,7 +274,8 @@ impl RaftNode {
             _ => NodeError::Io { context: format!("open state machine in {}", dir.display()), source },
         })?;
         state_machine.notify_log_start_on(self.log_start_moved.clone());
-        let network = GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone());
+        let network =
+            GroupNetworkFactory::new(group, self.peers.clone(), self.faults.clone(), role == GroupRole::Partition);
         let raft = openraft::Raft::new(
             self.config.node_id,
             self.raft_config.clone(),

@@ -1,7 +1,8 @@
 //! Process-wide counters of replication, for the server's metrics: how long
 //! produced batches took from proposal to commit (applied on the leader,
-//! so a majority has them on disk), as a histogram. Relaxed atomics, written
-//! by the produce path and only read by exporters.
+//! so a majority has them on disk), as a histogram, and how leaders told
+//! followers of commits. Relaxed atomics, written by the produce path and
+//! the transport, and only read by exporters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +15,8 @@ struct Stats {
     commits: AtomicU64,
     commit_micros: AtomicU64,
     buckets: [AtomicU64; COMMIT_SECONDS_BOUNDS.len() + 1],
+    notices_carried: AtomicU64,
+    notices_alone: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -25,13 +28,32 @@ pub struct StatsSnapshot {
     pub commit_seconds: f64,
     /// Commits per latency bucket (not cumulative), see [`COMMIT_SECONDS_BOUNDS`].
     pub commit_buckets: Vec<u64>,
+    /// Commit notices to followers (appends without entries) not sent:
+    /// answered by a later request that carried the index (the next append,
+    /// or a newer notice).
+    pub commit_notices_carried: u64,
+    /// Appends without entries sent on their own by groups that hold them
+    /// (commit notices no append came for in time, and heartbeats).
+    pub commit_notices_alone: u64,
 }
 
 static STATS: Stats = Stats {
     commits: AtomicU64::new(0),
     commit_micros: AtomicU64::new(0),
     buckets: [const { AtomicU64::new(0) }; COMMIT_SECONDS_BOUNDS.len() + 1],
+    notices_carried: AtomicU64::new(0),
+    notices_alone: AtomicU64::new(0),
 };
+
+/// Records `n` commit notices answered by the append that carried them.
+pub(crate) fn record_notices_carried(n: usize) {
+    STATS.notices_carried.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Records `n` appends without entries sent on their own (one send).
+pub(crate) fn record_notices_alone(n: usize) {
+    STATS.notices_alone.fetch_add(n as u64, Ordering::Relaxed);
+}
 
 /// Records one batch committed `took` after it was proposed.
 pub(crate) fn record_commit(took: Duration) {
@@ -48,5 +70,7 @@ pub fn snapshot() -> StatsSnapshot {
         commits: STATS.commits.load(Ordering::Relaxed),
         commit_seconds: STATS.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
         commit_buckets: STATS.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        commit_notices_carried: STATS.notices_carried.load(Ordering::Relaxed),
+        commit_notices_alone: STATS.notices_alone.load(Ordering::Relaxed),
     }
 }

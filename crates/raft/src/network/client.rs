@@ -1,14 +1,23 @@
 //! openraft's network for one group: a thin handle (group id, target node,
 //! shared peer connection) implementing `RaftNetworkV2` over the shared
 //! stream.
+//!
+//! Appends to a follower go one at a time, each waiting for its answer, as
+//! openraft's default does, with one difference ([`GroupClient::stream_append`]):
+//! an append without entries that only tells the follower a new commit index
+//! may wait a little ([`COMMIT_NOTICE_WAIT`]) for the next append, which
+//! carries that index anyway, instead of taking a round trip of its own.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use strata_proto::raft::raft_request::Body;
@@ -20,8 +29,9 @@ use super::convert::{
 };
 use super::faults::{FaultAction, TransportFaults};
 use super::peer::{Peer, Peers};
+use crate::limits::COMMIT_NOTICE_WAIT;
 use crate::state_machine::PartitionSnapshot;
-use crate::types::{C, RaftVote};
+use crate::types::{C, RaftLogId, RaftVote};
 
 /// Makes network clients for one group.
 #[derive(Clone)]
@@ -29,11 +39,21 @@ pub struct GroupNetworkFactory {
     group: u64,
     peers: Arc<Peers>,
     faults: Arc<TransportFaults>,
+    hold_commit_notices: bool,
 }
 
 impl GroupNetworkFactory {
-    pub fn new(group: u64, peers: Arc<Peers>, faults: Arc<TransportFaults>) -> GroupNetworkFactory {
-        GroupNetworkFactory { group, peers, faults }
+    /// `hold_commit_notices`: whether commit notices may wait for the next
+    /// append (see the module's documentation). Partitions' groups do;
+    /// the controller's does not, so every node applies a metadata change
+    /// as soon as it is committed.
+    pub fn new(
+        group: u64,
+        peers: Arc<Peers>,
+        faults: Arc<TransportFaults>,
+        hold_commit_notices: bool,
+    ) -> GroupNetworkFactory {
+        GroupNetworkFactory { group, peers, faults, hold_commit_notices }
     }
 }
 
@@ -41,7 +61,13 @@ impl RaftNetworkFactory<C> for GroupNetworkFactory {
     type Network = GroupClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupClient {
-        GroupClient { group: self.group, target, peer: self.peers.get(target, &node.addr), faults: self.faults.clone() }
+        GroupClient {
+            group: self.group,
+            target,
+            peer: self.peers.get(target, &node.addr),
+            faults: self.faults.clone(),
+            hold_commit_notices: self.hold_commit_notices,
+        }
     }
 }
 
@@ -51,6 +77,7 @@ pub struct GroupClient {
     target: u64,
     peer: Arc<Peer>,
     faults: Arc<TransportFaults>,
+    hold_commit_notices: bool,
 }
 
 fn unreachable(message: String) -> RPCError<C> {
@@ -78,8 +105,171 @@ impl GroupClient {
     }
 }
 
+/// Answers to a [`GroupClient::stream_append`] session's requests, in order.
+type AppendAnswer = Result<StreamAppendResult<C>, RPCError<C>>;
+
+/// One [`GroupClient::stream_append`] session: the requests openraft
+/// produces, sent one at a time, and their answers.
+struct AppendSession<'s, S> {
+    client: &'s mut GroupClient,
+    input: S,
+    option: RPCOption,
+    /// A commit notice not sent yet, how many notices it stands for (each
+    /// gets an answer), and until when it waits for an append.
+    held: Option<(AppendEntriesRequest<C>, usize, tokio::time::Instant)>,
+    /// Answers not yielded yet.
+    ready: VecDeque<AppendAnswer>,
+    /// No request is sent any more: an answer ended the session (an error,
+    /// or a follower that took only part of the entries), or the input did.
+    done: bool,
+}
+
+/// Whether an append could stand for `notice`: the same leader, from the
+/// same position of the follower's log.
+fn carries(request: &AppendEntriesRequest<C>, notice: &AppendEntriesRequest<C>) -> bool {
+    request.vote == notice.vote && request.prev_log_id == notice.prev_log_id
+}
+
+/// The answer a commit notice at `prev` would have had, given the answer of
+/// the append that carried it (which started at the same position).
+fn notice_answer(carrier: &AppendAnswer, prev: &Option<RaftLogId>) -> AppendAnswer {
+    match carrier {
+        Ok(Ok(_)) => Ok(Ok(*prev)),
+        Ok(Err(refused)) => Ok(Err(refused.clone())),
+        Err(err) => Err(unreachable(err.to_string())),
+    }
+}
+
+impl<S> AppendSession<'_, S>
+where
+    S: Stream<Item = AppendEntriesRequest<C>> + Unpin,
+{
+    /// The next answer, sending what it takes.
+    async fn next(mut self) -> Option<(AppendAnswer, Self)> {
+        loop {
+            if let Some(answer) = self.ready.pop_front() {
+                return Some((answer, self));
+            }
+            if self.done {
+                return None;
+            }
+            let next = match &self.held {
+                None => self.input.next().await,
+                // Dropping `next()` at the deadline loses nothing: the
+                // stream keeps a request it was making for the next poll.
+                Some((_, _, until)) => match tokio::time::timeout_at(*until, self.input.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        // No append came to carry it: the notice goes alone.
+                        self.send_held().await;
+                        continue;
+                    }
+                },
+            };
+            let Some(request) = next else {
+                self.send_held().await;
+                self.done = true;
+                continue;
+            };
+            let held = self.held.take();
+            if request.entries.is_empty() && self.client.hold_commit_notices {
+                self.held = match held {
+                    // A newer notice from the same position: one send for both.
+                    Some((notice, n, until)) if carries(&request, &notice) => Some((request, n + 1, until)),
+                    held => {
+                        self.held = held;
+                        self.send_held().await;
+                        Some((request, 1, tokio::time::Instant::now() + COMMIT_NOTICE_WAIT))
+                    }
+                };
+                continue;
+            }
+            match held {
+                Some((notice, n, _)) if carries(&request, &notice) => {
+                    // It carries a commit index at least as new as the
+                    // notice's (openraft reads the index as it builds each
+                    // request), and its answer answers the notices too.
+                    let answer = self.send(request).await;
+                    for _ in 0..n {
+                        self.ready.push_back(notice_answer(&answer, &notice.prev_log_id));
+                    }
+                    self.ready.push_back(answer);
+                    crate::stats::record_notices_carried(n);
+                }
+                held => {
+                    self.held = held;
+                    self.send_held().await;
+                    if !self.done {
+                        let answer = self.send(request).await;
+                        self.ready.push_back(answer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the held notice, if any, and queues its answers.
+    async fn send_held(&mut self) {
+        if let Some((notice, n, _)) = self.held.take() {
+            let prev = notice.prev_log_id;
+            let answer = self.send(notice).await;
+            for _ in 1..n {
+                self.ready.push_back(notice_answer(&answer, &prev));
+            }
+            self.ready.push_back(answer);
+            crate::stats::record_notices_carried(n - 1);
+            crate::stats::record_notices_alone(1);
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    async fn send(&mut self, request: AppendEntriesRequest<C>) -> AppendAnswer {
+        let prev = request.prev_log_id;
+        let last = request.entries.last().map(|entry| entry.log_id).or(prev);
+        match self.client.append_entries(request, self.option.clone()).await {
+            Ok(response) => {
+                let whole = match &response {
+                    AppendEntriesResponse::Success => true,
+                    AppendEntriesResponse::PartialSuccess(upto) => *upto == last,
+                    _ => false,
+                };
+                if !whole {
+                    // As openraft's own sequential stream: a refusal or a
+                    // partial success ends the session.
+                    self.done = true;
+                }
+                Ok(response.into_stream_result(prev, last))
+            }
+            Err(err) => {
+                self.done = true;
+                Err(err)
+            }
+        }
+    }
+}
+
 impl RaftNetworkV2<C> for GroupClient {
     type SnapshotData = PartitionSnapshot;
+
+    /// openraft's sequential stream (one request at a time, each waiting for
+    /// its answer), except that a commit notice (an append without entries)
+    /// waits up to [`COMMIT_NOTICE_WAIT`] for the next append when the group
+    /// holds them. At a steady rate of writes, each entry otherwise costs a
+    /// second round trip to each follower, and the next entry waits behind
+    /// it. Heartbeats are not held: they come one per session, and the
+    /// session's input ends right after them.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<C>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + OptionalSend + Unpin + 'static,
+    {
+        let session = AppendSession { client: self, input, option, held: None, ready: VecDeque::new(), done: false };
+        let answers: BoxStream<'s, AppendAnswer> = Box::pin(futures::stream::unfold(session, AppendSession::next));
+        Box::pin(async move { Ok(answers) })
+    }
 
     async fn append_entries(
         &mut self,
