@@ -56,16 +56,26 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Starts nodes 1..=n on fresh listeners, with the others as static peers,
+/// and waits until every node sees the n brokers registered.
+async fn static_cluster(n: u64, root: &std::path::Path) -> (BTreeMap<u64, String>, Vec<ClusterNode>) {
+    let (addrs, bound) = listeners(n as usize).await;
+    let peers: BTreeMap<u64, String> = (1..=n).zip(addrs).collect();
+    let mut nodes = Vec::new();
+    for (id, listener) in (1..=n).zip(bound) {
+        nodes.push(start_on(id, listener, &peers, root).await);
+    }
+    wait_until("every node to see every broker", || {
+        nodes.iter().all(|node| node.metadata().brokers.len() == n as usize)
+    })
+    .await;
+    (peers, nodes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_static_cluster_boots_creates_a_balanced_topic_and_serves_it() {
     let root = Root::new("controller");
-    let (addrs, bound) = listeners(3).await;
-    let peers: BTreeMap<u64, String> = (1..=3).zip(addrs).collect();
-    let mut nodes = Vec::new();
-    for (id, listener) in (1..=3).zip(bound) {
-        nodes.push(start_on(id, listener, &peers, &root.0).await);
-    }
-    wait_until("every node to see three brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 3)).await;
+    let (peers, mut nodes) = static_cluster(3, &root.0).await;
     let leader_id = nodes[0].controller_leader().expect("controller leader");
     let leader = nodes.iter().find(|n| n.raft_node().id() == leader_id).expect("leader node");
 
@@ -233,13 +243,8 @@ fn stored_data(group: &strata_raft::Group) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
     let root = Root::new("controller-repair");
-    let (addrs, bound) = listeners(3).await;
-    let peers: BTreeMap<u64, String> = (1..=3).zip(addrs.iter().cloned()).collect();
-    let mut nodes = Vec::new();
-    for (id, listener) in (1..=3).zip(bound) {
-        nodes.push(Some(start_on(id, listener, &peers, &root.0).await));
-    }
-    wait_until("three brokers", || nodes.iter().flatten().all(|n| n.metadata().brokers.len() == 3)).await;
+    let (peers, nodes) = static_cluster(3, &root.0).await;
+    let mut nodes: Vec<Option<ClusterNode>> = nodes.into_iter().map(Some).collect();
     let any = nodes[0].as_ref().expect("node 1");
     let topic = loop {
         match any.create_topic("ledger", 1, 3, BTreeMap::new()).await {
@@ -339,13 +344,7 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
 async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
     use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove");
-    let (addrs, bound) = listeners(4).await;
-    let peers: BTreeMap<u64, String> = (1..=4).zip(addrs.iter().cloned()).collect();
-    let mut nodes = Vec::new();
-    for (id, listener) in (1..=4).zip(bound) {
-        nodes.push(start_on(id, listener, &peers, &root.0).await);
-    }
-    wait_until("four brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 4)).await;
+    let (_peers, nodes) = static_cluster(4, &root.0).await;
     let topic = loop {
         match nodes[0].create_topic("orders", 4, 3, BTreeMap::new()).await {
             Ok(topic) => break topic,
@@ -449,13 +448,7 @@ async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
 async fn a_removed_broker_that_is_down_stops_voting_so_the_controller_outlives_one_more_failure() {
     use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove-down");
-    let (addrs, bound) = listeners(4).await;
-    let peers: BTreeMap<u64, String> = (1..=4).zip(addrs.iter().cloned()).collect();
-    let mut nodes = Vec::new();
-    for (id, listener) in (1..=4).zip(bound) {
-        nodes.push(start_on(id, listener, &peers, &root.0).await);
-    }
-    wait_until("four brokers", || nodes.iter().all(|n| n.metadata().brokers.len() == 4)).await;
+    let (_peers, mut nodes) = static_cluster(4, &root.0).await;
     let controller_voters = |nodes: &[ClusterNode]| {
         nodes.iter().filter_map(|n| n.raft_node().group(0)).find(|g| g.raft.is_leader()).map(|g| {
             let metrics = g.raft.metrics().borrow_watched().clone();
