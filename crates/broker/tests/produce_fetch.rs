@@ -456,3 +456,34 @@ async fn batches_of_partitions_led_by_one_broker_share_requests_and_keep_their_o
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_to_a_topic_not_known_yet_waits_for_its_metadata() {
+    let cluster = cluster(1, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    let producer = Producer::new(&client);
+    // The record is sent before the topic exists; the topic appears a
+    // little later, as it does on a broker whose copy of the metadata
+    // trails the controller's.
+    let send = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.send(Record::new("late", "first")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!send.is_finished(), "send gave up on a topic that is not there yet");
+    admin.create_topic(NewTopic::new("late", 1)).await.expect("create");
+    let delivery = send.await.expect("task").expect("queued once the topic is known");
+    let meta = delivery.await.expect("acknowledged");
+    assert_eq!((meta.partition, meta.offset), (0, 0));
+    // A topic that never appears fails after max.block.
+    let quick = Producer::with_config(
+        &client,
+        ProducerConfig { max_block: Duration::from_millis(300), ..ProducerConfig::default() },
+    );
+    let started = Instant::now();
+    let refused = quick.send(Record::new("never", "x")).await;
+    assert!(refused.is_err(), "no topic named never");
+    assert!(started.elapsed() >= Duration::from_millis(100), "it asked again before failing");
+    producer.close().await;
+}

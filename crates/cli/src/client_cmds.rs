@@ -361,6 +361,9 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
             CompressionArg::Lz4 => Compression::Lz4,
         },
         linger: Duration::from_millis(args.linger_ms),
+        // A mistyped topic fails within seconds, not Kafka's minute; a
+        // topic just created is known everywhere long before.
+        max_block: Duration::from_secs(5),
         ..ProducerConfig::default()
     };
     let mut headers = Vec::new();

@@ -150,7 +150,8 @@ pub struct ProduceArgs {
     throughput: i64,
     /// Producer settings, Kafka's names: acks=all|1|0, linger.ms=5,
     /// batch.size=16384, compression.type=none|lz4, enable.idempotence=true,
-    /// max.in.flight.requests.per.connection=5.
+    /// max.in.flight.requests.per.connection=5, buffer.memory=33554432,
+    /// max.block.ms=60000.
     #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
     producer_props: Vec<String>,
     /// Also print the summary as one JSON object, last.
@@ -216,6 +217,7 @@ fn producer_config(props: &[String]) -> Result<ProducerConfig> {
             "linger.ms" => config.linger = Duration::from_millis(value.parse().map_err(|_| bad())?),
             "batch.size" => config.batch_size = value.parse().map_err(|_| bad())?,
             "buffer.memory" => config.buffer_memory = value.parse().map_err(|_| bad())?,
+            "max.block.ms" => config.max_block = Duration::from_millis(value.parse().map_err(|_| bad())?),
             "compression.type" => {
                 config.compression = match value {
                     "none" => Compression::None,

@@ -103,6 +103,11 @@ pub struct ProducerConfig {
     /// `send` waits (Kafka's `buffer.memory`). Default 32 MiB. A record
     /// larger than this is let in alone.
     pub buffer_memory: usize,
+    /// How long `send` waits for a topic the cluster does not know yet
+    /// before it fails with `UnknownTopic` (Kafka's `max.block.ms`), asking
+    /// again with the retry backoff: a broker answers from its own copy of
+    /// the metadata, which may trail a topic just created. Default 60 s.
+    pub max_block: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -119,6 +124,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             buffer_memory: 32 * 1024 * 1024,
+            max_block: Duration::from_secs(60),
         }
     }
 }
@@ -686,7 +692,7 @@ impl Producer {
                     drop(topics);
                     let producer = self.clone();
                     return Ok(Queued::Waiting(Box::pin(async move {
-                        producer.shared.client.partition_count(&record.topic).await?;
+                        producer.wait_for_topic(&record.topic).await?;
                         producer.enqueue(record, done)?.wait().await
                     })));
                 }
@@ -726,6 +732,24 @@ impl Producer {
         Ok(Queued::Waiting(Box::pin(
             async move { accumulator.add(&shared.budget, &mut pending, size, batch_size).await },
         )))
+    }
+
+    /// Waits until the cluster's metadata has `topic`, for at most
+    /// `max_block`, asking again after each retriable failure.
+    async fn wait_for_topic(&self, topic: &str) -> Result<()> {
+        let config = &self.shared.config;
+        let deadline = Instant::now() + config.max_block;
+        let mut backoff = config.retry_backoff;
+        loop {
+            match self.shared.client.partition_count(topic).await {
+                Ok(_) => return Ok(()),
+                Err(err) if err.is_retriable() && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.retry_backoff_max);
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// The accumulator of `partition` of the topic whose entry is `state`
