@@ -171,40 +171,35 @@ where
                 self.done = true;
                 continue;
             };
-            let held = self.held.take();
+            // A request from the held notice's position stands for it;
+            // any other sends it first.
+            if !self.held.as_ref().is_some_and(|(notice, _, _)| carries(&request, notice)) {
+                self.send_held().await;
+                if self.done {
+                    continue;
+                }
+            }
             if request.entries.is_empty() && self.client.hold_commit_notices {
-                self.held = match held {
+                match &mut self.held {
                     // A newer notice from the same position: one send for both.
-                    Some((notice, n, until)) if carries(&request, &notice) => Some((request, n + 1, until)),
-                    held => {
-                        self.held = held;
-                        self.send_held().await;
-                        Some((request, 1, tokio::time::Instant::now() + COMMIT_NOTICE_WAIT))
+                    Some((notice, n, _)) => {
+                        *notice = request;
+                        *n += 1;
                     }
-                };
+                    None => self.held = Some((request, 1, tokio::time::Instant::now() + COMMIT_NOTICE_WAIT)),
+                }
                 continue;
             }
-            match held {
-                Some((notice, n, _)) if carries(&request, &notice) => {
-                    // It carries a commit index at least as new as the
-                    // notice's (openraft reads the index as it builds each
-                    // request), and its answer answers the notices too.
-                    let answer = self.send(request).await;
-                    for _ in 0..n {
-                        self.ready.push_back(notice_answer(&answer, &notice.prev_log_id));
-                    }
-                    self.ready.push_back(answer);
-                    crate::stats::record_notices_carried(n);
-                }
-                held => {
-                    self.held = held;
-                    self.send_held().await;
-                    if !self.done {
-                        let answer = self.send(request).await;
-                        self.ready.push_back(answer);
-                    }
-                }
+            // An append carries a commit index at least as new as a held
+            // notice's (openraft reads the index as it builds each request),
+            // and its answer answers the notices too.
+            let notices = self.held.take().map(|(notice, n, _)| (notice.prev_log_id, n));
+            let answer = self.send(request).await;
+            if let Some((prev, n)) = notices {
+                self.queue_notice_answers(&answer, &prev, n);
+                crate::stats::record_notices_carried(n);
             }
+            self.ready.push_back(answer);
         }
     }
 
@@ -213,12 +208,17 @@ where
         if let Some((notice, n, _)) = self.held.take() {
             let prev = notice.prev_log_id;
             let answer = self.send(notice).await;
-            for _ in 1..n {
-                self.ready.push_back(notice_answer(&answer, &prev));
-            }
+            self.queue_notice_answers(&answer, &prev, n - 1);
             self.ready.push_back(answer);
             crate::stats::record_notices_carried(n - 1);
             crate::stats::record_notices_alone(1);
+        }
+    }
+
+    /// Queues the answers of `n` notices at `prev` that `answer` stands for.
+    fn queue_notice_answers(&mut self, answer: &AppendAnswer, prev: &Option<RaftLogId>, n: usize) {
+        for _ in 0..n {
+            self.ready.push_back(notice_answer(answer, prev));
         }
     }
 
