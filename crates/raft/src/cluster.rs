@@ -92,8 +92,10 @@ impl ClusterNode {
     async fn start_with(node: RaftNode, peers: BTreeMap<u64, String>) -> Result<ClusterNode, ClusterError> {
         let id = node.id();
         let node = Arc::new(node);
-        let controller = node.open_group_as(CONTROLLER_GROUP, GroupRole::Controller).await?;
-        if peers.keys().next() == Some(&id) {
+        let (controller, rebuilt) = open_controller(&node, &peers).await?;
+        // A rebuilt replica is empty as a never-started one is, but the
+        // group exists: it joins through the leader, never initializes.
+        if peers.keys().next() == Some(&id) && !rebuilt {
             let members: BTreeMap<u64, BasicNode> =
                 peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr.clone()))).collect();
             // NotAllowed means "already initialized": a restart.
@@ -371,6 +373,76 @@ impl ClusterNode {
     }
 }
 
+/// Opens this node's replica of the controller group; returns it and
+/// whether it was rebuilt. A damaged replica is quarantined and rebuilt as
+/// a partition's is (see `Reconciler::open_replica`), but this node has no
+/// metadata of its own meanwhile: it reports the damage to the other nodes
+/// and asks them until the controller's leader has removed the replica from
+/// group 0 (`remove_damaged`), then starts it again empty, to be added back
+/// as a learner and sent the metadata. Until then the node does not start.
+/// A cluster of one node has nothing to rebuild from: the error stands.
+async fn open_controller(node: &RaftNode, peers: &BTreeMap<u64, String>) -> Result<(Group, bool), ClusterError> {
+    let me = node.id();
+    let others: Vec<(u64, &String)> = peers.iter().filter(|(id, _)| **id != me).map(|(id, a)| (*id, a)).collect();
+    let mut complaints = Complaints::default();
+    let mut waiting_since = None;
+    loop {
+        let Some(nonce) = node.rebuild_marker(CONTROLLER_GROUP) else {
+            match node.open_group_as(CONTROLLER_GROUP, GroupRole::Controller).await {
+                Ok(group) => return Ok((group, false)),
+                Err(NodeError::Damaged { reason, .. }) if !others.is_empty() => {
+                    tracing::error!(%reason, "controller replica damaged: quarantining it, to be rebuilt from the other nodes");
+                    node.quarantine_group(CONTROLLER_GROUP, fresh_nonce()).await?;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        if others.is_empty() {
+            return Err(NodeError::AwaitingRebuild { group: CONTROLLER_GROUP }.into());
+        }
+        let since = *waiting_since.get_or_insert_with(|| {
+            tracing::warn!(
+                nonce,
+                "controller replica quarantined: waiting for the other nodes to remove it from the controller"
+            );
+            tokio::time::Instant::now()
+        });
+        let (mut removed, mut reported) = (false, false);
+        for (id, addr) in &others {
+            match node.ask_rebuild(*id, addr, CONTROLLER_GROUP, nonce).await {
+                Ok(status) => {
+                    removed |= status.removed;
+                    reported |= status.reported;
+                }
+                Err(err) => {
+                    tracing::debug!(node = id, error = %err, "no answer about the controller replica's rebuild")
+                }
+            }
+            if removed {
+                break;
+            }
+        }
+        if removed {
+            let group = node.open_rebuilt_group_as(CONTROLLER_GROUP, GroupRole::Controller).await?;
+            tracing::info!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "damaged controller replica removed from the controller; starting it again empty"
+            );
+            return Ok((group, true));
+        }
+        if !reported {
+            let command = MetadataCommand::ReplicaDamaged { group: CONTROLLER_GROUP, node: me, nonce };
+            let unknown = ClusterMetadata::default();
+            let report = forward_to_controller(node, None, &unknown, peers, command_batch(&command)?);
+            if let Err(err) = bounded(report).await {
+                complaints.error(CONTROLLER_GROUP, "cannot report the damaged controller replica yet", &err);
+            }
+        }
+        tokio::time::sleep(RECONCILE_INTERVAL).await;
+    }
+}
+
 /// Proposes one command to the controller group: here when this node leads
 /// it, otherwise forwarded over the transport to the node that does.
 async fn propose_anywhere(
@@ -386,6 +458,19 @@ async fn propose_anywhere(
         Err(err) => return Err(err.into()),
     };
     let metadata = controller.state_machine.metadata().unwrap_or_default();
+    forward_to_controller(node, leader, &metadata, peers, batch).await
+}
+
+/// Sends one command's batch to the controller's leader: `leader` if
+/// known, else every node of `peers` and `metadata`, each of which names
+/// the leader if it is not it.
+async fn forward_to_controller(
+    node: &RaftNode,
+    leader: Option<u64>,
+    metadata: &ClusterMetadata,
+    peers: &BTreeMap<u64, String>,
+    batch: Bytes,
+) -> Result<u64, ClusterError> {
     let addr_of = |id: u64| metadata.brokers.get(&id).map(|b| b.raft_addr.clone()).or_else(|| peers.get(&id).cloned());
     // The leader this node knows of; else (a node just added, not yet
     // following the controller, knows none) every node it knows, each of
@@ -483,6 +568,7 @@ impl Reconciler {
         loop {
             let metadata = controller.state_machine.metadata().unwrap_or_default();
             if controller.raft.is_leader() {
+                remove_damaged(&self, controller, &metadata).await;
                 reconcile_controller(controller, &metadata, peers).await;
             }
             self.announce(&metadata).await;
@@ -746,9 +832,14 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
     // Keep at least three controller voters while there are brokers to
     // spare: promote a learner that is up to date (before a removed voter
     // stops voting).
+    // A broker whose replica of the controller is damaged is left out
+    // until `remove_damaged` has removed it and it started again empty.
+    let damaged = |b: &u64| metadata.damaged_replica(CONTROLLER_GROUP, *b).is_some();
     if staying.len() < CONTROLLER_VOTERS_MIN {
-        let ready =
-            members.iter().filter(|m| !voters.contains(m) && metadata.brokers.contains_key(m)).find(|m| caught_up(m));
+        let ready = members
+            .iter()
+            .filter(|m| !voters.contains(m) && metadata.brokers.contains_key(m) && !damaged(m))
+            .find(|m| caught_up(m));
         if let Some(&learner) = ready {
             let change = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
             match bounded(controller.raft.change_membership(change, false)).await {
@@ -780,7 +871,7 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
         }
     }
     for broker in metadata.brokers.values() {
-        if !members.contains(&broker.id) {
+        if !members.contains(&broker.id) && !damaged(&broker.id) {
             let node = BasicNode::new(broker.raft_addr.clone());
             if let Err(err) = bounded(controller.raft.add_learner(broker.id, node, false)).await {
                 tracing::debug!(broker = broker.id, error = %err, "adding the broker to the controller will be retried");
@@ -789,9 +880,10 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
     }
 }
 
-/// On a partition's leader: removes the replicas reported damaged from the
-/// group, then tells the controller (`ReplicaRemoved`) so their nodes start
-/// them again empty; `move_replicas` adds them back afterwards. Returns
+/// On a partition's leader (or the controller's, for its own group):
+/// removes the replicas reported damaged from the group, then tells the
+/// controller (`ReplicaRemoved`) so their nodes start them again empty;
+/// `move_replicas` (`reconcile_controller`) adds them back afterwards. Returns
 /// whether any damaged replica of the group is still being dealt with.
 async fn remove_damaged(reconciler: &Reconciler, group: &Group, metadata: &ClusterMetadata) -> bool {
     use openraft::async_runtime::WatchReceiver;

@@ -280,7 +280,8 @@ impl ClusterMetadata {
             MetadataCommand::ReplicaDamaged { group, node, nonce } => {
                 let this = ReplicaRebuild { group: *group, node: *node, nonce: *nonce };
                 // A re-proposal of a quarantine already dealt with changes nothing.
-                if self.partition_of_group(*group).is_none() || self.removed.contains(&this) {
+                let known = *group == CONTROLLER_GROUP || self.partition_of_group(*group).is_some();
+                if !known || self.removed.contains(&this) {
                     return;
                 }
                 self.damaged.retain(|r| (r.group, r.node) != (*group, *node));
@@ -420,8 +421,13 @@ mod tests {
         assert!(!md.leaders.contains_key(&9), "no hint for an unknown group");
         md.apply(5, &MetadataCommand::RemoveBroker { id: 1 });
         assert!(md.brokers.contains_key(&1), "a broker still holding replicas is not removed");
+        md.apply(5, &MetadataCommand::ReplicaDamaged { group: 9, node: 1, nonce: 8 });
+        assert_eq!(md.damaged_replica(9, 1), None, "a replica of an unknown group is not rebuilt");
+        md.apply(5, &MetadataCommand::ReplicaDamaged { group: CONTROLLER_GROUP, node: 1, nonce: 8 });
+        assert_eq!(md.damaged_replica(CONTROLLER_GROUP, 1), Some(8), "the controller's replicas are rebuilt too");
         md.apply(5, &MetadataCommand::DeleteTopic { name: "orders".into() });
         assert_eq!(md.removed_replica(1, 1), None, "a deleted topic's rebuilds are forgotten");
+        assert_eq!(md.damaged_replica(CONTROLLER_GROUP, 1), Some(8), "but not the controller's");
         assert!(md.leaders.is_empty(), "and so are its leaders");
         md.apply(6, &MetadataCommand::RemoveBroker { id: 1 });
         assert!(md.brokers.is_empty() && md.removed_brokers.contains(&1));

@@ -16,6 +16,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::limits::{FORWARD_TIMEOUT, SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
 use crate::log_store::LogStore;
+use crate::metadata::CONTROLLER_GROUP;
 use crate::network::client::GroupNetworkFactory;
 use crate::network::convert::propose_reply_from_pb;
 use crate::network::faults::TransportFaults;
@@ -67,6 +68,16 @@ pub enum NodeError {
         /// The group.
         group: u64,
     },
+}
+
+/// What another node's copy of the metadata says of a quarantined replica
+/// (see [`RaftNode::ask_rebuild`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildStatus {
+    /// Its removal from the group is recorded: it may start again, empty.
+    pub removed: bool,
+    /// Its damage is recorded and the removal is still to come.
+    pub reported: bool,
 }
 
 /// How a node runs.
@@ -419,6 +430,11 @@ impl RaftNode {
     /// (Being out of the group, it may start empty: it votes again only
     /// once the leader added it back.)
     pub async fn open_rebuilt_group(&self, group: u64) -> Result<Group, NodeError> {
+        self.open_rebuilt_group_as(group, GroupRole::Partition).await
+    }
+
+    /// As [`RaftNode::open_rebuilt_group`], with the given role.
+    pub async fn open_rebuilt_group_as(&self, group: u64, role: GroupRole) -> Result<Group, NodeError> {
         if let Some(existing) = self.group(group) {
             return Ok(existing);
         }
@@ -429,7 +445,24 @@ impl RaftNode {
                 .map_err(|source| NodeError::Io { context: format!("remove {}", marker.display()), source })?;
             sync_dir(&self.config.data_dir)?;
         }
-        self.open_dir(group, GroupRole::Partition).await
+        self.open_dir(group, role).await
+    }
+
+    /// Asks `node` (at `addr`) what its copy of the metadata says of this
+    /// node's quarantined replica of `group` named by `nonce`: whether its
+    /// removal was recorded (`ReplicaRemoved`), and if not, whether its
+    /// damage was (`ReplicaDamaged`). For a replica of the controller's own
+    /// group, whose node has no metadata to read.
+    pub async fn ask_rebuild(&self, node: u64, addr: &str, group: u64, nonce: u64) -> Result<RebuildStatus, String> {
+        use strata_proto::raft::raft_response::Body as ReplyBody;
+        let query = strata_proto::raft::RebuildQuery { group, node: self.id(), nonce };
+        let body = strata_proto::raft::raft_request::Body::Rebuild(query);
+        let reply = self.peers.get(node, addr).call(CONTROLLER_GROUP, body, FORWARD_TIMEOUT).await?;
+        match reply.body {
+            Some(ReplyBody::Rebuild(reply)) => Ok(RebuildStatus { removed: reply.removed, reported: reply.reported }),
+            Some(ReplyBody::Error(message)) => Err(format!("node {node}: {message}")),
+            _ => Err(format!("node {node} sent an answer of the wrong kind")),
+        }
     }
 
     /// Sends a write for `group` to `node` (at `addr`), which should lead it,

@@ -341,6 +341,91 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
+    use openraft::async_runtime::WatchReceiver;
+    let root = Root::new("controller-rebuild");
+    let (peers, nodes) = static_cluster(3, &root.0).await;
+    let mut nodes: Vec<Option<ClusterNode>> = nodes.into_iter().map(Some).collect();
+    let any = nodes[0].as_ref().expect("node 1");
+    for name in ["orders", "payments", "audit"] {
+        loop {
+            match any.create_topic(name, 1, 3, BTreeMap::new()).await {
+                Ok(_) => break,
+                Err(err) if any.metadata().topics.contains_key(name) => panic!("create {name}: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    let group_id = any.metadata().topics["orders"].partitions[0].group;
+    let controller_leader = any.controller_leader().expect("controller leader");
+    let victim = (1..=3u64).find(|id| *id != controller_leader).expect("a controller follower");
+    let slot = (victim - 1) as usize;
+    wait_until("the victim to hold the metadata and its replica", || {
+        nodes[slot].as_ref().is_some_and(|n| n.metadata().topics.len() == 3 && n.raft_node().group(group_id).is_some())
+    })
+    .await;
+    nodes[slot].take().expect("victim").shutdown().await;
+
+    // Flip a byte inside the first batch of its controller log; the
+    // batches after it show this is damage, not a torn write.
+    let dir = root.0.join(format!("node-{victim}/group-0"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .expect("group dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let mut data = std::fs::read(&segments[0]).expect("read segment");
+    data[30] ^= 0x5a; // the first batch's first timestamp, under its CRC
+    std::fs::write(&segments[0], &data).expect("damage segment");
+
+    // Restarted, the node quarantines the replica and waits; the
+    // controller's leader removes it from group 0, the node starts it again
+    // empty, and it is sent the metadata. (Before, the node refused to
+    // start until an operator removed it from the cluster.)
+    let restarted = tokio::time::timeout(T, start(victim, &peers, &root.0)).await;
+    nodes[slot] = Some(restarted.expect("the node starts again within the time limit"));
+    let node = nodes[slot].as_ref().expect("victim");
+    wait_until("the rebuilt replica to hold the metadata and run its partition", || {
+        node.metadata().topics.len() == 3 && node.raft_node().group(group_id).is_some()
+    })
+    .await;
+    let quarantined: Vec<String> = std::fs::read_dir(root.0.join(format!("node-{victim}")))
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("group-0."))
+        .collect();
+    assert!(
+        quarantined.len() == 1 && quarantined[0].starts_with("group-0.damaged-"),
+        "the damaged copy is kept aside and no rebuild marker is left: {quarantined:?}"
+    );
+    let witness = nodes[(controller_leader - 1) as usize].as_ref().expect("controller leader's node");
+    let rebuild = witness.metadata().removed_replica(0, victim);
+    assert!(rebuild.is_some(), "the controller recorded the removal");
+    wait_until("the rebuilt replica to vote in the controller again", || {
+        nodes.iter().flatten().filter_map(|n| n.raft_node().group(0)).any(|g| {
+            g.raft.is_leader()
+                && g.raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|id| id == victim)
+        })
+    })
+    .await;
+    // The controller takes changes through the rebuilt node, which sees
+    // them applied.
+    let node = nodes[slot].as_ref().expect("victim");
+    let created = loop {
+        match node.create_topic("inventory", 1, 3, BTreeMap::new()).await {
+            Ok(topic) => break topic,
+            Err(err) if node.metadata().topics.contains_key("inventory") => panic!("create: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(created.partitions.len(), 1);
+    for node in nodes.iter().flatten() {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
     use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove");

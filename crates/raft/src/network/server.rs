@@ -78,6 +78,14 @@ async fn handle_with(group: &Group, body: Option<Body>, quiescence: &Quiescence)
         Body::Quiesce(req) => {
             Ok(ReplyBody::Quiesce(pb::QuiesceReply { quiet: quiescence.on_quiesce_request(group, req) }))
         }
+        Body::Rebuild(req) => {
+            // Answered from this node's copy of the metadata (group 0's):
+            // what it applied is committed, so a yes is final.
+            let metadata = group.state_machine.metadata().unwrap_or_default();
+            let removed = metadata.removed_replica(req.group, req.node) == Some(req.nonce);
+            let reported = metadata.damaged_replica(req.group, req.node) == Some(req.nonce);
+            Ok(ReplyBody::Rebuild(pb::RebuildReply { removed, reported }))
+        }
         Body::Propose(req) => {
             let result = crate::partition::produce(group, req.batch).await;
             Ok(ReplyBody::Propose(propose_reply_to_pb(&result)))
