@@ -813,9 +813,7 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
         } else {
             openraft::ChangeMembers::RemoveNodes(BTreeSet::from([*gone]))
         };
-        if let Err(err) = bounded(controller.raft.change_membership(change, false)).await {
-            tracing::debug!(broker = gone, error = %err, "removing a broker from the controller will be retried");
-        }
+        change_controller(controller, change, false, *gone, "removed broker left the controller").await;
         return;
     }
     use openraft::async_runtime::WatchReceiver;
@@ -829,12 +827,12 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
     };
     let (removed_voters, staying): (Vec<u64>, Vec<u64>) =
         voters.iter().partition(|v| metadata.removed_brokers.contains(v));
-    // Keep at least three controller voters while there are brokers to
-    // spare: promote a learner that is up to date (before a removed voter
-    // stops voting).
     // A broker whose replica of the controller is damaged is left out
     // until `remove_damaged` has removed it and it started again empty.
     let damaged = |b: &u64| metadata.damaged_replica(CONTROLLER_GROUP, *b).is_some();
+    // Keep at least three controller voters while there are brokers to
+    // spare: promote a learner that is up to date (before a removed voter
+    // stops voting).
     if staying.len() < CONTROLLER_VOTERS_MIN {
         let ready = members
             .iter()
@@ -842,12 +840,7 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
             .find(|m| caught_up(m));
         if let Some(&learner) = ready {
             let change = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([learner]));
-            match bounded(controller.raft.change_membership(change, false)).await {
-                Ok(_) => tracing::info!(broker = learner, "broker promoted to controller voter"),
-                Err(err) => {
-                    tracing::debug!(broker = learner, error = %err, "promoting a controller voter will be retried")
-                }
-            }
+            change_controller(controller, change, false, learner, "broker promoted to controller voter").await;
             return;
         }
     }
@@ -861,12 +854,8 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
         let quorum = staying.len() / 2 + 1;
         if !staying.is_empty() && staying.iter().filter(|v| caught_up(v)).count() >= quorum {
             let change = openraft::ChangeMembers::RemoveVoters(BTreeSet::from([removed]));
-            match bounded(controller.raft.change_membership(change, true)).await {
-                Ok(_) => tracing::info!(broker = removed, "removed broker no longer votes in the controller"),
-                Err(err) => {
-                    tracing::debug!(broker = removed, error = %err, "demoting a removed controller voter will be retried")
-                }
-            }
+            change_controller(controller, change, true, removed, "removed broker no longer votes in the controller")
+                .await;
             return;
         }
     }
@@ -877,6 +866,22 @@ async fn reconcile_controller(controller: &Group, metadata: &ClusterMetadata, pe
                 tracing::debug!(broker = broker.id, error = %err, "adding the broker to the controller will be retried");
             }
         }
+    }
+}
+
+/// One membership change of the controller's group about `broker`, on its
+/// leader: `done` is logged once it commits; a failure is logged quietly
+/// and the reconciler's next pass tries again.
+async fn change_controller(
+    controller: &Group,
+    change: openraft::ChangeMembers<u64, BasicNode>,
+    retain: bool,
+    broker: u64,
+    done: &str,
+) {
+    match bounded(controller.raft.change_membership(change, retain)).await {
+        Ok(_) => tracing::info!(broker, "{done}"),
+        Err(err) => tracing::debug!(broker, error = %err, "controller membership change will be retried: {done}"),
     }
 }
 
