@@ -513,6 +513,12 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut n = 0u64;
     let mut last_record = tokio::time::Instant::now();
+    // Ctrl-C (or SIGTERM) ends the loop like --max-messages does: a group
+    // member then leaves its group, so its partitions are reassigned at
+    // once instead of when its session times out (Kafka's console consumer
+    // closes its consumer on exit too).
+    let stop = strata_broker::wait_for_signal();
+    tokio::pin!(stop);
     loop {
         if args.max_messages.is_some_and(|max| n >= max) {
             break;
@@ -520,7 +526,10 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         if args.timeout_ms.is_some_and(|t| last_record.elapsed() >= Duration::from_millis(t)) {
             break;
         }
-        let records = consumer.poll().await?;
+        let records = tokio::select! {
+            records = consumer.poll() => records?,
+            _ = &mut stop => break,
+        };
         if !records.is_empty() {
             last_record = tokio::time::Instant::now();
         }

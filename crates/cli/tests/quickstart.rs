@@ -160,6 +160,36 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
         total_committed += committed;
     }
     assert_eq!(total_committed, 1, "the group committed the one record it printed: {described}");
+    // Ctrl-C on a group's console consumer makes it leave the group at
+    // once: its partitions are free again without waiting for its session
+    // to time out.
+    let mut watcher = Command::new(STRATA)
+        .args(["consume", "--topic", "demo", "--group", "watchers", "--from-beginning"])
+        .args(["--bootstrap-server", &bootstrap])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a consumer");
+    let mut printed = BufReader::new(watcher.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    printed.read_line(&mut first).expect("read a record");
+    assert!(!first.is_empty(), "the consumer printed a record");
+    let described = strata(&["group", "describe", "watchers"], &bootstrap, "");
+    assert!(described.contains("\nMember "), "a member while it runs: {described}");
+    let status = Command::new("sh").arg("-c").arg(format!("kill -INT {}", watcher.id())).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = watcher.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the consumer exits cleanly on Ctrl-C: {status}");
+    drop(printed);
+    let described = strata(&["group", "describe", "watchers"], &bootstrap, "");
+    assert!(described.contains("State: Empty") && !described.contains("\nMember "), "it left: {described}");
     // The perf tool prints Kafka's summary, then one JSON object.
     let perf = strata(
         &[
