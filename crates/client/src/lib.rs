@@ -5,6 +5,8 @@
 //!   retries with backoff, a future per record.
 //! - [`Consumer`]: assigned partitions, seek, poll or stream.
 //! - [`Admin`]: topics and the cluster.
+//! - [`DeadLetters`]: retries a record's handler, then writes a record that
+//!   keeps failing to a dead-letter topic with where it came from and why.
 //!
 //! Producing takes a few lines:
 //!
@@ -87,6 +89,7 @@
 mod admin;
 mod client;
 mod consumer;
+mod dead_letter;
 mod dispatch;
 mod error;
 mod group;
@@ -100,6 +103,10 @@ pub use admin::{
 };
 pub use client::{Client, PartitionInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceEvent, Seek, TopicPartition};
+pub use dead_letter::{
+    DeadLetterConfig, DeadLetters, HEADER_ATTEMPTS, HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC,
+    Handled, Origin,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use metrics::{ConsumerMetrics, ProducerMetrics};
 pub use producer::{
