@@ -44,6 +44,63 @@ pub async fn serve(listener: TcpListener, http: Arc<Http>, mut stop: watch::Rece
     }
 }
 
+/// Runs `starting` (the node's start) to its end while answering on
+/// `listener` meanwhile: live, but not ready. A start can take long (a
+/// damaged controller replica waits to be rebuilt from the other nodes),
+/// and a probe left unanswered would look like a hung process.
+pub async fn answer_while<T>(listener: &TcpListener, starting: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(starting);
+    loop {
+        tokio::select! {
+            done = &mut starting => return done,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(async move {
+                        if let Err(err) = answer_starting(stream).await {
+                            tracing::debug!(error = %err, "health request failed");
+                        }
+                    });
+                }
+                Err(err) => tracing::warn!(error = %err, "accepting an HTTP connection failed"),
+            },
+        }
+    }
+}
+
+async fn answer_starting(mut stream: TcpStream) -> std::io::Result<()> {
+    let Some(path) = read_request(&mut stream).await? else { return Ok(()) };
+    match path.as_str() {
+        "/health/live" => respond(&mut stream, 200, "live\n").await,
+        _ => respond(&mut stream, 503, "not ready: the node is starting (its log says why it waits)\n").await,
+    }
+}
+
+/// Reads one request head; answers what cannot be served and returns
+/// `None` then (or when the client left), else the GET's path.
+async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > HTTP_HEAD_MAX {
+            respond(stream, 431, "request head too large\n").await?;
+            return Ok(None);
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        respond(stream, 405, "only GET\n").await?;
+        return Ok(None);
+    }
+    Ok(Some(path.to_string()))
+}
+
 /// Ready: the node follows a controller with a leader, its copy of the
 /// metadata has caught up, it is registered, and every partition replica it
 /// holds has a leader.
@@ -73,25 +130,8 @@ pub fn readiness(cluster: &ClusterNode) -> Result<(), String> {
 
 async fn answer(mut stream: TcpStream, http: &Http) -> std::io::Result<()> {
     let cluster = &http.cluster;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > HTTP_HEAD_MAX {
-            return respond(&mut stream, 431, "request head too large\n").await;
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut stream, 405, "only GET\n").await;
-    }
-    match path {
+    let Some(path) = read_request(&mut stream).await? else { return Ok(()) };
+    match path.as_str() {
         "/health/live" => respond(&mut stream, 200, "live\n").await,
         "/metrics" => {
             let body = http.metrics.render(cluster, &http.coordinator).await;
@@ -183,4 +223,37 @@ async fn cluster_json(cluster: &ClusterNode, coordinator: &Coordinator) -> Strin
         "groups_coordinated_here": groups,
     });
     body.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_starting_node_answers_live_and_not_ready_until_its_start_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (done, started) = tokio::sync::oneshot::channel::<u32>();
+        let probes = tokio::spawn(async move {
+            let live = get(addr, "/health/live").await;
+            let ready = get(addr, "/health/ready").await;
+            let other = get(addr, "/metrics").await;
+            let _ = done.send(7);
+            (live, ready, other)
+        });
+        let value = answer_while(&listener, async { started.await.expect("the probes finish") }).await;
+        assert_eq!(value, 7, "the start's own result comes back");
+        let (live, ready, other) = probes.await.expect("probes");
+        assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+        assert!(ready.starts_with("HTTP/1.1 503") && ready.contains("starting"), "{ready}");
+        assert!(other.starts_with("HTTP/1.1 503"), "{other}");
+    }
 }

@@ -121,7 +121,8 @@ impl Server {
             raft: config.raft_config(),
             log: config.log.clone(),
         };
-        let cluster = Arc::new(ClusterNode::start_on(raft, listeners.peer, config.peers.clone()).await?);
+        let starting = ClusterNode::start_on(raft, listeners.peer, config.peers.clone());
+        let cluster = Arc::new(crate::http::answer_while(&listeners.http, starting).await?);
         cluster.announce_client_addr(config.advertise_client.clone());
         let coordinator = crate::groups::Coordinator::new(cluster.clone(), config.offsets_partitions);
         // Every task of this node logs inside its span, so the lines of
