@@ -240,6 +240,21 @@ fn stored_data(group: &strata_raft::Group) -> Vec<u8> {
     out
 }
 
+/// Flips byte `at` of the first segment of the group directory `dir` (its
+/// node stopped); returns how many segments the directory holds.
+fn damage_first_segment(dir: &std::path::Path, at: usize) -> usize {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .expect("group dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let mut data = std::fs::read(&segments[0]).expect("read segment");
+    data[at] ^= 0x5a;
+    std::fs::write(&segments[0], &data).expect("damage segment");
+    segments.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
     let root = Root::new("controller-repair");
@@ -286,17 +301,8 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
     nodes[slot].take().expect("victim").shutdown().await;
 
     // Flip one byte inside the first batch of its first (sealed) segment.
-    let dir = root.0.join(format!("node-{victim}/group-{group_id}"));
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .expect("group dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
-    assert!(segments.len() >= 3, "expected sealed segments, found {segments:?}");
-    let mut data = std::fs::read(&segments[0]).expect("read segment");
-    data[20_000] ^= 0x5a;
-    std::fs::write(&segments[0], &data).expect("damage segment");
+    let segments = damage_first_segment(&root.0.join(format!("node-{victim}/group-{group_id}")), 20_000);
+    assert!(segments >= 3, "expected sealed segments, found {segments}");
 
     // Restarted, the node finds the damage, quarantines its replica, the
     // leader removes it from the group, and it comes back empty and catches up.
@@ -368,16 +374,8 @@ async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
 
     // Flip a byte inside the first batch of its controller log; the
     // batches after it show this is damage, not a torn write.
-    let dir = root.0.join(format!("node-{victim}/group-0"));
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .expect("group dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
-    let mut data = std::fs::read(&segments[0]).expect("read segment");
-    data[30] ^= 0x5a; // the first batch's first timestamp, under its CRC
-    std::fs::write(&segments[0], &data).expect("damage segment");
+    // (Byte 30 is in the first batch's first timestamp, under its CRC.)
+    damage_first_segment(&root.0.join(format!("node-{victim}/group-0")), 30);
 
     // Restarted, the node quarantines the replica and waits; the
     // controller's leader removes it from group 0, the node starts it again
