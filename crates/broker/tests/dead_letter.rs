@@ -132,6 +132,24 @@ async fn records_that_keep_failing_go_to_the_dead_letter_topic_with_their_origin
         let again = next.poll().await.expect("poll");
         assert!(again.is_empty(), "records redelivered after their commit: {}", again.len());
     }
+
+    // Replayed (the bug fixed), the dead letters come back to the
+    // partitions they left, and the group reads them once more.
+    for record in dead.values() {
+        let back = dead_letters.replay(record).await.expect("replay");
+        assert_eq!((&*back.topic, back.partition), ("payments", origin[&text(&record.value)].0));
+    }
+    let not_a_dead_letter = ConsumerRecord { headers: Vec::new(), ..dead.values().next().expect("one").clone() };
+    assert!(dead_letters.replay(&not_a_dead_letter).await.is_err(), "a record without origin headers is refused");
+    let mut replayed: BTreeSet<String> = BTreeSet::new();
+    while replayed.len() < bad.len() {
+        assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(30), "replayed {}", replayed.len());
+        for record in next.poll().await.expect("poll") {
+            assert_eq!(DeadLetters::origin(&record).map(|o| o.topic), Some("payments".into()), "headers kept");
+            replayed.insert(text(&record.value));
+        }
+    }
+    assert_eq!(replayed, bad);
     next.close().await.expect("close");
     cluster.shutdown().await;
 }

@@ -14,7 +14,8 @@
 //! headers, and adds the `strata.dlq.*` headers below. It is partitioned by
 //! its key, so the records of one key keep their order there too.
 //! [`DeadLetters::origin`] reads the headers back, for a consumer of the
-//! dead-letter topic that replays or inspects records.
+//! dead-letter topic that inspects records, and [`DeadLetters::replay`]
+//! writes one back to the partition it came from.
 
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use strata_batch::Header;
 
 use crate::admin::{Admin, NewTopic};
 use crate::consumer::ConsumerRecord;
-use crate::error::{ErrorCode, Result};
-use crate::producer::{Producer, Record};
+use crate::error::{Error, ErrorCode, Result};
+use crate::producer::{Producer, Record, RecordMetadata};
 
 /// Header: the topic the record was read from.
 pub const HEADER_TOPIC: &str = "strata.dlq.topic";
@@ -204,6 +205,30 @@ impl DeadLetters {
         };
         let stored = self.producer.send(out).await?.await?;
         Ok(Handled::DeadLettered { topic, partition: stored.partition, offset: stored.offset, error: error.into() })
+    }
+
+    /// Writes a record read from a dead-letter topic back to the partition
+    /// it came from (after the handler's bug is fixed, say), with its key,
+    /// value, timestamp and every header, and waits for the
+    /// acknowledgement. If it fails again, it is dead-lettered again with a
+    /// second set of `strata.dlq.*` headers, and [`DeadLetters::origin`]
+    /// reads the newest. Refused for a record without the headers.
+    pub async fn replay(&self, record: &ConsumerRecord) -> Result<RecordMetadata> {
+        let Some(origin) = DeadLetters::origin(record) else {
+            return Err(Error::Invalid(format!(
+                "{}/{} at {} has no {HEADER_TOPIC} header: not a dead letter",
+                record.topic, record.partition, record.offset
+            )));
+        };
+        let back = Record {
+            topic: origin.topic.as_str().into(),
+            partition: Some(origin.partition),
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+            timestamp: Some(record.timestamp),
+        };
+        self.producer.send(back).await?.await
     }
 
     /// Where a record read from a dead-letter topic came from, from its
