@@ -175,7 +175,7 @@ impl DeadLetters {
                 }
                 Err(_) => {
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.config.backoff_max);
+                    wait = wait.saturating_mul(2).min(self.config.backoff_max);
                 }
             }
         }
