@@ -240,6 +240,18 @@ fn stored_data(group: &strata_raft::Group) -> Vec<u8> {
     out
 }
 
+/// Creates a topic through `node`, retrying while the controller is not
+/// ready yet (no leader, say); a refusal once the topic exists fails.
+async fn create_topic(node: &ClusterNode, name: &str, partitions: u32, rf: u32) -> strata_raft::metadata::TopicInfo {
+    loop {
+        match node.create_topic(name, partitions, rf, BTreeMap::new()).await {
+            Ok(topic) => return topic,
+            Err(err) if node.metadata().topics.contains_key(name) => panic!("create {name}: {err}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// Flips byte `at` of the first segment of the group directory `dir` (its
 /// node stopped); returns how many segments the directory holds.
 fn damage_first_segment(dir: &std::path::Path, at: usize) -> usize {
@@ -261,13 +273,7 @@ async fn a_damaged_replica_is_quarantined_and_rebuilt_from_the_others() {
     let (peers, nodes) = static_cluster(3, &root.0).await;
     let mut nodes: Vec<Option<ClusterNode>> = nodes.into_iter().map(Some).collect();
     let any = nodes[0].as_ref().expect("node 1");
-    let topic = loop {
-        match any.create_topic("ledger", 1, 3, BTreeMap::new()).await {
-            Ok(topic) => break topic,
-            Err(err) if any.metadata().topics.contains_key("ledger") => panic!("create: {err}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let topic = create_topic(any, "ledger", 1, 3).await;
     let group_id = topic.partitions[0].group;
     let leader_of = |nodes: &[Option<ClusterNode>]| {
         nodes.iter().flatten().filter_map(|n| n.raft_node().group(group_id)).find(|g| g.raft.is_leader())
@@ -354,13 +360,7 @@ async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
     let mut nodes: Vec<Option<ClusterNode>> = nodes.into_iter().map(Some).collect();
     let any = nodes[0].as_ref().expect("node 1");
     for name in ["orders", "payments", "audit"] {
-        loop {
-            match any.create_topic(name, 1, 3, BTreeMap::new()).await {
-                Ok(_) => break,
-                Err(err) if any.metadata().topics.contains_key(name) => panic!("create {name}: {err}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        create_topic(any, name, 1, 3).await;
     }
     let group_id = any.metadata().topics["orders"].partitions[0].group;
     let controller_leader = any.controller_leader().expect("controller leader");
@@ -410,13 +410,7 @@ async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
     // The controller takes changes through the rebuilt node, which sees
     // them applied.
     let node = nodes[slot].as_ref().expect("victim");
-    let created = loop {
-        match node.create_topic("inventory", 1, 3, BTreeMap::new()).await {
-            Ok(topic) => break topic,
-            Err(err) if node.metadata().topics.contains_key("inventory") => panic!("create: {err}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let created = create_topic(node, "inventory", 1, 3).await;
     assert_eq!(created.partitions.len(), 1);
     for node in nodes.iter().flatten() {
         node.shutdown().await;
@@ -428,13 +422,7 @@ async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
     use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove");
     let (_peers, nodes) = static_cluster(4, &root.0).await;
-    let topic = loop {
-        match nodes[0].create_topic("orders", 4, 3, BTreeMap::new()).await {
-            Ok(topic) => break topic,
-            Err(err) if nodes[0].metadata().topics.contains_key("orders") => panic!("create: {err}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let topic = create_topic(&nodes[0], "orders", 4, 3).await;
     let groups: Vec<u64> = topic.partitions.iter().map(|p| p.group).collect();
     let leader_of = |nodes: &[ClusterNode], group: u64| {
         nodes.iter().filter_map(|n| n.raft_node().group(group)).find(|g| g.raft.is_leader())
