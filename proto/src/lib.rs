@@ -5,6 +5,7 @@
 //! that speak these protocols convert them to their own types in one place
 //! per type (`strata-raft`'s `network/convert.rs`, `strata-broker`'s and `strata-client`'s `convert.rs`).
 
+pub mod chained;
 pub mod codec;
 
 /// Node-to-node Raft transport (`raft.proto`).

@@ -1,18 +1,24 @@
 //! [`Server`]: one Strata node — its three listeners (client gRPC, peer
 //! Raft, HTTP health), the cluster node underneath, and a graceful stop.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures::{FutureExt, StreamExt};
 use strata_proto::api as pb;
+use strata_proto::chained;
 use strata_raft::{ClusterError, ClusterNode, RaftNodeConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -133,9 +139,7 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let broker = Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), &config));
 
-        let service = pb::strata_server::StrataServer::new(Api(broker))
-            .max_decoding_message_size(config.request_bytes as usize)
-            .max_encoding_message_size(usize::MAX);
+        let service = ApiService::new(broker, config.request_bytes as usize);
         let cut = Arc::new(AtomicBool::new(false));
         let incoming = limited_incoming(
             listeners.client,
@@ -438,6 +442,7 @@ impl Codes for pb::ListOffsetsResponse {
 }
 
 /// The tonic service: each RPC handed to the [`Broker`].
+#[derive(Clone)]
 struct Api(Arc<Broker>);
 
 impl Api {
@@ -460,6 +465,68 @@ impl Api {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// The produce call's gRPC path (`api.proto`).
+const PRODUCE_PATH: &str = "/strata.api.v1.Strata/Produce";
+
+/// The client API's gRPC service: tonic's generated server, except for
+/// Produce, whose request is decoded by `strata_proto::chained`: its
+/// batches keep the HTTP/2 frames they arrived in, where tonic's decoder
+/// would copy every byte into a buffer of its own first. The client sends
+/// a batch of 16 KiB or more as a frame of its own.
+#[derive(Clone)]
+struct ApiService {
+    api: Api,
+    generated: pb::strata_server::StrataServer<Api>,
+    request_bytes: usize,
+}
+
+impl ApiService {
+    fn new(broker: Arc<Broker>, request_bytes: usize) -> ApiService {
+        let api = Api(broker);
+        let generated = pb::strata_server::StrataServer::new(api.clone())
+            .max_decoding_message_size(request_bytes)
+            .max_encoding_message_size(usize::MAX);
+        ApiService { api, generated, request_bytes }
+    }
+}
+
+/// Answers a Produce call: its one request message, decoded without
+/// copying the batches.
+async fn produce_call(api: Api, request: http::Request<Body>, request_bytes: usize) -> http::Response<Body> {
+    let mut messages = chained::Messages::<_, pb::ProduceRequest>::new(request.into_body(), request_bytes);
+    let message = match messages.next().await {
+        Some(Ok(message)) => message,
+        Some(Err(status)) => return status.into_http(),
+        None => return Status::invalid_argument("a produce call without a request").into_http(),
+    };
+    match pb::strata_server::Strata::produce(&api, Request::new(message)).await {
+        Ok(response) => chained::answer(futures::stream::iter(Some(response.into_inner())), usize::MAX),
+        Err(status) => status.into_http(),
+    }
+}
+
+impl tonic::server::NamedService for ApiService {
+    const NAME: &'static str = <pb::strata_server::StrataServer<Api> as tonic::server::NamedService>::NAME;
+}
+
+impl tonic::codegen::Service<http::Request<Body>> for ApiService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tonic::codegen::Service::<http::Request<Body>>::poll_ready(&mut self.generated, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == PRODUCE_PATH {
+            Box::pin(produce_call(self.api.clone(), request, self.request_bytes).map(Ok))
+        } else {
+            Box::pin(self.generated.call(request))
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::strata_server::Strata for Api {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// How long connecting to a broker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message the client accepts from a broker (a fetch answer).
-const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub(crate) const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Largest HTTP/2 frame the client accepts (HTTP/2's default is 16 KiB).
 const H2_FRAME_BYTES: u32 = 1024 * 1024;
 /// HTTP/2 flow-control windows, per answer and per connection (hyper's
@@ -86,6 +86,14 @@ impl Client {
 
     /// The gRPC stub for the broker at `addr`.
     pub(crate) fn stub(&self, addr: &str) -> Result<StrataClient<Channel>> {
+        Ok(StrataClient::new(self.channel(addr)?)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// The HTTP/2 connection to the broker at `addr`, made lazily and
+    /// shared by every call there.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
         let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
@@ -106,9 +114,7 @@ impl Client {
                 channel
             }
         };
-        Ok(StrataClient::new(channel)
-            .max_decoding_message_size(RESPONSE_BYTES_MAX)
-            .max_encoding_message_size(usize::MAX))
+        Ok(channel)
     }
 
     /// Some broker to ask cluster-wide questions: a known one, else a

@@ -27,7 +27,9 @@ use futures::stream::FuturesUnordered;
 use strata_proto::api as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Client;
+use strata_proto::chained;
+
+use crate::client::{Client, RESPONSE_BYTES_MAX};
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::ProducerCounters;
 
@@ -35,6 +37,10 @@ use crate::metrics::ProducerCounters;
 /// larger than it still goes, alone). Far below the broker's default
 /// request limit (64 MiB).
 const REQUEST_BYTES_MAX: usize = 8 << 20;
+
+/// The produce call's gRPC path (`api.proto`: package `strata.api.v1`,
+/// service `Strata`).
+const PRODUCE_PATH: &str = "/strata.api.v1.Strata/Produce";
 
 /// One batch waiting for a request, and where its outcome goes: the
 /// partition's base offset, or why it failed.
@@ -195,11 +201,21 @@ impl Dispatcher {
 
     /// The request's per-partition results, in the request's order, or the
     /// error that failed it whole.
+    ///
+    /// The request goes out with its batches shared, not copied into
+    /// tonic's buffer (`strata_proto::chained`).
     async fn call(&self, request: pb::ProduceRequest) -> Result<Vec<pb::PartitionProduceResult>> {
-        let mut stub = self.client.stub(&self.addr)?;
+        let mut channel = self.client.channel(&self.addr)?;
         let timeout = self.settings.timeout + Duration::from_secs(5);
-        let response = match tokio::time::timeout(timeout, stub.produce(request)).await {
-            Ok(Ok(response)) => response.into_inner(),
+        let call = chained::unary::<_, pb::ProduceResponse>(
+            &mut channel,
+            PRODUCE_PATH,
+            request,
+            usize::MAX,
+            RESPONSE_BYTES_MAX,
+        );
+        let response = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => response,
             Ok(Err(status)) => return Err(Error::from_status(status)),
             Err(_) => return Err(Error::api(ErrorCode::Timeout, format!("no answer from {} in time", self.addr))),
         };

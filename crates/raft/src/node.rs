@@ -11,10 +11,9 @@ use bytes::Bytes;
 
 use strata_log::io::fs::FsDir;
 use strata_log::{Flusher, Log, LogConfig};
-use strata_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio::sync::{oneshot, watch};
 
-use crate::limits::{FORWARD_TIMEOUT, SERVER_STOP_GRACE, TRANSPORT_MESSAGE_BYTES_MAX};
+use crate::limits::{FORWARD_TIMEOUT, SERVER_STOP_GRACE};
 use crate::log_store::LogStore;
 use crate::metadata::CONTROLLER_GROUP;
 use crate::network::client::GroupNetworkFactory;
@@ -198,9 +197,7 @@ impl RaftNode {
         let peers: Arc<Peers> = Arc::default();
         let faults: Arc<TransportFaults> = Arc::default();
         tokio::spawn(quiescence.clone().run(router.clone(), peers.clone(), faults.clone(), stopping_rx.clone()));
-        let service = RaftTransportServer::new(TransportService::new(config.node_id, router.clone(), stopping_rx))
-            .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
+        let service = TransportService::new(config.node_id, router.clone(), stopping_rx);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(async move {

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use strata_proto::chained;
 use strata_proto::raft as pb;
-use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use tokio::sync::{mpsc, oneshot};
+use tonic::codegen::http::{HeaderMap, HeaderValue};
 
 use crate::limits::{
     PEER_CONNECT_TIMEOUT, PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX,
@@ -21,6 +22,9 @@ use crate::limits::{
 
 /// The gRPC metadata key naming the node a stream is meant for.
 pub(crate) const TO_NODE_HEADER: &str = "strata-to-node";
+
+/// The shared stream's gRPC path (`raft.proto`).
+pub(crate) const EXCHANGE_PATH: &str = "/strata.raft.v1.RaftTransport/Exchange";
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::RaftResponse>>>>;
 
@@ -80,16 +84,23 @@ impl Peer {
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
-        let mut client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(TRANSPORT_MESSAGE_BYTES_MAX);
+        let mut channel = endpoint.connect().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
         let (tx, rx) = mpsc::channel::<pb::RaftRequest>(PEER_QUEUE_MAX);
-        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let mut request = tonic::Request::new(outbound);
-        request.metadata_mut().insert(TO_NODE_HEADER, self.node.into());
-        let mut inbound =
-            client.exchange(request).await.map_err(|e| format!("open stream to {}: {e}", self.addr))?.into_inner();
+        let outbound = Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) }));
+        let mut headers = HeaderMap::new();
+        headers.insert(TO_NODE_HEADER, HeaderValue::from(self.node));
+        // Entries go out shared, not copied into tonic's buffer once per
+        // follower (`strata_proto::chained`); the server is tonic's.
+        let mut inbound = chained::call::<_, _, pb::RaftResponse>(
+            &mut channel,
+            EXCHANGE_PATH,
+            headers,
+            outbound,
+            TRANSPORT_MESSAGE_BYTES_MAX,
+            TRANSPORT_MESSAGE_BYTES_MAX,
+        )
+        .await
+        .map_err(|e| format!("open stream to {}: {e}", self.addr))?;
         let pending: Pending = Arc::default();
         let reader_pending = pending.clone();
         let alive = Arc::new(AtomicBool::new(true));

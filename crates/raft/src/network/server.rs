@@ -9,21 +9,25 @@
 //! back-pressure, not loss.
 
 use std::collections::HashMap;
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use openraft::Raft;
+use strata_proto::chained;
 use strata_proto::raft as pb;
 use strata_proto::raft::raft_request::Body;
 use strata_proto::raft::raft_response::Body as ReplyBody;
 use tokio::sync::{mpsc, watch};
+use tonic::codegen::http;
 
 use super::convert::{
     append_from_pb, append_reply_to_pb, from_json, json_bytes, propose_reply_to_pb, vote_from_pb, vote_reply_to_pb,
     vote_request_from_pb, vote_to_pb,
 };
-use crate::limits::{GROUP_QUEUE_MAX, PEER_QUEUE_MAX};
+use super::peer::{EXCHANGE_PATH, TO_NODE_HEADER};
+use crate::limits::{GROUP_QUEUE_MAX, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX};
 use crate::node::Group;
 use crate::quiesce::{Arrived, Quiescence};
 use crate::state_machine::{PartitionSnapshot, PartitionStateMachine};
@@ -123,7 +127,15 @@ async fn handle_with(group: &Group, body: Option<Body>, quiescence: &Quiescence)
     }
 }
 
-/// The gRPC service: one `Exchange` stream per connected peer.
+/// The transport's gRPC service (`strata.raft.v1.RaftTransport`): one
+/// `Exchange` stream per connected peer.
+///
+/// Served by hand rather than by tonic's generated server, whose decoder
+/// copies every received byte into a buffer of its own: here a request's
+/// entries keep the HTTP/2 frames they arrived in (`chained::Messages`),
+/// and the answers go out as `chained::answer`. The peers' side is
+/// `peer.rs`; the bytes on the wire are plain gRPC either way.
+#[derive(Clone)]
 pub struct TransportService {
     node_id: u64,
     router: Arc<Router>,
@@ -139,24 +151,19 @@ impl TransportService {
     pub fn new(node_id: u64, router: Arc<Router>, stopping: watch::Receiver<bool>) -> TransportService {
         TransportService { node_id, router, stopping }
     }
-}
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::RaftResponse, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::raft_transport_server::RaftTransport for TransportService {
-    type ExchangeStream = ResponseStream;
-
-    async fn exchange(
-        &self,
-        request: tonic::Request<tonic::Streaming<pb::RaftRequest>>,
-    ) -> Result<tonic::Response<Self::ExchangeStream>, tonic::Status> {
-        let to = request.metadata().get(super::peer::TO_NODE_HEADER).map(|v| v.to_str().unwrap_or("?").to_string());
-        if let Some(to) = to.filter(|to| *to != self.node_id.to_string()) {
-            return Err(tonic::Status::failed_precondition(format!("this is node {}, not node {to}", self.node_id)));
+    fn exchange(&self, request: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+        if request.uri().path() != EXCHANGE_PATH {
+            return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
         }
-        let mut inbound = request.into_inner();
-        let (out_tx, out_rx) = mpsc::channel::<Result<pb::RaftResponse, tonic::Status>>(PEER_QUEUE_MAX);
+        let to = request.headers().get(TO_NODE_HEADER).map(|v| v.to_str().unwrap_or("?").to_string());
+        if let Some(to) = to.filter(|to| *to != self.node_id.to_string()) {
+            return tonic::Status::failed_precondition(format!("this is node {}, not node {to}", self.node_id))
+                .into_http();
+        }
+        let mut inbound =
+            chained::Messages::<_, pb::RaftRequest>::new(request.into_body(), TRANSPORT_MESSAGE_BYTES_MAX);
+        let (out_tx, out_rx) = mpsc::channel::<pb::RaftResponse>(PEER_QUEUE_MAX);
         let router = self.router.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
@@ -167,13 +174,20 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     next = inbound.next() => next,
                     _ = stopping.wait_for(|stop| *stop) => None,
                 };
-                let Some(Ok(request)) = next else { break };
+                let request = match next {
+                    Some(Ok(request)) => request,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "raft stream from a peer ended");
+                        break;
+                    }
+                    None => break,
+                };
                 if let Some(Body::Ping(_)) = request.body {
                     // Liveness is answered at once: a busy group's queue
                     // must not make its node look dead.
                     let reply =
                         pb::RaftResponse { id: request.id, body: Some(ReplyBody::Pong(router.quiescence.pong())) };
-                    if out_tx.send(Ok(reply)).await.is_err() {
+                    if out_tx.send(reply).await.is_err() {
                         break;
                     }
                     continue;
@@ -187,7 +201,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                         while let Some(request) = rx.recv().await {
                             let body = router.handle(request.group, request.body).await;
                             let reply = pb::RaftResponse { id: request.id, body: Some(body) };
-                            if out.send(Ok(reply)).await.is_err() {
+                            if out.send(reply).await.is_err() {
                                 return;
                             }
                         }
@@ -199,10 +213,29 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 }
             }
             // Dropping the workers' senders ends them, and with the last
-            // answer sender gone the response stream ends: the peer sees the
+            // answer sender gone the answer stream ends: the peer sees the
             // stream close and reconnects.
         });
-        let stream = futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        let answers =
+            Box::pin(futures::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) }));
+        chained::answer(answers, TRANSPORT_MESSAGE_BYTES_MAX)
+    }
+}
+
+impl tonic::server::NamedService for TransportService {
+    const NAME: &'static str = "strata.raft.v1.RaftTransport";
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for TransportService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        std::future::ready(Ok(self.exchange(request)))
     }
 }

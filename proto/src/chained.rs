@@ -1,0 +1,656 @@
+//! gRPC requests whose batches go to the socket without being copied.
+//!
+//! tonic encodes every message into its own send buffer, so each byte of a
+//! batch a client produces, and each byte a leader replicates (once per
+//! follower), is copied once more before the kernel copies it again into the
+//! socket. The calls here encode a message as a list of buffers instead:
+//! the gRPC frame header and the protobuf fields around each batch are
+//! written into a small buffer, and every `bytes` field of at least
+//! [`CHAIN_MIN_BYTES`] goes as the batch's own [`Bytes`], shared rather than
+//! copied. HTTP/2 (h2) sends a DATA frame of that size straight from the
+//! buffer it was given, with a vectored write. Smaller fields are copied,
+//! as tonic does: below that size a copy costs less than the extra frame
+//! and system call.
+//!
+//! Only the request side is replaced. The answers are decoded by tonic's
+//! own [`Streaming`] decoder, and the server side is tonic's unchanged: on
+//! the wire the messages are the same bytes.
+
+// One `unsafe impl`: `BufMut` is an unsafe trait. Every method delegates to
+// a `BytesMut`, whose own implementation upholds the trait's contract.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::buf::UninitSlice;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::Stream;
+use http_body::Frame;
+use prost::Message;
+use tonic::Status;
+use tonic::codec::Streaming;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use tonic::transport::Channel;
+use tonic_prost::ProstDecoder;
+
+/// A `bytes` field at least this long is sent as its own buffer; a shorter
+/// one is copied beside the fields around it.
+pub const CHAIN_MIN_BYTES: usize = 16 * 1024;
+
+/// Messages ready at once are encoded together until they reach this many
+/// bytes, so that a burst of small messages goes out in few frames (tonic
+/// yields at 32 KiB too).
+const YIELD_BYTES: usize = 32 * 1024;
+
+/// gRPC's frame header: a compression flag and the message's length.
+const FRAME_HEADER_BYTES: usize = 5;
+
+/// Encoded messages as a queue of buffers ready to send, and the buffer
+/// being written.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    ready: VecDeque<Bytes>,
+    open: BytesMut,
+    /// Bytes in `ready` and `open` together.
+    len: usize,
+}
+
+impl Chunks {
+    /// Appends `message` as one gRPC frame; fails, appending nothing, when
+    /// it is longer than `max_bytes`.
+    pub fn push_message<M: Message>(&mut self, message: &M, max_bytes: usize) -> Result<(), Status> {
+        let len = message.encoded_len();
+        if len > max_bytes {
+            return Err(Status::out_of_range(format!(
+                "a message of {len} bytes is too large: the limit is {max_bytes} bytes"
+            )));
+        }
+        let Ok(frame_len) = u32::try_from(len) else {
+            return Err(Status::out_of_range(format!("a message of {len} bytes is too long for a gRPC frame")));
+        };
+        self.open.reserve(FRAME_HEADER_BYTES + len.min(CHAIN_MIN_BYTES));
+        self.put_u8(0);
+        self.put_u32(frame_len);
+        message.encode_raw(self);
+        Ok(())
+    }
+
+    /// Closes the buffer being written, so that everything appended so far
+    /// can be taken.
+    pub fn seal(&mut self) {
+        if !self.open.is_empty() {
+            self.ready.push_back(self.open.split().freeze());
+        }
+    }
+
+    /// The oldest sealed buffer.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        let chunk = self.ready.pop_front()?;
+        self.len -= chunk.len();
+        Some(chunk)
+    }
+
+    /// Bytes appended and not taken yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is left to take or to seal.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// SAFETY: each method delegates to `BytesMut`'s implementation of the same
+// trait, which upholds its contract (`chunk_mut` and `advance_mut` refer to
+// the same buffer, and `advance_mut`'s caller guarantees what `BytesMut`
+// requires). `put` and `put_slice` only append through safe methods.
+unsafe impl BufMut for Chunks {
+    fn remaining_mut(&self) -> usize {
+        self.open.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller initialised `cnt` bytes of `chunk_mut()`, which
+        // is `self.open.chunk_mut()`.
+        unsafe { self.open.advance_mut(cnt) };
+        self.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        self.open.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        self.open.extend_from_slice(src);
+        self.len += src.len();
+    }
+
+    // prost writes a `bytes` field held as `Bytes` with `put(field.clone())`:
+    // a long one is taken as it is (for `Bytes`, `copy_to_bytes` shares).
+    fn put<T: Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        let len = src.remaining();
+        if len >= CHAIN_MIN_BYTES {
+            self.seal();
+            self.ready.push_back(src.copy_to_bytes(len));
+        } else {
+            while src.has_remaining() {
+                let chunk = src.chunk();
+                let n = chunk.len();
+                self.open.extend_from_slice(chunk);
+                src.advance(n);
+            }
+        }
+        self.len += len;
+    }
+}
+
+/// A request or answer body: the messages of `source`, each one gRPC
+/// frame, as [`Chunks`]; an answer ends with the call's status as trailers.
+struct MessageBody<S> {
+    source: S,
+    chunks: Chunks,
+    max_message_bytes: usize,
+    source_ended: bool,
+    /// The trailers still to send, for an answer.
+    trailers: Option<HeaderMap>,
+}
+
+impl<S> MessageBody<S> {
+    fn new(source: S, max_message_bytes: usize, trailers: Option<HeaderMap>) -> MessageBody<S> {
+        MessageBody { source, chunks: Chunks::default(), max_message_bytes, source_ended: false, trailers }
+    }
+}
+
+impl<S, M> http_body::Body for MessageBody<S>
+where
+    S: Stream<Item = M> + Unpin,
+    M: Message,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = this.chunks.pop() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if this.source_ended {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            while this.chunks.len() < YIELD_BYTES {
+                match Pin::new(&mut this.source).poll_next(cx) {
+                    Poll::Ready(Some(message)) => {
+                        if let Err(status) = this.chunks.push_message(&message, this.max_message_bytes) {
+                            this.source_ended = true;
+                            return Poll::Ready(Some(Err(status)));
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        this.source_ended = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            this.chunks.seal();
+            if this.chunks.is_empty() && !this.source_ended {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// A gRPC call on `channel` to `path` (`/package.Service/Method`) whose
+/// request messages come from `source` and are sent as [`Chunks`]; the
+/// answers are decoded as tonic does, at most `max_answer_bytes` each.
+/// `headers` are added to the request's (gRPC metadata).
+pub async fn call<S, M, R>(
+    channel: &mut Channel,
+    path: &'static str,
+    headers: HeaderMap,
+    source: S,
+    max_message_bytes: usize,
+    max_answer_bytes: usize,
+) -> Result<Streaming<R>, Status>
+where
+    S: Stream<Item = M> + Unpin + Send + 'static,
+    M: Message + 'static,
+    R: Message + Default + Send + 'static,
+{
+    let decoder = ProstDecoder::<R>::default();
+    let body = MessageBody::new(source, max_message_bytes, None);
+    let mut request = http::Request::new(tonic::body::Body::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static(path);
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    request.headers_mut().insert(http::header::TE, HeaderValue::from_static("trailers"));
+    request.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(Box::new(e)))?;
+    let response = channel.call(request).await.map_err(|e| Status::from_error(Box::new(e)))?;
+
+    // As tonic's client: an answer made of headers only carries its status
+    // there, and has no messages.
+    let status_code = response.status();
+    let headers_only = match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() != tonic::Code::Ok => return Err(status),
+        Some(_) => true,
+        None => false,
+    };
+    let body = response.into_body();
+    Ok(if headers_only {
+        Streaming::new_empty(decoder, body)
+    } else {
+        Streaming::new_response(decoder, body, status_code, None, Some(max_answer_bytes))
+    })
+}
+
+/// A unary gRPC call made with [`call`]: one message out, one back.
+pub async fn unary<M, R>(
+    channel: &mut Channel,
+    path: &'static str,
+    message: M,
+    max_message_bytes: usize,
+    max_answer_bytes: usize,
+) -> Result<R, Status>
+where
+    M: Message + Send + 'static,
+    R: Message + Default + Send + 'static,
+{
+    let source = futures::stream::iter(Some(message));
+    let mut answers = call(channel, path, HeaderMap::new(), source, max_message_bytes, max_answer_bytes).await?;
+    let answer = answers.message().await?.ok_or_else(|| Status::internal("the server sent no answer"))?;
+    // The trailers carry the call's status: an error there fails the call.
+    answers.trailers().await?;
+    Ok(answer)
+}
+
+/// A server's answer to a streaming call: the messages of `source`, sent
+/// as [`Chunks`], then the status OK.
+pub fn answer<S, M>(source: S, max_message_bytes: usize) -> http::Response<tonic::body::Body>
+where
+    S: Stream<Item = M> + Unpin + Send + 'static,
+    M: Message + 'static,
+{
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(tonic::Code::Ok as i32));
+    let body = MessageBody::new(source, max_message_bytes, Some(trailers));
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The messages of a request body, decoded as they arrive. A `bytes` field
+/// that arrived within one HTTP/2 DATA frame (as those sent by [`call`]
+/// do, when at least [`CHAIN_MIN_BYTES`] long) shares that frame's buffer
+/// instead of being copied; tonic's own decoder copies every frame into a
+/// buffer of its own first.
+pub struct Messages<B, R> {
+    body: B,
+    received: BufList,
+    max_message_bytes: usize,
+    ended: bool,
+    _message: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<B, R> Messages<B, R> {
+    /// Decodes `body`'s messages, refusing any longer than `max_message_bytes`.
+    pub fn new(body: B, max_message_bytes: usize) -> Messages<B, R> {
+        Messages { body, received: BufList::default(), max_message_bytes, ended: false, _message: Default::default() }
+    }
+
+    /// The next whole message received, if there is one.
+    fn next_message(&mut self) -> Result<Option<R>, Status>
+    where
+        R: Message + Default,
+    {
+        if self.received.remaining() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        self.received.peek(&mut header);
+        if header[0] != 0 {
+            return Err(Status::unimplemented("compressed messages are not accepted"));
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > self.max_message_bytes {
+            // "too large" is what clients look for (as in tonic's message).
+            return Err(Status::out_of_range(format!(
+                "a message of {len} bytes is too large: the limit is {} bytes",
+                self.max_message_bytes
+            )));
+        }
+        if self.received.remaining() < FRAME_HEADER_BYTES + len {
+            return Ok(None);
+        }
+        self.received.advance(FRAME_HEADER_BYTES);
+        let mut message = self.received.split_to(len);
+        R::decode(&mut message)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("a message did not decode: {e}")))
+    }
+}
+
+impl<B, R> Stream for Messages<B, R>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    R: Message + Default,
+{
+    type Item = Result<R, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<R, Status>>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            match std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.received.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(Status::unavailable(format!("the request stream broke: {e}")))));
+                }
+                None => {
+                    this.ended = true;
+                    if this.received.has_remaining() {
+                        return Poll::Ready(Some(Err(Status::invalid_argument(format!(
+                            "the request stream ended inside a message ({} bytes left over)",
+                            this.received.remaining()
+                        )))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+/// Received buffers, read as one.
+#[derive(Debug, Default)]
+struct BufList {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl BufList {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Copies the first `dst.len()` bytes without consuming them.
+    fn peek(&self, dst: &mut [u8]) {
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(dst.len() - filled);
+            dst[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == dst.len() {
+                break;
+            }
+        }
+    }
+
+    /// The first `len` bytes (at most [`Buf::remaining`]) as a list of
+    /// their own, sharing the buffers.
+    fn split_to(&mut self, len: usize) -> BufList {
+        let mut taken = BufList::default();
+        while taken.len < len {
+            let Some(mut chunk) = self.chunks.pop_front() else { break };
+            let want = len - taken.len;
+            if chunk.len() > want {
+                let rest = chunk.split_off(want);
+                self.chunks.push_front(rest);
+            }
+            self.len -= chunk.len();
+            taken.push(chunk);
+        }
+        taken
+    }
+}
+
+impl Buf for BufList {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| c.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.chunks.front_mut() else { break };
+            let n = cnt.min(front.len());
+            front.advance(n);
+            self.len -= n;
+            cnt -= n;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    // prost reads a `bytes` field held as `Bytes` with `copy_to_bytes`: one
+    // that lies within one received buffer is a slice of it.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        if let Some(front) = self.chunks.front_mut() {
+            if front.len() >= len {
+                let bytes = front.split_to(len);
+                self.len -= len;
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                return bytes;
+            }
+        }
+        let mut out = BytesMut::with_capacity(len);
+        out.put(self.take(len));
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PartitionRecords, ProduceRequest};
+    use crate::raft::{AppendEntriesRequest, Entry, RaftRequest, raft_request};
+
+    fn concat(chunks: &mut Chunks) -> (Vec<u8>, Vec<Bytes>) {
+        chunks.seal();
+        let mut all = Vec::new();
+        let mut parts = Vec::new();
+        while let Some(chunk) = chunks.pop() {
+            all.extend_from_slice(&chunk);
+            parts.push(chunk);
+        }
+        (all, parts)
+    }
+
+    fn framed(message: &impl Message) -> Vec<u8> {
+        let body = message.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_produce_request_is_the_same_bytes_and_its_large_batches_are_not_copied() {
+        let large = Bytes::from(vec![7u8; CHAIN_MIN_BYTES]);
+        let small = Bytes::from(vec![9u8; 100]);
+        let request = ProduceRequest {
+            acks: 1,
+            timeout_ms: 3000,
+            partitions: vec![
+                PartitionRecords { topic: "orders".into(), partition: 3, batch: large.clone() },
+                PartitionRecords { topic: "orders".into(), partition: 4, batch: small.clone() },
+                PartitionRecords { topic: "payments".into(), partition: 0, batch: large.slice(1..) },
+            ],
+        };
+        let mut chunks = Chunks::default();
+        chunks.push_message(&request, usize::MAX).expect("under the limit");
+        assert_eq!(chunks.len(), framed(&request).len());
+        let (all, parts) = concat(&mut chunks);
+        assert_eq!(all, framed(&request));
+        assert!(chunks.is_empty());
+        // The first large batch is a buffer of its own, the very one given;
+        // the one a byte shorter than the threshold was copied.
+        assert!(parts.iter().any(|p| p.as_ptr() == large.as_ptr() && p.len() == large.len()));
+        assert!(!parts.iter().any(|p| p.as_ptr() == large[1..].as_ptr()));
+        assert!(!parts.iter().any(|p| p.as_ptr() == small.as_ptr()));
+    }
+
+    #[test]
+    fn appends_for_a_follower_share_their_entries_and_several_messages_follow_each_other() {
+        let entries: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 40_000])).collect();
+        let append = RaftRequest {
+            id: 17,
+            group: 4,
+            body: Some(raft_request::Body::Append(AppendEntriesRequest {
+                vote: None,
+                prev_log_id: None,
+                entries: entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, batch)| Entry { term: 2, index: i as u64 + 10, batch: batch.clone() })
+                    .collect(),
+                leader_commit: None,
+            })),
+        };
+        let heartbeat = RaftRequest { id: 18, group: 4, body: None };
+        let mut chunks = Chunks::default();
+        chunks.push_message(&append, usize::MAX).expect("under the limit");
+        chunks.push_message(&heartbeat, usize::MAX).expect("under the limit");
+        let (all, parts) = concat(&mut chunks);
+        let mut expected = framed(&append);
+        expected.extend_from_slice(&framed(&heartbeat));
+        assert_eq!(all, expected);
+        for entry in &entries {
+            assert!(parts.iter().any(|p| p.as_ptr() == entry.as_ptr()), "an entry was copied");
+        }
+    }
+
+    /// A request body of the given DATA frames.
+    struct Frames(VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn decode_all(frames: Vec<Bytes>) -> Vec<Result<RaftRequest, Status>> {
+        let messages = Messages::<_, RaftRequest>::new(Frames(frames.into()), 1 << 20);
+        futures::executor::block_on(futures::StreamExt::collect(messages))
+    }
+
+    fn append(id: u64, entries: &[Bytes]) -> RaftRequest {
+        RaftRequest {
+            id,
+            group: 1,
+            body: Some(raft_request::Body::Append(AppendEntriesRequest {
+                vote: None,
+                prev_log_id: None,
+                entries: entries.iter().map(|b| Entry { term: 1, index: id, batch: b.clone() }).collect(),
+                leader_commit: None,
+            })),
+        }
+    }
+
+    fn batches(request: &RaftRequest) -> Vec<Bytes> {
+        match &request.body {
+            Some(raft_request::Body::Append(a)) => a.entries.iter().map(|e| e.batch.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn received_messages_decode_and_entries_in_one_frame_share_it() {
+        let entries: Vec<Bytes> = (0..2u8).map(|i| Bytes::from(vec![i; 20_000])).collect();
+        let sent = [append(1, &entries), append(2, &[Bytes::from_static(b"small")]), append(3, &entries)];
+        let mut chunks = Chunks::default();
+        for message in &sent {
+            chunks.push_message(message, usize::MAX).expect("under the limit");
+        }
+        chunks.seal();
+        let mut frames = Vec::new();
+        while let Some(chunk) = chunks.pop() {
+            // Cut the small frames at every byte, so that headers and
+            // fields arrive in pieces; the large ones arrive whole.
+            if chunk.len() < CHAIN_MIN_BYTES {
+                frames.extend((0..chunk.len()).map(|i| chunk.slice(i..i + 1)));
+            } else {
+                frames.push(chunk);
+            }
+        }
+        let received: Vec<RaftRequest> = decode_all(frames.clone()).into_iter().map(|r| r.expect("decodes")).collect();
+        assert_eq!(received, sent);
+        for message in [&received[0], &received[2]] {
+            for batch in batches(message) {
+                assert!(frames.iter().any(|f| f.as_ptr() == batch.as_ptr()), "an entry was copied");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_message_or_over_the_limit_is_an_error() {
+        let mut chunks = Chunks::default();
+        chunks.push_message(&append(1, &[Bytes::from(vec![5u8; 100])]), usize::MAX).expect("under the limit");
+        chunks.seal();
+        let whole = chunks.pop().expect("one chunk");
+        let cut = decode_all(vec![whole.slice(..whole.len() - 1)]);
+        assert_eq!(cut.len(), 1);
+        assert_eq!(cut[0].as_ref().expect_err("cut").code(), tonic::Code::InvalidArgument);
+
+        let mut big = vec![0u8, 0, 0x20, 0, 0];
+        big.extend_from_slice(&[0; 16]);
+        let over = decode_all(vec![Bytes::from(big)]);
+        let over = over[0].as_ref().expect_err("over");
+        assert_eq!(over.code(), tonic::Code::OutOfRange);
+        assert!(over.message().contains("too large"), "{over:?}");
+
+        let compressed = decode_all(vec![Bytes::from_static(&[1, 0, 0, 0, 0])]);
+        assert_eq!(compressed[0].as_ref().expect_err("compressed").code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_and_leaves_nothing_behind() {
+        let request = ProduceRequest {
+            acks: 1,
+            timeout_ms: 1,
+            partitions: vec![PartitionRecords { topic: "t".into(), partition: 0, batch: Bytes::from(vec![1u8; 64]) }],
+        };
+        let mut chunks = Chunks::default();
+        let refused = chunks.push_message(&request, 32).expect_err("over the limit");
+        assert_eq!(refused.code(), tonic::Code::OutOfRange);
+        assert!(chunks.is_empty());
+    }
+}
