@@ -1,5 +1,7 @@
 //! `strata-proto`: the protobuf messages and gRPC services of Strata,
-//! generated at build time from `proto/*.proto`.
+//! generated at build time from `proto/*.proto`, the codec they encode
+//! with (`codec`), and the calls that carry batches without copying them
+//! (`chained`: Produce and the peers' stream).
 //!
 //! **Architecture Invariant:** protobuf types stop at the edge. The crates
 //! that speak these protocols convert them to their own types in one place
