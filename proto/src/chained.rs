@@ -1,4 +1,5 @@
-//! gRPC requests whose batches go to the socket without being copied.
+//! gRPC messages whose batches are neither copied to be sent nor copied
+//! when received.
 //!
 //! tonic encodes every message into its own send buffer, so each byte of a
 //! batch a client produces, and each byte a leader replicates (once per
@@ -12,9 +13,12 @@
 //! as tonic does: below that size a copy costs less than the extra frame
 //! and system call.
 //!
-//! Only the request side is replaced. The answers are decoded by tonic's
-//! own [`Streaming`] decoder, and the server side is tonic's unchanged: on
-//! the wire the messages are the same bytes.
+//! On the receiving side, [`Messages`] decodes requests from the HTTP/2
+//! frames as they arrived, so a batch that came in one frame is a slice of
+//! it; tonic's decoder copies every byte into a buffer of its own first.
+//! Servers answer with [`answer`]. A client's answers (small here) are
+//! decoded by tonic's own [`Streaming`]. On the wire the messages are the
+//! same bytes as tonic's.
 
 // One `unsafe impl`: `BufMut` is an unsafe trait. Every method delegates to
 // a `BytesMut`, whose own implementation upholds the trait's contract.

@@ -25,9 +25,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use strata_proto::api as pb;
-use tokio::sync::{mpsc, oneshot};
-
 use strata_proto::chained;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, RESPONSE_BYTES_MAX};
 use crate::error::{Error, ErrorCode, Result};

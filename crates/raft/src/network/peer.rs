@@ -90,7 +90,8 @@ impl Peer {
         let mut headers = HeaderMap::new();
         headers.insert(TO_NODE_HEADER, HeaderValue::from(self.node));
         // Entries go out shared, not copied into tonic's buffer once per
-        // follower (`strata_proto::chained`); the server is tonic's.
+        // follower (`strata_proto::chained`); the peer's `server.rs`
+        // decodes them without copying too.
         let mut inbound = chained::call::<_, _, pb::RaftResponse>(
             &mut channel,
             EXCHANGE_PATH,
