@@ -16,7 +16,8 @@
 //!
 //! **Architecture Invariant:** this crate is synchronous and depends on no
 //! async runtime, no openraft and no protobuf type. All file access goes
-//! through the [`io`] seam; `unsafe` lives only in `io::mmap`.
+//! through the [`io`] seam; `unsafe` lives only in `io::mmap`,
+//! `io::fallocate` and `io::arena`.
 mod compact;
 mod config;
 mod error;

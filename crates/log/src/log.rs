@@ -223,7 +223,12 @@ impl Log {
         // are, and the copies stamped into `buf`. A fresh buffer each time:
         // once written it becomes the tail cache's.
         let mut pieces: Vec<Bytes> = Vec::new();
-        let mut buf = bytes::BytesMut::with_capacity(copied_bytes);
+        // When every batch is copied, they fill the file's staging memory,
+        // which it can write out without copying them again.
+        let staged_at = (copied_bytes > 0 && headers.iter().all(|(_, as_is)| !as_is)).then(|| inner.active().data_len);
+        let mut buf = staged_at
+            .and_then(|at| inner.active().file.staging(at, copied_bytes))
+            .unwrap_or_else(|| bytes::BytesMut::with_capacity(copied_bytes));
         let mut pending_bytes = 0u64;
         let mut result = Ok(());
         for ((batch, term), (header, as_is)) in batches.iter().zip(&headers) {
@@ -286,6 +291,12 @@ impl Log {
         if result.is_ok() {
             take_buffer(&mut pieces, &mut buf);
             result = self.write_pending(&mut inner, &pieces, &pending);
+        }
+        if result.is_ok() && staged_at.is_some() && buf.capacity() > 0 {
+            // The rest, for the next append to continue in (the file keeps it
+            // only if it is its own and the data still ends where it starts).
+            let active = inner.active();
+            active.file.keep_staging(buf, active.data_len);
         }
         result.map(|()| out)
     }

@@ -302,6 +302,7 @@ impl Segment {
         let map = file.map(bytes.len() as u64).map_err(LogError::io(format!("map index {index_name}")))?;
         self.entries = Entries::Sealed { map, n: self.entries.len() };
         self.tail.clear();
+        self.file.release_staging();
         // Everything in this segment was validated when appended or scanned.
         self.verified_len.store(self.data_len, Ordering::Release);
         Ok(Some(file))
@@ -425,6 +426,7 @@ impl Segment {
     /// Drops the tail cache (an idle partition keeps no copy of its tail).
     pub fn release_cache(&mut self) {
         self.tail.clear();
+        self.file.release_staging();
     }
 
     /// Forgets cached bytes at or after `len`, before the file is cut there.

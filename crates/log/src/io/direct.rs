@@ -12,7 +12,11 @@
 //! a write starts at the block holding its first byte, and carries again that
 //! block's bytes before the write (kept from the previous write, or read back
 //! from the file), then the new bytes, then zeroes up to the next block
-//! boundary. The zeroes land where the next append will write; to the
+//! boundary. Where the appends were filled into the file's staging memory
+//! (an [`super::arena::Arena`], which mirrors the file from an aligned
+//! position), those bytes already lie in memory that way, and are written
+//! from there; only the last, partial block is copied, to pad it. The
+//! zeroes land where the next append will write; to the
 //! segment's recovery scan they are the same as preallocated space, which it
 //! already tells from data (see `segment::scan`). [`File::extent_after_write`]
 //! tells the segment how far the file may have grown, so that sealing cuts
@@ -48,9 +52,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::File;
+use super::arena::{self, Arena};
 
 /// The alignment used for positions, lengths and buffers: 4 KiB, which every
 /// block device's logical block size divides.
@@ -64,6 +69,10 @@ const KEEP_BUFFER_BYTES_MAX: usize = 16 << 20;
 /// itself (normally the flusher's sync writes them long before; under the
 /// interval policy the log has each append written out at once).
 const PENDING_BYTES_MAX: u64 = 8 << 20;
+
+/// Most buffers one vectored write-out takes (Linux's `IOV_MAX` is 1024);
+/// more, and the bytes are copied into one instead.
+const IOVECS_MAX: usize = 1024;
 
 /// Most zeroes one [`File::write_ahead`] writes, from one shared buffer of
 /// this size: the headroom is filled a little after each group commit, as
@@ -121,56 +130,88 @@ thread_local! {
 /// the file yet; the block before `written` is kept so the next write can
 /// carry it again.
 ///
-/// The appended bytes are kept as the appends' own buffers, not copied: the
-/// write-out copies them once, into its aligned buffer, which `O_DIRECT`
-/// needs anyway. (Those buffers are the ones the log's tail cache keeps too,
-/// so holding them here costs no memory of its own.)
+/// The appended bytes are kept as the appends' own buffers, not copied. Most
+/// of them are the file's own staging memory ([`Arena`]), laid out as
+/// `O_DIRECT` wants it, and are written out from where they lie; others
+/// (a follower's batches, as they came from the network) are copied once at
+/// the write-out, into an aligned buffer. (Those buffers are the ones the
+/// log's tail cache keeps too, so holding them here costs no memory of its
+/// own.)
 struct Pending {
     /// Aligned position of the first byte held.
     start: u64,
-    /// The bytes from `start` on up to the first of `pieces`: the block the
-    /// next write carries again (less than [`ALIGN`] bytes), or for a new
-    /// append position, the block's bytes read back from the file.
-    head: Vec<u8>,
-    /// The appends' buffers after `head`, in file order.
-    pieces: VecDeque<Bytes>,
+    /// The bytes from `start` on, in file order: the block the next write
+    /// carries again (for a new append position, read back from the file),
+    /// then the appends.
+    pieces: VecDeque<Piece>,
     /// Bytes in `pieces`.
-    pieces_len: u64,
+    len: u64,
     /// The file holds the bytes up to here (`start <= written <= end`).
     written: u64,
     /// Whether the bytes are known: false for a new handle, and after a cut
     /// below `start`, until an append reads the block back from the file.
     known: bool,
+    /// Where [`File::staging`] hands out memory from.
+    arena: Option<Arena>,
+    /// The part of the arena not handed out yet, and the file position of
+    /// its first byte (`None` while an append holds it).
+    spare: Option<(BytesMut, u64)>,
+    /// The number the next arena gets.
+    next_arena: u64,
 }
+
+/// Some bytes held, and the [`Arena`] they lie in, if one of this file's.
+struct Piece {
+    bytes: Bytes,
+    /// The arena's number, or 0. Pieces of one arena that follow each other
+    /// in memory are one run of it: they were handed out one after another.
+    arena: u64,
+}
+
+/// The least an arena holds. Small enough that the arenas a partition's
+/// tail cache keeps alive are not much more than the cache itself; an append
+/// larger than this gets an arena of its own size.
+const ARENA_BYTES: usize = 1 << 20;
 
 impl Pending {
     fn unknown() -> Pending {
-        Pending { start: 0, head: Vec::new(), pieces: VecDeque::new(), pieces_len: 0, written: 0, known: false }
-    }
-
-    fn end(&self) -> u64 {
-        self.start + self.head.len() as u64 + self.pieces_len
-    }
-
-    fn push(&mut self, piece: Bytes) {
-        if !piece.is_empty() {
-            self.pieces_len += piece.len() as u64;
-            self.pieces.push_back(piece);
+        Pending {
+            start: 0,
+            pieces: VecDeque::new(),
+            len: 0,
+            written: 0,
+            known: false,
+            arena: None,
+            spare: None,
+            next_arena: 1,
         }
     }
 
-    /// The held bytes from `from` on (`start <= from`), `head` first, as
-    /// slices in order.
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    /// Adds bytes at the end, noting the arena they lie in, if any.
+    fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        let arena = self.arena.as_ref().filter(|arena| arena.holds(&bytes)).map_or(0, |arena| arena.number);
+        self.len += bytes.len() as u64;
+        self.pieces.push_back(Piece { bytes, arena });
+    }
+
+    /// The held bytes from `from` on (`start <= from`), as slices in order.
     fn slices_from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
         let mut skip = (from - self.start) as usize;
-        std::iter::once(&self.head[..]).chain(self.pieces.iter().map(|p| &p[..])).filter_map(move |slice| {
-            if skip >= slice.len() {
-                skip -= slice.len();
+        self.pieces.iter().filter_map(move |piece| {
+            if skip >= piece.bytes.len() {
+                skip -= piece.bytes.len();
                 return None;
             }
-            let rest = &slice[skip..];
+            let rest = &piece.bytes[skip..];
             skip = 0;
-            (!rest.is_empty()).then_some(rest)
+            Some(rest)
         })
     }
 
@@ -191,27 +232,70 @@ impl Pending {
     /// Forgets the held bytes from `len` on (`start <= len`).
     fn truncate(&mut self, len: u64) {
         let mut keep = len - self.start;
-        if keep <= self.head.len() as u64 {
-            self.head.truncate(keep as usize);
-            self.pieces.clear();
-            self.pieces_len = 0;
-            return;
-        }
-        keep -= self.head.len() as u64;
-        let mut kept = 0u64;
         let mut n = 0;
         for piece in self.pieces.iter_mut() {
-            if kept + piece.len() as u64 >= keep {
-                piece.truncate((keep - kept) as usize);
-                kept = keep;
-                n += 1;
+            if keep == 0 {
                 break;
             }
-            kept += piece.len() as u64;
+            let take = keep.min(piece.bytes.len() as u64);
+            piece.bytes.truncate(take as usize);
+            keep -= take;
             n += 1;
         }
         self.pieces.truncate(n);
-        self.pieces_len = kept;
+        self.len = len - self.start;
+    }
+
+    /// Lets go of the held bytes before aligned `position` (`start <=
+    /// position <= end`): they are in the file.
+    fn drop_before(&mut self, position: u64) {
+        let mut skip = position - self.start;
+        while skip > 0 {
+            let front = self.pieces.front_mut().expect("the bytes before `end` are held");
+            if front.bytes.len() as u64 <= skip {
+                skip -= front.bytes.len() as u64;
+                self.pieces.pop_front();
+            } else {
+                front.bytes.advance(skip as usize);
+                skip = 0;
+            }
+        }
+        self.len -= position - self.start;
+        self.start = position;
+    }
+
+    /// Memory for `len` bytes appended at the end: the rest of the arena if
+    /// it continues there and has room, else a new arena, into which the
+    /// bytes from the block holding the end are copied first (so the arena
+    /// mirrors the file from an aligned position) and held from there
+    /// instead of the old buffers.
+    fn staging(&mut self, len: usize) -> BytesMut {
+        let end = self.end();
+        if let Some((spare, at)) = self.spare.take() {
+            if at == end && spare.capacity() >= len {
+                return spare;
+            }
+        }
+        let from = align_down(end);
+        let carried = (end - from) as usize;
+        let (arena, mut spare) = Arena::new(self.next_arena, (carried + len).max(ARENA_BYTES), ALIGN as usize);
+        self.next_arena += 1;
+        self.arena = Some(arena);
+        if carried > 0 {
+            for slice in self.slices_from(from) {
+                spare.extend_from_slice(slice);
+            }
+            let block = spare.split().freeze();
+            self.truncate(from);
+            self.push(block);
+        }
+        spare
+    }
+
+    /// Forgets the arena: later appends are held as they come.
+    fn drop_arena(&mut self) {
+        self.arena = None;
+        self.spare = None;
     }
 }
 
@@ -228,10 +312,12 @@ struct Zeroes {
 
 /// A segment data file opened with `O_DIRECT`, written behind: an append
 /// only keeps its buffers (`Bytes`, shared, not copied); `sync_data` (the
-/// flusher thread's call) copies them into one aligned buffer and writes that
-/// to the file, padded to a block, then syncs. So appends
-/// never wait for the device, and the device gets one large write per group
-/// commit. Reads of bytes not written yet are served from memory.
+/// flusher thread's call) writes them to the file, padded to a block, then
+/// syncs. Buffers filled in the file's staging memory ([`File::staging`],
+/// the leader's stamped copies) are written from where they lie; others are
+/// copied into one aligned buffer first. So appends never wait for the
+/// device, and the device gets one large write per group commit. Reads of
+/// bytes not written yet are served from memory.
 pub(crate) struct DirectFile {
     file: std::fs::File,
     /// The same file opened without `O_DIRECT`, for reads through the page
@@ -243,6 +329,9 @@ pub(crate) struct DirectFile {
     /// Held while bytes are written out or the file is cut, so that a
     /// write-out that copied its bytes before a cut cannot land after it.
     io: Mutex<()>,
+    /// Bytes write-outs copied (not counting a padded last block): what
+    /// staging did not save. Read by tests.
+    copied: std::sync::atomic::AtomicU64,
 }
 
 /// Opens `path` with `O_DIRECT` (creating it if `create_new`). `Ok(None)`:
@@ -259,9 +348,11 @@ pub(crate) fn open(path: &Path, create_new: bool) -> io::Result<Option<DirectFil
         Ok(file) => Ok(Some(DirectFile {
             file,
             cached: std::fs::OpenOptions::new().read(true).open(path)?,
-            pending: Mutex::new(Pending::unknown()),
+            // A file just created is known to be empty.
+            pending: Mutex::new(Pending { known: create_new, ..Pending::unknown() }),
             zeroes: Mutex::new(Zeroes::default()),
             io: Mutex::new(()),
+            copied: std::sync::atomic::AtomicU64::new(0),
         })),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(err) => Err(err),
@@ -368,34 +459,66 @@ impl DirectFile {
 
     /// Writes everything appended so far to the file (not synced). The
     /// caller holds `io`.
+    ///
+    /// From where the bytes lie, when every one of them lies in an arena,
+    /// laid out for it (see [`Arena`]): one vectored write of their whole
+    /// blocks and of a copy of the last, partial one. Otherwise all are
+    /// copied into one aligned buffer first.
     fn flush_pending(&self) -> io::Result<()> {
         WRITE_BUF.with(|cell| {
             let mut cell = cell.borrow_mut();
-            let (start, end, n_pieces) = {
+            let (start, end, held) = {
                 let pending = self.lock_pending();
                 if !pending.known || pending.written >= pending.end() {
                     return Ok::<(), io::Error>(());
                 }
                 let (start, end) = (pending.start, pending.end());
-                let buf = cell.get(align_up(end - start) as usize);
-                let len = (end - start) as usize;
-                pending.copy_to(start, &mut buf[..len]);
-                buf[len..].fill(0);
-                (start, end, pending.pieces.len())
+                // Held here: an append may replace the pieces before `end`
+                // with the same bytes in a new arena (`Pending::staging`)
+                // while this writes them.
+                let held: Option<Vec<(Bytes, u64)>> = pending
+                    .pieces
+                    .iter()
+                    .all(|piece| piece.arena != 0)
+                    .then(|| pending.pieces.iter().map(|piece| (piece.bytes.clone(), piece.arena)).collect());
+                if held.is_none() {
+                    let buf = cell.get(align_up(end - start) as usize);
+                    let len = (end - start) as usize;
+                    pending.copy_to(start, &mut buf[..len]);
+                    buf[len..].fill(0);
+                }
+                (start, end, held)
             };
-            // Appends may go on meanwhile: they only add pieces past `end`.
-            let buf = cell.get(align_up(end - start) as usize);
-            self.write_aligned(buf, start)?;
+            // Appends may go on meanwhile: they only add bytes past `end`.
+            let in_place = held.as_ref().and_then(|held| blocks_in_place(held));
+            match in_place {
+                Some((mut blocks, tail)) => {
+                    let buf = cell.get(ALIGN as usize);
+                    buf[..tail.len()].copy_from_slice(tail);
+                    buf[tail.len()..].fill(0);
+                    if !tail.is_empty() {
+                        blocks.push(buf);
+                    }
+                    arena::write_all_vectored_at(&self.file, &blocks, start, whole_blocks(end - start))?;
+                }
+                None => {
+                    let buf = cell.get(align_up(end - start) as usize);
+                    if held.is_some() {
+                        // In arenas, but not laid out for a direct write
+                        // (runs that do not meet at a block boundary, which
+                        // staging avoids): copy after all.
+                        let len = (end - start) as usize;
+                        self.lock_pending().copy_to(start, &mut buf[..len]);
+                        buf[len..].fill(0);
+                    }
+                    self.write_aligned(buf, start)?;
+                    self.copied.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            drop(held);
             let mut pending = self.lock_pending();
             // Keep the block holding `end`: the next write starts there.
-            let keep_from = align_down(end);
-            pending.head.clear();
-            pending.head.extend_from_slice(&buf[(keep_from - start) as usize..(end - start) as usize]);
-            for _ in 0..n_pieces {
-                let piece = pending.pieces.pop_front().expect("appends only add pieces");
-                pending.pieces_len -= piece.len() as u64;
-            }
-            pending.start = keep_from;
+            pending.drop_before(align_down(end));
             pending.written = end;
             Ok(())
         })?;
@@ -406,6 +529,41 @@ impl DirectFile {
             }
         });
         Ok(())
+    }
+}
+
+/// How pieces in arenas can be written from where they lie: their whole
+/// blocks as slices of the arenas' memory, and the bytes of the last,
+/// partial block (to be copied into a padded block). `None` unless every
+/// run of one arena starts at an aligned address and all but the last end on
+/// a block boundary, as a direct write wants its memory; also when there
+/// are more runs than one write takes.
+fn blocks_in_place(held: &[(Bytes, u64)]) -> Option<(Vec<&[u8]>, &[u8])> {
+    let mut runs = arena::runs(held.iter().map(|(bytes, arena)| (bytes, *arena)))?;
+    let align = ALIGN as usize;
+    let aligned = |run: &[u8]| (run.as_ptr() as usize).is_multiple_of(align);
+    let last = runs.pop()?;
+    if runs.len() >= IOVECS_MAX - 2
+        || !aligned(last)
+        || !runs.iter().all(|run| aligned(run) && run.len().is_multiple_of(align))
+    {
+        return None;
+    }
+    let (whole, tail) = last.split_at(last.len() - last.len() % align);
+    if !whole.is_empty() {
+        runs.push(whole);
+    }
+    Some((runs, tail))
+}
+
+/// A check that a direct write of `total` bytes wrote whole blocks.
+fn whole_blocks(total: u64) -> impl Fn(usize) -> io::Result<()> {
+    move |n| {
+        if n.is_multiple_of(ALIGN as usize) {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("direct write of {} bytes wrote {n}", align_up(total))))
+        }
     }
 }
 
@@ -452,7 +610,10 @@ impl File for DirectFile {
                 io::Error::new(err.kind(), format!("append at {position}, past the end of the file: {err}"))
             })?;
             pending = self.lock_pending();
-            *pending = Pending { start, head: block, written: position, known: true, ..Pending::unknown() };
+            let next_arena = pending.next_arena;
+            *pending = Pending { start, written: start, known: true, next_arena, ..Pending::unknown() };
+            pending.push(Bytes::from(block));
+            pending.written = position;
         }
         for piece in pieces {
             pending.push(piece.clone());
@@ -469,6 +630,23 @@ impl File for DirectFile {
 
     fn extent_after_write(&self, end: u64) -> u64 {
         align_up(end)
+    }
+
+    fn staging(&self, position: u64, len: usize) -> Option<BytesMut> {
+        let mut pending = self.lock_pending();
+        (pending.known && pending.end() == position).then(|| pending.staging(len))
+    }
+
+    fn keep_staging(&self, rest: BytesMut, position: u64) {
+        let mut pending = self.lock_pending();
+        let in_arena = pending.arena.as_ref().is_some_and(|arena| arena.holds_buffer(&rest));
+        if in_arena && pending.end() == position {
+            pending.spare = Some((rest, position));
+        }
+    }
+
+    fn release_staging(&self) {
+        self.lock_pending().drop_arena();
     }
 
     fn write_out(&self) -> io::Result<()> {
@@ -496,12 +674,14 @@ impl File for DirectFile {
         {
             let mut pending = self.lock_pending();
             if pending.known && len < pending.end() {
+                pending.drop_arena();
                 if len >= pending.start {
                     pending.truncate(len);
                     pending.written = pending.written.min(len);
                 } else {
                     // Everything below `len` is in the file already.
-                    *pending = Pending::unknown();
+                    let next_arena = pending.next_arena;
+                    *pending = Pending { next_arena, ..Pending::unknown() };
                 }
             }
         }
@@ -651,9 +831,10 @@ mod tests {
         file.write_pieces_at(&pieces[2..], 9000).expect("append");
         {
             let pending = file.lock_pending();
-            assert_eq!((pending.start, pending.head.len(), pending.written), (8192, 808, 9000));
-            let held: Vec<*const u8> = pending.pieces.iter().map(|p| p.as_ptr()).collect();
-            assert_eq!(held, vec![pieces[2].as_ptr(), pieces[3].as_ptr()], "the appends' buffers, not copies");
+            assert_eq!((pending.start, pending.written), (8192, 9000));
+            let held: Vec<*const u8> = pending.pieces.iter().map(|p| p.bytes.as_ptr()).collect();
+            let kept = pieces[1].as_ptr().wrapping_add(8192 - 3000);
+            assert_eq!(held, vec![kept, pieces[2].as_ptr(), pieces[3].as_ptr()], "the appends' buffers, not copies");
         }
         let mut expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
         // A read from the file, across the kept block and both pieces.
@@ -675,8 +856,89 @@ mod tests {
         assert_eq!(&disk[..expected.len()], &expected[..]);
         assert!(disk[expected.len()..].iter().all(|&b| b == 0));
         let pending = file.lock_pending();
-        assert!(pending.pieces.is_empty() && pending.pieces_len == 0, "written pieces are let go");
-        assert_eq!(pending.start + pending.head.len() as u64, expected.len() as u64);
+        assert!(pending.len < ALIGN, "written pieces are let go but for the last block");
+        assert_eq!(pending.end(), expected.len() as u64);
+    }
+
+    /// Fills a staging buffer for `data` at `position` the way the log does
+    /// (one piece per batch), appends it and gives the rest back.
+    fn staged_append(file: &DirectFile, position: u64, batches: &[&[u8]]) -> Vec<Bytes> {
+        let len = batches.iter().map(|b| b.len()).sum();
+        let mut buf = file.staging(position, len).expect("an append at the end gets staging memory");
+        let pieces: Vec<Bytes> = batches
+            .iter()
+            .map(|batch| {
+                buf.extend_from_slice(batch);
+                buf.split().freeze()
+            })
+            .collect();
+        file.write_pieces_at(&pieces, position).expect("append");
+        file.keep_staging(buf, position + len as u64);
+        pieces
+    }
+
+    #[test]
+    fn staged_appends_are_written_from_where_they_lie_across_arenas_and_after_cuts() {
+        let dir = TempDir::new("staged");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let copied = || file.copied.load(std::sync::atomic::Ordering::Relaxed);
+        let mut expected: Vec<u8> = Vec::new();
+        let mut n = 0u8;
+        // Sizes that end inside blocks and on boundaries; together several
+        // arenas' worth, so later appends start new arenas mid-block.
+        for size in [1usize, 100, 3995, 4096, 5000, 700_000, 8191, 1_500_000, 12_288, 7, 2_100_000, 333] {
+            let batches: Vec<Vec<u8>> = (0..3)
+                .map(|k| {
+                    n = n.wrapping_add(1);
+                    vec![n; size + k]
+                })
+                .collect();
+            let refs: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+            let pieces = staged_append(&file, expected.len() as u64, &refs);
+            assert!(pieces.iter().zip(&batches).all(|(p, b)| p[..] == b[..]));
+            for batch in &batches {
+                expected.extend_from_slice(batch);
+            }
+            file.sync_data().expect("sync");
+            let disk = on_disk(dir.path(), "seg");
+            assert_eq!(&disk[..expected.len()], &expected[..]);
+            assert!(disk[expected.len()..].iter().all(|&b| b == 0), "padding is zeroes");
+        }
+        assert_eq!(copied(), 0, "every write-out went from the staging memory");
+        assert!(file.lock_pending().next_arena > 3, "the appends took several arenas");
+        // A cut inside the block kept in memory: the next staged append
+        // starts a new arena, the block's bytes before it copied in.
+        let cut = expected.len() as u64 - 1000;
+        file.set_len(cut).expect("cut");
+        expected.truncate(cut as usize);
+        staged_append(&file, cut, &[b"after the cut", &[9u8; 10_000]]);
+        expected.extend_from_slice(b"after the cut");
+        expected.extend_from_slice(&[9u8; 10_000]);
+        let mut back = vec![0u8; 20_000];
+        file.read_exact_at(&mut back, expected.len() as u64 - 20_000).expect("read pending");
+        assert_eq!(&back[..], &expected[expected.len() - 20_000..]);
+        file.sync_data().expect("sync");
+        assert_eq!(copied(), 0, "the block carried over was copied into the new arena, not written apart");
+        // Plain pieces mixed in are copied at the write-out.
+        let plain = Bytes::from(vec![5u8; 3000]);
+        file.write_pieces_at(std::slice::from_ref(&plain), expected.len() as u64).expect("append");
+        expected.extend_from_slice(&plain);
+        staged_append(&file, expected.len() as u64, &[&[6u8; 5000]]);
+        expected.extend_from_slice(&[6u8; 5000]);
+        file.sync_data().expect("sync");
+        assert!(copied() > 0);
+        let before = copied();
+        // Staging after the plain piece is written out carries it over.
+        staged_append(&file, expected.len() as u64, &[&[7u8; 50_000]]);
+        expected.extend_from_slice(&[7u8; 50_000]);
+        file.release_staging();
+        file.sync_data().expect("sync");
+        assert_eq!(copied(), before, "released staging memory still writes out from where it lies");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(&disk[..expected.len()], &expected[..]);
+        assert!(disk[expected.len()..].iter().all(|&b| b == 0));
+        // No staging memory for an append anywhere but at the end.
+        assert!(file.staging(expected.len() as u64 + 1, 10).is_none());
     }
 
     #[test]

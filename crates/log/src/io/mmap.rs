@@ -1,5 +1,5 @@
-//! Mapping immutable files: with [`super::fallocate`], one of the two places
-//! in `strata-log` with `unsafe`.
+//! Mapping immutable files: with [`super::fallocate`] and
+//! [`super::arena`], one of the three places in `strata-log` with `unsafe`.
 //!
 //! # Safety
 //!

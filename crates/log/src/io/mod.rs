@@ -13,6 +13,7 @@
 //! seam is narrow (read_at, write_at, set_len, allocate, sync_data, sync_dir, map) so a
 //! simulated disk can model exactly what a crash keeps.
 
+mod arena;
 pub mod direct;
 mod fallocate;
 pub mod fs;
@@ -23,7 +24,7 @@ pub mod sim;
 use std::io;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// One open file. Positions are absolute; there is no cursor.
 #[allow(clippy::len_without_is_empty)]
@@ -42,6 +43,25 @@ pub trait File: Send + Sync {
         }
         Ok(())
     }
+    /// Memory for an append of `len` bytes at `position` (the file's end),
+    /// laid out so that the file can write it out without copying it again
+    /// (see [`direct`]), or `None` where a file has no such layout. The
+    /// caller fills it, freezes the parts it appends, hands them to
+    /// [`File::write_pieces_at`] and gives what is left back with
+    /// [`File::keep_staging`]. Filling past `len` is allowed but loses the
+    /// layout: the file then copies as for any other piece.
+    fn staging(&self, position: u64, len: usize) -> Option<BytesMut> {
+        let _ = (position, len);
+        None
+    }
+    /// Gives back the unused rest of a [`File::staging`] buffer, whose first
+    /// byte is for `position`, for the next append to continue in.
+    fn keep_staging(&self, rest: BytesMut, position: u64) {
+        let _ = (rest, position);
+    }
+    /// Lets go of memory kept for the next appends ([`File::staging`]): the
+    /// file went idle or was sealed.
+    fn release_staging(&self) {}
     /// Hands what this handle keeps in memory to the file (see [`direct`]),
     /// without syncing it: from then on only a crash of the machine, not of
     /// the process, can lose it. Nothing to do for a file that writes at once.
