@@ -13,12 +13,13 @@
 //! as tonic does: below that size a copy costs less than the extra frame
 //! and system call.
 //!
-//! On the receiving side, [`Messages`] decodes requests from the HTTP/2
+//! On the receiving side, [`Messages`] decodes messages from the HTTP/2
 //! frames as they arrived, so a batch that came in one frame is a slice of
 //! it; tonic's decoder copies every byte into a buffer of its own first.
-//! Servers answer with [`answer`]. A client's answers (small here) are
-//! decoded by tonic's own [`Streaming`]. On the wire the messages are the
-//! same bytes as tonic's.
+//! Servers decode requests with it and answer with [`answer`]; [`unary`]
+//! decodes its one answer with it too (a fetch answer's records). The
+//! answers of a streaming [`call`] (small here) are decoded by tonic's own
+//! [`Streaming`]. On the wire the messages are the same bytes as tonic's.
 
 // One `unsafe impl`: `BufMut` is an unsafe trait. Every method delegates to
 // a `BytesMut`, whose own implementation upholds the trait's contract.
@@ -30,7 +31,7 @@ use std::task::{Context, Poll};
 
 use bytes::buf::UninitSlice;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use http_body::Frame;
 use prost::Message;
 use tonic::Status;
@@ -230,6 +231,30 @@ where
     R: Message + Default + Send + 'static,
 {
     let decoder = ProstDecoder::<R>::default();
+    let (response, headers_only) = send(channel, path, headers, source, max_message_bytes).await?;
+    let status_code = response.status();
+    let body = response.into_body();
+    Ok(if headers_only {
+        Streaming::new_empty(decoder, body)
+    } else {
+        Streaming::new_response(decoder, body, status_code, None, Some(max_answer_bytes))
+    })
+}
+
+/// Sends a call's request and waits for the answer's headers: the answer,
+/// and whether it is made of headers only (with status OK: an error there
+/// fails the call), as tonic's client tells them.
+async fn send<S, M>(
+    channel: &mut Channel,
+    path: &'static str,
+    headers: HeaderMap,
+    source: S,
+    max_message_bytes: usize,
+) -> Result<(http::Response<tonic::body::Body>, bool), Status>
+where
+    S: Stream<Item = M> + Unpin + Send + 'static,
+    M: Message + 'static,
+{
     let body = MessageBody::new(source, max_message_bytes, None);
     let mut request = http::Request::new(tonic::body::Body::new(body));
     *request.method_mut() = http::Method::POST;
@@ -241,24 +266,17 @@ where
 
     std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(|e| Status::from_error(Box::new(e)))?;
     let response = channel.call(request).await.map_err(|e| Status::from_error(Box::new(e)))?;
-
-    // As tonic's client: an answer made of headers only carries its status
-    // there, and has no messages.
-    let status_code = response.status();
     let headers_only = match Status::from_header_map(response.headers()) {
         Some(status) if status.code() != tonic::Code::Ok => return Err(status),
         Some(_) => true,
         None => false,
     };
-    let body = response.into_body();
-    Ok(if headers_only {
-        Streaming::new_empty(decoder, body)
-    } else {
-        Streaming::new_response(decoder, body, status_code, None, Some(max_answer_bytes))
-    })
+    Ok((response, headers_only))
 }
 
-/// A unary gRPC call made with [`call`]: one message out, one back.
+/// A unary gRPC call: one message out, one back. Both go without copies of
+/// their large `bytes` fields: the request as [`Chunks`], the answer
+/// decoded by [`Messages`] from the frames it arrived in.
 pub async fn unary<M, R>(
     channel: &mut Channel,
     path: &'static str,
@@ -271,11 +289,22 @@ where
     R: Message + Default + Send + 'static,
 {
     let source = futures::stream::iter(Some(message));
-    let mut answers = call(channel, path, HeaderMap::new(), source, max_message_bytes, max_answer_bytes).await?;
-    let answer = answers.message().await?.ok_or_else(|| Status::internal("the server sent no answer"))?;
-    // The trailers carry the call's status: an error there fails the call.
-    answers.trailers().await?;
-    Ok(answer)
+    let (response, headers_only) = send(channel, path, HeaderMap::new(), source, max_message_bytes).await?;
+    if headers_only {
+        return Err(Status::internal("the server sent no answer"));
+    }
+    let mut answers = Messages::<_, R>::new(response.into_body(), max_answer_bytes);
+    let answer = answers.next().await.transpose()?;
+    // Read to the end: the trailers carry the call's status, and an error
+    // there fails the call.
+    while let Some(extra) = answers.next().await {
+        extra?;
+    }
+    match answers.trailers.as_ref().and_then(Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => Err(status),
+        Some(_) => answer.ok_or_else(|| Status::internal("the server sent no answer")),
+        None => Err(Status::internal("the answer ended without a gRPC status")),
+    }
 }
 
 /// A server's answer to a streaming call: the messages of `source`, sent
@@ -293,23 +322,32 @@ where
     response
 }
 
-/// The messages of a request body, decoded as they arrive. A `bytes` field
-/// that arrived within one HTTP/2 DATA frame (as those sent by [`call`]
-/// do, when at least [`CHAIN_MIN_BYTES`] long) shares that frame's buffer
-/// instead of being copied; tonic's own decoder copies every frame into a
-/// buffer of its own first.
+/// The messages of a request or answer body, decoded as they arrive. A
+/// `bytes` field that arrived within one HTTP/2 DATA frame (as those sent
+/// by [`call`] and [`answer`] do, when at least [`CHAIN_MIN_BYTES`] long)
+/// shares that frame's buffer instead of being copied; tonic's own decoder
+/// copies every frame into a buffer of its own first.
 pub struct Messages<B, R> {
     body: B,
     received: BufList,
     max_message_bytes: usize,
     ended: bool,
+    /// The trailers that ended the body, if it has (an answer's status).
+    trailers: Option<HeaderMap>,
     _message: std::marker::PhantomData<fn() -> R>,
 }
 
 impl<B, R> Messages<B, R> {
     /// Decodes `body`'s messages, refusing any longer than `max_message_bytes`.
     pub fn new(body: B, max_message_bytes: usize) -> Messages<B, R> {
-        Messages { body, received: BufList::default(), max_message_bytes, ended: false, _message: Default::default() }
+        Messages {
+            body,
+            received: BufList::default(),
+            max_message_bytes,
+            ended: false,
+            trailers: None,
+            _message: Default::default(),
+        }
     }
 
     /// The next whole message received, if there is one.
@@ -367,20 +405,23 @@ where
                 }
             }
             match std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.received.push(data);
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.received.push(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.trailers = Some(trailers);
+                        }
                     }
-                }
+                },
                 Some(Err(e)) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(Status::unavailable(format!("the request stream broke: {e}")))));
+                    return Poll::Ready(Some(Err(Status::unavailable(format!("the stream broke: {e}")))));
                 }
                 None => {
                     this.ended = true;
                     if this.received.has_remaining() {
                         return Poll::Ready(Some(Err(Status::invalid_argument(format!(
-                            "the request stream ended inside a message ({} bytes left over)",
+                            "the stream ended inside a message ({} bytes left over)",
                             this.received.remaining()
                         )))));
                     }
@@ -622,6 +663,25 @@ mod tests {
                 assert!(frames.iter().any(|f| f.as_ptr() == batch.as_ptr()), "an entry was copied");
             }
         }
+    }
+
+    #[test]
+    fn an_answer_decodes_with_its_large_fields_shared_and_ends_with_status_ok() {
+        let entries = vec![Bytes::from(vec![7u8; 40_000]), Bytes::from_static(b"small")];
+        let sent = append(9, &entries);
+        let response = answer(futures::stream::iter(Some(sent.clone())), usize::MAX);
+        let mut messages = Messages::<_, RaftRequest>::new(response.into_body(), 1 << 20);
+        let got = futures::executor::block_on(async {
+            let mut got = Vec::new();
+            while let Some(message) = messages.next().await {
+                got.push(message.expect("decodes"));
+            }
+            got
+        });
+        assert_eq!(got, vec![sent]);
+        assert_eq!(batches(&got[0])[0].as_ptr(), entries[0].as_ptr(), "the large field was never copied");
+        let trailers = messages.trailers.as_ref().expect("the answer ends with trailers");
+        assert_eq!(Status::from_header_map(trailers).expect("a status").code(), tonic::Code::Ok);
     }
 
     #[test]

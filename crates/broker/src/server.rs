@@ -466,14 +466,18 @@ impl Api {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// The produce call's gRPC path (`api.proto`).
+/// The produce and fetch calls' gRPC paths (`api.proto`).
 const PRODUCE_PATH: &str = "/strata.api.v1.Strata/Produce";
+const FETCH_PATH: &str = "/strata.api.v1.Strata/Fetch";
 
 /// The client API's gRPC service: tonic's generated server, except for
-/// Produce, whose request is decoded by `strata_proto::chained`: its
-/// batches keep the HTTP/2 frames they arrived in, where tonic's decoder
-/// would copy every byte into a buffer of its own first. The client sends
-/// a batch of 16 KiB or more as a frame of its own.
+/// the two calls that carry batches, served with `strata_proto::chained`.
+/// A Produce request's batches keep the HTTP/2 frames they arrived in,
+/// where tonic's decoder would copy every byte into a buffer of its own
+/// first (the client sends a batch of 16 KiB or more as a frame of its
+/// own). A Fetch answer's records, slices of the log (of a sealed
+/// segment's map, or of the tail cache), go to the connection as they are,
+/// where tonic's encoder would copy them into its buffer first.
 #[derive(Clone)]
 struct ApiService {
     api: Api,
@@ -491,17 +495,40 @@ impl ApiService {
     }
 }
 
-/// Answers a Produce call: its one request message, decoded without
-/// copying the batches.
-async fn produce_call(api: Api, request: http::Request<Body>, request_bytes: usize) -> http::Response<Body> {
-    let mut messages = chained::Messages::<_, pb::ProduceRequest>::new(request.into_body(), request_bytes);
-    let message = match messages.next().await {
-        Some(Ok(message)) => message,
-        Some(Err(status)) => return status.into_http(),
-        None => return Status::invalid_argument("a produce call without a request").into_http(),
-    };
-    match pb::strata_server::Strata::produce(&api, Request::new(message)).await {
+/// A unary call's one request message, decoded without copying its
+/// `bytes` fields.
+async fn request_message<M: prost::Message + Default + 'static>(
+    request: http::Request<Body>,
+    request_bytes: usize,
+) -> Result<Request<M>, Status> {
+    let mut messages = chained::Messages::<_, M>::new(request.into_body(), request_bytes);
+    match messages.next().await {
+        Some(Ok(message)) => Ok(Request::new(message)),
+        Some(Err(status)) => Err(status),
+        None => Err(Status::invalid_argument("a unary call without a request message")),
+    }
+}
+
+/// A unary call's answer, its large `bytes` fields sent without a copy.
+fn answer_message<M: prost::Message + 'static>(answer: Answer<M>) -> http::Response<Body> {
+    match answer {
         Ok(response) => chained::answer(futures::stream::iter(Some(response.into_inner())), usize::MAX),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Answers a Produce call.
+async fn produce_call(api: Api, request: http::Request<Body>, request_bytes: usize) -> http::Response<Body> {
+    match request_message(request, request_bytes).await {
+        Ok(request) => answer_message(pb::strata_server::Strata::produce(&api, request).await),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Answers a Fetch call.
+async fn fetch_call(api: Api, request: http::Request<Body>, request_bytes: usize) -> http::Response<Body> {
+    match request_message(request, request_bytes).await {
+        Ok(request) => answer_message(pb::strata_server::Strata::fetch(&api, request).await),
         Err(status) => status.into_http(),
     }
 }
@@ -520,10 +547,10 @@ impl tonic::codegen::Service<http::Request<Body>> for ApiService {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == PRODUCE_PATH {
-            Box::pin(produce_call(self.api.clone(), request, self.request_bytes).map(Ok))
-        } else {
-            Box::pin(self.generated.call(request))
+        match request.uri().path() {
+            PRODUCE_PATH => Box::pin(produce_call(self.api.clone(), request, self.request_bytes).map(Ok)),
+            FETCH_PATH => Box::pin(fetch_call(self.api.clone(), request, self.request_bytes).map(Ok)),
+            _ => Box::pin(self.generated.call(request)),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! acks=none answer at once (offset -1) and the records still arrive, and a
 //! fetch waiting for data returns as soon as a record is committed; a
 //! consumer hands out at most `max_poll_records` per poll, keeps its position
-//! at what it handed out, and drops what it fetched ahead when sought.
+//! at what it handed out, and drops what it fetched ahead when sought; large
+//! batches come back byte for byte, from sealed segments and from the tail
+//! (the fetch answer sends them without copying them).
 
 mod common;
 
@@ -63,6 +65,45 @@ async fn each_acks_level_answers_as_documented_and_every_record_arrives() {
         let expected: Vec<String> = (0..10).map(|i| format!("{label}-{i}")).collect();
         let got: Vec<String> = values.iter().filter(|v| v.starts_with(label)).cloned().collect();
         assert_eq!(got, expected, "acks={label}: every record arrives, in order");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_batches_are_fetched_byte_for_byte_from_sealed_segments_and_the_tail() {
+    let cluster = cluster(3, |b| b.set("log.segment_bytes", "1 MiB").expect("segment size")).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin.create_topic(NewTopic::new("large", 1).replication_factor(3)).await.expect("create");
+    wait_for_leaders(&admin, "large").await;
+    // Each record its own batch of over 16 KiB, the size from which a
+    // fetch answer carries a slice of the log as a buffer of its own; 2.5
+    // MiB in all, so most lie in sealed (mapped) segments.
+    let value = |i: usize| -> Vec<u8> { (0..40_000).map(|k| ((i * 7 + k * 13) % 251) as u8).collect() };
+    let producer = Producer::new(&client);
+    let mut deliveries = Vec::new();
+    for i in 0..64 {
+        deliveries.push(producer.send(Record::new("large", value(i)).partition(0)).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("acknowledged");
+    }
+    producer.close().await;
+    let tp = TopicPartition::new("large", 0);
+    let mut consumer = Consumer::new(&client);
+    consumer.assign(vec![tp.clone()]);
+    consumer.seek(&tp, Seek::Beginning).await.expect("seek");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 64 {
+        assert!(Instant::now() < deadline, "only {} of 64 records arrived", got.len());
+        for record in consumer.poll().await.expect("poll") {
+            got.push((record.offset, record.value.expect("value")));
+        }
+    }
+    for (i, (offset, bytes)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert!(bytes[..] == value(i)[..], "record {i} differs");
     }
     cluster.shutdown().await;
 }

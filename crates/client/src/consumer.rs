@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_batch::Header;
 use strata_proto::api as pb;
+use strata_proto::chained;
 
-use crate::client::Client;
+use crate::client::{Client, RESPONSE_BYTES_MAX};
 use crate::error::{Error, ErrorCode, Result};
 use crate::group::{MemberConfig, Membership};
 use crate::metrics::ConsumerMetrics;
@@ -757,6 +758,9 @@ impl Consumer {
     }
 }
 
+/// The fetch call's gRPC path (`api.proto`).
+const FETCH_PATH: &str = "/strata.api.v1.Strata/Fetch";
+
 /// One fetch to one broker: the partitions asked for, from which offsets.
 async fn fetch_from(
     client: &Client,
@@ -778,10 +782,15 @@ async fn fetch_from(
         min_bytes: config.min_bytes,
         max_bytes: config.max_bytes,
     };
-    let response = client.stub(&addr)?.fetch(request).await.map_err(Error::from_status);
+    // The answer's records stay slices of the HTTP/2 frames they arrived
+    // in (`strata_proto::chained`), where tonic's decoder would copy them.
+    let mut channel = client.channel(&addr)?;
+    let response =
+        chained::unary::<_, pb::FetchResponse>(&mut channel, FETCH_PATH, request, usize::MAX, RESPONSE_BYTES_MAX)
+            .await
+            .map_err(Error::from_status);
     match response {
         Ok(response) => {
-            let response = response.into_inner();
             if let Some(error) = Error::from_pb(response.error) {
                 return Err(error);
             }
