@@ -942,6 +942,55 @@ mod tests {
     }
 
     #[test]
+    fn staged_appends_racing_the_write_outs_land_byte_exact() {
+        let dir = TempDir::new("staged-race");
+        let Some(file) = direct_file(dir.path(), "seg") else { return };
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let expected = std::thread::scope(|scope| {
+            // The flusher: writes out and syncs whatever is there, all along.
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    file.sync_data().expect("sync");
+                }
+            });
+            let mut expected: Vec<u8> = Vec::new();
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            for i in 0..400u32 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly small appends, some of several blocks, some past an
+                // arena's size, so new arenas start while write-outs run.
+                let size = match seed % 10 {
+                    0 => 300_000 + (seed >> 8) as usize % 900_000,
+                    1..=3 => 4096 + (seed >> 8) as usize % 40_000,
+                    _ => 1 + (seed >> 8) as usize % 3000,
+                };
+                let batch: Vec<u8> = (0..size).map(|k| (i as usize * 31 + k) as u8).collect();
+                if seed.is_multiple_of(17) {
+                    // Now and then a plain piece, as a follower's batch.
+                    file.write_pieces_at(&[Bytes::from(batch.clone())], expected.len() as u64).expect("append");
+                } else {
+                    staged_append(&file, expected.len() as u64, &[&batch]);
+                }
+                expected.extend_from_slice(&batch);
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            expected
+        });
+        file.sync_data().expect("sync");
+        let disk = on_disk(dir.path(), "seg");
+        assert_eq!(disk.len() as u64, file.extent_after_write(expected.len() as u64));
+        assert!(disk[..expected.len()] == expected[..], "the file holds what was appended");
+        assert!(disk[expected.len()..].iter().all(|&b| b == 0));
+        let mut back = vec![0u8; expected.len()];
+        file.read_exact_at(&mut back, 0).expect("read");
+        assert!(back == expected);
+        let copied = file.copied.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(copied < expected.len() as u64 / 4, "most went out from the staging memory: {copied} copied");
+    }
+
+    #[test]
     fn space_asked_for_ahead_is_written_with_zeroes_after_the_sync_a_step_at_a_time() {
         let dir = TempDir::new("ahead");
         let Some(file) = direct_file(dir.path(), "seg") else { return };
