@@ -220,11 +220,12 @@ impl Log {
         let mut out = Vec::with_capacity(batches.len());
         let mut pending: Vec<(usize, IndexEntry, u64, i64)> = Vec::new();
         // What goes to the active segment, in order: batches written as they
-        // are, and the copies stamped into `buf`. A fresh buffer each time:
-        // once written it becomes the tail cache's.
+        // are, and the copies stamped into `buf`, each run of them frozen
+        // into a piece of its own (once written, the tail cache keeps it).
         let mut pieces: Vec<Bytes> = Vec::new();
-        // When every batch is copied, they fill the file's staging memory,
-        // which it can write out without copying them again.
+        // When every batch is copied, `buf` is the file's staging memory,
+        // which it can write out without copying them again; else a fresh
+        // buffer.
         let staged_at = (copied_bytes > 0 && headers.iter().all(|(_, as_is)| !as_is)).then(|| inner.active().data_len);
         let mut buf = staged_at
             .and_then(|at| inner.active().file.staging(at, copied_bytes))
