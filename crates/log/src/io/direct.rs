@@ -168,10 +168,11 @@ struct Piece {
     arena: u64,
 }
 
-/// The least an arena holds. Small enough that the arenas a partition's
-/// tail cache keeps alive are not much more than the cache itself; an append
-/// larger than this gets an arena of its own size.
-const ARENA_BYTES: usize = 1 << 20;
+/// The least an arena holds. Small, so that the arenas a partition's tail
+/// cache keeps alive are not much more than the cache itself (a piece keeps
+/// its whole arena); an append larger than this gets an arena of its own
+/// size, and a new arena costs only the copy of one partial block.
+const ARENA_BYTES: usize = 256 << 10;
 
 impl Pending {
     fn unknown() -> Pending {
