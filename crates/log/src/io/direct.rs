@@ -168,6 +168,10 @@ struct Piece {
     arena: u64,
 }
 
+/// Less room than this left in an arena after an append, and it is let go
+/// rather than kept for the next append.
+const SPARE_BYTES_MIN: usize = 16 << 10;
+
 /// The least an arena holds. Small, so that the arenas a partition's tail
 /// cache keeps alive are not much more than the cache itself (a piece keeps
 /// its whole arena); an append larger than this gets an arena of its own
@@ -291,6 +295,23 @@ impl Pending {
             self.push(block);
         }
         spare
+    }
+
+    /// After a write-out: the block kept for the next one (all that is held
+    /// then, unless appends came meanwhile) stays a slice of the buffer it
+    /// lies in only if that is the arena the next append will continue in;
+    /// otherwise it is copied, so that it does not keep a whole append's
+    /// buffer alive (the tail cache decides how long those live). A new
+    /// arena copies it in anyway.
+    fn keep_block_alone(&mut self) {
+        let current = self.spare.as_ref().and(self.arena.as_ref()).map(|arena| arena.number);
+        if let Some(front) = self.pieces.front_mut() {
+            if front.arena == 0 || Some(front.arena) != current {
+                if front.bytes.len() < ALIGN as usize && self.len < ALIGN {
+                    *front = Piece { bytes: Bytes::copy_from_slice(&front.bytes), arena: 0 };
+                }
+            }
+        }
     }
 
     /// Forgets the arena: later appends are held as they come.
@@ -520,6 +541,7 @@ impl DirectFile {
             let mut pending = self.lock_pending();
             // Keep the block holding `end`: the next write starts there.
             pending.drop_before(align_down(end));
+            pending.keep_block_alone();
             pending.written = end;
             Ok(())
         })?;
@@ -641,8 +663,12 @@ impl File for DirectFile {
     fn keep_staging(&self, rest: BytesMut, position: u64) {
         let mut pending = self.lock_pending();
         let in_arena = pending.arena.as_ref().is_some_and(|arena| arena.holds_buffer(&rest));
-        if in_arena && pending.end() == position {
+        if in_arena && pending.end() == position && rest.capacity() >= SPARE_BYTES_MIN {
             pending.spare = Some((rest, position));
+        } else {
+            // Too little left to be worth keeping the arena alive for: the
+            // next append starts a new one. (Its pieces keep their number.)
+            pending.drop_arena();
         }
     }
 
@@ -834,8 +860,13 @@ mod tests {
             let pending = file.lock_pending();
             assert_eq!((pending.start, pending.written), (8192, 9000));
             let held: Vec<*const u8> = pending.pieces.iter().map(|p| p.bytes.as_ptr()).collect();
-            let kept = pieces[1].as_ptr().wrapping_add(8192 - 3000);
-            assert_eq!(held, vec![kept, pieces[2].as_ptr(), pieces[3].as_ptr()], "the appends' buffers, not copies");
+            assert_eq!(&held[1..], &[pieces[2].as_ptr(), pieces[3].as_ptr()], "the appends' buffers, not copies");
+            // The kept block is a copy of its own: holding a slice of the
+            // second append would keep all of it alive.
+            let kept = &pending.pieces[0].bytes;
+            assert_eq!(kept.len(), 808);
+            assert!(!pieces[1].as_ptr_range().contains(&kept.as_ptr()));
+            assert!(kept.iter().all(|&b| b == 2));
         }
         let mut expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
         // A read from the file, across the kept block and both pieces.
