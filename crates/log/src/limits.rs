@@ -18,6 +18,12 @@ pub const VOTE_BYTES_MAX: usize = 256;
 pub const FLUSH_WAITERS_MAX: usize = 1 << 20;
 /// Largest tail cache a log may keep ([`crate::LogConfig::tail_cache_bytes`]).
 pub const TAIL_CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes a log's tail cache keeps past its budget for entries the state
+/// machine has not applied yet ([`crate::Log::hold_cache_from`]): enough
+/// for a producer's full window on a partition (ten batches of 1 MiB) with
+/// room to spare, while a state machine that stopped applying cannot make a
+/// partition hold more than this.
+pub const TAIL_CACHE_HELD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Largest headroom an active segment keeps allocated ahead of its end
 /// ([`crate::LogConfig::preallocate_bytes`]).
 pub const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -46,3 +52,4 @@ pub const JOURNAL_COPY_CHUNK_BYTES: usize = 1024 * 1024;
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);
+const _: () = assert!(TAIL_CACHE_HELD_BYTES_MAX <= TAIL_CACHE_BYTES_MAX);

@@ -42,6 +42,9 @@ pub struct Log {
     flusher: FlusherHandle,
     /// The first damage a read found in stored bytes (see [`Log::damage`]).
     damage: std::sync::OnceLock<String>,
+    /// The first Raft index not applied yet, as last told by
+    /// [`Log::hold_cache_from`] (`u64::MAX`: never told; nothing is held).
+    held_from: AtomicU64,
 }
 
 struct Inner {
@@ -51,6 +54,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Lets the newest sealed segment's tail cache go once every entry in
+    /// it is applied (`held_from` is past its end).
+    fn release_applied_cache(&mut self, held_from: u64) {
+        let n = self.segments.len();
+        if n >= 2 && self.segments[n - 2].has_cache() && held_from >= self.segments[n - 2].end_index().0 {
+            self.segments[n - 2].release_cache();
+        }
+    }
+
     fn active(&self) -> &Segment {
         self.segments.last().expect("a log always has an active segment")
     }
@@ -124,6 +136,7 @@ impl Log {
             durability,
             flusher,
             damage: std::sync::OnceLock::new(),
+            held_from: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -183,6 +196,7 @@ impl Log {
     fn append_inner<B: Source>(&self, batches: &[(B, Term)], check: Check) -> Result<Vec<Appended>> {
         let mut inner = self.write();
         self.check_not_poisoned()?;
+        inner.release_applied_cache(self.held_from.load(Ordering::Relaxed));
         // Check everything first, and find the batches written as they are.
         let mut last_term = inner.last_entry_id().map(|id| id.term).unwrap_or_default();
         let mut next_offset = inner.active().next_offset.0;
@@ -311,8 +325,9 @@ impl Log {
         if pending.is_empty() {
             return Ok(());
         }
+        let held_from = RaftIndex(self.held_from.load(Ordering::Relaxed));
         let active = inner.segments.last_mut().expect("a log always has an active segment");
-        active.append(pieces, pending, self.config.tail_cache_bytes)?;
+        active.append(pieces, pending, self.config.tail_cache_bytes, held_from)?;
         if matches!(self.durability.policy(), crate::FlushPolicy::Interval(_)) {
             // Reported durable at once: at least the page cache must have it,
             // as after a plain `pwrite`, so that only a crash of the machine
@@ -338,6 +353,15 @@ impl Log {
         let (base_index, base_offset) = (active.end_index(), active.next_offset);
         let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
         let index_file = active.seal(self.dir.as_ref())?;
+        // The sealed segment keeps its tail cache while entries in it are
+        // still to be applied; only the newest sealed segment keeps one.
+        if self.held_from.load(Ordering::Relaxed) >= base_index.0 {
+            active.release_cache();
+        }
+        let n = inner.segments.len();
+        if n >= 2 {
+            inner.segments[n - 2].release_cache();
+        }
         inner.segments.push(segment);
         // The new segment's name and the index file become durable with the
         // next group commit, off the append path.
@@ -381,9 +405,20 @@ impl Log {
     /// ([`LogConfig::tail_cache_bytes`]): for a partition gone idle, whose
     /// tail nobody is about to read.
     pub fn release_cache(&self) {
-        if let Some(active) = self.write().segments.last_mut() {
-            active.release_cache();
+        let mut inner = self.write();
+        let n = inner.segments.len();
+        for segment in &mut inner.segments[n.saturating_sub(2)..] {
+            segment.release_cache();
         }
+    }
+
+    /// Tells the log that entries before `index` are applied and those from
+    /// it on are still to be read by the state machine: the tail cache keeps
+    /// them past its budget (up to [`crate::limits::TAIL_CACHE_HELD_BYTES_MAX`]),
+    /// across a roll too, so applying them never reads the device. The
+    /// latest call counts; a log never told holds nothing past its budget.
+    pub fn hold_cache_from(&self, index: RaftIndex) {
+        self.held_from.store(index.0, Ordering::Relaxed);
     }
 
     /// Makes everything appended so far durable before returning.

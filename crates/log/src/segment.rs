@@ -24,7 +24,7 @@ use strata_batch::{BATCH_HEADER_BYTES, BatchHeader};
 use crate::error::{LogError, Result};
 use crate::index::{Entries, IndexEntry, decode_index_file, encode_index_file};
 use crate::io::{Dir, File};
-use crate::limits::PREALLOCATE_AFTER_BYTES;
+use crate::limits::{PREALLOCATE_AFTER_BYTES, TAIL_CACHE_HELD_BYTES_MAX};
 use crate::types::{Offset, RaftIndex, Term};
 
 /// Name of a segment's data file: first Raft index and first offset, zero
@@ -81,6 +81,11 @@ pub(crate) struct Segment {
 /// Whatever reads the log right after an append (the state machine applying
 /// the entry, the leader replicating it, a consumer at the end of the log)
 /// gets a slice of these instead of a `pread` into a fresh buffer.
+///
+/// Past the budget, appends the state machine has not applied yet are kept
+/// (up to [`TAIL_CACHE_HELD_BYTES_MAX`]): it is about to read each of them,
+/// and an active segment's bytes are written around the page cache, so a
+/// copy let go too early is read back from the device.
 #[derive(Default)]
 struct TailCache {
     /// (position in the data file, the bytes written there), in order and
@@ -95,13 +100,25 @@ impl TailCache {
         self.chunks.front().map(|(position, _)| *position)
     }
 
-    fn push(&mut self, position: u64, bytes: Bytes, budget: usize) {
+    /// Keeps `bytes`, written at `position`, then lets the oldest chunks go
+    /// while over `budget`, except those reaching past `held_from` (bytes
+    /// still to be applied) while within [`TAIL_CACHE_HELD_BYTES_MAX`].
+    fn push(&mut self, position: u64, bytes: Bytes, budget: usize, held_from: u64) {
         self.n_bytes += bytes.len();
         self.chunks.push_back((position, bytes));
+        let ceiling = budget.max(TAIL_CACHE_HELD_BYTES_MAX);
         while self.n_bytes > budget {
-            let Some((_, old)) = self.chunks.pop_front() else { break };
-            self.n_bytes -= old.len();
+            let Some((position, front)) = self.chunks.front() else { break };
+            if position + front.len() as u64 > held_from && self.n_bytes <= ceiling {
+                break;
+            }
+            self.n_bytes -= front.len();
+            self.chunks.pop_front();
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
     }
 
     /// Bytes `[start, end)` as one slice, if one chunk holds them all.
@@ -201,12 +218,14 @@ impl Segment {
     /// after another from `data_len` on (`File::write_pieces_at`). `items` gives
     /// each batch's length, index entry and width, in order; they cover the
     /// pieces exactly. The pieces are then kept in the tail cache, within
-    /// `cache_budget` bytes.
+    /// `cache_budget` bytes, except that entries from `held_from` on (not
+    /// applied yet; see [`crate::Log::hold_cache_from`]) are kept past it.
     pub fn append(
         &mut self,
         pieces: &[Bytes],
         items: &[(usize, IndexEntry, u64, i64)],
         cache_budget: usize,
+        held_from: RaftIndex,
     ) -> Result<()> {
         debug_assert!(!self.is_sealed());
         self.file
@@ -228,9 +247,14 @@ impl Segment {
         }
         assert_eq!(position, at, "item lengths cover the pieces");
         if cache_budget > 0 {
+            let held_from = match held_from.0.checked_sub(self.base_index.0) {
+                None => 0,
+                Some(i) if (i as usize) < entries.len() => entries[i as usize].position,
+                Some(_) => u64::MAX,
+            };
             let mut at = self.data_len;
             for piece in pieces {
-                self.tail.push(at, piece.clone(), cache_budget);
+                self.tail.push(at, piece.clone(), cache_budget, held_from);
                 at += piece.len() as u64;
             }
         }
@@ -301,7 +325,9 @@ impl Segment {
         file.write_all_at(&bytes, 0).map_err(LogError::io(format!("write index {index_name}")))?;
         let map = file.map(bytes.len() as u64).map_err(LogError::io(format!("map index {index_name}")))?;
         self.entries = Entries::Sealed { map, n: self.entries.len() };
-        self.tail.clear();
+        // The tail cache stays for the log to release (`Log::roll`): entries
+        // not applied yet are read from it rather than through the map, whose
+        // pages were written around the page cache.
         self.file.release_staging();
         // Everything in this segment was validated when appended or scanned.
         self.verified_len.store(self.data_len, Ordering::Release);
@@ -394,18 +420,18 @@ impl Segment {
         }
     }
 
-    /// Returns bytes `[start, end)` of the data: a slice of the map when
-    /// sealed (CRC-checked on first touch); when active, a slice or a copy of
-    /// the tail cache if it holds them, else a fresh copy read from the file.
+    /// Returns bytes `[start, end)` of the data: a slice or a copy of the
+    /// tail cache if it holds them; else a slice of the map when sealed
+    /// (CRC-checked on first touch), or a fresh copy read from the file.
     pub fn read_range(&self, start: u64, end: u64) -> Result<Bytes> {
         debug_assert!(start <= end && end <= self.data_len);
+        if let Some(bytes) = self.tail.slice(start, end).or_else(|| self.tail.copy(start, end)) {
+            return Ok(bytes);
+        }
         if self.is_sealed() {
             let map = self.map()?;
             self.verify_through(&map, start, end)?;
             return Ok(map.slice(start as usize..end as usize));
-        }
-        if let Some(bytes) = self.tail.slice(start, end).or_else(|| self.tail.copy(start, end)) {
-            return Ok(bytes);
         }
         let mut buf = BytesMut::zeroed((end - start) as usize);
         self.file.read_exact_at(&mut buf, start).map_err(LogError::io(format!("read segment {}", self.name)))?;
@@ -413,7 +439,7 @@ impl Segment {
     }
 
     /// Where the tail cache starts: entries from there on are read from
-    /// memory. `None` when nothing is cached (or the segment is sealed).
+    /// memory. `None` when nothing is cached.
     pub fn cache_start(&self) -> Option<u64> {
         self.tail.start()
     }
@@ -421,6 +447,11 @@ impl Segment {
     /// Bytes `[start, end)` as a slice of one cached append, if there is one.
     pub fn cached_slice(&self, start: u64, end: u64) -> Option<Bytes> {
         self.tail.slice(start, end)
+    }
+
+    /// Whether the tail cache holds anything.
+    pub fn has_cache(&self) -> bool {
+        !self.tail.is_empty()
     }
 
     /// Drops the tail cache (an idle partition keeps no copy of its tail).

@@ -113,6 +113,7 @@ impl PartitionStateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        log.hold_cache_from(RaftIndex(state.last_applied.map_or(0, |id| id.index + 1)));
         let high_watermark = Arc::new(tokio::sync::watch::Sender::new(state.high_watermark));
         Ok(PartitionStateMachine {
             log,
@@ -365,7 +366,9 @@ impl RaftStateMachine<C> for PartitionStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut applied = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            applied = Some(entry.log_id.index);
             let (result, high_watermark, log_start_moved) = {
                 let mut state = self.lock();
                 let log_start = state.log_start_index;
@@ -381,6 +384,10 @@ impl RaftStateMachine<C> for PartitionStateMachine {
             if let Some(responder) = responder {
                 responder.send(result);
             }
+        }
+        if let Some(index) = applied {
+            // Entries past it stay in the log's tail cache until applied.
+            self.log.hold_cache_from(RaftIndex(index + 1));
         }
         Ok(())
     }

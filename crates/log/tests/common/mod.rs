@@ -78,7 +78,7 @@ pub fn records_from_start(log: &strata_log::Log) -> Vec<strata_batch::Record> {
 /// What a [`HookedDir`]'s files call before the real operation.
 #[derive(Clone, Default)]
 pub struct FileHooks {
-    /// Before each `read_exact_at`.
+    /// Before each `read_exact_at` and each `map`.
     pub on_read: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
     /// Before each `sync_data` (it may block, to hold a sync).
     pub on_sync: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
@@ -149,6 +149,9 @@ impl strata_log::io::File for HookedFile {
         self.inner.sync_data()
     }
     fn map(&self, len: u64) -> std::io::Result<Bytes> {
+        if let Some(hook) = &self.hooks.on_read {
+            hook();
+        }
         self.inner.map(len)
     }
 }
