@@ -5,6 +5,13 @@
 /// transport's message limit.
 pub const REPLICATION_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// On a leader, how many entries behind the last applied one a follower may
+/// be and still have the entries it lacks kept in the log's tail cache for
+/// its replication (`state_machine.rs`, `hold_from`). A follower further
+/// behind (down, or catching up) is read for from the file, so it cannot make
+/// every partition it follows hold its cache's ceiling.
+pub const FOLLOWER_HOLD_ENTRIES_MAX: u64 = 64;
+
 /// Largest message on the Raft transport; above `REPLICATION_BYTES_MAX` plus
 /// one largest batch, so a bounded AppendEntries always fits.
 pub const TRANSPORT_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;

@@ -297,6 +297,7 @@ impl RaftNode {
             Some(reason) => NodeError::Damaged { group, reason },
             None => NodeError::Raft(format!("start group {group}: {e}")),
         })?;
+        state_machine.watch_replication(raft.metrics());
         let handle = Group {
             id: group,
             raft: raft.clone(),

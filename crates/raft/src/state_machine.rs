@@ -11,14 +11,17 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::{Stream, TryStreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
+use openraft::type_config::alias::WatchReceiverOf;
+use openraft::{EntryPayload, OptionalSend, RaftMetrics};
 use serde::{Deserialize, Serialize};
 use strata_log::{Log, Offset, RaftIndex, Term};
 
+use crate::limits::FOLLOWER_HOLD_ENTRIES_MAX;
 use crate::log_store::io_error;
 use crate::metadata::{ClusterMetadata, MetadataCommand};
 use crate::producer::{ProducerStates, SequenceCheck, SequencedBatch, last_seq};
@@ -40,6 +43,13 @@ pub struct PartitionSnapshot {
     /// (see `retention.rs`); 0 before any.
     #[serde(default)]
     pub log_start_index: u64,
+}
+
+/// The first index to keep cached: `next` (the first not applied), or what
+/// a follower still needs (one past its last entry), if lower and within
+/// [`FOLLOWER_HOLD_ENTRIES_MAX`] of `next`.
+fn hold_floor(next: u64, followers_need: impl Iterator<Item = u64>) -> u64 {
+    followers_need.filter(|need| next.saturating_sub(*need) <= FOLLOWER_HOLD_ENTRIES_MAX).fold(next, u64::min)
 }
 
 /// A snapshot with its metadata, as kept on disk.
@@ -76,6 +86,8 @@ pub struct PartitionStateMachine {
     /// Woken when a retention decision is applied (see
     /// `notify_log_start_on`).
     log_start_moved: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
+    /// The group's Raft metrics once it runs (see `watch_replication`).
+    metrics: Arc<OnceLock<WatchReceiverOf<C, RaftMetrics<C>>>>,
 }
 
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -121,6 +133,7 @@ impl PartitionStateMachine {
             state: Arc::new(Mutex::new(state)),
             high_watermark,
             log_start_moved: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -167,6 +180,29 @@ impl PartitionStateMachine {
     /// (set once; later calls are ignored).
     pub fn notify_log_start_on(&self, notify: Arc<tokio::sync::Notify>) {
         let _ = self.log_start_moved.set(notify);
+    }
+
+    /// Gives the state machine its group's Raft metrics, so that as a
+    /// leader it keeps in the log's tail cache what followers still need too.
+    pub fn watch_replication(&self, metrics: WatchReceiverOf<C, RaftMetrics<C>>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The first index the log's tail cache should keep, `next` being the
+    /// first not applied: on a leader, also what a follower at most
+    /// [`FOLLOWER_HOLD_ENTRIES_MAX`] entries behind still lacks. The leader
+    /// commits with the faster followers; the slower one's replication then
+    /// reads entries already applied, which would otherwise be read back
+    /// from the device.
+    fn hold_from(&self, next: u64) -> u64 {
+        let Some(metrics) = self.metrics.get() else { return next };
+        let metrics = metrics.borrow_watched();
+        let Some(replication) = metrics.replication.as_ref() else { return next };
+        let needs = replication
+            .iter()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(_, matched)| matched.map_or(0, |m| m.index + 1));
+        hold_floor(next, needs)
     }
 
     /// The last log id of the snapshot this replica holds, if any.
@@ -386,8 +422,9 @@ impl RaftStateMachine<C> for PartitionStateMachine {
             }
         }
         if let Some(index) = applied {
-            // Entries past it stay in the log's tail cache until applied.
-            self.log.hold_cache_from(RaftIndex(index + 1));
+            // Entries past it stay in the log's tail cache until applied
+            // (and replicated, on a leader).
+            self.log.hold_cache_from(RaftIndex(self.hold_from(index + 1)));
         }
         Ok(())
     }
@@ -437,5 +474,21 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<C, PartitionSnapshot>>, io::Error> {
         Ok(self.lock().snapshot.clone().map(|s| openraft::Snapshot { meta: s.meta, snapshot: s.data }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_held_for_the_slowest_follower_unless_it_is_far_behind() {
+        assert_eq!(hold_floor(100, std::iter::empty()), 100, "a follower, or no leader: what is not applied");
+        assert_eq!(hold_floor(100, [120, 95].into_iter()), 95, "a follower behind the applied index");
+        assert_eq!(hold_floor(100, [120, 130].into_iter()), 100, "followers ahead of the applied index");
+        let far = 100 - FOLLOWER_HOLD_ENTRIES_MAX - 1;
+        assert_eq!(hold_floor(100, [far, 98].into_iter()), 98, "one too far behind is read for from the file");
+        assert_eq!(hold_floor(100, [100 - FOLLOWER_HOLD_ENTRIES_MAX].into_iter()), 100 - FOLLOWER_HOLD_ENTRIES_MAX);
+        assert_eq!(hold_floor(10, [0].into_iter()), 0, "a follower with nothing yet, early in the log");
     }
 }
