@@ -41,7 +41,9 @@ pub struct LogConfig {
     /// per partition written to recently: up to about twice as much, since a
     /// batch kept as it came off the network ([`crate::Log::append_verified`]) keeps
     /// the rest of its message's receive buffer alive with it (measured: peak
-    /// RSS 179 → 233 MiB for 36 logs in `strata-bench raft`).
+    /// RSS 179 → 233 MiB for 36 logs in `strata-bench raft`). Entries still
+    /// to be read ([`crate::Log::hold_cache_from`]) are kept past it, up to
+    /// [`crate::limits::TAIL_CACHE_HELD_BYTES_MAX`].
     pub tail_cache_bytes: usize,
     /// Most bytes the active segment keeps allocated ahead of its end
     /// (`fallocate`, reading as zeroes), so that appends overwrite blocks the
