@@ -42,7 +42,8 @@ pub struct Log {
     flusher: FlusherHandle,
     /// The first damage a read found in stored bytes (see [`Log::damage`]).
     damage: std::sync::OnceLock<String>,
-    /// The first Raft index not applied yet, as last told by
+    /// The first Raft index still to be read soon (not applied yet, or on a
+    /// leader not yet on a close follower), as last told by
     /// [`Log::hold_cache_from`] (`u64::MAX`: never told; nothing is held).
     held_from: AtomicU64,
 }
@@ -412,8 +413,9 @@ impl Log {
         }
     }
 
-    /// Tells the log that entries before `index` are applied and those from
-    /// it on are still to be read by the state machine: the tail cache keeps
+    /// Tells the log that entries from `index` on are still to be read soon
+    /// (the Raft layer passes the first not applied, or on a leader what a
+    /// close follower still lacks, if lower): the tail cache keeps
     /// them past its budget (up to [`crate::limits::TAIL_CACHE_HELD_BYTES_MAX`]),
     /// across a roll too, so applying them never reads the device. The
     /// latest call counts; a log never told holds nothing past its budget.
