@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use futures::{FutureExt, StreamExt};
 use strata_proto::api as pb;
-use strata_proto::chained;
+use strata_proto::{api_paths, chained};
 use strata_raft::{ClusterError, ClusterNode, RaftNodeConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -466,10 +466,6 @@ impl Api {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// The produce and fetch calls' gRPC paths (`api.proto`).
-const PRODUCE_PATH: &str = "/strata.api.v1.Strata/Produce";
-const FETCH_PATH: &str = "/strata.api.v1.Strata/Fetch";
-
 /// The client API's gRPC service: tonic's generated server, except for
 /// the two calls that carry batches, served with `strata_proto::chained`.
 /// A Produce request's batches keep the HTTP/2 frames they arrived in,
@@ -548,8 +544,8 @@ impl tonic::codegen::Service<http::Request<Body>> for ApiService {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         match request.uri().path() {
-            PRODUCE_PATH => Box::pin(produce_call(self.api.clone(), request, self.request_bytes).map(Ok)),
-            FETCH_PATH => Box::pin(fetch_call(self.api.clone(), request, self.request_bytes).map(Ok)),
+            api_paths::PRODUCE => Box::pin(produce_call(self.api.clone(), request, self.request_bytes).map(Ok)),
+            api_paths::FETCH => Box::pin(fetch_call(self.api.clone(), request, self.request_bytes).map(Ok)),
             _ => Box::pin(self.generated.call(request)),
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_batch::Header;
 use strata_proto::api as pb;
-use strata_proto::chained;
+use strata_proto::{api_paths, chained};
 
 use crate::client::{Client, RESPONSE_BYTES_MAX};
 use crate::error::{Error, ErrorCode, Result};
@@ -758,9 +758,6 @@ impl Consumer {
     }
 }
 
-/// The fetch call's gRPC path (`api.proto`).
-const FETCH_PATH: &str = "/strata.api.v1.Strata/Fetch";
-
 /// One fetch to one broker: the partitions asked for, from which offsets.
 async fn fetch_from(
     client: &Client,
@@ -786,7 +783,7 @@ async fn fetch_from(
     // in (`strata_proto::chained`), where tonic's decoder would copy them.
     let mut channel = client.channel(&addr)?;
     let response =
-        chained::unary::<_, pb::FetchResponse>(&mut channel, FETCH_PATH, request, usize::MAX, RESPONSE_BYTES_MAX)
+        chained::unary::<_, pb::FetchResponse>(&mut channel, api_paths::FETCH, request, usize::MAX, RESPONSE_BYTES_MAX)
             .await
             .map_err(Error::from_status);
     match response {

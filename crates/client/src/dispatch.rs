@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use strata_proto::api as pb;
-use strata_proto::chained;
+use strata_proto::{api_paths, chained};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, RESPONSE_BYTES_MAX};
@@ -36,10 +36,6 @@ use crate::metrics::ProducerCounters;
 /// larger than it still goes, alone). Far below the broker's default
 /// request limit (64 MiB).
 const REQUEST_BYTES_MAX: usize = 8 << 20;
-
-/// The produce call's gRPC path (`api.proto`: package `strata.api.v1`,
-/// service `Strata`).
-const PRODUCE_PATH: &str = "/strata.api.v1.Strata/Produce";
 
 /// One batch waiting for a request, and where its outcome goes: the
 /// partition's base offset, or why it failed.
@@ -208,7 +204,7 @@ impl Dispatcher {
         let timeout = self.settings.timeout + Duration::from_secs(5);
         let call = chained::unary::<_, pb::ProduceResponse>(
             &mut channel,
-            PRODUCE_PATH,
+            api_paths::PRODUCE,
             request,
             usize::MAX,
             RESPONSE_BYTES_MAX,

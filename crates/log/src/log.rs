@@ -59,7 +59,7 @@ impl Inner {
     /// it is applied (`held_from` is past its end).
     fn release_applied_cache(&mut self, held_from: u64) {
         let n = self.segments.len();
-        if n >= 2 && self.segments[n - 2].has_cache() && held_from >= self.segments[n - 2].end_index().0 {
+        if n >= 2 && self.segments[n - 2].cache_start().is_some() && held_from >= self.segments[n - 2].end_index().0 {
             self.segments[n - 2].release_cache();
         }
     }

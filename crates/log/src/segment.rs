@@ -117,10 +117,6 @@ impl TailCache {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
     /// Bytes `[start, end)` as one slice, if one chunk holds them all.
     fn slice(&self, start: u64, end: u64) -> Option<Bytes> {
         let i = self.chunks.partition_point(|(position, _)| *position <= start).checked_sub(1)?;
@@ -447,11 +443,6 @@ impl Segment {
     /// Bytes `[start, end)` as a slice of one cached append, if there is one.
     pub fn cached_slice(&self, start: u64, end: u64) -> Option<Bytes> {
         self.tail.slice(start, end)
-    }
-
-    /// Whether the tail cache holds anything.
-    pub fn has_cache(&self) -> bool {
-        !self.tail.is_empty()
     }
 
     /// Drops the tail cache (an idle partition keeps no copy of its tail).
