@@ -666,6 +666,18 @@ impl Reconciler {
     async fn open_replica(&self, metadata: &ClusterMetadata, group: u64, complaints: &mut Complaints) -> Option<Group> {
         let node = &self.node;
         let me = node.id();
+        // An open replica has no rebuild marker (quarantining closes it
+        // first; a rebuild removes the marker before opening it), so the
+        // common case is answered from memory, without reading the data
+        // directory on the runtime's thread every tick for every group.
+        let damage = match node.group(group) {
+            Some(open) => match open.log.damage() {
+                None => return Some(open),
+                // Damage found while running (a sealed segment's first read).
+                Some(reason) => Some(reason),
+            },
+            None => None,
+        };
         if let Some(nonce) = node.rebuild_marker(group) {
             if metadata.removed_replica(group, me) == Some(nonce) {
                 match node.open_rebuilt_group(group).await {
@@ -683,12 +695,8 @@ impl Reconciler {
             }
             return None;
         }
-        let opened = match node.group(group) {
-            Some(open) => match open.log.damage() {
-                // Damage found while running (a sealed segment's first read).
-                Some(reason) => Err(NodeError::Damaged { group, reason }),
-                None => return Some(open),
-            },
+        let opened = match damage {
+            Some(reason) => Err(NodeError::Damaged { group, reason }),
             None => node.open_group(group).await,
         };
         match opened {
