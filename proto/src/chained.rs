@@ -211,6 +211,14 @@ where
             }
         }
     }
+
+    /// True once the last message's last buffer was taken and no trailers
+    /// are left, so that HTTP/2 marks that buffer's DATA frame as the end
+    /// of the stream. Without it a request ends with an empty DATA frame of
+    /// its own, which the client wrote and the broker read separately.
+    fn is_end_stream(&self) -> bool {
+        self.source_ended && self.chunks.is_empty() && self.trailers.is_none()
+    }
 }
 
 /// A gRPC call on `channel` to `path` (`/package.Service/Method`) whose
@@ -598,6 +606,48 @@ mod tests {
         for entry in &entries {
             assert!(parts.iter().any(|p| p.as_ptr() == entry.as_ptr()), "an entry was copied");
         }
+    }
+
+    /// Polls `body` to its end: each frame's bytes (None for trailers) and
+    /// whether the body said it had ended right after that frame.
+    fn frames_and_ends<B: http_body::Body<Data = Bytes> + Unpin>(mut body: B) -> Vec<(Option<usize>, bool)>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let mut out = Vec::new();
+        futures::executor::block_on(std::future::poll_fn(|cx| {
+            while let Some(frame) = std::task::ready!(Pin::new(&mut body).poll_frame(cx)) {
+                let len = frame.expect("a frame").into_data().ok().map(|d| d.len());
+                out.push((len, body.is_end_stream()));
+            }
+            Poll::Ready(())
+        }));
+        out
+    }
+
+    #[test]
+    fn a_request_marks_its_last_data_frame_as_the_end_and_an_answer_ends_with_its_trailers() {
+        let large = Bytes::from(vec![7u8; CHAIN_MIN_BYTES]);
+        let request = ProduceRequest {
+            acks: 1,
+            timeout_ms: 3000,
+            partitions: vec![PartitionRecords { topic: "orders".into(), partition: 3, batch: large.clone() }],
+        };
+        let body = MessageBody::new(futures::stream::iter(Some(request.clone())), usize::MAX, None);
+        assert!(!http_body::Body::is_end_stream(&body), "nothing was sent yet");
+        let frames = frames_and_ends(body);
+        // Several buffers (the batch goes as one of its own): only the last
+        // one ends the stream, so no empty DATA frame has to follow it.
+        let ends: Vec<bool> = frames.iter().map(|(_, end)| *end).collect();
+        assert_eq!(ends.last(), Some(&true), "{frames:?}");
+        assert!(ends[..ends.len() - 1].iter().all(|end| !end), "{frames:?}");
+        let sent: usize = frames.iter().filter_map(|(len, _)| *len).sum();
+        assert_eq!(sent, framed(&request).len());
+
+        let response = answer(futures::stream::iter(Some(request)), usize::MAX);
+        let frames = frames_and_ends(response.into_body());
+        assert_eq!(frames.last(), Some(&(None, true)), "the trailers come last and end it: {frames:?}");
+        assert!(frames[..frames.len() - 1].iter().all(|(len, end)| len.is_some() && !end), "{frames:?}");
     }
 
     /// A request body of the given DATA frames.
