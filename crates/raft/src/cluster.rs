@@ -614,10 +614,9 @@ impl Reconciler {
             // committed. (A replica moved away stays a learner until then,
             // see `move_replicas`, so it does learn of that commit.)
             let assigned: BTreeSet<u64> = assigned.iter().map(|p| p.group).collect();
-            for group in node.groups() {
-                if group.id == CONTROLLER_GROUP || assigned.contains(&group.id) {
-                    continue;
-                }
+            let unassigned =
+                node.group_ids().into_iter().filter(|id| *id != CONTROLLER_GROUP && !assigned.contains(id));
+            for group in unassigned.filter_map(|id| node.group(id)) {
                 let deleted = metadata.partition_of_group(group.id).is_none();
                 if !deleted && group.raft.is_leader() {
                     // A leader moved away carries the move out itself, then

@@ -318,13 +318,12 @@ impl ClusterMetadata {
 
     /// The partitions `node` holds (or held first, unless it was removed
     /// from the cluster) a replica of.
-    pub fn partitions_of(&self, node: u64) -> Vec<PartitionInfo> {
+    pub fn partitions_of(&self, node: u64) -> Vec<&PartitionInfo> {
         let removed = self.removed_brokers.contains(&node);
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter())
             .filter(|p| p.replicas.contains(&node) || (!removed && p.initial_replicas.first() == Some(&node)))
-            .cloned()
             .collect()
     }
 }

@@ -334,6 +334,11 @@ impl RaftNode {
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
     }
 
+    /// The ids of every running group.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
     /// Every running group.
     pub fn groups(&self) -> Vec<Group> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()

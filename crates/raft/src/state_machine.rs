@@ -10,7 +10,7 @@
 //! it, at the snapshot's next offset.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::{Stream, TryStreamExt};
@@ -79,7 +79,10 @@ struct State {
 #[derive(Clone)]
 pub struct PartitionStateMachine {
     log: Arc<Log>,
-    snapshot_path: PathBuf,
+    /// Shared, not owned: the reconciler and quiescence clone every group's
+    /// handle several times a second, and a `PathBuf` would allocate each
+    /// time.
+    snapshot_path: Arc<Path>,
     state: Arc<Mutex<State>>,
     /// The high watermark, for readers that wait for it to move (long polls).
     high_watermark: Arc<tokio::sync::watch::Sender<u64>>,
@@ -129,7 +132,7 @@ impl PartitionStateMachine {
         let high_watermark = Arc::new(tokio::sync::watch::Sender::new(state.high_watermark));
         Ok(PartitionStateMachine {
             log,
-            snapshot_path,
+            snapshot_path: snapshot_path.into(),
             state: Arc::new(Mutex::new(state)),
             high_watermark,
             log_start_moved: Arc::default(),
