@@ -356,8 +356,13 @@ impl RaftNode {
         if delete_data {
             drop(handle);
             let dir = self.group_dir(group);
-            std::fs::remove_dir_all(&dir)
-                .map_err(|source| NodeError::Io { context: format!("remove {}", dir.display()), source })?;
+            let context = format!("remove {}", dir.display());
+            // Unlinking a large partition's segments takes a while; off the
+            // runtime's threads, so the node's other groups are not held up
+            // (a dev node runs one runtime thread).
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+            let result = removed.unwrap_or_else(|join| Err(std::io::Error::other(join)));
+            result.map_err(|source| NodeError::Io { context, source })?;
         }
         Ok(())
     }
