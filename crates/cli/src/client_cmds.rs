@@ -1,6 +1,6 @@
 //! The client commands: topic, cluster, produce, consume.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -114,14 +114,18 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
     match command {
         GroupCommand::List => {
             for group in admin.list_groups().await? {
-                println!("{group}");
+                outln!("{group}");
             }
         }
         GroupCommand::Describe { group } => {
             let d = admin.describe_group(&group).await?;
-            println!(
+            outln!(
                 "Group: {}\tState: {}\tEpoch: {}\tAssignor: {}\tCoordinator: {}",
-                d.group, d.state, d.epoch, d.assignor, d.coordinator
+                d.group,
+                d.state,
+                d.epoch,
+                d.assignor,
+                d.coordinator
             );
             let mut owner: std::collections::BTreeMap<TopicPartition, String> = Default::default();
             for m in &d.members {
@@ -134,7 +138,7 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
             for (tp, offset) in &d.offsets {
                 rows.insert(tp.clone(), Some(*offset));
             }
-            println!("TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tMEMBER");
+            outln!("TOPIC\tPARTITION\tCOMMITTED\tLOG-END\tLAG\tMEMBER");
             for (tp, committed) in rows {
                 let end = admin.list_offset(&tp, -1).await.ok();
                 let lag = match (committed, end) {
@@ -144,13 +148,13 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
                 };
                 let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 let member = owner.get(&tp).cloned().unwrap_or_else(|| "-".into());
-                println!("{}\t{}\t{}\t{}\t{lag}\t{member}", tp.topic, tp.partition, show(committed), show(end));
+                outln!("{}\t{}\t{}\t{}\t{lag}\t{member}", tp.topic, tp.partition, show(committed), show(end));
             }
             for m in &d.members {
                 let parts: Vec<String> =
                     m.assignment.iter().map(|tp| format!("{}/{}", tp.topic, tp.partition)).collect();
                 let instance = if m.instance_id.is_empty() { String::new() } else { format!(" ({})", m.instance_id) };
-                println!("Member {}{instance}\tEpoch: {}\tPartitions: {}", m.member_id, m.epoch, parts.join(","));
+                outln!("Member {}{instance}\tEpoch: {}\tPartitions: {}", m.member_id, m.epoch, parts.join(","));
             }
         }
         GroupCommand::ResetOffsets { group, topic, to_earliest, to_latest, to_offset, to_datetime } => {
@@ -171,14 +175,14 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
                 offsets.push((tp, offset));
             }
             for (tp, offset) in &offsets {
-                println!("{}\t{}\t{offset}", tp.topic, tp.partition);
+                outln!("{}\t{}\t{offset}", tp.topic, tp.partition);
             }
             admin.reset_offsets(&group, offsets).await?;
-            println!("Reset the offsets of group {group}.");
+            outln!("Reset the offsets of group {group}.");
         }
         GroupCommand::Delete { group } => {
             admin.delete_group(&group).await?;
-            println!("Deleted group {group}.");
+            outln!("Deleted group {group}.");
         }
     }
     Ok(())
@@ -204,17 +208,17 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             // Returning once the partitions have leaders spares the next
             // command (a producer, most often) its first refusals.
             match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
-                Ok(0) => println!("Created topic {name}."),
-                Ok(leaderless) => println!(
+                Ok(0) => outln!("Created topic {name}."),
+                Ok(leaderless) => outln!(
                     "Created topic {name}; {leaderless} of its {partitions} partitions have no leader yet \
                      (their elections are still running)."
                 ),
-                Err(err) => println!("Created topic {name}; its leaders could not be checked: {err}."),
+                Err(err) => outln!("Created topic {name}; its leaders could not be checked: {err}."),
             }
         }
         TopicCommand::List => {
             for name in admin.list_topics().await? {
-                println!("{name}");
+                outln!("{name}");
             }
         }
         TopicCommand::Alter { name, configs, delete } => {
@@ -228,12 +232,12 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             }
             let result = admin.alter_topic_config(&name, set, delete).await?;
             let shown: Vec<String> = result.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("Altered topic {name}. Configs: {}", shown.join(","));
+            outln!("Altered topic {name}. Configs: {}", shown.join(","));
         }
         TopicCommand::Reassign { name, partition, replicas } => {
             let shown: Vec<String> = replicas.iter().map(u64::to_string).collect();
             admin.reassign_partition(&name, partition, replicas).await?;
-            println!(
+            outln!(
                 "Reassigning {name}/{partition} to brokers {}; follow it with `strata topic describe {name}`.",
                 shown.join(",")
             );
@@ -241,11 +245,11 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
         TopicCommand::Describe { name, verbose } => {
             let topic = admin.describe_topic(&name).await?;
             let configs: Vec<String> = topic.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("Topic: {}\tPartitions: {}\tConfigs: {}", topic.name, topic.partitions.len(), configs.join(","));
+            outln!("Topic: {}\tPartitions: {}\tConfigs: {}", topic.name, topic.partitions.len(), configs.join(","));
             for p in topic.partitions {
                 let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
                 let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
-                println!(
+                outln!(
                     "\tPartition: {}\tLeader: {leader}\tReplicas: {}\tLogStart: {}\tHighWatermark: {}",
                     p.partition,
                     replicas.join(","),
@@ -254,9 +258,9 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 );
             }
             if verbose {
-                println!("Replicas:");
+                outln!("Replicas:");
                 for r in admin.describe_replicas(&name).await? {
-                    println!(
+                    outln!(
                         "\tPartition: {}\tBroker: {}{}\tLogStart: {}\tLogEnd: {}\tSize: {}\tSegments: {}",
                         r.partition,
                         r.broker,
@@ -271,7 +275,7 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
-            println!("Deleted topic {name}.");
+            outln!("Deleted topic {name}.");
         }
     }
     Ok(())
@@ -294,16 +298,14 @@ pub async fn cluster(connection: &Connection, command: Option<ClusterCommand>) -
     let admin = Admin::new(&client(connection)?);
     if let Some(ClusterCommand::RemoveNode { id }) = command {
         let moved = admin.remove_broker(id).await?;
-        println!(
-            "Removing broker {id}: moving {moved} partition replicas off it; follow with `strata topic describe`."
-        );
+        outln!("Removing broker {id}: moving {moved} partition replicas off it; follow with `strata topic describe`.");
         return Ok(());
     }
     let cluster = admin.describe_cluster().await?;
     let controller = cluster.controller.map_or("none".to_string(), |c| c.to_string());
-    println!("Controller: {controller}\tTopics: {}\tPartitions: {}", cluster.topics, cluster.partitions);
+    outln!("Controller: {controller}\tTopics: {}\tPartitions: {}", cluster.topics, cluster.partitions);
     for b in cluster.brokers {
-        println!("\tBroker: {}\tAddress: {}\tPeer: {}", b.id, b.address, b.raft_address);
+        outln!("\tBroker: {}\tAddress: {}\tPeer: {}", b.id, b.address, b.raft_address);
     }
     Ok(())
 }
@@ -533,42 +535,14 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         if !records.is_empty() {
             last_record = tokio::time::Instant::now();
         }
-        for record in records {
-            if args.max_messages.is_some_and(|max| n >= max) {
-                break;
-            }
-            n += 1;
-            printed.insert(TopicPartition::new(&record.topic, record.partition), record.offset + 1);
-            let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-            match args.format {
-                Format::Text => {
-                    let value = text(&record.value).unwrap_or_else(|| "null".into());
-                    if args.print_key {
-                        writeln!(out, "{}\t{value}", text(&record.key).unwrap_or_else(|| "null".into()))?;
-                    } else {
-                        writeln!(out, "{value}")?;
-                    }
-                }
-                Format::Json => {
-                    let headers: serde_json::Map<String, serde_json::Value> = record
-                        .headers
-                        .iter()
-                        .map(|h| (h.key.clone(), text(&h.value).map_or(serde_json::Value::Null, Into::into)))
-                        .collect();
-                    let line = serde_json::json!({
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                        "timestamp": record.timestamp,
-                        "key": text(&record.key),
-                        "value": text(&record.value),
-                        "headers": headers,
-                    });
-                    writeln!(out, "{line}")?;
-                }
-            }
+        match print_records(&mut out, records, &args, &mut n, &mut printed) {
+            Ok(()) => {}
+            // The reader went away (`strata consume ... | head`): stop as
+            // --max-messages does, leaving the group, without committing
+            // records it may not have read.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(err) => return Err(err.into()),
         }
-        out.flush()?;
         if args.group.is_some() && !printed.is_empty() {
             consumer.commit_offsets(std::mem::take(&mut printed).into_iter().collect()).await?;
         }
@@ -578,4 +552,51 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         consumer.close().await?;
     }
     Ok(())
+}
+
+/// Prints `records` (up to --max-messages in all, counted in `n`) and notes
+/// each partition's next offset in `printed`; flushes.
+fn print_records(
+    out: &mut impl std::io::Write,
+    records: Vec<strata_client::ConsumerRecord>,
+    args: &ConsumeArgs,
+    n: &mut u64,
+    printed: &mut std::collections::BTreeMap<TopicPartition, u64>,
+) -> std::io::Result<()> {
+    for record in records {
+        if args.max_messages.is_some_and(|max| *n >= max) {
+            break;
+        }
+        *n += 1;
+        printed.insert(TopicPartition::new(&record.topic, record.partition), record.offset + 1);
+        let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        match args.format {
+            Format::Text => {
+                let value = text(&record.value).unwrap_or_else(|| "null".into());
+                if args.print_key {
+                    writeln!(out, "{}\t{value}", text(&record.key).unwrap_or_else(|| "null".into()))?;
+                } else {
+                    writeln!(out, "{value}")?;
+                }
+            }
+            Format::Json => {
+                let headers: serde_json::Map<String, serde_json::Value> = record
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.clone(), text(&h.value).map_or(serde_json::Value::Null, Into::into)))
+                    .collect();
+                let line = serde_json::json!({
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "timestamp": record.timestamp,
+                    "key": text(&record.key),
+                    "value": text(&record.value),
+                    "headers": headers,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    out.flush()
 }

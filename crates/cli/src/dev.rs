@@ -90,17 +90,26 @@ pub async fn run(args: DevArgs) -> Result<()> {
         stop(&mut nodes).await;
         return Err(err);
     }
-    println!("Strata dev cluster: {} node(s), data in {}", args.nodes, args.data_dir.display());
+    // The banner, then "Stopping..." and "Stopped.", go out whether or not
+    // anyone still reads them: a cluster does not stop because its
+    // terminal or pipe went away.
+    let mut banner = format!("Strata dev cluster: {} node(s), data in {}\n", args.nodes, args.data_dir.display());
     for n in &nodes {
-        println!("  node {}: client {}  peer {}  http {}  log {}", n.id, n.client, n.peer, n.http, n.log.display());
+        banner += &format!(
+            "  node {}: client {}  peer {}  http {}  log {}\n",
+            n.id,
+            n.client,
+            n.peer,
+            n.http,
+            n.log.display()
+        );
     }
-    println!();
-    println!("Try, in another terminal:");
-    println!("  strata topic create demo --partitions 3");
-    println!("  echo hello | strata produce --topic demo");
-    println!("  strata consume --topic demo --from-beginning");
-    println!();
-    println!("Ctrl-C stops the cluster; `strata dev` again restarts it on the same data.");
+    banner += "\nTry, in another terminal:\n";
+    banner += "  strata topic create demo --partitions 3\n";
+    banner += "  echo hello | strata produce --topic demo\n";
+    banner += "  strata consume --topic demo --from-beginning\n";
+    banner += "\nCtrl-C stops the cluster; `strata dev` again restarts it on the same data.\n";
+    say(&banner);
     let exited = tokio::select! {
         _ = strata_broker::wait_for_signal() => None,
         id = watch_children(&mut nodes) => Some(id),
@@ -108,13 +117,20 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if let Some(id) = exited {
         eprintln!("node {id} exited unexpectedly; see its log. Stopping the others.");
     }
-    println!("Stopping...");
+    say("Stopping...\n");
     stop(&mut nodes).await;
     if let Some(id) = exited {
         bail!("node {id} exited unexpectedly");
     }
-    println!("Stopped.");
+    say("Stopped.\n");
     Ok(())
+}
+
+/// Writes `text` to stdout, whether or not anyone reads it.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Waits until every node is registered with its client address and the

@@ -7,6 +7,16 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `println!` for a command's output, returning the write's error (with `?`)
+/// instead of panicking: when the reader goes away (`strata ... | head`),
+/// the command ends quietly (see [`reader_gone`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod client_cmds;
 mod dev;
 #[cfg(feature = "otlp")]
@@ -138,7 +148,8 @@ fn main() -> Result<()> {
         // on stdout.
         init_logs(LogFormat::Text, tracing::Level::WARN, &Export::default());
     }
-    runtime.block_on(async move {
+    let client_command = !matches!(cli.command, Command::Server(_) | Command::Dev(_));
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server(args, server_config.context("server settings")?).await,
             Command::Dev(args) => dev::run(args).await,
@@ -149,7 +160,19 @@ fn main() -> Result<()> {
             Command::Consume(args) => client_cmds::consume(args).await,
             Command::Perf { command } => perf::run(command).await,
         }
-    })
+    });
+    match result {
+        // What a Unix tool killed by SIGPIPE would do, less the signal: the
+        // reader has what it wanted, so this is not a failure.
+        Err(err) if client_command && reader_gone(&err) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `err` is a write to a pipe whose reader is gone.
+fn reader_gone(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Where spans go besides the logs: nowhere, or (feature `otlp`) an

@@ -112,7 +112,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     }
     let h = reader.await.context("reader")??;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
+    outln!(
         "{} records, end-to-end latency: {:.2} ms avg, {:.2} ms 50th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max.",
         h.len(),
         h.mean() / 1000.0,
@@ -127,7 +127,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
             "e2e_latency_ms": {"avg": h.mean() / 1000.0, "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
             "percentiles_ms": spectrum(&h),
         });
-        println!("{summary}");
+        outln!("{summary}");
     }
     Ok(())
 }
@@ -378,7 +378,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             if terminal {
                 eprintln!("{line}.");
             } else {
-                println!("{line}.");
+                // The summary's write says whether the reader is gone.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "{line}.");
             }
         }
     }));
@@ -432,48 +434,53 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let h = &total.histogram;
     let n = h.len();
     let ms = |v: u64| v as f64 / 1000.0;
-    println!(
-        "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
-         {:.0} ms 50th, {:.0} ms 95th, {:.0} ms 99th, {:.0} ms 99.9th.",
-        n as f64 / elapsed,
-        total.bytes as f64 / elapsed / (1024.0 * 1024.0),
-        h.mean() / 1000.0,
-        ms(h.max()),
-        ms(h.value_at_quantile(0.50)),
-        ms(h.value_at_quantile(0.95)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-    );
-    if failed > 0 {
-        eprintln!("{failed} records failed");
-    }
-    if args.json {
-        let summary = serde_json::json!({
-            "records": n,
-            "failed": failed,
-            "seconds": elapsed,
-            "batches": sent.batches_sent,
-            "requests": sent.produce_requests,
-            "retries": sent.retries,
-            "epoch_restarts": sent.epoch_restarts,
-            "records_per_sec": n as f64 / elapsed,
-            "mb_per_sec": total.bytes as f64 / elapsed / (1024.0 * 1024.0),
-            "latency_ms": {
-                "avg": h.mean() / 1000.0,
-                "max": ms(h.max()),
-                "p50": ms(h.value_at_quantile(0.50)),
-                "p95": ms(h.value_at_quantile(0.95)),
-                "p99": ms(h.value_at_quantile(0.99)),
-                "p999": ms(h.value_at_quantile(0.999)),
-            },
-            "percentiles_ms": spectrum(h),
-        });
-        println!("{summary}");
-    }
+    // Printed before the failure is reported, and a reader gone (a closed
+    // pipe) does not hide it.
+    let printed = (|| -> Result<()> {
+        outln!(
+            "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, \
+             {:.0} ms 50th, {:.0} ms 95th, {:.0} ms 99th, {:.0} ms 99.9th.",
+            n as f64 / elapsed,
+            total.bytes as f64 / elapsed / (1024.0 * 1024.0),
+            h.mean() / 1000.0,
+            ms(h.max()),
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.95)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+        );
+        if failed > 0 {
+            eprintln!("{failed} records failed");
+        }
+        if args.json {
+            let summary = serde_json::json!({
+                "records": n,
+                "failed": failed,
+                "seconds": elapsed,
+                "batches": sent.batches_sent,
+                "requests": sent.produce_requests,
+                "retries": sent.retries,
+                "epoch_restarts": sent.epoch_restarts,
+                "records_per_sec": n as f64 / elapsed,
+                "mb_per_sec": total.bytes as f64 / elapsed / (1024.0 * 1024.0),
+                "latency_ms": {
+                    "avg": h.mean() / 1000.0,
+                    "max": ms(h.max()),
+                    "p50": ms(h.value_at_quantile(0.50)),
+                    "p95": ms(h.value_at_quantile(0.95)),
+                    "p99": ms(h.value_at_quantile(0.99)),
+                    "p999": ms(h.value_at_quantile(0.999)),
+                },
+                "percentiles_ms": spectrum(h),
+            });
+            outln!("{summary}");
+        }
+        Ok(())
+    })();
     if failed > 0 {
         bail!("{failed} records failed");
     }
-    Ok(())
+    printed
 }
 
 #[derive(Args)]
@@ -532,10 +539,10 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
     let rebalance = first_record.map_or(0.0, |t| (t - started).as_secs_f64());
     let fetch = (total - rebalance).max(1e-9);
     let mb = bytes as f64 / (1024.0 * 1024.0);
-    println!(
+    outln!(
         "data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec"
     );
-    println!(
+    outln!(
         "{mb:.4}, {:.4}, {n}, {:.4}, {:.0}, {:.0}, {:.4}, {:.4}",
         mb / total,
         n as f64 / total,
@@ -549,7 +556,7 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
             "records": n, "mb": mb, "seconds": total, "mb_per_sec": mb / total, "records_per_sec": n as f64 / total,
             "rebalance_ms": rebalance * 1000.0, "fetch_ms": fetch * 1000.0,
         });
-        println!("{summary}");
+        outln!("{summary}");
     }
     if args.group.is_some() {
         consumer.close().await?;

@@ -190,6 +190,36 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     drop(printed);
     let described = strata(&["group", "describe", "watchers"], &bootstrap, "");
     assert!(described.contains("State: Empty") && !described.contains("\nMember "), "it left: {described}");
+    // A reader that goes away (`strata ... | head`) ends a command quietly:
+    // no panic, a success, and a group's consumer leaves its group without
+    // committing what nobody read. The pipes are closed before anything
+    // is written to them.
+    let gone = |args: &[&str]| {
+        let mut child = Command::new(STRATA)
+            .args(args)
+            .args(["--bootstrap-server", &bootstrap])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run strata");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && stderr.is_empty(), "strata {args:?}: {}: {stderr}", output.status);
+    };
+    gone(&["topic", "describe", "demo", "--verbose"]);
+    gone(&["consume", "--topic", "demo", "--group", "quitters", "--from-beginning"]);
+    // A group with no member and no committed offset is not kept.
+    let described = Command::new(STRATA)
+        .args(["group", "describe", "quitters", "--bootstrap-server", &bootstrap])
+        .output()
+        .expect("describe the group");
+    let (stdout, stderr) = (String::from_utf8_lossy(&described.stdout), String::from_utf8_lossy(&described.stderr));
+    assert!(
+        stderr.contains("group quitters does not exist")
+            || (described.status.success() && stdout.contains("State: Empty") && !stdout.contains("\nMember ")),
+        "it left and committed nothing: {stdout}{stderr}"
+    );
     // The perf tool prints Kafka's summary, then one JSON object.
     let perf = strata(
         &[
