@@ -67,6 +67,13 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         consumer.seek(tp, Seek::End).await?;
     }
     let n = args.num_records;
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let live = {
+        let seen = seen.clone();
+        LiveLine::start(move |elapsed| {
+            progress_text(seen.load(std::sync::atomic::Ordering::Relaxed), n, "records seen by the consumer", elapsed)
+        })
+    };
     let reader = tokio::spawn(async move {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -79,6 +86,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
                 let _ = histogram.record(micros_now().saturating_sub(sent).max(1));
             }
+            seen.store(histogram.len(), std::sync::atomic::Ordering::Relaxed);
         }
         anyhow::Ok(histogram)
     });
@@ -111,6 +119,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         bail!("{failed} records were not written (first error: {error})");
     }
     let h = reader.await.context("reader")??;
+    drop(live);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     outln!(
         "{} records, end-to-end latency: {:.2} ms avg, {:.2} ms 50th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max.",
@@ -259,6 +268,66 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Carriage return and "erase the line": what a live line is redrawn after.
+const CLEAR_LINE: &str = "\r\x1b[2K";
+
+/// How often a live line is redrawn.
+const LIVE_LINE_EVERY: Duration = Duration::from_millis(250);
+
+/// A status line redrawn in place on stderr a few times a second while a
+/// perf command runs, when stderr is a terminal; nothing otherwise (a
+/// pipe gets plain lines only). Dropping it erases it.
+struct LiveLine {
+    /// Set, under stderr's lock, when the line is taken down: the task
+    /// then writes nothing more, even if it runs once after the abort.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+    task: Option<AbortOnDrop>,
+}
+
+impl LiveLine {
+    fn start(status: impl Fn(Duration) -> String + Send + 'static) -> LiveLine {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return LiveLine { stopped, task: None };
+        }
+        let flag = stopped.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval_at(started + LIVE_LINE_EVERY, LIVE_LINE_EVERY);
+            loop {
+                tick.tick().await;
+                let line = status(started.elapsed());
+                let mut err = std::io::stderr().lock();
+                if flag.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                use std::io::Write as _;
+                let _ = write!(err, "{CLEAR_LINE}{line}").and_then(|()| err.flush());
+            }
+        });
+        LiveLine { stopped, task: Some(AbortOnDrop(task)) }
+    }
+}
+
+impl Drop for LiveLine {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            use std::io::Write as _;
+            let mut err = std::io::stderr().lock();
+            self.stopped.store(true, std::sync::atomic::Ordering::Release);
+            let _ = write!(err, "{CLEAR_LINE}").and_then(|()| err.flush());
+            drop(task);
+        }
+    }
+}
+
+/// "`done` of `total` `what` (p%), r/s, s": a live line's text.
+fn progress_text(done: u64, total: u64, what: &str, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let percent = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+    format!("{done} of {total} {what} ({percent:.0}%), {:.0} records/sec, {:.0} s", done as f64 / secs, secs)
+}
+
 /// Latencies in microseconds, and counts, over some window.
 struct Window {
     histogram: Histogram<u64>,
@@ -335,10 +404,13 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let base = std::time::Instant::now();
     let base_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let tag_of = move |due: Instant| due.into_std().saturating_duration_since(base).as_nanos() as u64;
+    // What the live line shows (a terminal only): one add per batch.
+    let acked: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
     let handler = move |batch: &DeliveredBatch<'_>| {
         let mut s = stats[batch.partition as usize % STATS_SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         match batch.outcome {
             Ok(_) => {
+                acked.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let acknowledged = batch.acknowledged_at.saturating_duration_since(base).as_nanos() as u64;
                 for record in batch.records() {
                     // Into the window only: the window is added to the
@@ -359,6 +431,10 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     // window for a fresh one (made before): the handler waiting for it
     // runs on the producer's partition task.
     let closed: &'static Mutex<Window> = Box::leak(Box::new(Mutex::new(Window::new()?)));
+    let total = args.num_records;
+    let live = LiveLine::start(move |elapsed| {
+        progress_text(acked.load(std::sync::atomic::Ordering::Relaxed), total, "records acknowledged", elapsed)
+    });
     let progress = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
@@ -376,7 +452,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             }
             let line = window.line();
             if terminal {
-                eprintln!("{line}.");
+                // For good, in place of the live line (redrawn after it).
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr().lock(), "{CLEAR_LINE}{line}.");
             } else {
                 // The summary's write says whether the reader is gone.
                 use std::io::Write as _;
@@ -421,6 +499,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     // Every callback has run once the flush returns.
     producer.flush().await;
     drop(progress);
+    drop(live);
     let (mut total, mut failed) = (Window::new()?, 0);
     total.add(&closed.lock().unwrap_or_else(|p| p.into_inner()));
     for shard in stats {
@@ -521,6 +600,13 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
         }
     }
     let (mut n, mut bytes) = (0u64, 0u64);
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let live = {
+        let (read, total) = (read.clone(), args.messages);
+        LiveLine::start(move |elapsed| {
+            progress_text(read.load(std::sync::atomic::Ordering::Relaxed), total, "records read", elapsed)
+        })
+    };
     let mut first_record: Option<Instant> = None;
     while n < args.messages {
         let records = consumer.poll().await?;
@@ -531,10 +617,12 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
             bytes += r.value.as_ref().map_or(0, Bytes::len) as u64 + r.key.as_ref().map_or(0, Bytes::len) as u64;
         }
         n += records.len() as u64;
+        read.store(n, std::sync::atomic::Ordering::Relaxed);
         if started.elapsed() > Duration::from_secs(600) {
             bail!("only {n} of {} records arrived in 10 minutes", args.messages);
         }
     }
+    drop(live);
     let total = started.elapsed().as_secs_f64();
     let rebalance = first_record.map_or(0.0, |t| (t - started).as_secs_f64());
     let fetch = (total - rebalance).max(1e-9);

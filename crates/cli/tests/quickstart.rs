@@ -261,6 +261,33 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     let summary: serde_json::Value = serde_json::from_str(e2e.lines().last().expect("a line")).expect("json");
     assert_eq!(summary["records"].as_u64(), Some(200), "{e2e}");
     assert!(summary["e2e_latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{e2e}");
+    // Progress: plain lines in a pipe; on a terminal (`script` gives one
+    // where it is installed and pseudo-terminals work), a live line redrawn
+    // in place and erased before the summary.
+    let perf =
+        ["perf", "produce", "--topic", "demo", "--num-records", "4000", "--record-size", "10", "--throughput", "2000"];
+    let piped = Command::new(STRATA).args(perf).args(["--bootstrap-server", &bootstrap]).output().expect("run perf");
+    let all = [piped.stdout, piped.stderr].concat();
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&all));
+    assert!(
+        !all.contains(&b'\r') && !all.contains(&0x1b),
+        "no terminal codes in a pipe: {}",
+        String::from_utf8_lossy(&all)
+    );
+    let command = format!("{STRATA} {} --bootstrap-server {bootstrap}", perf.join(" "));
+    let tty = Command::new("script").args(["-qec", &command, "/dev/null"]).stdin(Stdio::null()).output();
+    match tty {
+        Ok(tty) if String::from_utf8_lossy(&tty.stdout).contains("records sent") => {
+            let text = String::from_utf8_lossy(&tty.stdout);
+            assert!(tty.status.success(), "{text}");
+            assert!(text.contains("\r\x1b[2K") && text.contains(" of 4000 records acknowledged ("), "{text:?}");
+            assert!(
+                text.contains("\r\x1b[2K4000 records sent"),
+                "the live line is erased before the summary: {text:?}"
+            );
+        }
+        _ => eprintln!("no terminal from `script` here: the live line is not checked"),
+    }
     assert!(http_get(base + 2, "/health/live").starts_with("HTTP/1.1 200"));
     assert!(http_get(base + 12, "/health/ready").starts_with("HTTP/1.1 200"));
     interrupt_and_wait(dev);
