@@ -431,9 +431,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     // window for a fresh one (made before): the handler waiting for it
     // runs on the producer's partition task.
     let closed: &'static Mutex<Window> = Box::leak(Box::new(Mutex::new(Window::new()?)));
-    let total = args.num_records;
+    let num_records = args.num_records;
     let live = LiveLine::start(move |elapsed| {
-        progress_text(acked.load(std::sync::atomic::Ordering::Relaxed), total, "records acknowledged", elapsed)
+        progress_text(acked.load(std::sync::atomic::Ordering::Relaxed), num_records, "records acknowledged", elapsed)
     });
     let progress = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
