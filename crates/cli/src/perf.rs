@@ -324,8 +324,9 @@ impl Drop for LiveLine {
 /// "`done` of `total` `what` (p%), r/s, s": a live line's text.
 fn progress_text(done: u64, total: u64, what: &str, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let percent = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
-    format!("{done} of {total} {what} ({percent:.0}%), {:.0} records/sec, {:.0} s", done as f64 / secs, secs)
+    // Rounded down: 100% only when all are done.
+    let percent = (u128::from(done) * 100).checked_div(u128::from(total)).unwrap_or(100);
+    format!("{done} of {total} {what} ({percent}%), {:.0} records/sec, {:.0} s", done as f64 / secs, secs)
 }
 
 /// Latencies in microseconds, and counts, over some window.
@@ -658,4 +659,21 @@ const SPECTRUM_QUANTILES: [f64; 11] = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0
 
 fn spectrum(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     SPECTRUM_QUANTILES.iter().map(|&q| serde_json::json!([q, h.value_at_quantile(q) as f64 / 1000.0])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_line_says_100_percent_only_when_every_record_is_done() {
+        let second = Duration::from_secs(2);
+        assert_eq!(
+            progress_text(19_950, 20_000, "records read", second),
+            "19950 of 20000 records read (99%), 9975 records/sec, 2 s"
+        );
+        assert!(progress_text(20_000, 20_000, "records read", second).contains("(100%)"));
+        assert!(progress_text(0, 0, "records read", second).contains("(100%)"));
+        assert!(progress_text(u64::MAX, u64::MAX, "records read", second).contains("(100%)"), "no overflow");
+    }
 }
