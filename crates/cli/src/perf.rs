@@ -2,6 +2,8 @@
 //! options and output shape, so numbers can be set side by side.
 
 use std::io::IsTerminal;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,11 +69,11 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         consumer.seek(tp, Seek::End).await?;
     }
     let n = args.num_records;
-    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
     let live = {
         let seen = seen.clone();
         LiveLine::start(move |elapsed| {
-            progress_text(seen.load(std::sync::atomic::Ordering::Relaxed), n, "records seen by the consumer", elapsed)
+            progress_text(seen.load(Ordering::Relaxed), n, "records seen by the consumer", elapsed)
         })
     };
     let reader = tokio::spawn(async move {
@@ -86,18 +88,18 @@ async fn e2e(args: E2eArgs) -> Result<()> {
                 let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
                 let _ = histogram.record(micros_now().saturating_sub(sent).max(1));
             }
-            seen.store(histogram.len(), std::sync::atomic::Ordering::Relaxed);
+            seen.store(histogram.len(), Ordering::Relaxed);
         }
         anyhow::Ok(histogram)
     });
     // Outcomes come per batch, through a delivery handler: no future held
     // per record until the end. The latency is the consumer's to measure;
     // the producer only has to report what failed.
-    let failed: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
+    let failed: &'static AtomicU64 = Box::leak(Box::default());
     let first_error: &'static Mutex<Option<String>> = Box::leak(Box::default());
     let handler = move |batch: &DeliveredBatch<'_>| {
         if let Err(e) = batch.outcome {
-            failed.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
             first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
         }
     };
@@ -113,7 +115,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
         .await?;
     }
     producer.close().await;
-    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
     if failed > 0 {
         let error = first_error.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
         bail!("{failed} records were not written (first error: {error})");
@@ -280,13 +282,13 @@ const LIVE_LINE_EVERY: Duration = Duration::from_millis(250);
 struct LiveLine {
     /// Set, under stderr's lock, when the line is taken down: the task
     /// then writes nothing more, even if it runs once after the abort.
-    stopped: Arc<std::sync::atomic::AtomicBool>,
+    stopped: Arc<AtomicBool>,
     task: Option<AbortOnDrop>,
 }
 
 impl LiveLine {
     fn start(status: impl Fn(Duration) -> String + Send + 'static) -> LiveLine {
-        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
         if !std::io::stderr().is_terminal() {
             return LiveLine { stopped, task: None };
         }
@@ -298,10 +300,9 @@ impl LiveLine {
                 tick.tick().await;
                 let line = status(started.elapsed());
                 let mut err = std::io::stderr().lock();
-                if flag.load(std::sync::atomic::Ordering::Acquire) {
+                if flag.load(Ordering::Acquire) {
                     return;
                 }
-                use std::io::Write as _;
                 let _ = write!(err, "{CLEAR_LINE}{line}").and_then(|()| err.flush());
             }
         });
@@ -312,9 +313,8 @@ impl LiveLine {
 impl Drop for LiveLine {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
-            use std::io::Write as _;
             let mut err = std::io::stderr().lock();
-            self.stopped.store(true, std::sync::atomic::Ordering::Release);
+            self.stopped.store(true, Ordering::Release);
             let _ = write!(err, "{CLEAR_LINE}").and_then(|()| err.flush());
             drop(task);
         }
@@ -406,12 +406,12 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let base_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let tag_of = move |due: Instant| due.into_std().saturating_duration_since(base).as_nanos() as u64;
     // What the live line shows (a terminal only): one add per batch.
-    let acked: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
+    let acked: &'static AtomicU64 = Box::leak(Box::default());
     let handler = move |batch: &DeliveredBatch<'_>| {
         let mut s = stats[batch.partition as usize % STATS_SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         match batch.outcome {
             Ok(_) => {
-                acked.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let acknowledged = batch.acknowledged_at.saturating_duration_since(base).as_nanos() as u64;
                 for record in batch.records() {
                     // Into the window only: the window is added to the
@@ -434,7 +434,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let closed: &'static Mutex<Window> = Box::leak(Box::new(Mutex::new(Window::new()?)));
     let num_records = args.num_records;
     let live = LiveLine::start(move |elapsed| {
-        progress_text(acked.load(std::sync::atomic::Ordering::Relaxed), num_records, "records acknowledged", elapsed)
+        progress_text(acked.load(Ordering::Relaxed), num_records, "records acknowledged", elapsed)
     });
     let progress = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -454,11 +454,9 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             let line = window.line();
             if terminal {
                 // For good, in place of the live line (redrawn after it).
-                use std::io::Write as _;
                 let _ = writeln!(std::io::stderr().lock(), "{CLEAR_LINE}{line}.");
             } else {
                 // The summary's write says whether the reader is gone.
-                use std::io::Write as _;
                 let _ = writeln!(std::io::stdout(), "{line}.");
             }
         }
@@ -601,12 +599,10 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
         }
     }
     let (mut n, mut bytes) = (0u64, 0u64);
-    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let read = Arc::new(AtomicU64::new(0));
     let live = {
         let (read, total) = (read.clone(), args.messages);
-        LiveLine::start(move |elapsed| {
-            progress_text(read.load(std::sync::atomic::Ordering::Relaxed), total, "records read", elapsed)
-        })
+        LiveLine::start(move |elapsed| progress_text(read.load(Ordering::Relaxed), total, "records read", elapsed))
     };
     let mut first_record: Option<Instant> = None;
     while n < args.messages {
@@ -618,7 +614,7 @@ async fn consume(args: ConsumeArgs) -> Result<()> {
             bytes += r.value.as_ref().map_or(0, Bytes::len) as u64 + r.key.as_ref().map_or(0, Bytes::len) as u64;
         }
         n += records.len() as u64;
-        read.store(n, std::sync::atomic::Ordering::Relaxed);
+        read.store(n, Ordering::Relaxed);
         if started.elapsed() > Duration::from_secs(600) {
             bail!("only {n} of {} records arrived in 10 minutes", args.messages);
         }
