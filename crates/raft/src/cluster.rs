@@ -23,8 +23,18 @@ use crate::metadata::{CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicI
 use crate::node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig};
 use crate::partition::{ProduceError, produce};
 
-/// How often the reconciler compares assignments with the open groups.
+/// How often the reconciler wakes: it then does the controller's part and,
+/// while anything is in progress or may have changed, looks at every
+/// replica this node is assigned ([`Passes`]).
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the reconciler looks at every replica when nothing is in
+/// progress and nothing changed: a floor for what no trigger reports (a
+/// replica found damaged on a read, say).
+const RECONCILE_SETTLED_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after any group saved a vote the reconciler keeps looking at
+/// every replica on each wake, so that a leader elected in that time
+/// reports itself at once. Longer than an election with a retry.
+const RECONCILE_AFTER_VOTE: Duration = Duration::from_secs(5);
 /// Longest one reconcile step (a proposal, a learner catching up, a
 /// membership change) may take before the pass moves on; it is retried on
 /// a later pass, so one unreachable broker never stalls the others.
@@ -541,6 +551,52 @@ async fn watch_catch_up(controller: Group, caught_up: Arc<std::sync::atomic::Ato
     }
 }
 
+/// When the reconciler's pass over every replica assigned to this node is
+/// due. A pass on a node of a thousand replicas touches every one of them
+/// (a lookup, its Raft's metrics, its log), which costs an idle cluster
+/// more than anything else it does, so it is not made every wake when
+/// nothing can have changed: only while the last pass left something in
+/// progress (a replica not open, a group not initialized, a leadership
+/// not reported, a move or a removal under way), when the metadata
+/// changed (the controller applied an entry), for a while after a vote
+/// (a leader may have been elected), and otherwise every
+/// [`RECONCILE_SETTLED_INTERVAL`].
+#[derive(Default)]
+struct Passes {
+    /// When the last pass was made.
+    last: Option<tokio::time::Instant>,
+    /// The controller's last applied entry at the last pass.
+    applied: Option<crate::types::RaftLogId>,
+    /// `log_store::votes_saved` when last looked at.
+    votes: u64,
+    /// Passes are made every wake until then (a recent vote).
+    eager_until: Option<tokio::time::Instant>,
+    /// The last pass found everything as the metadata wants it.
+    settled: bool,
+}
+
+impl Passes {
+    /// Whether a pass is due now, the controller having applied up to
+    /// `applied`; if so, it is taken as made now.
+    fn due(&mut self, applied: Option<crate::types::RaftLogId>) -> bool {
+        let now = tokio::time::Instant::now();
+        let votes = crate::log_store::votes_saved();
+        if votes != self.votes {
+            self.votes = votes;
+            self.eager_until = Some(now + RECONCILE_AFTER_VOTE);
+        }
+        let due = !self.settled
+            || applied != self.applied
+            || self.eager_until.is_some_and(|until| now < until)
+            || self.last.is_none_or(|last| now.duration_since(last) >= RECONCILE_SETTLED_INTERVAL);
+        if due {
+            self.last = Some(now);
+            self.applied = applied;
+        }
+        due
+    }
+}
+
 /// Keeps this node in line with the metadata: registers peers (controller
 /// leader), adds brokers to the controller as learners (controller leader),
 /// announces this node's client address, opens assigned groups, initializes
@@ -565,16 +621,31 @@ impl Reconciler {
         let mut complaints = Complaints::default();
         // The term in which this node last reported leading each group.
         let mut reported: std::collections::HashMap<u64, u64> = Default::default();
+        let mut passes = Passes::default();
         loop {
+            // Read before the metadata, which is then at least as new: a
+            // change applied in between brings another pass.
+            let applied = {
+                use openraft::async_runtime::WatchReceiver;
+                controller.raft.metrics().borrow_watched().last_applied
+            };
             let metadata = controller.state_machine.metadata().unwrap_or_default();
             if controller.raft.is_leader() {
                 remove_damaged(&self, controller, &metadata).await;
                 reconcile_controller(controller, &metadata, peers).await;
             }
             self.announce(&metadata).await;
+            if !passes.due(applied) {
+                tokio::time::sleep(RECONCILE_INTERVAL).await;
+                continue;
+            }
+            // Whether every replica is as the metadata wants it, nothing
+            // left to retry or wait for.
+            let mut settled = true;
             let assigned = metadata.partitions_of(node.id());
             for partition in &assigned {
                 let Some(group) = self.open_replica(&metadata, partition.group, &mut complaints).await else {
+                    settled = false;
                     continue;
                 };
                 if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
@@ -586,12 +657,17 @@ impl Reconciler {
                         // NotAllowed means "already initialized" (a restart).
                         let _ = bounded(group.raft.initialize(members)).await;
                         initialized.insert(partition.group);
+                    } else {
+                        settled = false;
                     }
                 }
                 if group.raft.is_leader() {
                     use openraft::async_runtime::WatchReceiver;
                     let term = group.raft.metrics().borrow_watched().current_term;
                     let hint = metadata.leaders.get(&group.id).map(|h| (h.node, h.term));
+                    // Until the report is applied (the metadata's change
+                    // brings the next pass anyway).
+                    settled &= hint == Some((node.id(), term));
                     if hint != Some((node.id(), term)) && reported.get(&group.id) != Some(&term) {
                         let command = MetadataCommand::LeaderChanged { group: group.id, node: node.id(), term };
                         match bounded(propose_anywhere(node, controller, peers, &command)).await {
@@ -604,8 +680,15 @@ impl Reconciler {
                         }
                     }
                 }
-                if group.raft.is_leader() && !remove_damaged(&self, &group, &metadata).await {
-                    move_replicas(&group, &partition.replicas, &metadata, peers).await;
+                if group.raft.is_leader() {
+                    if remove_damaged(&self, &group, &metadata).await {
+                        settled = false;
+                    } else {
+                        move_replicas(&group, &partition.replicas, &metadata, peers).await;
+                        let wanted: BTreeSet<u64> = partition.replicas.iter().copied().collect();
+                        let (voters, members) = membership_of(&group);
+                        settled &= voters == wanted && members == wanted;
+                    }
                 }
             }
             // Groups of topics deleted since they were opened, and replicas
@@ -617,6 +700,7 @@ impl Reconciler {
             let unassigned =
                 node.group_ids().into_iter().filter(|id| *id != CONTROLLER_GROUP && !assigned.contains(id));
             for group in unassigned.filter_map(|id| node.group(id)) {
+                settled = false;
                 let deleted = metadata.partition_of_group(group.id).is_none();
                 if !deleted && group.raft.is_leader() {
                     // A leader moved away carries the move out itself, then
@@ -647,12 +731,15 @@ impl Reconciler {
                 && !metadata.left_brokers.contains(&node.id())
                 && node.groups().iter().all(|g| g.id == CONTROLLER_GROUP)
             {
+                // Until the report is applied.
+                settled = false;
                 let command = MetadataCommand::BrokerLeft { id: node.id() };
                 match bounded(propose_anywhere(node, controller, peers, &command)).await {
                     Ok(_) => tracing::info!("this broker was removed and has handed over every replica"),
                     Err(err) => tracing::debug!(error = %err, "reporting the end of the removal will be retried"),
                 }
             }
+            passes.settled = settled;
             tokio::time::sleep(RECONCILE_INTERVAL).await;
         }
     }

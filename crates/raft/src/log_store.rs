@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::OptionalSend;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -19,6 +20,17 @@ use strata_log::{Log, LogError, Offset, RaftIndex, Term};
 use crate::codec::{entry_to_batch, stored_to_entry};
 use crate::limits::REPLICATION_BYTES_MAX;
 use crate::types::{C, RaftEntry, RaftLogId, RaftVote, log_id, term_of};
+
+/// Votes saved by any group of this process: a new term, a vote granted, a
+/// leader established. The reconciler looks at every replica more often
+/// for a while after this changes (`cluster.rs`), since leadership may
+/// have moved.
+static VOTES_SAVED: AtomicU64 = AtomicU64::new(0);
+
+/// How many votes this process's groups have saved so far.
+pub(crate) fn votes_saved() -> u64 {
+    VOTES_SAVED.load(Ordering::Relaxed)
+}
 
 /// openraft's view of one partition log. Cheap to clone: clones share the log.
 #[derive(Clone)]
@@ -127,7 +139,9 @@ impl RaftLogStorage<C> for LogStore {
     async fn save_vote(&mut self, vote: &RaftVote) -> Result<(), io::Error> {
         let bytes = serde_json::to_vec(vote).map_err(io::Error::other)?;
         let log = self.log.clone();
-        blocking(move || log.save_vote(&bytes)).await
+        blocking(move || log.save_vote(&bytes)).await?;
+        VOTES_SAVED.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
