@@ -363,6 +363,9 @@ struct AppendSpec<'a> {
     window: usize,
     batch: &'a Bytes,
     total_bytes: u64,
+    /// The logs' `direct_io` (the server's default is on; `log` measures
+    /// through the page cache, as it always has).
+    direct_io: bool,
 }
 
 /// One run: `writers` threads, each with its own log in its own directory
@@ -373,7 +376,7 @@ struct AppendSpec<'a> {
 fn append_once(dir: &Path, spec: &AppendSpec<'_>) -> Result<f64> {
     let batch_len = spec.batch.len() as u64;
     let per_writer = (spec.total_bytes / spec.writers as u64).div_ceil(batch_len);
-    let config = LogConfig { flush_policy: spec.policy, ..LogConfig::default() };
+    let config = LogConfig { flush_policy: spec.policy, direct_io: spec.direct_io, ..LogConfig::default() };
     let flusher = Flusher::spawn("bench").context("spawn flusher")?;
     let logs = (0..spec.writers)
         .map(|i| open_log(&dir.join(format!("p{i}")), config.clone(), Some(&flusher)))
@@ -476,6 +479,7 @@ fn append_figures(work: &Path, opts: &LogOpts, sizes: &Sizes, report: &mut Repor
                     window: opts.window,
                     batch,
                     total_bytes,
+                    direct_io: false,
                 });
             }
         }

@@ -63,6 +63,9 @@ options of `raft`:
   --preallocate-bytes N
                        the logs' preallocation headroom (LogConfig's
                        preallocate_bytes; default its default, 0 disables)
+  --direct-io          the Raft nodes' logs and the baseline's write with
+                       O_DIRECT, as the server's do (log.direct_io); default:
+                       through the page cache
   --heartbeat-ms N     Raft heartbeat interval, elections after 10-20 of them
                        (default: strata-raft's default_raft_config, 100 ms)
   --quick              small volumes, to check the harness itself
@@ -143,6 +146,7 @@ impl RaftOpts {
                         text.parse().with_context(|| format!("--preallocate-bytes {text:?}"))?;
                     opts.log.validate()?;
                 }
+                "--direct-io" => opts.log.direct_io = true,
                 "--quick" => opts.quick = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option {other:?} (see --help)"),
@@ -509,6 +513,7 @@ fn write_figures(work: &Path, opts: &RaftOpts, report: &mut Report) -> Result<()
                     window: BASELINE_WINDOW,
                     batch: &batch,
                     total_bytes: log_bytes,
+                    direct_io: opts.log.direct_io,
                 };
                 let dir = work.join(format!("append-{run}"));
                 let bytes_per_sec = append_once(&dir, &spec).with_context(|| format!("{} run {run}", spec.label))?;
@@ -751,6 +756,7 @@ pub(crate) fn raft_scenario(opts: &RaftOpts) -> Result<Report> {
     report.params.insert("quick".into(), if opts.quick { 1.0 } else { 0.0 });
     report.params.insert("heartbeat_interval_ms".into(), opts.raft.heartbeat_interval as f64);
     report.params.insert("preallocate_bytes".into(), opts.log.preallocate_bytes as f64);
+    report.params.insert("direct_io".into(), if opts.log.direct_io { 1.0 } else { 0.0 });
     report.params.insert("election_timeout_min_ms".into(), opts.raft.election_timeout_min as f64);
     report.params.insert("cpus".into(), std::thread::available_parallelism().map_or(f64::NAN, |n| n.get() as f64));
     let start = Instant::now();
