@@ -154,8 +154,20 @@ async fn every_error_code_is_provoked_and_answered_typed() {
         false,
     );
     // Nothing refused was stored: 3 records (the good batch, two idempotent).
-    let description = admin.describe_topic("t").await.expect("describe");
-    assert_eq!(description.partitions[0].high_watermark, 3);
+    // A follower answering the describe learns the last commit a few
+    // milliseconds after the leader (its notice may wait for the next
+    // append), so wait until it has caught up to the 3, then look: a refused
+    // batch stored would have been committed before its refusal was sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let high_watermark = loop {
+        let description = admin.describe_topic("t").await.expect("describe");
+        let high_watermark = description.partitions[0].high_watermark;
+        if high_watermark >= 3 || std::time::Instant::now() >= deadline {
+            break high_watermark;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(high_watermark, 3);
 
     // OFFSET_OUT_OF_RANGE, raw and through a consumer that may not reset.
     let fetch = pb::FetchRequest {
