@@ -684,10 +684,7 @@ impl Reconciler {
                     if remove_damaged(&self, &group, &metadata).await {
                         settled = false;
                     } else {
-                        move_replicas(&group, &partition.replicas, &metadata, peers).await;
-                        let wanted: BTreeSet<u64> = partition.replicas.iter().copied().collect();
-                        let (voters, members) = membership_of(&group);
-                        settled &= voters == wanted && members == wanted;
+                        settled &= move_replicas(&group, &partition.replicas, &metadata, peers).await;
                     }
                 }
             }
@@ -1057,9 +1054,19 @@ impl Complaints {
 
 /// On a partition's leader: makes the group's voters the assigned replicas,
 /// adding new ones as learners first (blocking until they catch up).
-async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetadata, peers: &BTreeMap<u64, String>) {
+/// Returns whether there was nothing to do: the group's members were
+/// already exactly the assigned replicas.
+async fn move_replicas(
+    group: &Group,
+    replicas: &[u64],
+    metadata: &ClusterMetadata,
+    peers: &BTreeMap<u64, String>,
+) -> bool {
     let wanted: BTreeSet<u64> = replicas.iter().copied().collect();
     let (voters, members) = membership_of(group);
+    if voters == wanted && members == wanted {
+        return true;
+    }
     if voters == wanted {
         // Replicas moved away were kept as learners, so that they learn
         // of the committed membership that drops them and delete their
@@ -1089,24 +1096,25 @@ async fn move_replicas(group: &Group, replicas: &[u64], metadata: &ClusterMetada
                 }
             }
         }
-        return;
+        return false;
     }
     group.ensure_awake().await;
     for (id, node) in nodes_of(replicas, metadata, peers) {
         if !members.contains(&id) {
             if let Err(err) = bounded(group.raft.add_learner(id, node, true)).await {
                 tracing::debug!(group = group.id, learner = id, error = %err, "adding a replica will be retried");
-                return;
+                return false;
             }
         }
     }
     if membership_change_pending(group) {
-        return; // openraft would refuse (and log an error): retried next pass
+        return false; // openraft would refuse (and log an error): retried next pass
     }
     // `retain`: voters dropped stay learners for now (see above).
     if let Err(err) = bounded(group.raft.change_membership(wanted, true)).await {
         tracing::debug!(group = group.id, error = %err, "membership change will be retried");
     }
+    false
 }
 
 /// Runs one reconcile step for at most `RECONCILE_STEP_MAX`; a step that
