@@ -84,9 +84,11 @@ impl LogError {
         }
     }
 
-    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
-        let context = context.into();
-        move |source| LogError::Io { context, source }
+    /// Wraps an I/O error with what was being done. The context is built
+    /// only if the call failed: these wrap every append, read and sync, and
+    /// a `format!` there would cost an allocation each time.
+    pub(crate) fn io<C: Into<String>>(context: impl FnOnce() -> C) -> impl FnOnce(std::io::Error) -> LogError {
+        move |source| LogError::Io { context: context().into(), source }
     }
 }
 

@@ -198,10 +198,10 @@ impl Durability {
         let started = std::time::Instant::now();
         let result: Result<()> = (|| {
             if dir_dirty {
-                self.dir.sync_dir().map_err(LogError::io("sync partition directory"))?;
+                self.dir.sync_dir().map_err(LogError::io(|| "sync partition directory"))?;
             }
             for file in &files {
-                file.sync_data().map_err(LogError::io("sync segment"))?;
+                file.sync_data().map_err(LogError::io(|| "sync segment"))?;
             }
             Ok(())
         })();

@@ -334,7 +334,7 @@ impl Log {
             // as after a plain `pwrite`, so that only a crash of the machine
             // can lose it (a direct file would otherwise hold it until the
             // interval's sync).
-            active.file.write_out().map_err(LogError::io(format!("write out segment {}", active.name)))?;
+            active.file.write_out().map_err(LogError::io(|| format!("write out segment {}", active.name)))?;
         }
         active.preallocate(self.config.preallocate_bytes, self.segment_bytes.load(Ordering::Relaxed));
         self.durability.note_append(&active.file, RaftIndex(active.end_index().0 - 1));
@@ -350,7 +350,7 @@ impl Log {
     fn roll(&self, inner: &mut Inner) -> Result<()> {
         let active = inner.segments.last_mut().expect("a log always has an active segment");
         active.cut_headroom()?;
-        active.file.sync_data().map_err(LogError::io(format!("sync segment {} before rolling", active.name)))?;
+        active.file.sync_data().map_err(LogError::io(|| format!("sync segment {} before rolling", active.name)))?;
         let (base_index, base_offset) = (active.end_index(), active.next_offset);
         let segment = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
         let index_file = active.seal(self.dir.as_ref())?;
@@ -616,7 +616,7 @@ impl Log {
         while inner.segments.len() > 1 && inner.segments.last().is_some_and(|s| s.base_index >= index) {
             let segment = inner.segments.pop().expect("checked non-empty");
             self.remove_segment_files(&segment)?;
-            self.dir.sync_dir().map_err(LogError::io("sync directory after removing a segment"))?;
+            self.dir.sync_dir().map_err(LogError::io(|| "sync directory after removing a segment"))?;
         }
         let last = inner.segments.len() - 1;
         let segment = &mut inner.segments[last];
@@ -627,7 +627,7 @@ impl Log {
                 let (base_index, base_offset) = (segment.end_index(), segment.next_offset);
                 let fresh = Segment::new_active(self.dir.as_ref(), base_index, base_offset)?;
                 inner.segments.push(fresh);
-                self.dir.sync_dir().map_err(LogError::io("sync directory after creating a segment"))?;
+                self.dir.sync_dir().map_err(LogError::io(|| "sync directory after creating a segment"))?;
             }
         } else {
             self.cut_segment(segment, keep)?;
@@ -647,16 +647,16 @@ impl Log {
             // so it is never shrunk; the prefix goes to a new file renamed over it.
             let tmp = format!("{}.truncating", segment.name);
             let _ = self.dir.remove(&tmp);
-            let file = self.dir.create(&tmp).map_err(LogError::io(format!("create {tmp}")))?;
+            let file = self.dir.create(&tmp).map_err(LogError::io(|| format!("create {tmp}")))?;
             if new_len > 0 {
                 let prefix = segment.read_range(0, new_len).map_err(|e| self.note(e))?;
-                file.write_all_at(&prefix, 0).map_err(LogError::io(format!("write {tmp}")))?;
+                file.write_all_at(&prefix, 0).map_err(LogError::io(|| format!("write {tmp}")))?;
             }
-            file.sync_data().map_err(LogError::io(format!("sync {tmp}")))?;
+            file.sync_data().map_err(LogError::io(|| format!("sync {tmp}")))?;
             let index_name = index_file_name(&segment.name);
             let _ = self.dir.remove(&index_name);
-            self.dir.rename(&tmp, &segment.name).map_err(LogError::io(format!("rename {tmp}")))?;
-            self.dir.sync_dir().map_err(LogError::io("sync directory after truncation"))?;
+            self.dir.rename(&tmp, &segment.name).map_err(LogError::io(|| format!("rename {tmp}")))?;
+            self.dir.sync_dir().map_err(LogError::io(|| "sync directory after truncation"))?;
             let scan = Scan {
                 entries: kept,
                 valid_len: new_len,
@@ -671,9 +671,9 @@ impl Log {
             *segment = fresh;
         } else {
             segment.cut_cache(new_len);
-            segment.file.set_len(new_len).map_err(LogError::io(format!("truncate {}", segment.name)))?;
+            segment.file.set_len(new_len).map_err(LogError::io(|| format!("truncate {}", segment.name)))?;
             segment.note_cut(new_len);
-            segment.file.sync_data().map_err(LogError::io(format!("sync {}", segment.name)))?;
+            segment.file.sync_data().map_err(LogError::io(|| format!("sync {}", segment.name)))?;
             segment.entries.truncate(keep);
             segment.data_len = new_len;
             segment.next_offset = next_offset;
@@ -683,12 +683,12 @@ impl Log {
     }
 
     fn remove_segment_files(&self, segment: &Segment) -> Result<()> {
-        self.dir.remove(&segment.name).map_err(LogError::io(format!("remove segment {}", segment.name)))?;
+        self.dir.remove(&segment.name).map_err(LogError::io(|| format!("remove segment {}", segment.name)))?;
         let index_name = index_file_name(&segment.name);
         match self.dir.remove(&index_name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LogError::io(format!("remove index {index_name}"))(e)),
+            Err(e) => Err(LogError::io(|| format!("remove index {index_name}"))(e)),
         }
     }
 
@@ -727,7 +727,7 @@ impl Log {
             n_removed += 1;
         }
         if n_removed > 0 {
-            self.dir.sync_dir().map_err(LogError::io("sync directory after purge"))?;
+            self.dir.sync_dir().map_err(LogError::io(|| "sync directory after purge"))?;
         }
         Ok(())
     }
@@ -755,10 +755,10 @@ impl Log {
         let next_offset = inner.active().next_offset;
         let old = inner.segments.pop().expect("checked one segment");
         self.remove_segment_files(&old)?;
-        self.dir.sync_dir().map_err(LogError::io("sync directory after rebase"))?;
+        self.dir.sync_dir().map_err(LogError::io(|| "sync directory after rebase"))?;
         let fresh = Segment::new_active(self.dir.as_ref(), next_index, next_offset)?;
         inner.segments.push(fresh);
-        self.dir.sync_dir().map_err(LogError::io("sync directory after rebase"))?;
+        self.dir.sync_dir().map_err(LogError::io(|| "sync directory after rebase"))?;
         Ok(())
     }
 
@@ -815,11 +815,11 @@ impl Log {
             None => Segment::new_active(self.dir.as_ref(), last_purged.index.next(), next_offset)?,
         };
         let old = std::mem::replace(&mut inner.segments, vec![fresh]);
-        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        self.dir.sync_dir().map_err(LogError::io(|| "sync directory after reset"))?;
         for segment in old.iter().rev() {
             self.remove_segment_files(segment)?;
         }
-        self.dir.sync_dir().map_err(LogError::io("sync directory after reset"))?;
+        self.dir.sync_dir().map_err(LogError::io(|| "sync directory after reset"))?;
         self.durability.note_truncated(Some(last_purged.index));
         Ok(())
     }
@@ -995,9 +995,9 @@ impl Log {
     ) -> Result<bool> {
         let tmp = format!("{name}.compacting");
         let _ = self.dir.remove(&tmp);
-        let file = self.dir.create(&tmp).map_err(LogError::io(format!("create {tmp}")))?;
-        file.write_all_at(data, 0).map_err(LogError::io(format!("write {tmp}")))?;
-        file.sync_data().map_err(LogError::io(format!("sync {tmp}")))?;
+        let file = self.dir.create(&tmp).map_err(LogError::io(|| format!("create {tmp}")))?;
+        file.write_all_at(data, 0).map_err(LogError::io(|| format!("write {tmp}")))?;
+        file.sync_data().map_err(LogError::io(|| format!("sync {tmp}")))?;
         let mut inner = self.write();
         let Some(slot) = inner.segments.iter().position(|s| s.name == name && s.base_index == base_index) else {
             // Purged or truncated meanwhile.
@@ -1024,12 +1024,12 @@ impl Log {
         // the new data with the old index.
         let index_name = index_file_name(&old_name);
         let _ = self.dir.remove(&index_name);
-        self.dir.rename(&tmp, &old_name).map_err(LogError::io(format!("rename {tmp}")))?;
+        self.dir.rename(&tmp, &old_name).map_err(LogError::io(|| format!("rename {tmp}")))?;
         let mut segment = Segment::from_scan(old_name, base_index, base_offset, file, scan);
         if let Some(index_file) = segment.seal(self.dir.as_ref())? {
-            index_file.sync_data().map_err(LogError::io(format!("sync {index_name}")))?;
+            index_file.sync_data().map_err(LogError::io(|| format!("sync {index_name}")))?;
         }
-        self.dir.sync_dir().map_err(LogError::io("sync directory after compaction"))?;
+        self.dir.sync_dir().map_err(LogError::io(|| "sync directory after compaction"))?;
         inner.segments[slot] = segment;
         Ok(true)
     }
@@ -1083,13 +1083,13 @@ struct Candidate {
 /// segment: they hold no data, and the names still prove the segments
 /// follow one another.
 fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
-    let names = dir.list().map_err(LogError::io("list partition directory"))?;
+    let names = dir.list().map_err(LogError::io(|| "list partition directory"))?;
     let mut data_files = Vec::new();
     let mut index_files = std::collections::HashSet::new();
     for name in &names {
         if TEMP_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
             tracing::info!(file = %name, "removing leftover of an interrupted operation");
-            dir.remove(name).map_err(LogError::io(format!("remove leftover {name}")))?;
+            dir.remove(name).map_err(LogError::io(|| format!("remove leftover {name}")))?;
         } else if let Some((base_index, base_offset)) = parse_data_file_name(name) {
             data_files.push((base_index, base_offset, name.clone()));
         } else if name.ends_with(".index") {
@@ -1100,7 +1100,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     for index_name in &index_files {
         let data_name = format!("{}.log", index_name.trim_end_matches(".index"));
         if !data_files.iter().any(|(_, _, n)| *n == data_name) {
-            dir.remove(index_name).map_err(LogError::io(format!("remove orphan index {index_name}")))?;
+            dir.remove(index_name).map_err(LogError::io(|| format!("remove orphan index {index_name}")))?;
         }
     }
     // Finish an interrupted purge or reset: a segment followed by one that
@@ -1114,7 +1114,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 data_files.into_iter().partition(|(index, _, name)| *index == purged.index.next() && *name != wanted);
             for (_, _, name) in stale {
                 tracing::info!(segment = %name, "removing a segment left by an earlier reset");
-                dir.remove(&name).map_err(LogError::io(format!("remove stale segment {name}")))?;
+                dir.remove(&name).map_err(LogError::io(|| format!("remove stale segment {name}")))?;
                 let _ = dir.remove(&index_file_name(&name));
             }
             data_files = keep;
@@ -1122,7 +1122,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         while data_files.len() > 1 && data_files[1].0 <= purged.index.next() {
             let (_, _, name) = data_files.remove(0);
             tracing::info!(segment = %name, "removing a purged segment");
-            dir.remove(&name).map_err(LogError::io(format!("remove purged segment {name}")))?;
+            dir.remove(&name).map_err(LogError::io(|| format!("remove purged segment {name}")))?;
             let _ = dir.remove(&index_file_name(&name));
         }
     }
@@ -1146,8 +1146,8 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         // Only the last segment is appended to; the others are read (and
         // mapped) only.
         let file = if is_last { dir.open_segment(&name) } else { dir.open(&name) }
-            .map_err(LogError::io(format!("open segment {name}")))?;
-        let file_len = file.len().map_err(LogError::io(format!("stat segment {name}")))?;
+            .map_err(LogError::io(|| format!("open segment {name}")))?;
+        let file_len = file.len().map_err(LogError::io(|| format!("stat segment {name}")))?;
         let index_name = index_file_name(&name);
         let has_index = index_files.contains(&index_name);
         if !is_last {
@@ -1159,7 +1159,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
             }
         } else if has_index {
             // The active segment keeps its index in memory.
-            dir.remove(&index_name).map_err(LogError::io(format!("remove index {index_name}")))?;
+            dir.remove(&index_name).map_err(LogError::io(|| format!("remove index {index_name}")))?;
         }
         let result = scan(file.as_ref(), file_len, base_offset)?;
         match &result.stop {
@@ -1170,13 +1170,13 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
                 // this is normally the last one): no data, nothing to
                 // report.
                 tracing::debug!(segment = %name, position, "cutting preallocated space");
-                file.set_len(*position).map_err(LogError::io(format!("cut preallocated space of {name}")))?;
-                file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
+                file.set_len(*position).map_err(LogError::io(|| format!("cut preallocated space of {name}")))?;
+                file.sync_data().map_err(LogError::io(|| format!("sync {name}")))?;
             }
             ScanStop::Torn { position, reason } if is_last => {
                 tracing::warn!(segment = %name, position, %reason, "cutting a torn tail left by a crash");
-                file.set_len(*position).map_err(LogError::io(format!("truncate torn tail of {name}")))?;
-                file.sync_data().map_err(LogError::io(format!("sync {name}")))?;
+                file.set_len(*position).map_err(LogError::io(|| format!("truncate torn tail of {name}")))?;
+                file.sync_data().map_err(LogError::io(|| format!("sync {name}")))?;
             }
             ScanStop::Torn { position, reason } | ScanStop::Corrupt { position, reason } => {
                 return Err(LogError::Corrupt { file: name.into(), position: *position, reason: reason.clone() });
@@ -1185,7 +1185,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         let mut segment = Segment::from_scan(name, base_index, base_offset, file, result);
         if !is_last {
             if let Some(index_file) = segment.seal(dir)? {
-                index_file.sync_data().map_err(LogError::io("sync rebuilt index"))?;
+                index_file.sync_data().map_err(LogError::io(|| "sync rebuilt index"))?;
             }
         }
         segments.push(segment);
@@ -1211,7 +1211,7 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
         if lone_purged {
             let old = segments.remove(0);
             tracing::info!(segment = %old.name, "finishing an interrupted reset");
-            dir.remove(&old.name).map_err(LogError::io(format!("remove purged segment {}", old.name)))?;
+            dir.remove(&old.name).map_err(LogError::io(|| format!("remove purged segment {}", old.name)))?;
             let _ = dir.remove(&index_file_name(&old.name));
             segments.push(Segment::new_active(dir, purged.index.next(), next_offset)?);
         }
@@ -1223,9 +1223,9 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     // which a scan reads as if it were on disk. Sync everything once, so
     // that what the reopened log reports durable is.
     for segment in &segments {
-        segment.file.sync_data().map_err(LogError::io(format!("sync segment {} on open", segment.name)))?;
+        segment.file.sync_data().map_err(LogError::io(|| format!("sync segment {} on open", segment.name)))?;
     }
-    dir.sync_dir().map_err(LogError::io("sync partition directory on open"))?;
+    dir.sync_dir().map_err(LogError::io(|| "sync partition directory on open"))?;
     Ok(segments)
 }
 

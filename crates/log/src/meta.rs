@@ -98,20 +98,20 @@ impl Meta {
 
     /// Reads the metadata file; a missing file is an empty `Meta`.
     pub(crate) fn load(dir: &dyn Dir) -> Result<Meta> {
-        let names = dir.list().map_err(LogError::io("list partition directory"))?;
+        let names = dir.list().map_err(LogError::io(|| "list partition directory"))?;
         if names.iter().any(|n| n == META_TMP_FILE) {
-            dir.remove(META_TMP_FILE).map_err(LogError::io("remove leftover meta.tmp"))?;
+            dir.remove(META_TMP_FILE).map_err(LogError::io(|| "remove leftover meta.tmp"))?;
         }
         if !names.iter().any(|n| n == META_FILE) {
             return Ok(Meta::default());
         }
-        let file = dir.open(META_FILE).map_err(LogError::io("open meta"))?;
-        let len = file.len().map_err(LogError::io("stat meta"))?;
+        let file = dir.open(META_FILE).map_err(LogError::io(|| "open meta"))?;
+        let len = file.len().map_err(LogError::io(|| "stat meta"))?;
         if len as usize > FIXED_BYTES + VOTE_BYTES_MAX {
             return Err(corrupt(format!("{len} bytes is too long")));
         }
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, 0).map_err(LogError::io("read meta"))?;
+        file.read_exact_at(&mut buf, 0).map_err(LogError::io(|| "read meta"))?;
         Meta::decode(&buf).map_err(corrupt)
     }
 
@@ -119,11 +119,11 @@ impl Meta {
     pub(crate) fn store(&self, dir: &dyn Dir) -> Result<()> {
         let bytes = self.encode()?;
         let _ = dir.remove(META_TMP_FILE);
-        let tmp = dir.create(META_TMP_FILE).map_err(LogError::io("create meta.tmp"))?;
-        tmp.write_all_at(&bytes, 0).map_err(LogError::io("write meta.tmp"))?;
-        tmp.sync_data().map_err(LogError::io("sync meta.tmp"))?;
-        dir.rename(META_TMP_FILE, META_FILE).map_err(LogError::io("rename meta.tmp to meta"))?;
-        dir.sync_dir().map_err(LogError::io("sync partition directory after meta rename"))
+        let tmp = dir.create(META_TMP_FILE).map_err(LogError::io(|| "create meta.tmp"))?;
+        tmp.write_all_at(&bytes, 0).map_err(LogError::io(|| "write meta.tmp"))?;
+        tmp.sync_data().map_err(LogError::io(|| "sync meta.tmp"))?;
+        dir.rename(META_TMP_FILE, META_FILE).map_err(LogError::io(|| "rename meta.tmp to meta"))?;
+        dir.sync_dir().map_err(LogError::io(|| "sync partition directory after meta rename"))
     }
 }
 

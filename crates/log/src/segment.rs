@@ -160,7 +160,7 @@ impl TailCache {
 impl Segment {
     pub fn new_active(dir: &dyn Dir, base_index: RaftIndex, base_offset: Offset) -> Result<Segment> {
         let name = data_file_name(base_index, base_offset);
-        let file = dir.create_segment(&name).map_err(LogError::io(format!("create segment {name}")))?;
+        let file = dir.create_segment(&name).map_err(LogError::io(|| format!("create segment {name}")))?;
         Ok(Segment {
             base_index,
             base_offset,
@@ -226,7 +226,7 @@ impl Segment {
         debug_assert!(!self.is_sealed());
         self.file
             .write_pieces_at(pieces, self.data_len)
-            .map_err(LogError::io(format!("write to segment {}", self.name)))?;
+            .map_err(LogError::io(|| format!("write to segment {}", self.name)))?;
         let at = self.data_len + pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         let Entries::Active(entries) = &mut self.entries else {
             unreachable!("append to a sealed segment");
@@ -295,7 +295,7 @@ impl Segment {
     /// data's). The caller syncs the file.
     pub fn cut_headroom(&mut self) -> Result<()> {
         if self.file_len > self.data_len {
-            self.file.set_len(self.data_len).map_err(LogError::io(format!("cut segment {}", self.name)))?;
+            self.file.set_len(self.data_len).map_err(LogError::io(|| format!("cut segment {}", self.name)))?;
             self.file_len = self.data_len;
         }
         Ok(())
@@ -317,9 +317,9 @@ impl Segment {
         let index_name = index_file_name(&self.name);
         let bytes = encode_index_file(self.base_index, self.data_len, &self.entries);
         let _ = dir.remove(&index_name);
-        let file = dir.create(&index_name).map_err(LogError::io(format!("create index {index_name}")))?;
-        file.write_all_at(&bytes, 0).map_err(LogError::io(format!("write index {index_name}")))?;
-        let map = file.map(bytes.len() as u64).map_err(LogError::io(format!("map index {index_name}")))?;
+        let file = dir.create(&index_name).map_err(LogError::io(|| format!("create index {index_name}")))?;
+        file.write_all_at(&bytes, 0).map_err(LogError::io(|| format!("write index {index_name}")))?;
+        let map = file.map(bytes.len() as u64).map_err(LogError::io(|| format!("map index {index_name}")))?;
         self.entries = Entries::Sealed { map, n: self.entries.len() };
         // The tail cache stays for the log to release (`Log::roll`): entries
         // not applied yet are read from it rather than through the map, whose
@@ -345,9 +345,9 @@ impl Segment {
             return Ok(None);
         }
         let index_name = index_file_name(&name);
-        let index_file = dir.open(&index_name).map_err(LogError::io(format!("open index {index_name}")))?;
-        let index_len = index_file.len().map_err(LogError::io(format!("stat index {index_name}")))?;
-        let map = index_file.map(index_len).map_err(LogError::io(format!("map index {index_name}")))?;
+        let index_file = dir.open(&index_name).map_err(LogError::io(|| format!("open index {index_name}")))?;
+        let index_len = index_file.len().map_err(LogError::io(|| format!("stat index {index_name}")))?;
+        let map = index_file.map(index_len).map_err(LogError::io(|| format!("map index {index_name}")))?;
         let entries = match decode_index_file(map, base_index, data_len) {
             Ok(entries) => entries,
             Err(reason) => {
@@ -365,7 +365,7 @@ impl Segment {
         if data_len - last.position < BATCH_HEADER_BYTES as u64 {
             return Ok(None);
         }
-        file.read_exact_at(&mut header, last.position).map_err(LogError::io(format!("read segment {name}")))?;
+        file.read_exact_at(&mut header, last.position).map_err(LogError::io(|| format!("read segment {name}")))?;
         let Ok(parsed) = BatchHeader::parse(&header) else { return Ok(None) };
         if parsed.total_len() as u64 != data_len - last.position || parsed.base_offset as u64 != last.base_offset.0 {
             return Ok(None);
@@ -430,7 +430,7 @@ impl Segment {
             return Ok(map.slice(start as usize..end as usize));
         }
         let mut buf = BytesMut::zeroed((end - start) as usize);
-        self.file.read_exact_at(&mut buf, start).map_err(LogError::io(format!("read segment {}", self.name)))?;
+        self.file.read_exact_at(&mut buf, start).map_err(LogError::io(|| format!("read segment {}", self.name)))?;
         Ok(buf.freeze())
     }
 
@@ -460,7 +460,7 @@ impl Segment {
         if let Some(map) = self.map.get() {
             return Ok(map.clone());
         }
-        let map = self.file.map(self.data_len).map_err(LogError::io(format!("map segment {}", self.name)))?;
+        let map = self.file.map(self.data_len).map_err(LogError::io(|| format!("map segment {}", self.name)))?;
         Ok(self.map.get_or_init(|| map).clone())
     }
 
@@ -614,7 +614,7 @@ fn zeroes_from(file: &dyn File, file_len: u64, mut position: u64) -> Result<bool
     let mut buf = vec![0u8; SCAN_CHUNK_BYTES.min((file_len - position) as usize)];
     while position < file_len {
         let n = buf.len().min((file_len - position) as usize);
-        file.read_exact_at(&mut buf[..n], position).map_err(LogError::io("read segment while scanning"))?;
+        file.read_exact_at(&mut buf[..n], position).map_err(LogError::io(|| "read segment while scanning"))?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -628,13 +628,13 @@ fn batch_at_is_valid(file: &dyn File, file_len: u64, position: u64) -> Result<bo
     if file_len - position < 12 {
         return Ok(false);
     }
-    file.read_exact_at(&mut header, position).map_err(LogError::io("read segment while scanning"))?;
+    file.read_exact_at(&mut header, position).map_err(LogError::io(|| "read segment while scanning"))?;
     let Ok(total) = strata_batch::batch_total_len(&header) else { return Ok(false) };
     if file_len - position < total as u64 {
         return Ok(false);
     }
     let mut batch = vec![0u8; total];
-    file.read_exact_at(&mut batch, position).map_err(LogError::io("read segment while scanning"))?;
+    file.read_exact_at(&mut batch, position).map_err(LogError::io(|| "read segment while scanning"))?;
     Ok(strata_batch::validate(&batch).is_ok())
 }
 
@@ -657,7 +657,7 @@ fn ensure(
     }
     let read_len = (len.max(SCAN_CHUNK_BYTES) as u64).min(file_len - position) as usize;
     buf.resize(read_len, 0);
-    file.read_exact_at(buf, position).map_err(LogError::io("read segment while scanning"))?;
+    file.read_exact_at(buf, position).map_err(LogError::io(|| "read segment while scanning"))?;
     *buf_start = position;
     Ok(true)
 }
