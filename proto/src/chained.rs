@@ -6,12 +6,14 @@
 //! follower), is copied once more before the kernel copies it again into the
 //! socket. The calls here encode a message as a list of buffers instead:
 //! the gRPC frame header and the protobuf fields around each batch are
-//! written into a small buffer, and every `bytes` field of at least
-//! [`CHAIN_MIN_BYTES`] goes as the batch's own [`Bytes`], shared rather than
+//! written into a small buffer, and every `bytes` field of at least a
+//! threshold goes as the batch's own [`Bytes`], shared rather than
 //! copied. HTTP/2 (h2) sends a DATA frame of that size straight from the
-//! buffer it was given, with a vectored write. Smaller fields are copied,
-//! as tonic does: below that size a copy costs less than the extra frame
-//! and system call.
+//! buffer it was given, with a vectored write of its own. Smaller fields
+//! are copied, as tonic does, and the messages around them share frames
+//! and writes. The threshold differs by direction: answers (a fetch's log
+//! slices) share from [`ANSWER_CHAIN_MIN_BYTES`], requests (a producer's
+//! batches, a leader's appends) from [`REQUEST_CHAIN_MIN_BYTES`].
 //!
 //! On the receiving side, [`Messages`] decodes messages from the HTTP/2
 //! frames as they arrived, so a batch that came in one frame is a slice of
@@ -41,29 +43,49 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::transport::Channel;
 use tonic_prost::ProstDecoder;
 
-/// A `bytes` field at least this long is sent as its own buffer; a shorter
-/// one is copied beside the fields around it.
-pub const CHAIN_MIN_BYTES: usize = 16 * 1024;
+/// In an answer, a `bytes` field at least this long is sent as its own
+/// buffer; a shorter one is copied beside the fields around it. A fetch
+/// answer's batches are slices of the log's mapped segments, which reads
+/// hand to the socket without copying them in user space
+/// (`../shared/DESIGN.md`); copying them below 64 KiB as well was not
+/// measurably faster (docs/benchmarks.md, session 27).
+pub const ANSWER_CHAIN_MIN_BYTES: usize = 16 * 1024;
+
+/// In a request, a `bytes` field at least this long is sent as its own
+/// buffer. Requests carry batches as producers made them, often a little
+/// over 16 KiB (Kafka's default `batch.size`), and a peer's stream carries
+/// appends of many groups: each shared batch costs a frame and a `writev`
+/// of its own, on both the client and the leader, where copied ones share
+/// them. Copying below 64 KiB took 16% more RF=3 throughput with 16 KiB
+/// batches, with 2.6× fewer `writev`s on the brokers (session 27).
+pub const REQUEST_CHAIN_MIN_BYTES: usize = 64 * 1024;
 
 /// Messages ready at once are encoded together until they reach this many
-/// bytes, so that a burst of small messages goes out in few frames (tonic
-/// yields at 32 KiB too).
-const YIELD_BYTES: usize = 32 * 1024;
+/// bytes, so that a burst of messages goes out in few frames and writes.
+const YIELD_BYTES: usize = 128 * 1024;
 
 /// gRPC's frame header: a compression flag and the message's length.
 const FRAME_HEADER_BYTES: usize = 5;
 
 /// Encoded messages as a queue of buffers ready to send, and the buffer
 /// being written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chunks {
     ready: VecDeque<Bytes>,
     open: BytesMut,
     /// Bytes in `ready` and `open` together.
     len: usize,
+    /// A `bytes` field at least this long is shared, not copied.
+    chain_min: usize,
 }
 
 impl Chunks {
+    /// No messages yet; `bytes` fields of at least `chain_min` bytes will
+    /// be shared rather than copied.
+    pub fn new(chain_min: usize) -> Chunks {
+        Chunks { ready: VecDeque::new(), open: BytesMut::new(), len: 0, chain_min }
+    }
+
     /// Appends `message` as one gRPC frame; fails, appending nothing, when
     /// it is longer than `max_bytes`.
     pub fn push_message<M: Message>(&mut self, message: &M, max_bytes: usize) -> Result<(), Status> {
@@ -76,7 +98,7 @@ impl Chunks {
         let Ok(frame_len) = u32::try_from(len) else {
             return Err(Status::out_of_range(format!("a message of {len} bytes is too long for a gRPC frame")));
         };
-        self.open.reserve(FRAME_HEADER_BYTES + len.min(CHAIN_MIN_BYTES));
+        self.open.reserve(FRAME_HEADER_BYTES + len.min(self.chain_min));
         self.put_u8(0);
         self.put_u32(frame_len);
         message.encode_raw(self);
@@ -141,7 +163,7 @@ unsafe impl BufMut for Chunks {
         Self: Sized,
     {
         let len = src.remaining();
-        if len >= CHAIN_MIN_BYTES {
+        if len >= self.chain_min {
             self.seal();
             self.ready.push_back(src.copy_to_bytes(len));
         } else {
@@ -168,8 +190,8 @@ struct MessageBody<S> {
 }
 
 impl<S> MessageBody<S> {
-    fn new(source: S, max_message_bytes: usize, trailers: Option<HeaderMap>) -> MessageBody<S> {
-        MessageBody { source, chunks: Chunks::default(), max_message_bytes, source_ended: false, trailers }
+    fn new(source: S, max_message_bytes: usize, trailers: Option<HeaderMap>, chain_min: usize) -> MessageBody<S> {
+        MessageBody { source, chunks: Chunks::new(chain_min), max_message_bytes, source_ended: false, trailers }
     }
 }
 
@@ -263,7 +285,7 @@ where
     S: Stream<Item = M> + Unpin + Send + 'static,
     M: Message + 'static,
 {
-    let body = MessageBody::new(source, max_message_bytes, None);
+    let body = MessageBody::new(source, max_message_bytes, None, REQUEST_CHAIN_MIN_BYTES);
     let mut request = http::Request::new(tonic::body::Body::new(body));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::from_static(path);
@@ -324,7 +346,7 @@ where
 {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(tonic::Code::Ok as i32));
-    let body = MessageBody::new(source, max_message_bytes, Some(trailers));
+    let body = MessageBody::new(source, max_message_bytes, Some(trailers), ANSWER_CHAIN_MIN_BYTES);
     let mut response = http::Response::new(tonic::body::Body::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
@@ -332,7 +354,7 @@ where
 
 /// The messages of a request or answer body, decoded as they arrive. A
 /// `bytes` field that arrived within one HTTP/2 DATA frame (as those sent
-/// by [`call`] and [`answer`] do, when at least [`CHAIN_MIN_BYTES`] long)
+/// by [`call`], [`unary`] and [`answer`] do, when long enough to be shared)
 /// shares that frame's buffer instead of being copied; tonic's own decoder
 /// copies every frame into a buffer of its own first.
 pub struct Messages<B, R> {
@@ -554,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_produce_request_is_the_same_bytes_and_its_large_batches_are_not_copied() {
-        let large = Bytes::from(vec![7u8; CHAIN_MIN_BYTES]);
+        let large = Bytes::from(vec![7u8; REQUEST_CHAIN_MIN_BYTES]);
         let small = Bytes::from(vec![9u8; 100]);
         let request = ProduceRequest {
             acks: 1,
@@ -565,7 +587,7 @@ mod tests {
                 PartitionRecords { topic: "payments".into(), partition: 0, batch: large.slice(1..) },
             ],
         };
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(REQUEST_CHAIN_MIN_BYTES);
         chunks.push_message(&request, usize::MAX).expect("under the limit");
         assert_eq!(chunks.len(), framed(&request).len());
         let (all, parts) = concat(&mut chunks);
@@ -580,7 +602,7 @@ mod tests {
 
     #[test]
     fn appends_for_a_follower_share_their_entries_and_several_messages_follow_each_other() {
-        let entries: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 40_000])).collect();
+        let entries: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; REQUEST_CHAIN_MIN_BYTES + 100])).collect();
         let append = RaftRequest {
             id: 17,
             group: 4,
@@ -596,7 +618,7 @@ mod tests {
             })),
         };
         let heartbeat = RaftRequest { id: 18, group: 4, body: None };
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(REQUEST_CHAIN_MIN_BYTES);
         chunks.push_message(&append, usize::MAX).expect("under the limit");
         chunks.push_message(&heartbeat, usize::MAX).expect("under the limit");
         let (all, parts) = concat(&mut chunks);
@@ -606,6 +628,26 @@ mod tests {
         for entry in &entries {
             assert!(parts.iter().any(|p| p.as_ptr() == entry.as_ptr()), "an entry was copied");
         }
+    }
+
+    #[test]
+    fn under_the_request_threshold_appends_share_one_buffer_and_an_answer_still_shares_its_batches() {
+        // Four appends of Kafka's default 16 KiB batches, as a leader
+        // sends them to a follower at once: copied into one buffer, which
+        // goes as one frame and one write.
+        let batch = Bytes::from(vec![3u8; 16 * 1024 + 200]);
+        let mut chunks = Chunks::new(REQUEST_CHAIN_MIN_BYTES);
+        for id in 0..4 {
+            chunks.push_message(&append(id, std::slice::from_ref(&batch)), usize::MAX).expect("under the limit");
+        }
+        chunks.seal();
+        let (_, parts) = concat(&mut chunks);
+        assert_eq!(parts.len(), 1, "{} buffers", parts.len());
+        // The same batch in an answer (a fetch's log slice) is shared.
+        let mut chunks = Chunks::new(ANSWER_CHAIN_MIN_BYTES);
+        chunks.push_message(&append(9, std::slice::from_ref(&batch)), usize::MAX).expect("under the limit");
+        let (_, parts) = concat(&mut chunks);
+        assert!(parts.iter().any(|p| p.as_ptr() == batch.as_ptr()), "the answer's batch was copied");
     }
 
     /// Polls `body` to its end: each frame's bytes (None for trailers) and
@@ -627,13 +669,14 @@ mod tests {
 
     #[test]
     fn a_request_marks_its_last_data_frame_as_the_end_and_an_answer_ends_with_its_trailers() {
-        let large = Bytes::from(vec![7u8; CHAIN_MIN_BYTES]);
+        let large = Bytes::from(vec![7u8; REQUEST_CHAIN_MIN_BYTES]);
         let request = ProduceRequest {
             acks: 1,
             timeout_ms: 3000,
             partitions: vec![PartitionRecords { topic: "orders".into(), partition: 3, batch: large.clone() }],
         };
-        let body = MessageBody::new(futures::stream::iter(Some(request.clone())), usize::MAX, None);
+        let body =
+            MessageBody::new(futures::stream::iter(Some(request.clone())), usize::MAX, None, REQUEST_CHAIN_MIN_BYTES);
         assert!(!http_body::Body::is_end_stream(&body), "nothing was sent yet");
         let frames = frames_and_ends(body);
         // Several buffers (the batch goes as one of its own): only the last
@@ -691,7 +734,7 @@ mod tests {
     fn received_messages_decode_and_entries_in_one_frame_share_it() {
         let entries: Vec<Bytes> = (0..2u8).map(|i| Bytes::from(vec![i; 20_000])).collect();
         let sent = [append(1, &entries), append(2, &[Bytes::from_static(b"small")]), append(3, &entries)];
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(ANSWER_CHAIN_MIN_BYTES);
         for message in &sent {
             chunks.push_message(message, usize::MAX).expect("under the limit");
         }
@@ -700,7 +743,7 @@ mod tests {
         while let Some(chunk) = chunks.pop() {
             // Cut the small frames at every byte, so that headers and
             // fields arrive in pieces; the large ones arrive whole.
-            if chunk.len() < CHAIN_MIN_BYTES {
+            if chunk.len() < ANSWER_CHAIN_MIN_BYTES {
                 frames.extend((0..chunk.len()).map(|i| chunk.slice(i..i + 1)));
             } else {
                 frames.push(chunk);
@@ -736,7 +779,7 @@ mod tests {
 
     #[test]
     fn a_stream_cut_inside_a_message_or_over_the_limit_is_an_error() {
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(REQUEST_CHAIN_MIN_BYTES);
         chunks.push_message(&append(1, &[Bytes::from(vec![5u8; 100])]), usize::MAX).expect("under the limit");
         chunks.seal();
         let whole = chunks.pop().expect("one chunk");
@@ -762,7 +805,7 @@ mod tests {
             timeout_ms: 1,
             partitions: vec![PartitionRecords { topic: "t".into(), partition: 0, batch: Bytes::from(vec![1u8; 64]) }],
         };
-        let mut chunks = Chunks::default();
+        let mut chunks = Chunks::new(REQUEST_CHAIN_MIN_BYTES);
         let refused = chunks.push_message(&request, 32).expect_err("over the limit");
         assert_eq!(refused.code(), tonic::Code::OutOfRange);
         assert!(chunks.is_empty());
