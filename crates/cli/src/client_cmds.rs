@@ -426,14 +426,20 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     producer.close().await;
     let (ok, failed) = waiter.await.context("delivery task")?;
     eprintln!(
-        "{ok} records written to {}{}",
+        "{ok} {} written to {}{}",
+        plural(ok, "record"),
         args.topic,
         if failed > 0 { format!(", {failed} failed") } else { String::new() }
     );
     if failed > 0 {
-        bail!("{failed} records were not written");
+        bail!("{failed} {} not written", if failed == 1 { "record was" } else { "records were" });
     }
     Ok(())
+}
+
+/// "1 record", "2 records": the count's noun in the number it takes.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 { noun.to_string() } else { format!("{noun}s") }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
