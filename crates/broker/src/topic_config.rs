@@ -118,6 +118,29 @@ impl TopicSettings {
     }
 }
 
+/// What a produce request needs of a topic's settings: the two that
+/// [`TopicSettings::resolve`] would give, read without its other lookups
+/// and allocations (a produce request runs this once per batch).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProduceSettings<'a> {
+    /// `max.message.bytes`: the largest batch the topic takes.
+    pub max_message_bytes: u64,
+    /// `compression.type` as set ("" when neither the topic nor the
+    /// defaults set it).
+    pub compression_type: &'a str,
+}
+
+impl<'a> ProduceSettings<'a> {
+    /// The settings of a topic with configs `configs` under `defaults`.
+    pub fn resolve(defaults: &'a BTreeMap<String, String>, configs: &'a BTreeMap<String, String>) -> Self {
+        let parsed = |map: &BTreeMap<String, String>| map.get("max.message.bytes").and_then(|v| v.parse::<i64>().ok());
+        let max = parsed(configs).or_else(|| parsed(defaults)).unwrap_or(-1);
+        let compression_type =
+            configs.get("compression.type").or_else(|| defaults.get("compression.type")).map_or("", String::as_str);
+        ProduceSettings { max_message_bytes: if max >= 0 { max as u64 } else { 1 << 20 }, compression_type }
+    }
+}
+
 /// Checks a topic name as Kafka does: 1–249 of `[a-zA-Z0-9._-]`, not `.`
 /// or `..`.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -148,5 +171,33 @@ mod tests {
         assert!(validate(&unknown).expect_err("unknown").to_string().contains("unknown key"));
         assert!(validate_name("orders.v1_x-2").is_ok());
         assert!(validate_name("bad name").is_err() && validate_name("..").is_err() && validate_name("").is_err());
+    }
+
+    #[test]
+    fn produce_settings_agree_with_the_full_resolution() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let defaults = [
+            map(&[]),
+            map(&[("max.message.bytes", "2097152"), ("compression.type", "lz4")]),
+            map(&[("max.message.bytes", "junk")]),
+        ];
+        let configs = [
+            map(&[]),
+            map(&[("max.message.bytes", "1000"), ("compression.type", "uncompressed")]),
+            map(&[("max.message.bytes", "-1")]),
+            map(&[("max.message.bytes", "x"), ("compression.type", "producer")]),
+        ];
+        for d in &defaults {
+            for c in &configs {
+                let full = TopicSettings::resolve(d, c);
+                let quick = ProduceSettings::resolve(d, c);
+                assert_eq!(quick.max_message_bytes, full.max_message_bytes, "{d:?} {c:?}");
+                assert_eq!(quick.compression_type, full.compression_type, "{d:?} {c:?}");
+            }
+        }
+        let quick = ProduceSettings::resolve(&defaults[1], &configs[1]);
+        assert_eq!(quick, ProduceSettings { max_message_bytes: 1000, compression_type: "uncompressed" });
     }
 }
