@@ -110,6 +110,14 @@ class Cluster:
                    "--set", "raft.election_timeout_max=10s"]
             self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log)
         self.boot = ["--bootstrap-server", f"127.0.0.1:{self.port(1, 0)}"]
+        try:
+            self.setup()
+        except BaseException:
+            self.stop()  # no server left running under valgrind
+            raise
+
+    def setup(self):
+        nodes = self.nodes
         deadline = time.time() + 120
         while run([STRATA, "cluster", *self.boot]).returncode != 0:
             if time.time() > deadline or any(p.poll() is not None for p in self.procs.values()):
@@ -122,13 +130,15 @@ class Cluster:
         self.leader = None
         deadline = time.time() + 60
         while self.leader is None:
-            m = re.search(r"Leader: (\d+)", run([STRATA, "topic", "describe", TOPIC, *self.boot]).stdout)
-            if m and m.group(1) != "-1":
-                self.leader = int(m.group(1))
-            elif time.time() > deadline:
-                raise SystemExit("the cost topic has no leader after 60 s")
-            else:
+            self.leader = self.current_leader()
+            if self.leader is None:
+                if time.time() > deadline:
+                    raise SystemExit("the cost topic has no leader after 60 s")
                 time.sleep(1)
+
+    def current_leader(self):
+        m = re.search(r"Leader: (\d+)", run([STRATA, "topic", "describe", TOPIC, *self.boot]).stdout)
+        return int(m.group(1)) if m and m.group(1) != "-1" else None
 
     @staticmethod
     def port(node, kind):
@@ -221,6 +231,9 @@ def figure(cluster, label, work):
     requests0 = cluster.produce_requests()
     seconds, dumps, result = cluster.counted(label, work)
     requests = cluster.produce_requests() - requests0
+    if cluster.current_leader() != cluster.leader:
+        # The counts would be split between two leaders' dumps.
+        raise SystemExit(f"{label}: the leader moved during the figure (a Raft election); run it again")
     return seconds, dumps, requests, result
 
 

@@ -29,3 +29,4 @@ pub use config::{ConfigBuilder, ConfigError, ServerConfig};
 pub use error::{ApiError, Code};
 pub use http::readiness;
 pub use server::{Listeners, Server, ServerError, wait_for_signal};
+pub use service::PARTITION_SPAN_TARGET;

@@ -31,6 +31,14 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::topic_config;
 
+/// The target of the `partition{topic, partition}` span made for each
+/// partition of a produce or a fetch. `strata server` makes these spans
+/// only at debug level or when it exports spans over OTLP. The log layer
+/// formats a span's fields when the span is made: some 5,000 instructions
+/// for every partition of every request, 3% of a one-record produce
+/// (`bench/run cost`), for log lines the hot paths hardly ever write.
+pub const PARTITION_SPAN_TARGET: &str = "strata::partition";
+
 /// The broker's request handling, shared by every connection.
 pub struct Broker {
     cluster: Arc<ClusterNode>,
@@ -147,10 +155,8 @@ impl Broker {
         }
         let waits = submitted.into_iter().map(|(topic, partition, outcome)| {
             let metadata = &metadata;
-            // At debug level: a span at the default level costs a request
-            // some 5,000 instructions (the log layer formats its fields when
-            // it is made), 3% of a one-record request (`bench/run cost`).
-            let span = tracing::debug_span!("partition", topic = %topic, partition);
+            // Under its own target: see `PARTITION_SPAN_TARGET`.
+            let span = tracing::info_span!(target: PARTITION_SPAN_TARGET, "partition", topic = %topic, partition);
             tracing::Instrument::instrument(
                 async move {
                     let what = || format!("{topic}/{partition}");
@@ -281,10 +287,11 @@ impl Broker {
             let mut total = 0usize;
             let mut failed = false;
             for p in &request.partitions {
-                // Log lines about this partition's read carry its name when
-                // the log level is debug (a span at the default level costs
-                // a fetch some 5,000 instructions per partition).
-                let _span = tracing::debug_span!("partition", topic = %p.topic, partition = p.partition).entered();
+                // Log lines about this partition's read carry its name (see
+                // `PARTITION_SPAN_TARGET`).
+                let _span =
+                    tracing::info_span!(target: PARTITION_SPAN_TARGET, "partition", topic = %p.topic, partition = p.partition)
+                        .entered();
                 let mut result = pb::PartitionFetchResult {
                     topic: p.topic.clone(),
                     partition: p.partition,
