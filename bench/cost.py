@@ -18,11 +18,15 @@ switches counting off:
   per request, the latency setting's shape;
 - `batch`: 20,000 records of 1 KB, unlimited rate, `batch.size=102400`,
   one request in flight: about 100 records (100 KB) per request;
+- `fetch`: `strata perf consume` reading the first 20,000 records (1 KB)
+  from the beginning, already stored: instructions per fetch request (the
+  leader's `strata_requests_total{rpc="fetch"}`), with `records_per_request`
+  how many records a fetch carried on average;
 - `idle`: 10 s with nothing sent: what the nodes run on their own
   (heartbeats, timers, metrics); the least of the runs' idle windows is
   subtracted from the other figures in proportion to their duration.
 
-Each figure gives instructions per produce request (the leader's
+Each produce figure gives instructions per produce request (the leader's
 `strata_requests_total{rpc="produce"}` counts them) on the leader, on each
 follower, and in all; and the leader's instructions in a few parts of the
 code, inclusive of what they call (so they overlap). Only user space is
@@ -49,12 +53,14 @@ BASE = 19300
 TOPIC = "cost"
 SINGLE_RECORDS = 300 if QUICK else 2000
 BATCH_RECORDS = 4000 if QUICK else 20000
+FETCH_RECORDS = 4000 if QUICK else 20000
 IDLE_SECONDS = 3 if QUICK else 10
 
 # The leader's code, in parts (inclusive Ir; a regex on callgrind_annotate's
 # function names, the largest matching line taken).
 PARTS = [
     ("produce_rpc", r"strata_broker::server::Api as strata_proto::api::strata_server::Strata>::produce::"),
+    ("fetch_rpc", r"strata_broker::server::Api as strata_proto::api::strata_server::Strata>::fetch::"),
     ("raft_core", r"openraft::core::raft_core::RaftCore<C,NF,LS,SM>::runtime_loop::"),
     ("raft_metrics", r"openraft::core::raft_core::RaftCore<C,NF,LS,SM>::flush_metrics"),
     ("log_append", r"strata_log::log::Log::append"),
@@ -152,12 +158,17 @@ class Cluster:
             raise SystemExit(f"strata perf produce failed: {r.stderr[-500:]}")
         return last_json(r.stdout)
 
-    def produce_requests(self):
+    def consume(self, records):
+        r = run([STRATA, "perf", "consume", "--topic", TOPIC, "--messages", str(records), "--json", *self.boot])
+        if r.returncode != 0:
+            raise SystemExit(f"strata perf consume failed: {r.stderr[-500:]}")
+        return last_json(r.stdout)
+
+    def requests(self, rpc):
+        """Requests of kind `rpc` the leader answered so far."""
         text = run(["curl", "-s", f"127.0.0.1:{self.port(self.leader, 2)}/metrics"]).stdout
-        m = re.search(r'^strata_requests_total\{rpc="produce",code="ok"\} (\d+)', text, re.M)
-        if not m:
-            raise SystemExit("no produce request count in the leader's metrics")
-        return int(m.group(1))
+        m = re.search(rf'^strata_requests_total\{{rpc="{rpc}",code="ok"\}} (\d+)', text, re.M)
+        return int(m.group(1)) if m else 0
 
     def control(self, *args):
         for p in self.procs.values():
@@ -227,10 +238,10 @@ def parts(path):
     return out
 
 
-def figure(cluster, label, work):
-    requests0 = cluster.produce_requests()
+def figure(cluster, label, work, rpc="produce"):
+    requests0 = cluster.requests(rpc)
     seconds, dumps, result = cluster.counted(label, work)
-    requests = cluster.produce_requests() - requests0
+    requests = cluster.requests(rpc) - requests0
     if cluster.current_leader() != cluster.leader:
         # The counts would be split between two leaders' dumps.
         raise SystemExit(f"{label}: the leader moved during the figure (a Raft election); run it again")
@@ -266,6 +277,16 @@ def measure(nodes):
                             parts(dumps[cluster.leader])))
                 say(f"{nodes}n {label} run {r + 1}/{RUNS}: {requests} requests, "
                     f"leader {totals[cluster.leader] / requests:,.0f} Ir/request before the idle share")
+            # A consumer reading what is stored from the start (the log's
+            # mapped segments and tail cache; page cache warm).
+            seconds, dumps, requests, perf = figure(
+                cluster, f"fetch{r}", lambda: cluster.consume(FETCH_RECORDS), rpc="fetch")
+            if requests <= 0:
+                raise SystemExit("fetch: the leader counted no fetch request")
+            totals = {i: total(annotate(d, False)) for i, d in dumps.items()}
+            raw.append(("fetch", r, seconds, totals, (requests, FETCH_RECORDS, None), parts(dumps[cluster.leader])))
+            say(f"{nodes}n fetch run {r + 1}/{RUNS}: {requests} fetch requests, "
+                f"leader {totals[cluster.leader] / requests:,.0f} Ir/request before the idle share")
         # What a node runs on its own, per second: the least of the idle
         # windows. Work left over from what came before (the warm-up's last
         # applies and releases, a timer's pass) lands in some windows and
@@ -296,7 +317,7 @@ def main():
     rows = measure(1) + measure(3)
     summary = []
     for nodes in (1, 3):
-        for label in ("single", "batch"):
+        for label in ("single", "batch", "fetch"):
             mine = [r for r in rows if r["nodes"] == nodes and r["figure"] == label]
             s = {"nodes": nodes, "figure": label, "runs": len(mine),
                  "requests": statistics.median(r["requests"] for r in mine),
