@@ -358,6 +358,23 @@ mod tests {
     use crate::Record;
 
     #[test]
+    fn records_are_counted_from_the_headers_up_to_the_first_batch_that_does_not_fit() {
+        let one = sample(Compression::None);
+        let two = sample(Compression::Lz4);
+        let mut both = one.to_vec();
+        both.extend_from_slice(&two);
+        assert_eq!(crate::count_records(&both), 6);
+        // A damaged CRC does not stop the count (nothing is validated)...
+        let mut damaged = both.clone();
+        damaged[crate::CRC_START + 3] ^= 0xff;
+        assert_eq!(crate::count_records(&damaged), 6);
+        // ...a truncated batch ends it, and nothing at all counts nothing.
+        assert_eq!(crate::count_records(&both[..both.len() - 1]), 3);
+        assert_eq!(crate::count_records(&both[..5]), 0);
+        assert_eq!(crate::count_records(&[]), 0);
+    }
+
+    #[test]
     fn finish_encodes_what_build_does() {
         let big = vec![7u8; 300];
         for compression in [Compression::None, Compression::Lz4] {

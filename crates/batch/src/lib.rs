@@ -42,6 +42,22 @@ pub use header::{
 };
 pub use record::{Header, Record, RecordIter, decode_records};
 
+/// How many records the whole batches at the start of `buf` hold, read
+/// from their headers alone: no CRC, no validation (for counting what is
+/// served; whoever decodes the records validates them). The walk stops at
+/// the first length that does not fit.
+pub fn count_records(buf: &[u8]) -> u64 {
+    let mut rest = buf;
+    let mut n = 0u64;
+    while let Ok(total) = batch_total_len(rest) {
+        let Some((one, tail)) = rest.split_at_checked(total) else { break };
+        let Ok(header) = BatchHeader::parse(one) else { break };
+        n += header.record_count.max(0) as u64;
+        rest = tail;
+    }
+    n
+}
+
 /// Splits a buffer that holds whole batches back to back into the batches.
 ///
 /// Each item is either one batch's bytes (validated with [`validate`]) or the

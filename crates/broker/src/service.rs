@@ -261,12 +261,10 @@ impl Broker {
             if p.records.is_empty() {
                 continue;
             }
-            let mut n_records = 0u64;
-            for chunk in &p.records {
-                for (header, _) in strata_batch::split_batches(chunk).flatten() {
-                    n_records += header.record_count.max(0) as u64;
-                }
-            }
+            // From the headers alone: validating here computed the CRC of
+            // every byte served (30% of a 1 MB fetch's instructions,
+            // `bench/run cost`); the consumer validates what it decodes.
+            let n_records: u64 = p.records.iter().map(|chunk| strata_batch::count_records(chunk)).sum();
             let n_bytes = p.records.iter().map(|c| c.len() as u64).sum();
             self.metrics.topic(&p.topic).fetched(n_records, n_bytes);
         }
