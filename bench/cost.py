@@ -47,6 +47,8 @@ import subprocess
 import sys
 import time
 
+from benchutil import last_json, run, say
+
 STRATA, WORK, OUT = sys.argv[1:4]
 RUNS, QUICK = int(sys.argv[4]), sys.argv[5] == "1"
 BASE = 19300
@@ -73,21 +75,6 @@ SELF_PARTS = [
     ("malloc_free", r"malloc\.c:|arena\.c:"),
     ("memcpy", r"memmove-vec-unaligned-erms\.S:"),
 ]
-
-
-def say(*args):
-    print("bench/run:", *args, file=sys.stderr, flush=True)
-
-
-def run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, **kw)
-
-
-def last_json(text):
-    for line in reversed(text.strip().splitlines()):
-        if line.strip().startswith("{"):
-            return json.loads(line)
-    raise SystemExit(f"no JSON line in output: {text[-500:]}")
 
 
 class Cluster:

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from benchutil import last_json, run, say
+
 SCENARIO, STRATA, BENCH, WORK, OUT = sys.argv[1:6]
 RUNS, QUICK = int(sys.argv[6]), sys.argv[7] == "1"
 PARTITIONS = 12
@@ -53,22 +55,6 @@ NATS_SYNC_SERVER = os.environ.get("NATS_SYNC_SERVER") or None
 # batches in flight on each of 12 partitions, what the buffer held capped
 # RF=1 at 1 KB near 850 MB/s.
 STRATA_THROUGHPUT_PROPS = ("acks=all", "batch.size=1048576", "buffer.memory=134217728")
-
-
-def say(*args):
-    print("bench/run:", *args, file=sys.stderr, flush=True)
-
-
-def run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, **kw)
-
-
-def last_json(text):
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise SystemExit(f"no JSON line in output: {text[-500:]}")
 
 
 def settle_disk(path, deleted_by_broker=False):
