@@ -17,7 +17,7 @@
 //! **Architecture Invariant:** this crate is synchronous and depends on no
 //! async runtime, no openraft and no protobuf type. All file access goes
 //! through the [`io`] seam; `unsafe` lives only in `io::mmap`,
-//! `io::fallocate` and `io::arena`.
+//! `io::fallocate`, `io::arena` and `io::pread`.
 mod compact;
 mod config;
 mod error;

@@ -429,9 +429,9 @@ impl Segment {
             self.verify_through(&map, start, end)?;
             return Ok(map.slice(start as usize..end as usize));
         }
-        let mut buf = BytesMut::zeroed((end - start) as usize);
-        self.file.read_exact_at(&mut buf, start).map_err(LogError::io(|| format!("read segment {}", self.name)))?;
-        Ok(buf.freeze())
+        self.file
+            .read_bytes_at(start, (end - start) as usize)
+            .map_err(LogError::io(|| format!("read segment {}", self.name)))
     }
 
     /// Where the tail cache starts: entries from there on are read from

@@ -234,6 +234,43 @@ impl Pending {
         assert_eq!(done, out.len(), "the bytes asked for are held");
     }
 
+    /// The held bytes `[from, end)` (`start <= from`, `end <= self.end()`),
+    /// as slices of the pieces: what a read copies after letting go of the
+    /// lock.
+    fn pieces_between(&self, from: u64, end: u64) -> Vec<Bytes> {
+        let mut skip = (from - self.start) as usize;
+        let mut left = (end - from) as usize;
+        let mut out = Vec::new();
+        for piece in &self.pieces {
+            if left == 0 {
+                break;
+            }
+            if skip >= piece.bytes.len() {
+                skip -= piece.bytes.len();
+                continue;
+            }
+            let take = (piece.bytes.len() - skip).min(left);
+            out.push(piece.bytes.slice(skip..skip + take));
+            skip = 0;
+            left -= take;
+        }
+        assert_eq!(left, 0, "the bytes asked for are held");
+        out
+    }
+
+    /// Where a read of `[position, end)` meets the held bytes: `None` when
+    /// the file has all of it, else the position from which they hold the
+    /// rest. Fails for a read past the end of what is held.
+    fn held_from(&self, position: u64, end: u64) -> io::Result<Option<u64>> {
+        if !self.known || end <= self.written {
+            return Ok(None);
+        }
+        if end > self.end() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"));
+        }
+        Ok(Some(position.max(self.start)))
+    }
+
     /// Forgets the held bytes from `len` on (`start <= len`).
     fn truncate(&mut self, len: u64) {
         let mut keep = len - self.start;
@@ -595,20 +632,34 @@ impl File for DirectFile {
         let end = position + buf.len() as u64;
         let from_file = {
             let pending = self.lock_pending();
-            if pending.known && end > pending.written {
-                if end > pending.end() {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the file"));
+            match pending.held_from(position, end)? {
+                Some(split) => {
+                    let k = (split - position) as usize;
+                    pending.copy_to(split, &mut buf[k..]);
+                    k
                 }
-                // Bytes from `start` on are all in memory.
-                let split = position.max(pending.start);
-                let k = (split - position) as usize;
-                pending.copy_to(split, &mut buf[k..]);
-                k
-            } else {
-                buf.len()
+                None => buf.len(),
             }
         };
         self.cached.read_exact_at(&mut buf[..from_file], position)
+    }
+
+    fn read_bytes_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let end = position + len as u64;
+        let (from_file, held) = {
+            let pending = self.lock_pending();
+            match pending.held_from(position, end)? {
+                Some(split) => ((split - position) as usize, pending.pieces_between(split, end)),
+                None => (len, Vec::new()),
+            }
+        };
+        let mut buf = BytesMut::with_capacity(len);
+        super::pread::read_exact_appending(&self.cached, &mut buf, from_file, position)?;
+        for piece in &held {
+            buf.extend_from_slice(piece);
+        }
+        debug_assert_eq!(buf.len(), len);
+        Ok(buf.freeze())
     }
 
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
@@ -767,6 +818,15 @@ mod tests {
         file
     }
 
+    /// Bytes `[position, position + len)` read both ways, which must agree.
+    fn read_back(file: &DirectFile, position: u64, len: usize) -> Vec<u8> {
+        let mut back = vec![0u8; len];
+        file.read_exact_at(&mut back, position).expect("read");
+        let fresh = file.read_bytes_at(position, len).expect("read into fresh memory");
+        assert_eq!(&fresh[..], &back[..], "both reads give the same bytes");
+        back
+    }
+
     fn on_disk(dir: &Path, name: &str) -> Vec<u8> {
         std::fs::read(dir.join(name)).expect("read back")
     }
@@ -791,19 +851,23 @@ mod tests {
                 expected.extend_from_slice(piece);
             }
             // Not in the file yet, but readable.
-            let mut back = vec![0u8; expected.len() - before / 2];
-            file.read_exact_at(&mut back, (before / 2) as u64).expect("read pending");
+            let back = read_back(&file, (before / 2) as u64, expected.len() - before / 2);
             assert_eq!(&back[..], &expected[before / 2..]);
+            // Partly in the file, partly held, and not to the end.
+            let back = read_back(&file, (before / 3) as u64, expected.len() - before / 2);
+            assert_eq!(&back[..], &expected[before / 3..before / 3 + expected.len() - before / 2]);
             file.sync_data().expect("sync");
             let disk = on_disk(dir.path(), "seg");
             assert_eq!(disk.len() as u64, file.extent_after_write(expected.len() as u64));
             assert_eq!(&disk[..expected.len()], &expected[..]);
             assert!(disk[expected.len()..].iter().all(|&b| b == 0), "padding is zeroes");
         }
-        let mut back = vec![0u8; 6000];
-        file.read_exact_at(&mut back, 1234).expect("read");
+        let back = read_back(&file, 1234, 6000);
         assert_eq!(&back[..], &expected[1234..7234]);
+        let mut back = vec![0u8; 6000];
         assert!(file.read_exact_at(&mut back, expected.len() as u64).is_err(), "a read past the end fails");
+        let err = file.read_bytes_at(expected.len() as u64, 6000).expect_err("a read past the end fails");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::journaled::Journal;
 use super::{Dir, File};
@@ -94,6 +94,11 @@ struct FsFile {
 impl File for FsFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, position)
+    }
+    fn read_bytes_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = BytesMut::with_capacity(len);
+        super::pread::read_exact_appending(&self.file, &mut buf, len, position)?;
+        Ok(buf.freeze())
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         self.file.write_all_at(buf, position)

@@ -1,5 +1,6 @@
-//! Mapping immutable files: with [`super::fallocate`] and
-//! [`super::arena`], one of the three places in `strata-log` with `unsafe`.
+//! Mapping immutable files: with [`super::fallocate`], [`super::arena`]
+//! and [`super::pread`], one of the four places in `strata-log` with
+//! `unsafe`.
 //!
 //! # Safety
 //!

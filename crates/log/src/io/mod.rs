@@ -19,6 +19,7 @@ mod fallocate;
 pub mod fs;
 pub mod journaled;
 mod mmap;
+mod pread;
 pub mod sim;
 
 use std::io;
@@ -31,6 +32,14 @@ use bytes::{Bytes, BytesMut};
 pub trait File: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `position` into a new buffer. A file on
+    /// a real disk reads straight into fresh memory; this default zeroes the
+    /// buffer first, which for a large read costs more than the read.
+    fn read_bytes_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        self.read_exact_at(&mut buf, position)?;
+        Ok(buf.freeze())
+    }
     /// Writes all of `buf` at `position`, growing the file if needed.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
     /// Writes `pieces` one after another from `position` on (an append of
