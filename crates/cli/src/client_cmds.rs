@@ -574,7 +574,7 @@ fn print_records(
             break;
         }
         *n += 1;
-        printed.insert(TopicPartition::new(&record.topic, record.partition), record.offset + 1);
+        printed.insert(TopicPartition::new(&*record.topic, record.partition), record.offset + 1);
         let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
         match args.format {
             Format::Text => {

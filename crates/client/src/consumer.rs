@@ -3,6 +3,7 @@
 //! Consumer groups come later; here the caller assigns partitions.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -136,8 +137,9 @@ type RebalanceCallback = Box<dyn FnMut(&RebalanceEvent) + Send + Sync>;
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic. Shared by the records of one fetch: a copy of the name for
+    /// every record was a third of a consumer's instructions at 100 B.
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
     /// Offset.
@@ -446,7 +448,12 @@ impl Consumer {
                     }
                     continue;
                 }
-                let mut fetched = Fetched { batches: VecDeque::new(), current: None, next_fetch: position };
+                let mut fetched = Fetched {
+                    topic: Arc::from(tp.topic.as_str()),
+                    batches: VecDeque::new(),
+                    current: None,
+                    next_fetch: position,
+                };
                 for chunk in result.records {
                     self.metrics.bytes_consumed += chunk.len() as u64;
                     fetched.push_chunk(&tp, chunk)?;
@@ -826,6 +833,8 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Fetched batches of one partition that `poll` has not handed out yet.
 struct Fetched {
+    /// The partition's topic, for its records.
+    topic: Arc<str>,
     /// Whole batches, still encoded, in offset order.
     batches: VecDeque<Bytes>,
     /// The batch being handed out: its records and where it ends.
@@ -887,7 +896,7 @@ impl Fetched {
                     }
                     *position = record.offset as u64 + 1;
                     out.push(ConsumerRecord {
-                        topic: tp.topic.clone(),
+                        topic: self.topic.clone(),
                         partition: tp.partition,
                         offset: record.offset as u64,
                         timestamp: record.timestamp,

@@ -190,7 +190,7 @@ impl DeadLetters {
         let mut headers: Vec<Header> = record.headers.clone();
         let mut add =
             |key: &str, value: String| headers.push(Header { key: key.into(), value: Some(Bytes::from(value)) });
-        add(HEADER_TOPIC, record.topic.clone());
+        add(HEADER_TOPIC, record.topic.to_string());
         add(HEADER_PARTITION, record.partition.to_string());
         add(HEADER_OFFSET, record.offset.to_string());
         add(HEADER_ERROR, error.to_string());
