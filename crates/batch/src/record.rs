@@ -84,7 +84,9 @@ impl RecordIter {
         if n_headers < 0 || n_headers as usize > length as usize {
             return Err(bad("header count"));
         }
-        let mut headers = Vec::with_capacity(n_headers as usize);
+        // `Vec::new` for none: `with_capacity(0)` is a call, 31 instructions
+        // a record.
+        let mut headers = if n_headers == 0 { Vec::new() } else { Vec::with_capacity(n_headers as usize) };
         for _ in 0..n_headers {
             let key = cursor.nullable_bytes().ok_or(bad("header key"))?.ok_or(bad("null header key"))?;
             let key = String::from_utf8(key.to_vec()).map_err(|_| bad("header key is not UTF-8"))?;
