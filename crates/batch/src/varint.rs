@@ -34,6 +34,11 @@ pub(crate) fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
     if let Some((raw, n)) = short {
         return Some(((raw >> 1) as i64 ^ -((raw & 1) as i64), n));
     }
+    get_varlong_by_loop(buf)
+}
+
+/// [`get_varlong`] for any length: byte by byte, up to ten bytes.
+fn get_varlong_by_loop(buf: &[u8]) -> Option<(i64, usize)> {
     let mut raw: u64 = 0;
     for (i, &byte) in buf.iter().enumerate().take(10) {
         raw |= u64::from(byte & 0x7f) << (7 * i);
@@ -75,6 +80,18 @@ mod tests {
             };
             assert_eq!(out.len(), expected_len, "length of {value}");
             assert_eq!(get_varlong(&out), Some((value, out.len())), "value {value}");
+        }
+    }
+
+    #[test]
+    fn the_short_path_reads_every_two_byte_start_as_the_loop_does() {
+        for b0 in 0..=255u8 {
+            assert_eq!(get_varlong(&[b0]), get_varlong_by_loop(&[b0]), "[{b0}]");
+            for b1 in 0..=255u8 {
+                for buf in [&[b0, b1][..], &[b0, b1, 0x01], &[b0, b1, 0x80]] {
+                    assert_eq!(get_varlong(buf), get_varlong_by_loop(buf), "{buf:?}");
+                }
+            }
         }
     }
 
