@@ -1,4 +1,5 @@
-"""The `cost` scenario of bench/run: instructions per produce request.
+"""The `cost` scenario of bench/run: instructions per produce and fetch
+request, and per record in the clients.
 
 Wall-clock figures on a 2-vCPU virtual machine move by 10-30% from one hour
 to the next, so a change that saves 5% of a request's CPU cannot be seen in
@@ -22,6 +23,13 @@ switches counting off:
   from the beginning, already stored: instructions per fetch request (the
   leader's `strata_requests_total{rpc="fetch"}`), with `records_per_request`
   how many records a fetch carried on average;
+- `client-produce` and `client-consume` (one node only): the clients
+  themselves under callgrind, the server not counted: `strata perf produce`
+  of 200,000 records of 100 B with Kafka's producer defaults (`acks=all`,
+  16 KiB batches, `linger.ms=5`) into a topic of their own, then `strata
+  perf consume` of those records from the beginning. Each is run again
+  for one record, and that run's count (the process's start, its
+  connection and metadata) is subtracted: instructions per record;
 - `idle`: 10 s with nothing sent: what the nodes run on their own
   (heartbeats, timers, metrics); the least of the runs' idle windows is
   subtracted from the other figures in proportion to their duration.
@@ -57,6 +65,8 @@ SINGLE_RECORDS = 300 if QUICK else 2000
 BATCH_RECORDS = 4000 if QUICK else 20000
 FETCH_RECORDS = 4000 if QUICK else 20000
 IDLE_SECONDS = 3 if QUICK else 10
+CLIENT_TOPIC = "cost-client"
+CLIENT_RECORDS = 20000 if QUICK else 200000
 
 # The leader's code, in parts (inclusive Ir; a regex on callgrind_annotate's
 # function names, the largest matching line taken).
@@ -235,6 +245,42 @@ def figure(cluster, label, work, rpc="produce"):
     return seconds, dumps, requests, result
 
 
+def client_count(label, args, records, r):
+    """Instructions of one `strata` client command under callgrind."""
+    out = os.path.join(OUT, f"callgrind-{label}-{records}-{r}.out")
+    res = run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", STRATA, *args])
+    if res.returncode != 0:
+        raise SystemExit(f"{label} under callgrind failed: {res.stderr[-500:]}")
+    return total(annotate(out, False))
+
+
+def measure_clients(cluster):
+    """The clients' own instructions per record (see the module's
+    overview), `RUNS` times."""
+    r = run([STRATA, "topic", "create", CLIENT_TOPIC, "--partitions", "1", "--replication-factor", "1",
+             *cluster.boot])
+    if r.returncode != 0:
+        raise SystemExit(f"create topic: {r.stderr}")
+    commands = {
+        "client-produce": lambda n: ["perf", "produce", "--topic", CLIENT_TOPIC, "--num-records", str(n),
+                                     "--record-size", "100", "--throughput", "-1", "--producer-props",
+                                     "acks=all", *cluster.boot],
+        "client-consume": lambda n: ["perf", "consume", "--topic", CLIENT_TOPIC, "--messages", str(n),
+                                     *cluster.boot],
+    }
+    rows = []
+    for r in range(RUNS):
+        for label, command in commands.items():
+            whole = client_count(label, command(CLIENT_RECORDS), CLIENT_RECORDS, r)
+            start = client_count(label, command(1), 1, r)
+            per_record = (whole - start) / (CLIENT_RECORDS - 1)
+            rows.append({"nodes": 1, "figure": label, "run": r, "records": CLIENT_RECORDS,
+                         "ir_total": whole, "ir_start": start, "ir_per_record": per_record})
+            say(f"{label} run {r + 1}/{RUNS}: {per_record:,.0f} Ir/record "
+                f"({whole:,} for {CLIENT_RECORDS:,} records, {start:,} for one)")
+    return rows
+
+
 def measure(nodes):
     say(f"{nodes} node(s) under callgrind: starting")
     cluster = Cluster(nodes)
@@ -295,6 +341,8 @@ def measure(nodes):
             row["idle_ir_per_s_leader"] = idle[cluster.leader]
             row["leader_parts_per_request"] = {k: v / requests for k, v in leader_parts.items()}
             results.append(row)
+        if nodes == 1:
+            results += measure_clients(cluster)
     finally:
         cluster.stop()
     return results
@@ -325,9 +373,22 @@ def main():
         print(f"{s['nodes']}n{'':<6} {s['figure']:<7} {s['records_per_request']:>8.1f}"
               f" {s['leader_ir_per_request']:>14,} {s.get('follower_ir_per_request', 0):>12,}"
               f" {s['all_ir_per_request']:>12,} {100 * s['leader_ir_per_request_spread']:>6.1f}%", file=sys.stderr)
+    clients = []
+    for label in ("client-produce", "client-consume"):
+        values = [r["ir_per_record"] for r in rows if r["figure"] == label]
+        clients.append({"figure": label, "runs": len(values), "record_bytes": 100, "records": CLIENT_RECORDS,
+                        "ir_per_record": round(statistics.median(values)),
+                        "ir_per_record_spread": round((max(values) - min(values)) / statistics.median(values), 4)})
+    print("", file=sys.stderr)
+    for c in clients:
+        print(f"{c['figure']:<15} {c['ir_per_record']:>8,} Ir/record (100 B records, spread "
+              f"{100 * c['ir_per_record_spread']:.1f}%)", file=sys.stderr)
+    summary += clients
     print("", file=sys.stderr)
     print("leader's parts, inclusive Ir per request (overlapping):", file=sys.stderr)
     for s in summary:
+        if "leader_parts_per_request" not in s:
+            continue
         print(f"  {s['nodes']}n {s['figure']:<7} " + ", ".join(f"{k} {v:,}" for k, v in
                                                               s["leader_parts_per_request"].items()), file=sys.stderr)
     machine = json.load(open(os.path.join(OUT, "machine.json")))
