@@ -19,7 +19,7 @@
 //! sequence under a new epoch, so later batches are never refused for a
 //! gap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -508,8 +508,11 @@ struct Shared {
     config: ProducerConfig,
     producer_id: tokio::sync::OnceCell<i64>,
     /// What the producer keeps per topic (looked up by `&str` on every
-    /// send, so no allocation, and under one lock).
-    topics: Mutex<HashMap<String, TopicState>>,
+    /// send, so no allocation, and under one lock). A `BTreeMap`: a
+    /// producer writes to a few topics, and comparing a name with one or
+    /// two others costs less than hashing it with SipHash (about 150
+    /// instructions a record).
+    topics: Mutex<BTreeMap<String, TopicState>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rng: Mutex<u64>,
     counters: Arc<ProducerCounters>,
