@@ -206,18 +206,24 @@ impl Pending {
         self.pieces.push_back(Piece { bytes, arena });
     }
 
-    /// The held bytes from `from` on (`start <= from`), as slices in order.
-    fn slices_from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
+    /// The pieces holding the bytes from `from` on (`start <= from`), in
+    /// order, each with how many of its first bytes lie before `from`.
+    fn pieces_from(&self, from: u64) -> impl Iterator<Item = (&Bytes, usize)> {
         let mut skip = (from - self.start) as usize;
         self.pieces.iter().filter_map(move |piece| {
             if skip >= piece.bytes.len() {
                 skip -= piece.bytes.len();
                 return None;
             }
-            let rest = &piece.bytes[skip..];
+            let before = skip;
             skip = 0;
-            Some(rest)
+            Some((&piece.bytes, before))
         })
+    }
+
+    /// The held bytes from `from` on (`start <= from`), as slices in order.
+    fn slices_from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
+        self.pieces_from(from).map(|(bytes, skip)| &bytes[skip..])
     }
 
     /// Copies the held bytes from `from` on into `out`, which they must fill.
@@ -238,20 +244,14 @@ impl Pending {
     /// as slices of the pieces: what a read copies after letting go of the
     /// lock.
     fn pieces_between(&self, from: u64, end: u64) -> Vec<Bytes> {
-        let mut skip = (from - self.start) as usize;
         let mut left = (end - from) as usize;
         let mut out = Vec::new();
-        for piece in &self.pieces {
+        for (bytes, skip) in self.pieces_from(from) {
             if left == 0 {
                 break;
             }
-            if skip >= piece.bytes.len() {
-                skip -= piece.bytes.len();
-                continue;
-            }
-            let take = (piece.bytes.len() - skip).min(left);
-            out.push(piece.bytes.slice(skip..skip + take));
-            skip = 0;
+            let take = (bytes.len() - skip).min(left);
+            out.push(bytes.slice(skip..skip + take));
             left -= take;
         }
         assert_eq!(left, 0, "the bytes asked for are held");
