@@ -88,6 +88,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("limits.produce_memory_bytes", Some("256 MiB")),
     ("shutdown.grace", Some("10s")),
     ("runtime.worker_threads", Some("auto")),
+    ("runtime.keep_cpus_awake", Some("false")),
     ("groups.offsets_partitions", Some("12")),
     ("testing.ack_before_quorum", Some("false")),
     ("testing.journal_unsynced", Some("false")),
@@ -131,6 +132,14 @@ pub struct ServerConfig {
     /// Threads of the async runtime that serves clients, peers and Raft
     /// (`auto`: one per CPU). The flusher threads come on top.
     pub worker_threads: usize,
+    /// While the node runs, ask Linux to keep idle CPUs polling instead of
+    /// letting them sleep (a CPU latency request of 0 µs held open on
+    /// `/dev/cpu_dma_latency`, as tuned's latency-performance profile
+    /// does). Every request crosses several threads and processes, and
+    /// waking a sleeping CPU for each costs tens of microseconds, more in a
+    /// virtual machine. The price: idle CPUs spin (power, or a host's CPU
+    /// time). Needs write access to that file (root); Linux only.
+    pub keep_cpus_awake: bool,
     /// Partitions of `__consumer_offsets` (fixed once created).
     pub offsets_partitions: u32,
     /// Every topic's settings where the topic sets none: Kafka's topic keys
@@ -321,6 +330,7 @@ impl ConfigBuilder {
             })?,
             shutdown_grace: self.required("shutdown.grace", parse_duration)?,
             worker_threads: self.required("runtime.worker_threads", parse_threads)?,
+            keep_cpus_awake: self.required("runtime.keep_cpus_awake", parse_bool)?,
             offsets_partitions: self.required("groups.offsets_partitions", |v| parse_int(v, 1, 1000))? as u32,
             topic_defaults,
             retention_check_interval: self.required("log.retention_check_interval", |v| {
@@ -601,6 +611,16 @@ mod tests {
         let bad = ConfigBuilder::new().set("log.compression_type", "zstd").expect("known").build();
         let message = bad.expect_err("zstd is not offered").to_string();
         assert!(message.contains("log.compression_type") && message.contains("zstd"), "{message}");
+    }
+
+    #[test]
+    fn cpus_sleep_unless_asked_to_stay_awake() {
+        assert!(!ConfigBuilder::new().build().expect("defaults").keep_cpus_awake);
+        let on = ConfigBuilder::new().set("runtime.keep_cpus_awake", "true").expect("known").build().expect("valid");
+        assert!(on.keep_cpus_awake);
+        let bad = ConfigBuilder::new().set("runtime.keep_cpus_awake", "always").expect("known").build();
+        let message = bad.expect_err("not a boolean").to_string();
+        assert!(message.contains("runtime.keep_cpus_awake"), "{message}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   node's replicas and its copy of the metadata.
 //! - [`config`]: the server's settings from TOML, environment and flags.
 //! - `retention`: the per-node retention and compaction scheduler.
+//! - `cpus_awake`: the CPU latency request of `runtime.keep_cpus_awake`.
 //! - [`metrics`]: counters and gauges served at `/metrics` (Prometheus).
 //!
 //! **Architecture Invariant:** the broker holds no partition data of its
@@ -15,6 +16,7 @@
 
 pub mod config;
 mod convert;
+mod cpus_awake;
 pub mod error;
 pub mod groups;
 mod http;

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::config::ServerConfig;
+use crate::cpus_awake::{CPU_LATENCY_FILE, CpusAwake};
 use crate::limits::HANDOVER_MAX;
 use crate::metrics::Metrics;
 use crate::service::Broker;
@@ -48,6 +49,19 @@ pub enum ServerError {
     Journal {
         /// The data directory.
         dir: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `runtime.keep_cpus_awake` is set and the request could not be
+    /// made.
+    #[error(
+        "cannot keep CPUs awake (runtime.keep_cpus_awake = true): {file}: {source}; \
+         it needs write access to that file (root) on Linux, or leave the setting off"
+    )]
+    CpusAwake {
+        /// The file the request goes through.
+        file: &'static str,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -93,6 +107,8 @@ pub struct Server {
     stop_http: watch::Sender<bool>,
     /// Cuts every client connection still open.
     cut: Arc<AtomicBool>,
+    /// `runtime.keep_cpus_awake`'s request, held while the node lives.
+    _cpus_awake: Option<CpusAwake>,
 }
 
 impl Server {
@@ -110,6 +126,13 @@ impl Server {
         let client_addr = addr_of(&listeners.client, "clients", config.listen_client)?;
         let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
+        let cpus_awake = if config.keep_cpus_awake {
+            let held = CpusAwake::hold().map_err(|source| ServerError::CpusAwake { file: CPU_LATENCY_FILE, source })?;
+            tracing::info!(file = CPU_LATENCY_FILE, "runtime.keep_cpus_awake: idle CPUs poll instead of sleeping");
+            Some(held)
+        } else {
+            None
+        };
         if config.testing_journal_unsynced {
             // UNSAFE test mode (see the setting): every partition directory
             // this node opens records what it synced.
@@ -187,6 +210,7 @@ impl Server {
             api: Mutex::new(Some(api)),
             stop_http,
             cut,
+            _cpus_awake: cpus_awake,
         })
     }
 

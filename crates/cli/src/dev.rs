@@ -25,6 +25,10 @@ pub struct DevArgs {
     /// Client port of node 1; the other ports follow from it.
     #[arg(long, default_value_t = 7070)]
     base_port: u16,
+    /// Keep idle CPUs awake while the cluster runs, for lower latency
+    /// (each node's runtime.keep_cpus_awake; needs root, Linux).
+    #[arg(long)]
+    keep_cpus_awake: bool,
 }
 
 struct Node {
@@ -76,6 +80,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
             .args(["--listen-client", &client, "--listen-peer", &peer, "--listen-http", &http]);
         if share_cpus {
             command.arg("--set").arg(format!("runtime.worker_threads={worker_threads}"));
+        }
+        if args.keep_cpus_awake {
+            command.arg("--set").arg("runtime.keep_cpus_awake=true");
         }
         let child = command
             .stdin(Stdio::piped())
