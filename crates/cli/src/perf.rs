@@ -170,12 +170,15 @@ pub struct ProduceArgs {
     json: bool,
 }
 
-/// The shortest sleep of the pacing thread: at most this many wake-ups a
+/// The shortest sleep of the pacing thread: at most 5,000 wake-ups a
 /// second. Each wake-up costs the machine a context switch or two (some
 /// 20 µs of CPU on a 2-vCPU virtual machine); waking for every record took
 /// a fifth of a CPU at 50k records/s, CPU the brokers sharing the machine
-/// then lacked (docs/benchmarks.md, session 17).
-const PACE_QUANTUM: Duration = Duration::from_micros(500);
+/// then lacked (docs/benchmarks.md, session 17). A record waits for the
+/// thread's next wake-up, half a quantum on average, and that wait counts
+/// in its latency: 500 µs here until session 30, when 200 µs took
+/// 0.15-0.25 ms off the p50 at 50k records/s and did not raise the p99.
+const PACE_QUANTUM: Duration = Duration::from_micros(200);
 
 /// Calls `send(due)` for `n` records at `rate` a second and collects what
 /// each returns. A thread of its own keeps the pace: tokio's timers round
