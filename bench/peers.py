@@ -434,11 +434,17 @@ def latency_rows(strata, rate, label, props, awake):
             raise SystemExit(f"strata perf e2e failed: {r.stderr[-500:]}")
         j = last_json(r.stdout)
         strata.drop(topic)
-        e2e.append({**j["e2e_latency_ms"], "percentiles_ms": j.get("percentiles_ms")})
+        e2e.append({**j["e2e_latency_ms"], "percentiles_ms": j.get("percentiles_ms"),
+                    "ack": j.get("ack_latency_ms") or {}})
     end = {**common, "kind": "end-to-end",
            "p50_ms": median([e["p50"] for e in e2e]), "p99_ms": median([e["p99"] for e in e2e]),
            "p999_ms": median([e["p999"] for e in e2e]), "max_ms": median([e["max"] for e in e2e]),
            "percentiles_ms": median_spectrum([e["percentiles_ms"] for e in e2e])}
+    # The same records' produce-ack latency in the end-to-end runs (timed
+    # from their send, where the produce-ack row counts from a due time).
+    if all(e["ack"] for e in e2e):
+        end["ack_p50_ms"] = median([e["ack"]["p50"] for e in e2e])
+        end["ack_p99_ms"] = median([e["ack"]["p99"] for e in e2e])
     say(f"rate {rate}/s, producer {label}{', CPUs awake' if awake else ''}: produce p99 {row['p99_ms']:.2f} ms, "
         f"e2e p99 {end['p99_ms']:.2f} ms")
     return [row, end]

@@ -261,6 +261,9 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     let summary: serde_json::Value = serde_json::from_str(e2e.lines().last().expect("a line")).expect("json");
     assert_eq!(summary["records"].as_u64(), Some(200), "{e2e}");
     assert!(summary["e2e_latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{e2e}");
+    // The same records' acknowledgements, timed by the producer.
+    assert_eq!(summary["acked"].as_u64(), Some(200), "{e2e}");
+    assert!(summary["ack_latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{e2e}");
     // Progress: plain lines in a pipe; on a terminal (`script` gives one
     // where it is installed and pseudo-terminals work), a live line redrawn
     // in place and erased before the summary.
