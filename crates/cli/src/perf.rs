@@ -187,7 +187,8 @@ pub struct ProduceArgs {
     /// Producer settings, Kafka's names: acks=all|1|0, linger.ms=5,
     /// batch.size=16384, compression.type=none|lz4, enable.idempotence=true,
     /// max.in.flight.requests.per.connection=5, buffer.memory=33554432,
-    /// max.block.ms=60000.
+    /// max.block.ms=60000, delivery.timeout.ms=120000,
+    /// request.timeout.ms=30000.
     #[arg(long, num_args = 1.., value_name = "KEY=VALUE")]
     producer_props: Vec<String>,
     /// Also print the summary as one JSON object, last.
@@ -257,6 +258,8 @@ fn producer_config(props: &[String]) -> Result<ProducerConfig> {
             "batch.size" => config.batch_size = value.parse().map_err(|_| bad())?,
             "buffer.memory" => config.buffer_memory = value.parse().map_err(|_| bad())?,
             "max.block.ms" => config.max_block = Duration::from_millis(value.parse().map_err(|_| bad())?),
+            "delivery.timeout.ms" => config.delivery_timeout = Duration::from_millis(value.parse().map_err(|_| bad())?),
+            "request.timeout.ms" => config.request_timeout = Duration::from_millis(value.parse().map_err(|_| bad())?),
             "compression.type" => {
                 config.compression = match value {
                     "none" => Compression::None,
@@ -435,6 +438,7 @@ async fn produce(args: ProduceArgs) -> Result<()> {
     let tag_of = move |due: Instant| due.into_std().saturating_duration_since(base).as_nanos() as u64;
     // What the live line shows (a terminal only): one add per batch.
     let acked: &'static AtomicU64 = Box::leak(Box::default());
+    let first_error: &'static Mutex<Option<String>> = Box::leak(Box::default());
     let handler = move |batch: &DeliveredBatch<'_>| {
         let mut s = stats[batch.partition as usize % STATS_SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         match batch.outcome {
@@ -449,8 +453,12 @@ async fn produce(args: ProduceArgs) -> Result<()> {
             }
             Err(e) => {
                 s.failed += batch.len() as u64;
-                if s.failed <= 10 {
+                // A line for the first failed batch (of many records
+                // each); the summary repeats its error.
+                let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                if first.is_none() {
                     eprintln!("error: {e}");
+                    *first = Some(e.to_string());
                 }
             }
         }
@@ -584,7 +592,8 @@ async fn produce(args: ProduceArgs) -> Result<()> {
         Ok(())
     })();
     if failed > 0 {
-        bail!("{failed} records failed");
+        let error = first_error.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        bail!("{failed} records failed (first error: {error})");
     }
     printed
 }

@@ -364,8 +364,8 @@ struct Gathering {
     /// When the open batch's first record came.
     open_since: Option<Instant>,
     /// Batches closed for more records, oldest first, each with its ordinal
-    /// among the partition's batches.
-    full: VecDeque<(u64, Vec<PendingRecord>)>,
+    /// among the partition's batches and when its first record came.
+    full: VecDeque<(u64, Vec<PendingRecord>, Instant)>,
     n_batches: u64,
     /// Records in `open` and `full`.
     n_records: usize,
@@ -385,9 +385,9 @@ impl Gathering {
         // The next batch likely holds as many records: room for them up
         // front, rather than growing (and copying) the list as they come.
         let next = Vec::with_capacity(self.open.len());
-        self.full.push_back((self.n_batches, std::mem::replace(&mut self.open, next)));
+        let since = self.open_since.take().unwrap_or_else(Instant::now);
+        self.full.push_back((self.n_batches, std::mem::replace(&mut self.open, next), since));
         self.open_bytes = 0;
-        self.open_since = None;
     }
 }
 
@@ -902,7 +902,9 @@ struct Sealed {
     records: Vec<PendingRecord>,
     bytes: Bytes,
     first_seq: i32,
-    sealed_at: Instant,
+    /// When its first record was added: its delivery timeout counts from
+    /// there, as Kafka's does from `send`.
+    created_at: Instant,
     /// Ordinal of this batch among the partition's sealed batches.
     ordinal: u64,
 }
@@ -998,11 +1000,11 @@ impl PartitionTask {
                 gathering.close_open();
             }
             let n = gathering.full.len().min(room);
-            let batches: Vec<(u64, Vec<PendingRecord>)> = gathering.full.drain(..n).collect();
-            gathering.n_records -= batches.iter().map(|(_, records)| records.len()).sum::<usize>();
+            let batches: Vec<(u64, Vec<PendingRecord>, Instant)> = gathering.full.drain(..n).collect();
+            gathering.n_records -= batches.iter().map(|(_, records, _)| records.len()).sum::<usize>();
             // A flush waits for the batches closed before it; once all of
             // them are taken, the task answers it as they are acknowledged.
-            let next_untaken = gathering.full.front().map_or(u64::MAX, |(ordinal, _)| *ordinal);
+            let next_untaken = gathering.full.front().map_or(u64::MAX, |(ordinal, _, _)| *ordinal);
             let flushes = std::mem::take(&mut gathering.flushes);
             for (upto, tx) in flushes {
                 if upto < next_untaken {
@@ -1019,8 +1021,8 @@ impl PartitionTask {
         if !batches.is_empty() {
             self.accumulator.room.notify_waiters();
         }
-        for (ordinal, records) in batches {
-            self.seal(ordinal, records).await;
+        for (ordinal, records, created_at) in batches {
+            self.seal(ordinal, records, created_at).await;
         }
         self.answer_flushes();
         (linger_end, done)
@@ -1043,7 +1045,7 @@ impl PartitionTask {
     }
 
     /// Seals a batch taken from the accumulator.
-    async fn seal(&mut self, ordinal: u64, records: Vec<PendingRecord>) {
+    async fn seal(&mut self, ordinal: u64, records: Vec<PendingRecord>, created_at: Instant) {
         let producer_id = match producer_id(self.shared.clone()).await {
             Ok(id) => id,
             Err(error) => {
@@ -1054,7 +1056,7 @@ impl PartitionTask {
         let first_seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(records.len() as i32) & i32::MAX;
         let bytes = self.build(&records, producer_id, first_seq);
-        self.queue.push_back(Sealed { records, bytes, first_seq, sealed_at: Instant::now(), ordinal });
+        self.queue.push_back(Sealed { records, bytes, first_seq, created_at, ordinal });
     }
 
     /// Puts batches on the wire up to the in-flight limit.
@@ -1096,17 +1098,20 @@ impl PartitionTask {
             Err(error) if error.is_retriable() => {
                 self.shared.client.note_error(&self.topic, self.partition, &error);
                 self.drain_window(1).await;
-                let expired =
-                    self.queue.front().is_some_and(|b| b.sealed_at.elapsed() >= self.shared.config.delivery_timeout);
-                if expired {
-                    // Its fate is unknown: fail it, and start afresh with a
-                    // new epoch so later batches cannot be refused for a gap.
-                    if let Some(batch) = self.queue.pop_front() {
-                        let timeout = self.shared.config.delivery_timeout;
-                        let error = Error::api(
-                            ErrorCode::Timeout,
-                            format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
-                        );
+                let timeout = self.shared.config.delivery_timeout;
+                // Batches are created in order, so the expired ones lead.
+                let expired = self.queue.iter().take_while(|b| b.created_at.elapsed() >= timeout).count();
+                if expired > 0 {
+                    // Their fate is unknown: fail every batch past its
+                    // timeout at once (one per answer would keep a flush
+                    // waiting a round trip per batch under a lasting
+                    // error), and start afresh with a new epoch so later
+                    // batches cannot be refused for a gap.
+                    let error = Error::api(
+                        ErrorCode::Timeout,
+                        format!("not acknowledged within the delivery timeout {timeout:?}; last error: {error}"),
+                    );
+                    for batch in self.queue.drain(..expired).collect::<Vec<_>>() {
                         self.fail(batch.records, &error);
                     }
                     self.restart_sequence().await;
@@ -1392,7 +1397,7 @@ mod tests {
         // The task takes the full batch: room for the waiting sender.
         {
             let mut gathering = accumulator.lock();
-            let (_, taken) = gathering.full.pop_front().expect("full batch");
+            let (_, taken, _) = gathering.full.pop_front().expect("full batch");
             gathering.n_records -= taken.len();
         }
         accumulator.room.notify_waiters();
