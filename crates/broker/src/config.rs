@@ -86,6 +86,7 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("limits.request_bytes", Some("64 MiB")),
     ("limits.connections", Some("1024")),
     ("limits.produce_memory_bytes", Some("256 MiB")),
+    ("limits.min_free_disk_bytes", Some("1 GiB")),
     ("shutdown.grace", Some("10s")),
     ("runtime.worker_threads", Some("auto")),
     ("runtime.keep_cpus_awake", Some("false")),
@@ -127,6 +128,9 @@ pub struct ServerConfig {
     pub connections: usize,
     /// Bytes of produce data in flight at once; beyond, THROTTLED.
     pub produce_memory_bytes: u64,
+    /// Produce is refused (UNAVAILABLE) while the data directory's file
+    /// system has less than this available; 0: never (see `disk.rs`).
+    pub min_free_disk_bytes: u64,
     /// How long a graceful shutdown may take.
     pub shutdown_grace: Duration,
     /// Threads of the async runtime that serves clients, peers and Raft
@@ -328,6 +332,8 @@ impl ConfigBuilder {
             produce_memory_bytes: self.required("limits.produce_memory_bytes", |v| {
                 parse_size(v).and_then(|n| in_range(n, 1 << 20, 1 << 40))
             })?,
+            min_free_disk_bytes: self
+                .required("limits.min_free_disk_bytes", |v| parse_size(v).and_then(|n| in_range(n, 0, 1 << 50)))?,
             shutdown_grace: self.required("shutdown.grace", parse_duration)?,
             worker_threads: self.required("runtime.worker_threads", parse_threads)?,
             keep_cpus_awake: self.required("runtime.keep_cpus_awake", parse_bool)?,

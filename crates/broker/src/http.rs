@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::disk::DiskGuard;
 use crate::groups::Coordinator;
 use crate::limits::HTTP_HEAD_MAX;
 use crate::metrics::Metrics;
@@ -21,6 +22,7 @@ pub struct Http {
     pub coordinator: Arc<Coordinator>,
     /// Its counters.
     pub metrics: Arc<Metrics>,
+    pub disk: Arc<DiskGuard>,
 }
 
 /// Serves the endpoints until `stop` turns true.
@@ -134,7 +136,7 @@ async fn answer(mut stream: TcpStream, http: &Http) -> std::io::Result<()> {
     match path.as_str() {
         "/health/live" => respond(&mut stream, 200, "live\n").await,
         "/metrics" => {
-            let body = http.metrics.render(cluster, &http.coordinator).await;
+            let body = http.metrics.render(cluster, &http.coordinator, &http.disk).await;
             respond_typed(&mut stream, 200, "text/plain; version=0.0.4", &body).await
         }
         "/v1/cluster" => {

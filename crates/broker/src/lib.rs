@@ -17,6 +17,7 @@
 pub mod config;
 mod convert;
 mod cpus_awake;
+pub mod disk;
 pub mod error;
 pub mod groups;
 mod http;

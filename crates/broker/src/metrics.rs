@@ -20,6 +20,7 @@ use strata_log::Offset;
 use strata_raft::ClusterNode;
 use strata_raft::metadata::ClusterMetadata;
 
+use crate::disk::DiskGuard;
 use crate::groups::Coordinator;
 
 /// Upper bounds (seconds) of the request-latency histograms.
@@ -150,12 +151,13 @@ impl Metrics {
     }
 
     /// The whole exposition, reading the node's state now.
-    pub async fn render(&self, cluster: &ClusterNode, coordinator: &Coordinator) -> String {
+    pub async fn render(&self, cluster: &ClusterNode, coordinator: &Coordinator, disk: &DiskGuard) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let metadata = cluster.metadata();
         self.render_counters(&mut out);
         self.render_partitions(&mut out, cluster, &metadata);
         render_storage(&mut out);
+        render_disk(&mut out, disk);
         render_groups(&mut out, cluster, coordinator, &metadata).await;
         self.render_process(&mut out);
         out
@@ -218,7 +220,7 @@ impl Metrics {
         use openraft::async_runtime::WatchReceiver;
         let node = cluster.raft_node();
         let mut rows = Vec::new();
-        let (mut led, mut under, mut leaderless) = (0u64, 0u64, 0u64);
+        let (mut led, mut under, mut leaderless, mut stopped) = (0u64, 0u64, 0u64, 0u64);
         let mut lag_rows = Vec::new();
         let mut terms = self.terms.lock().unwrap_or_else(|p| p.into_inner());
         for group in node.groups() {
@@ -226,6 +228,9 @@ impl Metrics {
             let last = terms.insert(group.id, metrics.current_term);
             if let Some(last) = last {
                 self.elections.fetch_add(metrics.current_term.saturating_sub(last), Ordering::Relaxed);
+            }
+            if metrics.running_state.is_err() {
+                stopped += 1;
             }
             let Some((topic, partition)) = metadata.partition_of_group(group.id) else { continue };
             let labels = format!("topic=\"{}\",partition=\"{partition}\"", escape(topic));
@@ -276,6 +281,13 @@ impl Metrics {
         let _ = writeln!(out, "strata_partitions_under_replicated {under}");
         header(out, "strata_partitions_leaderless", "Partition replicas on this node that know of no leader.", "gauge");
         let _ = writeln!(out, "strata_partitions_leaderless {leaderless}");
+        header(
+            out,
+            "strata_replicas_stopped",
+            "Raft replicas on this node (partitions and the controller) stopped after an error, such as a write to a full disk: they serve nothing until the broker restarts.",
+            "gauge",
+        );
+        let _ = writeln!(out, "strata_replicas_stopped {stopped}");
         header(
             out,
             "strata_partitions_quiet",
@@ -356,6 +368,21 @@ impl Metrics {
 /// A leader calls a partition under-replicated once a voter has lacked
 /// entries without acknowledging for this long.
 const UNDER_REPLICATED_AFTER: Duration = Duration::from_secs(10);
+
+fn render_disk(out: &mut String, disk: &DiskGuard) {
+    let Some((space, refusing)) = disk.snapshot() else { return };
+    header(out, "strata_disk_available_bytes", "Bytes still available on the data directory's file system.", "gauge");
+    let _ = writeln!(out, "strata_disk_available_bytes {}", space.available);
+    header(out, "strata_disk_total_bytes", "Size of the data directory's file system.", "gauge");
+    let _ = writeln!(out, "strata_disk_total_bytes {}", space.total);
+    header(
+        out,
+        "strata_disk_produce_refused",
+        "1 while produce is refused: less than limits.min_free_disk_bytes available.",
+        "gauge",
+    );
+    let _ = writeln!(out, "strata_disk_produce_refused {}", u8::from(refusing));
+}
 
 fn render_storage(out: &mut String) {
     let stats = strata_log::stats::snapshot();

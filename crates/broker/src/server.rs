@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::config::ServerConfig;
 use crate::cpus_awake::{CPU_LATENCY_FILE, CpusAwake};
+use crate::disk::DiskGuard;
 use crate::limits::HANDOVER_MAX;
 use crate::metrics::Metrics;
 use crate::service::Broker;
@@ -160,7 +161,9 @@ impl Server {
         let node_span = tracing::info_span!("node", node = config.node_id);
         tokio::spawn(coordinator.clone().run(config.peers.len()).instrument(node_span.clone()));
         let metrics = Arc::new(Metrics::default());
-        let broker = Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), &config));
+        let disk = Arc::new(DiskGuard::new(config.node_id, config.data_dir.clone(), config.min_free_disk_bytes));
+        let broker =
+            Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), disk.clone(), &config));
 
         let service = ApiService::new(broker, config.request_bytes as usize);
         let cut = Arc::new(AtomicBool::new(false));
@@ -197,7 +200,7 @@ impl Server {
                 .run(http_stopped.clone())
                 .instrument(node_span.clone()),
         );
-        let http = crate::http::Http { cluster: cluster.clone(), coordinator, metrics };
+        let http = crate::http::Http { cluster: cluster.clone(), coordinator, metrics, disk };
         tokio::spawn(crate::http::serve(listeners.http, Arc::new(http), http_stopped).instrument(node_span.clone()));
         tracing::info!(node = config.node_id, client = %client_addr, peer = %peer_addr, http = %http_addr, "node started");
         Ok(Server {

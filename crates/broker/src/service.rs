@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::ServerConfig;
 use crate::convert::{error_to_pb, ok_or_error};
+use crate::disk::DiskGuard;
 use crate::error::{ApiError, Code};
 use crate::groups::state::Heartbeat;
 use crate::groups::{Committed, Coordinator, assign::Assignor};
@@ -54,6 +55,8 @@ pub struct Broker {
     /// `testing.ack_before_quorum`: UNSAFE, answer acks=all once proposed
     /// (the chaos harness's control run, which must see lost writes).
     ack_before_quorum: bool,
+    /// Refuses produce while the data directory's disk is almost full.
+    disk: Arc<DiskGuard>,
 }
 
 impl Broker {
@@ -62,6 +65,7 @@ impl Broker {
         cluster: Arc<ClusterNode>,
         coordinator: Arc<Coordinator>,
         metrics: Arc<Metrics>,
+        disk: Arc<DiskGuard>,
         config: &ServerConfig,
     ) -> Broker {
         let budget = config.produce_memory_bytes as usize;
@@ -74,6 +78,7 @@ impl Broker {
             produce_budget: Arc::new(Semaphore::new(budget)),
             produce_budget_bytes: budget,
             ack_before_quorum: config.testing_ack_before_quorum,
+            disk,
         }
     }
 
@@ -106,6 +111,18 @@ impl Broker {
             return Err(ApiError::not_leader(&format!("{topic}/{partition}"), leader));
         };
         if !group.raft.is_leader() {
+            if let Some(fatal) = stopped_by(&group) {
+                // The replica stopped for good (a storage error): say so,
+                // rather than that the leader is unknown, as its state would.
+                return Err(ApiError::new(
+                    Code::Unavailable,
+                    format!(
+                        "{topic}/{partition}: its replica on broker {} stopped after an error and serves nothing \
+                         until the broker restarts: {fatal}",
+                        self.node_id
+                    ),
+                ));
+            }
             let leader = current_leader(&group).filter(|l| *l != self.node_id);
             let leader = leader.and_then(|id| Self::client_addr(metadata, id).map(|a| (id, a)));
             return Err(ApiError::not_leader(&format!("{topic}/{partition}"), leader));
@@ -127,6 +144,9 @@ impl Broker {
 
     async fn produce_inner(&self, request: pb::ProduceRequest) -> pb::ProduceResponse {
         let total: usize = request.partitions.iter().map(|p| p.batch.len()).sum();
+        if let Err(error) = self.disk.check_produce() {
+            return pb::ProduceResponse { partitions: Vec::new(), error: Some(error_to_pb(&error)) };
+        }
         let share = total.clamp(1, self.produce_budget_bytes) as u32;
         let Ok(permit) = self.produce_budget.clone().try_acquire_many_owned(share) else {
             let error = ApiError::throttled(
@@ -787,6 +807,12 @@ fn find_topic<'a>(metadata: &'a ClusterMetadata, topic: &str) -> Result<&'a Topi
 fn current_leader(group: &Group) -> Option<u64> {
     use openraft::async_runtime::WatchReceiver;
     group.raft.metrics().borrow_watched().current_leader
+}
+
+/// Why the replica's Raft stopped for good, if it did.
+fn stopped_by(group: &Group) -> Option<String> {
+    use openraft::async_runtime::WatchReceiver;
+    group.raft.metrics().borrow_watched().running_state.as_ref().err().map(ToString::to_string)
 }
 
 fn read_error(err: LogError, topic: &str, partition: u32) -> ApiError {

@@ -1,7 +1,7 @@
 //! Staging memory for [`super::direct`] files, and the vectored write that
 //! hands it to the device where it lies: with [`super::mmap`],
-//! [`super::fallocate`] and [`super::pread`], one of the four places in
-//! `strata-log` with `unsafe`.
+//! [`super::fallocate`], [`super::pread`] and [`super::space`], one of the
+//! five places in `strata-log` with `unsafe`.
 //!
 //! An [`Arena`] is one allocation that mirrors a segment file from an
 //! aligned position on: the appends are filled into it one after another,

@@ -1,5 +1,5 @@
 //! Reserving a file's blocks before they are written: `fallocate(2)`. With
-//! [`super::mmap`], [`super::arena`] and [`super::pread`], one of the four places in
+//! [`super::mmap`], [`super::arena`], [`super::pread`] and [`super::space`], one of the five places in
 //! `strata-log` with `unsafe`: a
 //! system call on a descriptor borrowed for its duration, passing no
 //! pointers, so nothing in memory is shared with the kernel.

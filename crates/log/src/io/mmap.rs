@@ -1,6 +1,6 @@
-//! Mapping immutable files: with [`super::fallocate`], [`super::arena`]
-//! and [`super::pread`], one of the four places in `strata-log` with
-//! `unsafe`.
+//! Mapping immutable files: with [`super::fallocate`], [`super::arena`],
+//! [`super::pread`] and [`super::space`], one of the five places in
+//! `strata-log` with `unsafe`.
 //!
 //! # Safety
 //!

@@ -21,9 +21,12 @@ pub mod journaled;
 mod mmap;
 mod pread;
 pub mod sim;
+mod space;
 
 use std::io;
 use std::sync::Arc;
+
+pub use space::{Space, space};
 
 use bytes::{Bytes, BytesMut};
 

@@ -1,6 +1,6 @@
 //! Reads into memory that nothing has written yet: with [`super::mmap`],
-//! [`super::fallocate`] and [`super::arena`], one of the four places in
-//! `strata-log` with `unsafe`.
+//! [`super::fallocate`], [`super::arena`] and [`super::space`], one of the
+//! five places in `strata-log` with `unsafe`.
 //!
 //! A read of the active segment (a fetch of bytes no longer in the tail
 //! cache) used to zero a fresh buffer and then have `pread` overwrite it.
