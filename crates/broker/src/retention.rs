@@ -2,7 +2,9 @@
 //! `log.retention_check_interval`, goes over the node's partitions and
 //!
 //! 1. applies the topic's roll limits (segment.bytes, segment.ms) and flush
-//!    policy (flush.policy) to the log;
+//!    policy (flush.policy) to the log (to a replica just opened, at once:
+//!    a topic created with its own segment.bytes has it from its first
+//!    record);
 //! 2. where this node leads and the topic's cleanup.policy has `delete`,
 //!    decides the new log start from retention.ms and retention.bytes and
 //!    proposes it through Raft (`strata_raft::retention`), holding back for
@@ -46,6 +48,11 @@ struct PartitionState {
     last_end_offset: Option<(u64, Instant)>,
 }
 
+/// Tells one opening of a group's log from another.
+fn log_address(group: &Group) -> usize {
+    Arc::as_ptr(&group.log) as usize
+}
+
 /// The scheduler of one node.
 pub struct Scheduler {
     cluster: Arc<ClusterNode>,
@@ -55,6 +62,10 @@ pub struct Scheduler {
     follower_hold: Duration,
     cleaner_bytes_per_second: u64,
     partitions: HashMap<u64, PartitionState>,
+    /// Groups whose log has had its topic's settings applied, with that
+    /// log's address (a replica closed and opened again, say rebuilt after
+    /// damage, has a new log).
+    configured: HashMap<u64, usize>,
 }
 
 impl Scheduler {
@@ -68,6 +79,7 @@ impl Scheduler {
             follower_hold: config.retention_follower_hold,
             cleaner_bytes_per_second: config.cleaner_io_bytes_per_second,
             partitions: HashMap::new(),
+            configured: HashMap::new(),
         }
     }
 
@@ -76,6 +88,7 @@ impl Scheduler {
     /// do not hold deleted data for another interval.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let moved = self.cluster.raft_node().log_start_moved();
+        let opened = self.cluster.raft_node().group_opened();
         loop {
             self.pass().await;
             let next = Instant::now() + self.interval;
@@ -83,6 +96,7 @@ impl Scheduler {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => break,
                     _ = moved.notified() => self.purge_pass().await,
+                    _ = opened.notified() => self.settings_pass(),
                     changed = stop.changed() => {
                         if changed.is_err() || *stop.borrow() {
                             return;
@@ -104,6 +118,44 @@ impl Scheduler {
         futures::future::join_all(purges).await;
     }
 
+    /// Applies the topic's log settings to the groups opened since they
+    /// were last applied.
+    fn settings_pass(&mut self) {
+        let metadata = self.cluster.metadata();
+        let mut topic_of_group = HashMap::new();
+        for topic in metadata.topics.values() {
+            for partition in &topic.partitions {
+                topic_of_group.insert(partition.group, topic);
+            }
+        }
+        for group in self.cluster.raft_node().groups() {
+            if self.configured.get(&group.id) == Some(&log_address(&group)) {
+                continue;
+            }
+            let Some(topic) = topic_of_group.get(&group.id) else { continue };
+            let settings = TopicSettings::resolve(&self.defaults, &topic.configs);
+            self.apply_settings(&group, &topic.name, &settings);
+            self.configured.insert(group.id, log_address(&group));
+        }
+    }
+
+    /// Roll limits and flush policy, from the topic's settings to the log.
+    fn apply_settings(&self, group: &Group, topic: &str, settings: &TopicSettings) {
+        let segment_age = settings.segment_ms.map(Duration::from_millis);
+        if let Err(err) = group.log.set_roll_limits(settings.segment_bytes, segment_age) {
+            tracing::warn!(topic = %topic, error = %err, "segment settings refused by the log");
+        }
+        let flush = match settings.flush_policy.as_str() {
+            "interval" => FlushPolicy::Interval(self.flush_interval),
+            _ => FlushPolicy::Always,
+        };
+        if group.log.flush_policy() != flush {
+            if let Err(err) = group.log.set_flush_policy(flush) {
+                tracing::warn!(topic = %topic, error = %err, "flush policy refused by the log");
+            }
+        }
+    }
+
     /// One pass over every local partition.
     async fn pass(&mut self) {
         let metadata = self.cluster.metadata();
@@ -115,25 +167,15 @@ impl Scheduler {
         }
         let groups = self.cluster.raft_node().groups();
         self.partitions.retain(|id, _| topic_of_group.contains_key(id));
+        self.configured.clear();
         // Three phases, so that slow steps (a snapshot before a purge, a
         // compaction) never delay another partition's retention decision.
         let mut local = Vec::new();
         for group in groups {
             let Some(topic) = topic_of_group.get(&group.id) else { continue };
             let settings = TopicSettings::resolve(&self.defaults, &topic.configs);
-            let segment_age = settings.segment_ms.map(Duration::from_millis);
-            if let Err(err) = group.log.set_roll_limits(settings.segment_bytes, segment_age) {
-                tracing::warn!(topic = %topic.name, error = %err, "segment settings refused by the log");
-            }
-            let flush = match settings.flush_policy.as_str() {
-                "interval" => FlushPolicy::Interval(self.flush_interval),
-                _ => FlushPolicy::Always,
-            };
-            if group.log.flush_policy() != flush {
-                if let Err(err) = group.log.set_flush_policy(flush) {
-                    tracing::warn!(topic = %topic.name, error = %err, "flush policy refused by the log");
-                }
-            }
+            self.apply_settings(&group, &topic.name, &settings);
+            self.configured.insert(group.id, log_address(&group));
             if settings.delete && group.raft.is_leader() {
                 self.decide(&group, &settings).await;
             }

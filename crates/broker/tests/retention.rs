@@ -4,7 +4,8 @@
 //! a consumer below the log start gets OFFSET_OUT_OF_RANGE or is reset, topic
 //! configs change at runtime through the controller (bad values refused),
 //! a compacted topic keeps the latest value of every live key, and a topic's
-//! compression.type and flush.policy reach every replica.
+//! compression.type and flush.policy reach every replica, and a topic created
+//! with its own segment.bytes rolls by it from its first record.
 
 mod common;
 
@@ -326,4 +327,27 @@ async fn compression_type_and_flush_policy_of_a_topic_apply_to_every_replica() {
 fn group_of_topic(cluster: &common::TestCluster, group: u64, topic: &str) -> bool {
     let metadata = cluster.servers[0].cluster().metadata();
     metadata.partition_of_group(group).is_some_and(|(t, _)| t == topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_created_with_its_own_segment_size_rolls_by_it_from_the_first_record() {
+    // No scheduled pass comes during the test: only the opening of each
+    // replica can have applied the topic's segment.bytes.
+    let cluster = cluster(3, |b| b.set("log.retention_check_interval", "1h").expect("setting")).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    admin
+        .create_topic(NewTopic::new("sized", 1).replication_factor(3).config("segment.bytes", SEGMENT.to_string()))
+        .await
+        .expect("create");
+    wait_for_leaders(&admin, "sized").await;
+    // 40 records of 10 KB: six segments of 64 KiB, or one of the default
+    // 128 MiB had the setting waited for the hourly pass.
+    produce(&client, "sized", 40, 10_000, "a").await;
+    let replicas = wait_replicas(&admin, "sized", "rolled by segment.bytes", |rs| {
+        rs.len() == 3 && rs.iter().all(|r| r.segments >= 5)
+    })
+    .await;
+    assert!(replicas.iter().all(|r| r.log_end_offset == 40), "{replicas:#?}");
+    cluster.shutdown().await;
 }

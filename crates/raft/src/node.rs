@@ -167,6 +167,8 @@ pub struct RaftNode {
     groups: Mutex<HashMap<u64, Group>>,
     /// Woken when any group applies a retention decision.
     log_start_moved: Arc<tokio::sync::Notify>,
+    /// Woken when a group is opened on this node.
+    group_opened: Arc<tokio::sync::Notify>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     stopping: watch::Sender<bool>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -225,6 +227,7 @@ impl RaftNode {
             flusher: Arc::new(flusher),
             groups: Mutex::default(),
             log_start_moved: Arc::default(),
+            group_opened: Arc::default(),
             stop_server: Mutex::new(Some(stop_tx)),
             stopping: stopping_tx,
             server: Mutex::new(Some(server)),
@@ -309,6 +312,8 @@ impl RaftNode {
         };
         self.router.insert(handle.clone());
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group, handle.clone());
+        // A permit is kept if nobody waits, so no opening goes unnoticed.
+        self.group_opened.notify_one();
         Ok(handle)
     }
 
@@ -316,6 +321,12 @@ impl RaftNode {
     /// decision (the broker's scheduler then purges at once).
     pub fn log_start_moved(&self) -> Arc<tokio::sync::Notify> {
         self.log_start_moved.clone()
+    }
+
+    /// Woken whenever a group is opened on this node (the broker's
+    /// scheduler then applies its topic's log settings at once).
+    pub fn group_opened(&self) -> Arc<tokio::sync::Notify> {
+        self.group_opened.clone()
     }
 
     /// Which of this node's groups are quiet, and what it hears of its
