@@ -23,6 +23,7 @@ pub mod groups;
 mod http;
 pub mod limits;
 pub mod metrics;
+mod open_files;
 mod retention;
 mod server;
 pub mod service;

@@ -112,6 +112,30 @@ pub struct Server {
     _cpus_awake: Option<CpusAwake>,
 }
 
+/// Below this many open files a node warns: two or three per partition
+/// replica, with room for connections.
+const OPEN_FILES_WANTED: u64 = 4096;
+
+/// Raises the soft limit on open files to the hard one (see
+/// `open_files.rs`), and says so, or warns when it stays low.
+fn raise_open_files_limit() {
+    match crate::open_files::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if after.soft > before.soft {
+                tracing::info!(from = before.soft, to = after.soft, "raised the limit on open files");
+            }
+            if after.soft < OPEN_FILES_WANTED {
+                tracing::warn!(
+                    limit = after.soft,
+                    "few files may be open at once: a node keeps two or three per partition replica; \
+                     raise the hard limit (LimitNOFILE=, ulimit -Hn)"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the limit on open files"),
+    }
+}
+
 impl Server {
     /// Binds the configured listeners and starts the node.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
@@ -127,6 +151,7 @@ impl Server {
         let client_addr = addr_of(&listeners.client, "clients", config.listen_client)?;
         let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
+        raise_open_files_limit();
         let cpus_awake = if config.keep_cpus_awake {
             let held = CpusAwake::hold().map_err(|source| ServerError::CpusAwake { file: CPU_LATENCY_FILE, source })?;
             tracing::info!(file = CPU_LATENCY_FILE, "runtime.keep_cpus_awake: idle CPUs poll instead of sleeping");
