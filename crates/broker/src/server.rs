@@ -67,9 +67,55 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the data directory's lock: two nodes writing
+    /// the same logs would corrupt them.
+    #[error(
+        "the data directory {dir} is in use by another strata server (it holds {dir}/{DATA_DIR_LOCK}); \
+         every node needs a data directory of its own"
+    )]
+    DataDirInUse {
+        /// The data directory.
+        dir: String,
+    },
+    /// The data directory or its lock file could not be made.
+    #[error("cannot use the data directory {dir}: {source}")]
+    DataDir {
+        /// The data directory.
+        dir: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The cluster node could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+/// The file in a data directory that a running node holds locked.
+pub const DATA_DIR_LOCK: &str = ".lock";
+
+/// Takes the data directory's lock (`flock` on [`DATA_DIR_LOCK`], made if
+/// missing), so that a second server started on the same directory, by
+/// mistake, refuses to start instead of writing the same logs. The kernel
+/// releases the lock when the holder exits, crashed or not. A file system
+/// without locks is warned about, not refused.
+fn lock_data_dir(dir: &std::path::Path) -> Result<Option<std::fs::File>, ServerError> {
+    let shown = || dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir { dir: shown(), source })?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(DATA_DIR_LOCK))
+        .map_err(|source| ServerError::DataDir { dir: shown(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse { dir: shown() }),
+        Err(std::fs::TryLockError::Error(err)) => {
+            tracing::warn!(dir = %shown(), error = %err, "cannot lock the data directory; nothing stops a second node from using it");
+            Ok(None)
+        }
+    }
 }
 
 /// The three listeners of a node, bound.
@@ -110,6 +156,8 @@ pub struct Server {
     cut: Arc<AtomicBool>,
     /// `runtime.keep_cpus_awake`'s request, held while the node lives.
     _cpus_awake: Option<CpusAwake>,
+    /// The data directory's lock, held until the node has stopped.
+    data_dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// Below this many open files a node warns: two or three per partition
@@ -152,6 +200,7 @@ impl Server {
         let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
         raise_open_files_limit();
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let cpus_awake = if config.keep_cpus_awake {
             let held = CpusAwake::hold().map_err(|source| ServerError::CpusAwake { file: CPU_LATENCY_FILE, source })?;
             tracing::info!(file = CPU_LATENCY_FILE, "runtime.keep_cpus_awake: idle CPUs poll instead of sleeping");
@@ -239,6 +288,7 @@ impl Server {
             stop_http,
             cut,
             _cpus_awake: cpus_awake,
+            data_dir_lock: Mutex::new(data_dir_lock),
         })
     }
 
@@ -286,6 +336,7 @@ impl Server {
             }
         }
         self.cluster.shutdown().await;
+        self.data_dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         tracing::info!(node = self.config.node_id, "node stopped");
     }
 
@@ -302,6 +353,7 @@ impl Server {
         }
         let _ = self.stop_http.send(true);
         self.cluster.shutdown().await;
+        self.data_dir_lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
