@@ -41,12 +41,19 @@ struct Reading {
     at: Option<Instant>,
     space: Option<Space>,
     refusing: bool,
+    /// The last read failed (logged once, until one succeeds).
+    failing: bool,
 }
 
 impl DiskGuard {
     /// Watches the file system holding `path` for node `node_id`.
     pub fn new(node_id: u64, path: PathBuf, min_free: u64) -> DiskGuard {
-        DiskGuard { node_id, path, min_free, state: Mutex::new(Reading { at: None, space: None, refusing: false }) }
+        DiskGuard {
+            node_id,
+            path,
+            min_free,
+            state: Mutex::new(Reading { at: None, space: None, refusing: false, failing: false }),
+        }
     }
 
     /// The space as of at most [`REFRESH`] ago (read now if older), and
@@ -74,8 +81,14 @@ impl DiskGuard {
                 }
                 state.space = Some(now);
                 state.refusing = refusing;
+                state.failing = false;
             }
-            Err(err) => tracing::warn!(error = %err, path = %self.path.display(), "cannot read the disk's free space"),
+            Err(err) => {
+                if !state.failing {
+                    tracing::warn!(error = %err, path = %self.path.display(), "cannot read the disk's free space");
+                }
+                state.failing = true;
+            }
         }
         *state
     }
