@@ -284,7 +284,7 @@ impl Metrics {
         header(
             out,
             "strata_replicas_stopped",
-            "Raft replicas on this node (partitions and the controller) stopped after an error, such as a write to a full disk: they serve nothing until the broker restarts.",
+            "Raft replicas on this node (partitions and the controller) stopped after an error, such as a write to a full disk: they serve nothing until reopened (a partition's replica is reopened from disk after a pause of 2 s to 60 s; the controller's, when the broker restarts).",
             "gauge",
         );
         let _ = writeln!(out, "strata_replicas_stopped {stopped}");

@@ -111,14 +111,14 @@ impl Broker {
             return Err(ApiError::not_leader(&format!("{topic}/{partition}"), leader));
         };
         if !group.raft.is_leader() {
-            if let Some(fatal) = stopped_by(&group) {
-                // The replica stopped for good (a storage error): say so,
-                // rather than that the leader is unknown, as its state would.
+            if let Some(fatal) = group.stopped_by() {
+                // The replica stopped (a storage error): say so, rather than
+                // that the leader is unknown, as its state would.
                 return Err(ApiError::new(
                     Code::Unavailable,
                     format!(
                         "{topic}/{partition}: its replica on broker {} stopped after an error and serves nothing \
-                         until the broker restarts: {fatal}",
+                         until it is reopened (tried again after a pause): {fatal}",
                         self.node_id
                     ),
                 ));
@@ -807,12 +807,6 @@ fn find_topic<'a>(metadata: &'a ClusterMetadata, topic: &str) -> Result<&'a Topi
 fn current_leader(group: &Group) -> Option<u64> {
     use openraft::async_runtime::WatchReceiver;
     group.raft.metrics().borrow_watched().current_leader
-}
-
-/// Why the replica's Raft stopped for good, if it did.
-fn stopped_by(group: &Group) -> Option<String> {
-    use openraft::async_runtime::WatchReceiver;
-    group.raft.metrics().borrow_watched().running_state.as_ref().err().map(ToString::to_string)
 }
 
 fn read_error(err: LogError, topic: &str, partition: u32) -> ApiError {

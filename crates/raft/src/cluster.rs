@@ -619,6 +619,7 @@ impl Reconciler {
         // election timeout.
         let mut first_seen: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
         let mut complaints = Complaints::default();
+        let mut reopens = Reopens::default();
         // The term in which this node last reported leading each group.
         let mut reported: std::collections::HashMap<u64, u64> = Default::default();
         let mut passes = Passes::default();
@@ -644,7 +645,8 @@ impl Reconciler {
             let mut settled = true;
             let assigned = metadata.partitions_of(node.id());
             for partition in &assigned {
-                let Some(group) = self.open_replica(&metadata, partition.group, &mut complaints).await else {
+                let Some(group) = self.open_replica(&metadata, partition.group, &mut complaints, &mut reopens).await
+                else {
                     settled = false;
                     continue;
                 };
@@ -746,7 +748,17 @@ impl Reconciler {
     /// reports it to the controller, the group's leader removes it from the
     /// group (`remove_damaged`), and then this node starts it again empty,
     /// to be added back like a new replica and sent a snapshot and the log.
-    async fn open_replica(&self, metadata: &ClusterMetadata, group: u64, complaints: &mut Complaints) -> Option<Group> {
+    ///
+    /// A replica whose Raft stopped after a storage error other than damage
+    /// is closed and opened again, after a pause that grows while it keeps
+    /// stopping ([`Reopens`]).
+    async fn open_replica(
+        &self,
+        metadata: &ClusterMetadata,
+        group: u64,
+        complaints: &mut Complaints,
+        reopens: &mut Reopens,
+    ) -> Option<Group> {
         let node = &self.node;
         let me = node.id();
         // An open replica has no rebuild marker (quarantining closes it
@@ -754,10 +766,27 @@ impl Reconciler {
         // common case is answered from memory, without reading the data
         // directory on the runtime's thread every tick for every group.
         let damage = match node.group(group) {
-            Some(open) => match open.log.damage() {
-                None => return Some(open),
+            Some(open) => match (open.log.damage(), open.stopped_by()) {
+                (None, None) => return Some(open),
+                // Raft stopped on a storage error that is not damage (a write
+                // to a full disk, most often): reopen the replica from disk,
+                // as a restart of the node would, once its pause is over.
+                // Opening syncs everything it recovers, so what the reopened
+                // replica then reports durable is; if the cause persists, it
+                // stops again and the next pause is longer.
+                (None, Some(reason)) => {
+                    if !reopens.due(group, tokio::time::Instant::now()) {
+                        return Some(open);
+                    }
+                    tracing::warn!(group, %reason, "reopening a replica whose Raft stopped after an error");
+                    if let Err(err) = node.close_group(group, false).await {
+                        complaints.error(group, "cannot close a stopped replica to reopen it", &err);
+                        return Some(open);
+                    }
+                    None
+                }
                 // Damage found while running (a sealed segment's first read).
-                Some(reason) => Some(reason),
+                (Some(reason), _) => Some(reason),
             },
             None => None,
         };
@@ -1052,6 +1081,55 @@ impl Complaints {
     }
 }
 
+/// When to reopen replicas whose Raft stopped after a storage error (see
+/// `Reconciler::open_replica`): first [`REOPEN_PAUSE_MIN`] after the stop
+/// is seen, then after pauses that double, up to [`REOPEN_PAUSE_MAX`], while
+/// the replica keeps stopping; a replica that ran for
+/// [`REOPEN_FORGET_AFTER`] since its last reopen starts again from the
+/// shortest pause. A disk that filled and was then freed is back in use
+/// within a pause, without restarting the node.
+#[derive(Default)]
+struct Reopens {
+    by_group: std::collections::HashMap<u64, Reopen>,
+}
+
+struct Reopen {
+    /// The pause before the next reopen.
+    pause: Duration,
+    /// When the replica is to be reopened; `None` once it was, until it is
+    /// seen stopped again.
+    at: Option<tokio::time::Instant>,
+    /// When it was last reopened.
+    reopened: Option<tokio::time::Instant>,
+}
+
+const REOPEN_PAUSE_MIN: Duration = Duration::from_secs(2);
+const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(60);
+const REOPEN_FORGET_AFTER: Duration = Duration::from_secs(600);
+
+impl Reopens {
+    /// Whether `group`, seen stopped at `now`, is to be reopened now; if
+    /// so, it is taken as reopened.
+    fn due(&mut self, group: u64, now: tokio::time::Instant) -> bool {
+        let reopen = self.by_group.entry(group).or_insert(Reopen { pause: REOPEN_PAUSE_MIN, at: None, reopened: None });
+        let Some(at) = reopen.at else {
+            // A new stop: after a long run, the shortest pause again.
+            if reopen.reopened.is_some_and(|last| now.duration_since(last) >= REOPEN_FORGET_AFTER) {
+                reopen.pause = REOPEN_PAUSE_MIN;
+            }
+            reopen.at = Some(now + reopen.pause);
+            return false;
+        };
+        if now < at {
+            return false;
+        }
+        reopen.at = None;
+        reopen.reopened = Some(now);
+        reopen.pause = (reopen.pause * 2).min(REOPEN_PAUSE_MAX);
+        true
+    }
+}
+
 /// On a partition's leader: makes the group's voters the assigned replicas,
 /// adding new ones as learners first (blocking until they catch up).
 /// Returns whether there was nothing to do: the group's members were
@@ -1123,5 +1201,50 @@ async fn bounded<T, E: std::fmt::Display>(step: impl std::future::Future<Output 
     match tokio::time::timeout(RECONCILE_STEP_MAX, step).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!("step took over {RECONCILE_STEP_MAX:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At which of the given seconds (each a pass that sees the replica
+    /// stopped, or running when negative) a replica is reopened.
+    fn check(passes: &[i64], expected_reopens: &[i64]) {
+        let start = tokio::time::Instant::from_std(std::time::Instant::now());
+        let mut reopens = Reopens::default();
+        let mut reopened = Vec::new();
+        for &second in passes {
+            if second < 0 {
+                continue; // running: the reconciler does not ask
+            }
+            if reopens.due(7, start + Duration::from_secs(second as u64)) {
+                reopened.push(second);
+            }
+        }
+        assert_eq!(reopened, expected_reopens);
+    }
+
+    #[test]
+    fn a_stopped_replica_is_reopened_after_pauses_that_double_up_to_a_minute() {
+        // Seen stopped every second: reopened 2 s after the first sight, then
+        // (each reopen failing at once) after 4, 8, 16, 32, 60, 60 s.
+        let passes: Vec<i64> = (0..300).collect();
+        check(&passes, &[2, 7, 16, 33, 66, 127, 188, 249]);
+    }
+
+    #[test]
+    fn a_replica_that_ran_long_after_its_reopen_starts_again_from_the_shortest_pause() {
+        // Stopped at 0 (reopened at 2), again at 3 (reopened at 7: 4 s), then
+        // it runs for 20 minutes and stops at 1207: 2 s again, not 8.
+        let mut passes: Vec<i64> = (0..=7).collect();
+        passes.push(-1);
+        passes.extend(1207..=1212);
+        check(&passes, &[2, 7, 1209]);
+        // Stopping again soon after a reopen keeps the longer pause.
+        let mut passes: Vec<i64> = (0..=7).collect();
+        passes.push(-1);
+        passes.extend(100..=120);
+        check(&passes, &[2, 7, 108]);
     }
 }

@@ -152,6 +152,15 @@ impl Group {
     pub fn is_quiet(&self) -> bool {
         self.quiescence.is_quiet(self.id)
     }
+
+    /// Why this replica's Raft stopped, if it did: openraft stops a group
+    /// for good on a storage error (a write to a full disk, a failed sync).
+    /// The reconciler then reopens it from disk after a pause (see
+    /// `cluster.rs`, `Reopens`).
+    pub fn stopped_by(&self) -> Option<String> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().running_state.as_ref().err().map(ToString::to_string)
+    }
 }
 
 /// The Raft side of a node.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use strata_broker::{ConfigBuilder, Listeners, Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A directory removed when dropped.
@@ -72,6 +73,11 @@ impl TestCluster {
 /// Starts `n` nodes on loopback, each adjusted by `tweak`, and waits until
 /// every broker is registered with its client address.
 pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> TestCluster {
+    cluster_each(n, |_, builder| tweak(builder)).await
+}
+
+/// As [`cluster`], with `tweak` told which node (1 to `n`) it adjusts.
+pub async fn cluster_each(n: u64, tweak: impl Fn(u64, ConfigBuilder) -> ConfigBuilder) -> TestCluster {
     let dir = TempDir::new("cluster");
     let mut bound = Vec::new();
     for _ in 0..n {
@@ -94,7 +100,7 @@ pub async fn cluster(n: u64, tweak: impl Fn(ConfigBuilder) -> ConfigBuilder) -> 
             .and_then(|b| b.set("listen.http", addr(&listeners.http)))
             .and_then(|b| b.set("shutdown.grace", "2s"))
             .expect("settings");
-        let config = tweak(builder).build().expect("config");
+        let config = tweak(id, builder).build().expect("config");
         configs.push(config.clone());
         servers.push(Server::start_on(config, listeners).await.expect("start"));
     }
@@ -125,4 +131,25 @@ pub async fn wait_for_leaders(admin: &strata_client::Admin, topic: &str) {
         assert!(tokio::time::Instant::now() < deadline, "partitions of {topic} got no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The body of `GET path` from a node's HTTP listener, which must answer 200.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The sum of every sample of `name` in a `/metrics` text whose labels
+/// contain all of `labels` (0 when there is none).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
