@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use strata_log::plan::{Retention, retention_purge_before};
 use strata_log::{Compaction, FlushPolicy, RaftIndex};
+use strata_raft::metadata::{ClusterMetadata, TopicInfo};
 use strata_raft::{ClusterNode, Group, retention};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,6 +47,11 @@ struct PartitionState {
     cleaned_at: Option<Instant>,
     /// The log end offset at the leader's previous retention check, and when.
     last_end_offset: Option<(u64, Instant)>,
+}
+
+/// Each partition's Raft group, mapped to its topic.
+fn topic_of_group(metadata: &ClusterMetadata) -> HashMap<u64, &TopicInfo> {
+    metadata.topics.values().flat_map(|topic| topic.partitions.iter().map(move |p| (p.group, topic))).collect()
 }
 
 /// Tells one opening of a group's log from another.
@@ -122,12 +128,7 @@ impl Scheduler {
     /// were last applied.
     fn settings_pass(&mut self) {
         let metadata = self.cluster.metadata();
-        let mut topic_of_group = HashMap::new();
-        for topic in metadata.topics.values() {
-            for partition in &topic.partitions {
-                topic_of_group.insert(partition.group, topic);
-            }
-        }
+        let topic_of_group = topic_of_group(&metadata);
         for group in self.cluster.raft_node().groups() {
             if self.configured.get(&group.id) == Some(&log_address(&group)) {
                 continue;
@@ -159,12 +160,7 @@ impl Scheduler {
     /// One pass over every local partition.
     async fn pass(&mut self) {
         let metadata = self.cluster.metadata();
-        let mut topic_of_group = HashMap::new();
-        for topic in metadata.topics.values() {
-            for partition in &topic.partitions {
-                topic_of_group.insert(partition.group, topic);
-            }
-        }
+        let topic_of_group = topic_of_group(&metadata);
         let groups = self.cluster.raft_node().groups();
         self.partitions.retain(|id, _| topic_of_group.contains_key(id));
         self.configured.clear();
