@@ -908,13 +908,24 @@ impl Log {
     /// them. Appends go on meanwhile: the log is read-locked while the
     /// candidates are listed and CRC-checked, and write-locked only to swap
     /// each rewritten segment in.
+    ///
+    /// A failure to write a compacted copy (a full disk, most often) leaves
+    /// the log as it was and writable: the copy is removed and the error
+    /// returned. A failure while swapping a copy in poisons the log, as any
+    /// failed write does.
     pub fn compact(&self, compaction: Compaction) -> Result<CompactionStats> {
         self.check_not_poisoned()?;
-        let result = self.compact_inner(compaction);
-        self.poison(result)
+        match self.compact_inner(compaction) {
+            Err(CompactError::Copy(err)) => {
+                self.durability.deliver();
+                Err(err)
+            }
+            Err(CompactError::Log(err)) => self.poison(Err(err)),
+            Ok(stats) => self.poison(Ok(stats)),
+        }
     }
 
-    fn compact_inner(&self, compaction: Compaction) -> Result<CompactionStats> {
+    fn compact_inner(&self, compaction: Compaction) -> std::result::Result<CompactionStats, CompactError> {
         // 1. The candidates, and their bytes (map slices, CRC-checked).
         let candidates: Vec<Candidate> = {
             let inner = self.read();
@@ -992,12 +1003,21 @@ impl Log {
         n_entries: usize,
         data: &[u8],
         positions: &[u64],
-    ) -> Result<bool> {
+    ) -> std::result::Result<bool, CompactError> {
         let tmp = format!("{name}.compacting");
         let _ = self.dir.remove(&tmp);
-        let file = self.dir.create(&tmp).map_err(LogError::io(|| format!("create {tmp}")))?;
-        file.write_all_at(data, 0).map_err(LogError::io(|| format!("write {tmp}")))?;
-        file.sync_data().map_err(LogError::io(|| format!("sync {tmp}")))?;
+        let copy = || -> Result<Arc<dyn crate::io::File>> {
+            let file = self.dir.create(&tmp).map_err(LogError::io(|| format!("create {tmp}")))?;
+            file.write_all_at(data, 0).map_err(LogError::io(|| format!("write {tmp}")))?;
+            file.sync_data().map_err(LogError::io(|| format!("sync {tmp}")))?;
+            Ok(file)
+        };
+        // Nothing of the log has changed yet: a copy that cannot be written
+        // is given up, and its space back.
+        let file = copy().map_err(|err| {
+            let _ = self.dir.remove(&tmp);
+            CompactError::Copy(err)
+        })?;
         let mut inner = self.write();
         let Some(slot) = inner.segments.iter().position(|s| s.name == name && s.base_index == base_index) else {
             // Purged or truncated meanwhile.
@@ -1227,6 +1247,21 @@ fn recover_segments(dir: &dyn Dir, meta: &Meta) -> Result<Vec<Segment>> {
     }
     dir.sync_dir().map_err(LogError::io(|| "sync partition directory on open"))?;
     Ok(segments)
+}
+
+/// How a compaction failed: writing a compacted copy, before anything of
+/// the log changed (the log stays writable), or anywhere else (reading the
+/// segments, swapping a copy in: the log is poisoned, as on any failed
+/// write, or its damage noted).
+enum CompactError {
+    Copy(LogError),
+    Log(LogError),
+}
+
+impl From<LogError> for CompactError {
+    fn from(err: LogError) -> CompactError {
+        CompactError::Log(err)
+    }
 }
 
 /// How much of a batch [`Log::append_inner`] checks.

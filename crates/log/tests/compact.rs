@@ -149,3 +149,45 @@ fn compaction_keeps_a_batch_attribute_bits() {
         assert!(strata_batch::validate(&entry.batch).expect("valid").is_transactional());
     }
 }
+
+#[test]
+fn a_compaction_that_finds_the_disk_full_leaves_the_log_as_it_was_and_writable() {
+    use strata_log::io::Dir;
+    use strata_log::io::sim::SimDisk;
+    let disk = SimDisk::new();
+    let log = Log::open(Arc::new(disk.clone()), config(), None).expect("open");
+    let value = [7u8; 200];
+    // 20 keys written over and over: most of every sealed segment is
+    // superseded, so compaction has copies to write.
+    let batch = |i: u64| {
+        let mut builder = BatchBuilder::new();
+        for j in 0..5u64 {
+            builder.push(1_000, Some(format!("key-{}", (i * 5 + j) % 20).as_bytes()), Some(&value[..]), &[]);
+        }
+        builder.build(Compression::None)
+    };
+    for i in 0..400u64 {
+        log.append(&batch(i), Term(1)).expect("append");
+    }
+    log.sync().expect("sync");
+    let before = read_all(&log);
+    let state = log.state();
+    assert!(state.n_segments > 3, "{state:?}");
+
+    // Room for a few hundred bytes more, not for a compacted segment.
+    disk.set_capacity(Some(disk.used_bytes() + 256));
+    let compaction = Compaction { boundary: RaftIndex(400), now_ms: 2_000, delete_retention_ms: 10_000 };
+    let err = log.compact(compaction).expect_err("no room for the copy");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(read_all(&log), before, "nothing changed");
+    let names = disk.list().expect("list");
+    assert!(!names.iter().any(|n| n.ends_with(".compacting")), "the copy is removed: {names:?}");
+
+    // Space freed: the same log takes appends (it was not poisoned) and
+    // compacts.
+    disk.set_capacity(None);
+    log.append(&batch(400), Term(1)).expect("append after the failed compaction");
+    log.sync().expect("sync");
+    let stats = log.compact(compaction).expect("compact once there is room");
+    assert!(stats.n_records_removed > 0, "{stats:?}");
+}

@@ -64,6 +64,31 @@ struct DiskState {
     /// Mutating operations left before the disk dies (a crash in the middle
     /// of a multi-step operation); `None` = unlimited.
     ops_left: Option<u64>,
+    /// Bytes the named files may hold in all; a write or `set_len` that
+    /// would grow them past it fails with `StorageFull` and changes
+    /// nothing (a full disk). `None` = unlimited.
+    capacity: Option<u64>,
+}
+
+impl DiskState {
+    /// Fails with `StorageFull` if growing `inode` to `new_len` bytes would
+    /// take the named files past the capacity.
+    fn check_room(&self, inode: u64, new_len: u64) -> io::Result<()> {
+        let Some(capacity) = self.capacity else { return Ok(()) };
+        let len_of = |id: &u64| self.inodes.get(id).map_or(0, |i| i.current.len() as u64);
+        let old_len = len_of(&inode);
+        if new_len <= old_len {
+            return Ok(());
+        }
+        let mut ids: Vec<&u64> = self.names.values().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let used: u64 = ids.into_iter().map(len_of).sum();
+        if used + (new_len - old_len) > capacity {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "sim disk: no space left"));
+        }
+        Ok(())
+    }
 }
 
 /// A crashable in-memory disk with one directory. Clones share the disk.
@@ -123,6 +148,23 @@ impl SimDisk {
         if let Ok(mut state) = self.state.lock() {
             state.ops_left = Some(n_ops);
         }
+    }
+
+    /// Limits the bytes the disk's files may hold (`None`: no limit); see
+    /// `DiskState::capacity`.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        if let Ok(mut state) = self.state.lock() {
+            state.capacity = bytes;
+        }
+    }
+
+    /// Bytes the disk's named files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        let Ok(state) = self.state.lock() else { return 0 };
+        let mut ids: Vec<&u64> = state.names.values().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().filter_map(|id| state.inodes.get(id)).map(|i| i.current.len() as u64).sum()
     }
 
     /// Number of `sync_data` and `sync_dir` calls so far.
@@ -194,6 +236,8 @@ impl SimDisk {
             n_syncs: 0,
             dead: false,
             ops_left: None,
+            // The disk is the same size after a restart.
+            capacity: state.capacity,
         };
         SimDisk { state: Arc::new(Mutex::new(fresh)) }
     }
@@ -251,8 +295,16 @@ impl SimFile {
         f(inode)
     }
 
-    fn with_mut<T>(&self, f: impl FnOnce(&mut Inode) -> io::Result<T>) -> io::Result<T> {
+    /// Runs a change that leaves the file `new_len` bytes long, if the
+    /// disk has room for it.
+    fn with_mut<T>(
+        &self,
+        new_len: impl FnOnce(u64) -> u64,
+        f: impl FnOnce(&mut Inode) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut state = self.disk.lock_mut()?;
+        let len = state.inodes.get(&self.inode).map_or(0, |i| i.current.len() as u64);
+        state.check_room(self.inode, new_len(len))?;
         let inode = state.inodes.get_mut(&self.inode).ok_or_else(|| io::Error::other("sim disk: inode gone"))?;
         f(inode)
     }
@@ -270,21 +322,27 @@ impl File for SimFile {
         })
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        self.with_mut(|inode| {
-            write_into(&mut inode.current, position, buf);
-            inode.pending.push(FileOp::Write { position, data: buf.to_vec() });
-            Ok(())
-        })
+        self.with_mut(
+            |len| len.max(position + buf.len() as u64),
+            |inode| {
+                write_into(&mut inode.current, position, buf);
+                inode.pending.push(FileOp::Write { position, data: buf.to_vec() });
+                Ok(())
+            },
+        )
     }
     fn len(&self) -> io::Result<u64> {
         self.with(|inode| Ok(inode.current.len() as u64))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.with_mut(|inode| {
-            inode.current.resize(len as usize, 0);
-            inode.pending.push(FileOp::SetLen(len));
-            Ok(())
-        })
+        self.with_mut(
+            |_| len,
+            |inode| {
+                inode.current.resize(len as usize, 0);
+                inode.pending.push(FileOp::SetLen(len));
+                Ok(())
+            },
+        )
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         // No blocks to reserve in memory: growing with zeroes is all of it.
