@@ -24,6 +24,7 @@ mod report;
 mod rng;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,7 +75,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 300)]
     time_limit: u64,
     /// Faults: a comma-separated list of kill, pause, partition, clock,
-    /// disk, membership (4 nodes or more), or all.
+    /// disk, membership (4 nodes or more), full, or all.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Seed of the fault schedule and the workload's choices (default: the
@@ -209,6 +210,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     netns::create(args.nodes).context("create the network namespaces")?;
     let result = run_in_network(&args, seed, &kinds, &strata_bin, &out_dir).await;
     netns::remove();
+    node::unmount_disks(&out_dir);
     result
 }
 
@@ -235,6 +237,12 @@ async fn run_in_network(
         // that only in this UNSAFE test mode.
         settings.push("testing.journal_unsynced=true".to_string());
     }
+    if kinds.contains(&Kind::Full) {
+        // A floor below the nodes' small disks, so that a filled disk
+        // makes its node refuse produce as a leader (and its followers run
+        // out of space a little later, or at once).
+        settings.push(format!("limits.min_free_disk_bytes={}", nemesis::FULL_DISK_FLOOR));
+    }
     let cluster = Arc::new(Mutex::new(Cluster::new(
         ClusterConfig {
             n_nodes: args.nodes,
@@ -242,17 +250,20 @@ async fn run_in_network(
             out_dir: out_dir.to_path_buf(),
             settings,
             faketime: kinds.contains(&Kind::Clock),
+            disk_bytes: kinds.contains(&Kind::Full).then_some(nemesis::FULL_DISK_BYTES),
         },
         started,
     )));
     // Ctrl-C: stop the servers and remove the network, then leave.
     {
         let cluster = cluster.clone();
+        let out = out_dir.to_path_buf();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("[chaos] interrupted: stopping the cluster and removing the network");
                 cluster.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
                 netns::remove();
+                node::unmount_disks(&out);
                 std::process::exit(130);
             }
         });
@@ -356,6 +367,7 @@ async fn run_in_network(
         "final_read_stalls": final_read.stalls,
         "leaderless_after_heal": leaderless,
         "unexpected_node_exits": exits,
+        "replica_reopens": replica_reopens(out_dir, args.nodes),
         "anomalies": verdict.anomalies,
         "stats": verdict.stats,
         "plot_legend": report::legend(),
@@ -371,10 +383,25 @@ async fn run_in_network(
         if passed && !args.control && !args.keep_data {
             cluster.remove_data();
         }
+        // The nodes' own file systems, if any: their images stay for a
+        // look (`mount -o loop <out>/disks/nN.img DIR`) unless removed above.
+        cluster.unmount_disks();
     }
     print_summary(&results);
     eprintln!("[chaos] {} ({})", if passed { "PASSED" } else { "FAILED" }, out_dir.display());
     Ok(passed)
+}
+
+/// How often each node reopened a replica whose Raft had stopped on a
+/// storage error (a full disk), from its log: what shows that the
+/// full-disk fault bit, beyond being injected.
+fn replica_reopens(out_dir: &Path, n_nodes: u32) -> BTreeMap<String, usize> {
+    (1..=n_nodes)
+        .map(|node| {
+            let log = std::fs::read_to_string(out_dir.join(format!("n{node}.log"))).unwrap_or_default();
+            (format!("n{node}"), log.matches("reopening a replica whose Raft stopped").count())
+        })
+        .collect()
 }
 
 fn print_summary(results: &serde_json::Value) {
@@ -392,6 +419,7 @@ fn print_summary(results: &serde_json::Value) {
         "final_read_incomplete": pick("final_read_incomplete"),
         "final_read_stalls": pick("final_read_stalls"),
         "unexpected_node_exits": pick("unexpected_node_exits"),
+        "replica_reopens": pick("replica_reopens"),
         "anomalies": anomalies,
         "stats": pick("stats"),
     });

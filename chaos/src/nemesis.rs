@@ -32,6 +32,14 @@ use crate::history::{F, History, NEMESIS_PROCESS, Op, OpType};
 use crate::node::Cluster;
 use crate::rng::Rng;
 
+/// Each node's own file system under the full-disk nemesis: room for a
+/// 300-second run's data many times over (the images are sparse: they
+/// take on the machine's disk only what is written).
+pub const FULL_DISK_BYTES: u64 = 2 << 30;
+/// The servers' `limits.min_free_disk_bytes` under the full-disk nemesis
+/// (a filled disk leaves less than this available).
+pub const FULL_DISK_FLOOR: u64 = 64 << 20;
+
 /// The kinds of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,11 +57,15 @@ pub enum Kind {
     Disk,
     /// A broker removed from the cluster, then a new one added in its place.
     Membership,
+    /// Nodes' disks filled up (each node's data directory is a small file
+    /// system of its own), then freed, the nodes running all along.
+    Full,
 }
 
 impl Kind {
     /// Every kind the harness can inject (`--nemesis all`).
-    pub const ALL: [Kind; 6] = [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Clock, Kind::Disk, Kind::Membership];
+    pub const ALL: [Kind; 7] =
+        [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Clock, Kind::Disk, Kind::Membership, Kind::Full];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -64,6 +76,7 @@ impl Kind {
             Kind::Clock => "clock",
             Kind::Disk => "disk",
             Kind::Membership => "membership",
+            Kind::Full => "full",
         }
     }
 
@@ -93,7 +106,7 @@ impl Kind {
                     kinds.insert(*kind);
                 }
                 None => anyhow::bail!(
-                    "unknown nemesis {name:?}; known: kill, pause, partition, clock, disk, membership, all"
+                    "unknown nemesis {name:?}; known: kill, pause, partition, clock, disk, membership, full, all"
                 ),
             }
         }
@@ -203,6 +216,16 @@ pub enum Fault {
         /// Node (slot) id.
         node: u32,
     },
+    /// Fill these nodes' disks, leaving `leave_bytes` available, while they
+    /// run; free the space at the stop.
+    Full {
+        /// Node ids.
+        nodes: Vec<u32>,
+        /// Bytes left available: none, or less than the servers'
+        /// `limits.min_free_disk_bytes` (so leaders refuse produce while
+        /// followers may still write a little).
+        leave_bytes: u64,
+    },
 }
 
 impl Fault {
@@ -215,6 +238,7 @@ impl Fault {
             Fault::Clock { .. } => Kind::Clock,
             Fault::Disk { .. } => Kind::Disk,
             Fault::Membership { .. } => Kind::Membership,
+            Fault::Full { .. } => Kind::Full,
         }
     }
 }
@@ -341,6 +365,15 @@ fn fault_of(rng: &mut Rng, kind: Kind, n: u32, disk_nodes: &[u32]) -> Fault {
             Fault::Disk { node, damage, pick: rng.next_u64() }
         }
         Kind::Membership => Fault::Membership { node: *rng.pick(&all_nodes(n)) },
+        Kind::Full => {
+            let count = if rng.below(10) < 7 { 1 } else { minority };
+            let nodes = some_nodes(rng, n, count);
+            // Nothing left, or a few MiB: below the servers' free-space
+            // floor (`FULL_DISK_FLOOR`), so leaders refuse produce at once
+            // and followers run out after a little more.
+            let leave_bytes = if rng.chance(0.5) { 0 } else { rng.between(1, (FULL_DISK_FLOOR >> 20) * 3 / 4) << 20 };
+            Fault::Full { nodes, leave_bytes }
+        }
     }
 }
 
@@ -572,6 +605,14 @@ impl Nemesis {
                 let what = self.remove_broker(*node).await?;
                 Ok((format!("{described} {what}"), None))
             }
+            Fault::Full { nodes, leave_bytes } => {
+                let cluster = self.cluster();
+                let mut what = Vec::new();
+                for node in nodes {
+                    what.push(cluster.fill(*node, *leave_bytes)?);
+                }
+                Ok((format!("{described} {}", what.join("; ")), None))
+            }
         }
     }
 
@@ -679,6 +720,7 @@ impl Nemesis {
             Fault::Clock { nodes, .. } => nodes.iter().try_for_each(|n| cluster.set_clock(*n, 0)),
             Fault::Disk { node, .. } => cluster.restart(*node),
             Fault::Membership { .. } => Ok(()),
+            Fault::Full { nodes, .. } => nodes.iter().try_for_each(|n| cluster.free(*n)),
         }
     }
 }
@@ -790,6 +832,25 @@ mod tests {
         }
         assert!(n_plans_with_disk > 150, "only {n_plans_with_disk} of 200 plans have a disk fault");
         assert_eq!(later, BTreeSet::from(["bit-flip", "lose-unsynced", "truncate"]));
+    }
+
+    #[test]
+    fn full_disks_are_a_minority_and_leave_less_than_the_servers_floor() {
+        let mut leaves = BTreeSet::new();
+        for seed in 0..200 {
+            for n in [3, 5] {
+                for step in plan(seed, &[Kind::Full, Kind::Kill], n, 300_000, 5_000) {
+                    if let Fault::Full { nodes, leave_bytes } = step.fault {
+                        assert!(!nodes.is_empty() && nodes.len() as u32 <= ((n - 1) / 2).max(1), "{nodes:?}");
+                        assert!(nodes.iter().all(|x| (1..=n).contains(x)), "{nodes:?}");
+                        assert!(leave_bytes < FULL_DISK_FLOOR, "{leave_bytes}");
+                        leaves.insert(leave_bytes == 0);
+                    }
+                }
+            }
+        }
+        // Both a disk with nothing left and one with a little.
+        assert_eq!(leaves, BTreeSet::from([false, true]));
     }
 
     #[test]

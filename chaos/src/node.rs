@@ -1,6 +1,11 @@
 //! The cluster under test: real `strata server` processes, one per network
 //! namespace, started with `ip netns exec`, their output appended to
-//! `<out>/nN.log`, their data in `<out>/data/nN`.
+//! `<out>/nN.log`, their data in `<out>/data/nN`. With the full-disk
+//! nemesis each node's data lives on a small ext4 file system of its own
+//! instead (`<out>/disks/nN.img`, a sparse image on a loop device, mounted
+//! on `<out>/disks/nN`, data in `<out>/disks/nN/data`), which the nemesis
+//! fills with a file (`<out>/disks/nN/filler`, `fallocate`) and frees; the
+//! images are unmounted when the cluster is dropped.
 //!
 //! Each node listens on its own address (see [`crate::netns`]) on ports
 //! 9092 (clients), 9093 (peers) and 9094 (HTTP). With the clock nemesis
@@ -55,6 +60,8 @@ pub fn check_faketime(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the full-disk nemesis leaves to be written after its `fallocate`.
+const FILL_SLACK_BYTES: u64 = 8 << 20;
 /// How long a graceful stop may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -71,6 +78,9 @@ pub struct ClusterConfig {
     pub settings: Vec<String>,
     /// Run the servers under libfaketime.
     pub faketime: bool,
+    /// Give each node a file system of its own of this many bytes (the
+    /// full-disk nemesis), instead of a directory of the run's.
+    pub disk_bytes: Option<u64>,
 }
 
 /// A process exit nobody asked for.
@@ -105,6 +115,8 @@ pub struct Cluster {
     /// The next broker id the membership nemesis hands out (ids are never
     /// reused).
     next_broker: u32,
+    /// Nodes whose own file system is mounted now.
+    mounted: BTreeSet<u32>,
 }
 
 impl Cluster {
@@ -113,7 +125,7 @@ impl Cluster {
         let nodes =
             (1..=config.n_nodes).map(|id| Node { id, broker: id, child: None, stdin: None, paused: false }).collect();
         let next_broker = config.n_nodes + 1;
-        Cluster { config, nodes, started, exits: Vec::new(), next_broker }
+        Cluster { config, nodes, started, exits: Vec::new(), next_broker, mounted: BTreeSet::new() }
     }
 
     /// How many nodes.
@@ -165,7 +177,88 @@ impl Cluster {
     }
 
     fn data_dir(&self, node: u32) -> PathBuf {
-        self.config.out_dir.join("data").join(format!("n{node}"))
+        match self.config.disk_bytes {
+            Some(_) => self.disk_dir(node).join("data"),
+            None => self.config.out_dir.join("data").join(format!("n{node}")),
+        }
+    }
+
+    /// Where node `node`'s own file system is mounted (full-disk nemesis).
+    fn disk_dir(&self, node: u32) -> PathBuf {
+        self.config.out_dir.join("disks").join(format!("n{node}"))
+    }
+
+    /// Makes and mounts node `node`'s own file system, if the run gives
+    /// nodes one and it is not mounted yet.
+    fn mount_disk(&mut self, node: u32) -> anyhow::Result<()> {
+        let Some(bytes) = self.config.disk_bytes else { return Ok(()) };
+        if self.mounted.contains(&node) {
+            return Ok(());
+        }
+        let mount = self.disk_dir(node);
+        let image = mount.with_extension("img");
+        std::fs::create_dir_all(&mount).with_context(|| format!("create {}", mount.display()))?;
+        if !image.exists() {
+            let file = std::fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;
+            file.set_len(bytes).with_context(|| format!("size {}", image.display()))?;
+            // No blocks reserved for root (the servers run as root): the
+            // space the nemesis leaves is all there is.
+            let image = image.to_string_lossy();
+            netns::run("mkfs.ext4", &["-q", "-F", "-m", "0", &image])?;
+        }
+        netns::run("mount", &["-o", "loop", &image.to_string_lossy(), &mount.to_string_lossy()])?;
+        self.mounted.insert(node);
+        Ok(())
+    }
+
+    /// Unmounts every node's own file system (their processes stopped).
+    pub fn unmount_disks(&mut self) {
+        self.mounted.clear();
+        unmount_disks(&self.config.out_dir);
+    }
+
+    /// Fills node `node`'s own file system until `leave_bytes` are left
+    /// available (full-disk nemesis); returns what it did.
+    pub fn fill(&self, node: u32, leave_bytes: u64) -> anyhow::Result<String> {
+        anyhow::ensure!(self.mounted.contains(&node), "node {node} has no file system of its own");
+        let mount = self.disk_dir(node);
+        let filler = mount.join("filler");
+        let available = || {
+            strata_log::io::space(&mount)
+                .map(|s| s.available)
+                .with_context(|| format!("free space of {}", mount.display()))
+        };
+        // Most of it at once (`fallocate` cannot take the very last blocks:
+        // the file's own extent tree needs some), the rest by writing.
+        let bulk = available()?.saturating_sub(leave_bytes + FILL_SLACK_BYTES);
+        if bulk > 0 {
+            netns::run("fallocate", &["-l", &bulk.to_string(), &filler.to_string_lossy()])?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&filler)
+            .with_context(|| format!("open {}", filler.display()))?;
+        let chunk = [0u8; 64 << 10];
+        while available()? > leave_bytes {
+            match file.write_all(&chunk).and_then(|()| file.sync_data()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(e).with_context(|| format!("write {}", filler.display())),
+            }
+        }
+        Ok(format!("filled node {node}'s disk: {} bytes available", available()?))
+    }
+
+    /// Frees what [`Cluster::fill`] took on node `node`.
+    pub fn free(&self, node: u32) -> anyhow::Result<()> {
+        let filler = self.disk_dir(node).join("filler");
+        match std::fs::remove_file(&filler) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("remove {}", filler.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn clock_file(&self, node: u32) -> PathBuf {
@@ -187,6 +280,7 @@ impl Cluster {
     }
 
     fn spawn(&mut self, node: u32) -> anyhow::Result<()> {
+        self.mount_disk(node)?;
         let data_dir = self.data_dir(node);
         std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
         let log_path = self.config.out_dir.join(format!("n{node}.log"));
@@ -451,6 +545,9 @@ impl Cluster {
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         self.heal_network()?;
         for node in 1..=self.config.n_nodes {
+            if self.mounted.contains(&node) {
+                self.free(node)?;
+            }
             self.set_clock(node, 0)?;
             self.resume(node)?;
             self.restart(node)?;
@@ -484,15 +581,21 @@ impl Cluster {
         }
     }
 
-    /// Removes the nodes' data (after a valid run).
-    pub fn remove_data(&self) {
+    /// Removes the nodes' data (after a valid run), their own file
+    /// systems' images included.
+    pub fn remove_data(&mut self) {
         let _ = std::fs::remove_dir_all(self.config.out_dir.join("data"));
+        if self.config.disk_bytes.is_some() {
+            self.unmount_disks();
+            let _ = std::fs::remove_dir_all(self.config.out_dir.join("disks"));
+        }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
+        self.unmount_disks();
     }
 }
 
@@ -509,4 +612,21 @@ fn find_segments(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Unmounts every file system mounted under `<out_dir>/disks` (the nodes'
+/// own, for the full-disk nemesis), lazily where one is still in use: also
+/// after a run that stopped on an error, whoever still holds the cluster.
+pub fn unmount_disks(out_dir: &Path) {
+    let Ok(disks) = std::fs::canonicalize(out_dir.join("disks")) else { return };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    for point in mounts.lines().filter_map(|line| line.split(' ').nth(1)) {
+        if !Path::new(point).starts_with(&disks) {
+            continue;
+        }
+        if let Err(e) = netns::run("umount", &[point]) {
+            eprintln!("[chaos] {e:#}; detaching it lazily");
+            let _ = netns::run("umount", &["-l", point]);
+        }
+    }
 }

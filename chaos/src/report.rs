@@ -39,6 +39,7 @@ fn shade(kind: Kind) -> Rgb {
         Kind::Clock => [190, 120, 230],
         Kind::Disk => [150, 150, 150],
         Kind::Membership => [110, 210, 200],
+        Kind::Full => [200, 160, 110],
     }
 }
 
@@ -49,7 +50,7 @@ pub fn legend() -> Value {
         "latency.png y": "latency of completed operations, log scale, ticks at 1 ms, 10 ms, 100 ms, 1 s, 10 s",
         "throughput.png y": "operations completed per second, one tick per 10",
         "points and lines": {"ok": "green", "info": "orange", "fail": "red"},
-        "shaded periods": {"kill": "red", "pause": "yellow", "partition": "blue", "clock": "purple", "disk": "grey", "membership": "teal"},
+        "shaded periods": {"kill": "red", "pause": "yellow", "partition": "blue", "clock": "purple", "disk": "grey", "membership": "teal", "full": "brown"},
     })
 }
 
