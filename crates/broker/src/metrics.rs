@@ -288,6 +288,20 @@ impl Metrics {
             "gauge",
         );
         let _ = writeln!(out, "strata_replicas_stopped {stopped}");
+        let open: std::collections::HashSet<u64> = node.group_ids().into_iter().collect();
+        let n_not_open = metadata
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.replicas.contains(&node.id()) && !open.contains(&p.group))
+            .count();
+        header(
+            out,
+            "strata_replicas_not_open",
+            "Partition replicas assigned to this node that it does not run: just assigned, waiting to be rebuilt after damage, or failing to open (the node's log says why).",
+            "gauge",
+        );
+        let _ = writeln!(out, "strata_replicas_not_open {n_not_open}");
         header(
             out,
             "strata_partitions_quiet",

@@ -1,7 +1,8 @@
 //! The metrics a 3-node cluster serves move as they should: records and
 //! bytes in count what was produced, a group's lag appears and drains with
 //! its committed offset, a stopped follower shows up as under-replicated
-//! partitions on the leaders; and every metric the Grafana dashboard and the
+//! partitions on the leaders, replicas a node cannot open show as not open;
+//! and every metric the Grafana dashboard and the
 //! alert rules query is one the server exports.
 
 mod common;
@@ -34,7 +35,7 @@ async fn wait_for(servers: &[SocketAddr], name: &str, labels: &[&str], what: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throughput_lag_and_a_stopped_follower_show_in_the_metrics() {
-    let cluster = cluster(3, |b| b).await;
+    let mut cluster = cluster(3, |b| b).await;
     let http: Vec<SocketAddr> = cluster.servers.iter().map(|s| s.http_addr()).collect();
     let client = Client::new(&cluster.bootstrap).expect("client");
     let admin = Admin::new(&client);
@@ -85,11 +86,27 @@ async fn throughput_lag_and_a_stopped_follower_show_in_the_metrics() {
     assert!(sum_over(&[leader_addr], "strata_partitions_under_replicated", &[]).await >= 1.0);
     let cluster_json: serde_json::Value = serde_json::from_str(&get(leader_addr, "/v1/cluster").await).expect("json");
     assert_eq!(cluster_json["brokers"].as_array().map(Vec::len), Some(3), "{cluster_json}");
-    for (i, server) in cluster.servers.iter().enumerate() {
-        if i as u64 + 1 != follower {
-            server.shutdown().await;
+
+    // A follower that cannot open its replicas (each partition directory
+    // replaced by a file) shows them as assigned and not open (none were
+    // before).
+    assert_eq!(sum_over(&[leader_addr], "strata_replicas_not_open", &[]).await, 0.0);
+    let data_dir = cluster.configs[(follower - 1) as usize].data_dir.clone();
+    let mut n_replaced = 0;
+    for entry in std::fs::read_dir(&data_dir).expect("list data dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.starts_with("group-") && name != "group-0" && path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove replica");
+            std::fs::write(&path, b"not a directory").expect("a file in its place");
+            n_replaced += 1;
         }
     }
+    assert!(n_replaced >= 1, "the follower held a replica of the topic");
+    cluster.restart(follower).await;
+    let follower_addr = cluster.servers[(follower - 1) as usize].http_addr();
+    wait_for(&[follower_addr], "strata_replicas_not_open", &[], "the replicas it cannot open", |v| v >= 1.0).await;
+    cluster.shutdown().await;
 }
 
 /// Metric names (`strata_...`) in a text, with histogram suffixes removed.
