@@ -75,19 +75,22 @@ impl DiskState {
     /// take the named files past the capacity.
     fn check_room(&self, inode: u64, new_len: u64) -> io::Result<()> {
         let Some(capacity) = self.capacity else { return Ok(()) };
-        let len_of = |id: &u64| self.inodes.get(id).map_or(0, |i| i.current.len() as u64);
-        let old_len = len_of(&inode);
+        let old_len = self.inodes.get(&inode).map_or(0, |i| i.current.len() as u64);
         if new_len <= old_len {
             return Ok(());
         }
-        let mut ids: Vec<&u64> = self.names.values().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let used: u64 = ids.into_iter().map(len_of).sum();
-        if used + (new_len - old_len) > capacity {
+        if self.used_bytes() + (new_len - old_len) > capacity {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "sim disk: no space left"));
         }
         Ok(())
+    }
+
+    /// Bytes the named files hold (a file with two names counted once).
+    fn used_bytes(&self) -> u64 {
+        let mut ids: Vec<&u64> = self.names.values().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().filter_map(|id| self.inodes.get(id)).map(|i| i.current.len() as u64).sum()
     }
 }
 
@@ -160,11 +163,7 @@ impl SimDisk {
 
     /// Bytes the disk's named files hold now.
     pub fn used_bytes(&self) -> u64 {
-        let Ok(state) = self.state.lock() else { return 0 };
-        let mut ids: Vec<&u64> = state.names.values().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter().filter_map(|id| state.inodes.get(id)).map(|i| i.current.len() as u64).sum()
+        self.state.lock().map(|state| state.used_bytes()).unwrap_or(0)
     }
 
     /// Number of `sync_data` and `sync_dir` calls so far.
