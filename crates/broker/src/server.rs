@@ -510,6 +510,7 @@ top_level_error!(
     pb::CreateTopicResponse,
     pb::DeleteTopicResponse,
     pb::AlterTopicConfigResponse,
+    pb::CreatePartitionsResponse,
     pb::ReassignPartitionResponse,
     pb::RemoveBrokerResponse,
     pb::DescribeTopicResponse,
@@ -693,6 +694,14 @@ impl pb::strata_server::Strata for Api {
     ) -> Answer<pb::AlterTopicConfigResponse> {
         self.ready()?;
         self.answer("alter_topic_config", self.0.alter_topic_config(request.into_inner()).await)
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Answer<pb::CreatePartitionsResponse> {
+        self.ready()?;
+        self.answer("create_partitions", self.0.create_partitions(request.into_inner()).await)
     }
 
     async fn reassign_partition(

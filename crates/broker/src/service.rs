@@ -541,6 +541,43 @@ impl Broker {
         admin_bounded(alter).await?.map_err(ApiError::from_cluster)
     }
 
+    /// CreatePartitions: grows a topic through the controller (which
+    /// refuses a count not above the current one).
+    pub async fn create_partitions(&self, request: pb::CreatePartitionsRequest) -> pb::CreatePartitionsResponse {
+        match self.try_create_partitions(request).await {
+            Ok(info) => pb::CreatePartitionsResponse {
+                error: None,
+                topic: Some(pb::TopicMetadata {
+                    name: info.name.clone(),
+                    error: None,
+                    partitions: self.partitions_pb(&self.cluster.metadata(), &info),
+                    configs: info.configs.into_iter().collect(),
+                }),
+            },
+            Err(e) => pb::CreatePartitionsResponse { error: Some(error_to_pb(&e)), topic: None },
+        }
+    }
+
+    async fn try_create_partitions(&self, request: pb::CreatePartitionsRequest) -> Result<TopicInfo, ApiError> {
+        let metadata = self.cluster.metadata();
+        find_topic(&metadata, &request.topic)?;
+        if request.topic == crate::groups::OFFSETS_TOPIC {
+            // Groups are placed by hash(group) % its partition count.
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("{} is internal: its partition count places the consumer groups", request.topic),
+            ));
+        }
+        if request.count > PARTITIONS_MAX {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("a topic has 1 to {PARTITIONS_MAX} partitions, not {}", request.count),
+            ));
+        }
+        let add = self.cluster.add_partitions(&request.topic, request.count);
+        admin_bounded(add).await?.map_err(ApiError::from_cluster)
+    }
+
     /// ReassignPartition: checks the replica set, then records it through
     /// the controller (the partition's leader carries the move out).
     pub async fn reassign_partition(&self, request: pb::ReassignPartitionRequest) -> pb::ReassignPartitionResponse {

@@ -40,10 +40,15 @@ pub enum TopicCommand {
         #[arg(long)]
         verbose: bool,
     },
-    /// Changes a topic's configuration at runtime.
+    /// Changes a topic's configuration at runtime, or adds partitions.
     Alter {
         /// Topic name.
         name: String,
+        /// Grow the topic to this many partitions (never fewer: partitions
+        /// are not removed). Records with a key may map to other partitions
+        /// from then on.
+        #[arg(long)]
+        partitions: Option<u32>,
         /// A key to set, as KEY=VALUE (retention.ms, retention.bytes,
         /// cleanup.policy, segment.bytes, ...).
         #[arg(long = "config", value_name = "KEY=VALUE")]
@@ -221,9 +226,25 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 outln!("{name}");
             }
         }
-        TopicCommand::Alter { name, configs, delete } => {
-            if configs.is_empty() && delete.is_empty() {
-                bail!("nothing to change: give --config KEY=VALUE or --delete-config KEY");
+        TopicCommand::Alter { name, partitions, configs, delete } => {
+            if partitions.is_none() && configs.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give --partitions N, --config KEY=VALUE or --delete-config KEY");
+            }
+            if let Some(count) = partitions {
+                admin.create_partitions(&name, count).await?;
+                match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
+                    Ok(0) => outln!("Topic {name} has {count} partitions."),
+                    Ok(leaderless) => outln!(
+                        "Topic {name} has {count} partitions; {leaderless} have no leader yet \
+                         (their elections are still running)."
+                    ),
+                    Err(err) => {
+                        outln!("Topic {name} has {count} partitions; their leaders could not be checked: {err}.")
+                    }
+                }
+                if configs.is_empty() && delete.is_empty() {
+                    return Ok(());
+                }
             }
             let mut set = std::collections::BTreeMap::new();
             for config in configs {

@@ -336,6 +336,28 @@ impl Admin {
         Ok(response.configs.into_iter().collect())
     }
 
+    /// Grows `topic` to `count` partitions (Kafka's `createPartitions`): the
+    /// new ones get as many replicas as partition 0. Partitions are never
+    /// removed, so `count` must be above the current one. Records with a
+    /// key may go to another partition from then on. Producers of this
+    /// client use the new partitions at once; other clients see them at
+    /// their next metadata refresh ([`Client::set_metadata_max_age`]), and
+    /// consumer groups are given them at their members' next heartbeat.
+    /// The new partitions elect leaders within a second or so; see
+    /// [`Admin::wait_for_leaders`].
+    pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<()> {
+        let request = pb::CreatePartitionsRequest { topic: topic.to_string(), count };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.create_partitions(request).await }
+            })
+            .await?;
+        check(response.error)?;
+        self.client.refresh_metadata(&[topic.to_string()]).await
+    }
+
     /// Moves partition `partition` of `topic` to the brokers `replicas` (the
     /// first preferred as leader). Returns once the controller recorded the
     /// new assignment; the partition's leader then brings the new replicas

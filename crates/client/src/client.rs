@@ -2,7 +2,7 @@
 //! metadata, shared by producers, consumers and admin.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,44 @@ struct Inner {
     /// Bumped whenever the cache's topics change (see
     /// [`Client::metadata_generation`]).
     generation: AtomicU64,
+    /// How old the cached topics may grow before they are fetched again,
+    /// in ms (Kafka's `metadata.max.age.ms`).
+    max_age_ms: AtomicU64,
+    /// Whether the task that keeps the cache fresh was started.
+    refresher: AtomicBool,
+}
+
+/// How old cached metadata may grow by default: Kafka's
+/// `metadata.max.age.ms` default, 5 minutes.
+const METADATA_MAX_AGE_DEFAULT: Duration = Duration::from_secs(300);
+/// How often the refresher looks whether the metadata is due.
+const REFRESHER_TICK: Duration = Duration::from_secs(1);
+
+/// Fetches the cached topics' metadata again every max age while a
+/// [`Client`] sharing `inner` exists, so that partitions added to a topic
+/// (and leaders that moved without an error telling) are seen.
+async fn refresh_periodically(inner: std::sync::Weak<Inner>) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let max_age = Duration::from_millis(strong.max_age_ms.load(Ordering::Relaxed));
+        let due = last + max_age;
+        drop(strong);
+        tokio::time::sleep_until(due.min(tokio::time::Instant::now() + REFRESHER_TICK)).await;
+        if tokio::time::Instant::now() < due {
+            continue;
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        let client = Client { inner: strong };
+        let topics: Vec<String> =
+            client.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).topics.keys().cloned().collect();
+        if !topics.is_empty()
+            && let Err(err) = client.fetch_metadata(&topics).await
+        {
+            tracing::debug!(error = %err, "metadata refresh failed; retried at the next");
+        }
+        last = tokio::time::Instant::now();
+    }
 }
 
 /// A handle on a Strata cluster: cheap to clone, shared by everything
@@ -71,8 +109,14 @@ impl Client {
         if bootstrap.is_empty() {
             return Err(Error::Invalid("no bootstrap server given".into()));
         }
-        let inner =
-            Inner { bootstrap, channels: Mutex::default(), cache: Mutex::default(), generation: AtomicU64::new(0) };
+        let inner = Inner {
+            bootstrap,
+            channels: Mutex::default(),
+            cache: Mutex::default(),
+            generation: AtomicU64::new(0),
+            max_age_ms: AtomicU64::new(METADATA_MAX_AGE_DEFAULT.as_millis() as u64),
+            refresher: AtomicBool::new(false),
+        };
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -171,6 +215,14 @@ impl Client {
 
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
     pub async fn refresh_metadata(&self, topics: &[String]) -> Result<()> {
+        self.fetch_metadata(topics).await?;
+        if !self.inner.refresher.swap(true, Ordering::AcqRel) {
+            tokio::spawn(refresh_periodically(Arc::downgrade(&self.inner)));
+        }
+        Ok(())
+    }
+
+    async fn fetch_metadata(&self, topics: &[String]) -> Result<()> {
         let request = pb::MetadataRequest { topics: topics.to_vec() };
         let response = self
             .call_any(|mut stub| {
@@ -198,6 +250,15 @@ impl Client {
         }
         self.inner.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// How old the cached metadata of the topics in use may grow before it
+    /// is fetched again (Kafka's `metadata.max.age.ms`; 5 minutes by
+    /// default). Errors (a partition's leader moved) refresh it at once;
+    /// what only the periodic refresh brings is partitions added to a
+    /// topic, which producers and consumers of this client then use.
+    pub fn set_metadata_max_age(&self, age: Duration) {
+        self.inner.max_age_ms.store(age.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     /// The partitions of `topic`, from the cache or the cluster.
@@ -240,7 +301,12 @@ impl Client {
     /// The address of the broker believed to lead `topic`/`partition`: the
     /// known leader, else one replica after another as `attempt` grows.
     pub(crate) async fn leader_addr(&self, topic: &str, partition: u32, attempt: usize) -> Result<String> {
-        let partitions = self.partitions(topic).await?;
+        let mut partitions = self.partitions(topic).await?;
+        if !partitions.iter().any(|p| p.partition == partition) {
+            // Perhaps a partition added since the cache was filled.
+            self.refresh_metadata(&[topic.to_string()]).await?;
+            partitions = self.partitions(topic).await?;
+        }
         let info = partitions.iter().find(|p| p.partition == partition).ok_or_else(|| {
             Error::api(crate::ErrorCode::UnknownPartition, format!("topic {topic} has no partition {partition}"))
         })?;

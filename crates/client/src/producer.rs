@@ -707,10 +707,21 @@ impl Producer {
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < n => Some(p),
             (Some(p), _) => {
-                return Err(Error::api(
-                    ErrorCode::UnknownPartition,
-                    format!("topic {} has {n} partitions; there is no partition {p}", record.topic),
-                ));
+                // Perhaps a partition added since the metadata was fetched:
+                // fetch it again once before refusing the record.
+                drop(topics);
+                let producer = self.clone();
+                return Ok(Queued::Waiting(Box::pin(async move {
+                    producer.shared.client.refresh_metadata(&[record.topic.to_string()]).await?;
+                    let n = producer.shared.client.cached_partition_count(&record.topic).unwrap_or(0);
+                    if p >= n {
+                        return Err(Error::api(
+                            ErrorCode::UnknownPartition,
+                            format!("topic {} has {n} partitions; there is no partition {p}", record.topic),
+                        ));
+                    }
+                    producer.enqueue(record, done)?.wait().await
+                })));
             }
             (None, Some(key)) => Some(partition_for_key(key, n)),
             (None, None) => None,

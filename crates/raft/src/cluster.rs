@@ -214,6 +214,47 @@ impl ClusterNode {
         }
     }
 
+    /// Grows topic `name` to `total` partitions and returns it as applied
+    /// here. The new partitions have as many replicas as partition 0 has
+    /// now, spread over the registered brokers from the one after the last
+    /// partition's preferred leader, as if the topic had been created with
+    /// them. A partition cannot be removed: `total` must be larger than the
+    /// current count.
+    pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, ClusterError> {
+        let metadata = self.sync_metadata().await?;
+        let topic =
+            metadata.topics.get(name).ok_or_else(|| ClusterError::Invalid(format!("topic {name} does not exist")))?;
+        let from = topic.partitions.len() as u32;
+        if total <= from {
+            return Err(ClusterError::Invalid(format!(
+                "topic {name} has {from} partitions; partitions can only be added (asked for {total})"
+            )));
+        }
+        let brokers: Vec<u64> = metadata.brokers.keys().copied().collect();
+        let replication_factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as u32;
+        // `brokers` is sorted (a map's keys): start after the last leader.
+        let last_leader = topic.partitions.last().and_then(|p| p.replicas.first());
+        let start = last_leader.and_then(|l| brokers.iter().position(|b| b == l)).map_or(0, |i| i + 1);
+        let assignment =
+            assign_replicas(&brokers, total - from, replication_factor, start).map_err(ClusterError::Invalid)?;
+        let offset = self.propose(MetadataCommand::AddPartitions { name: name.to_string(), from, assignment }).await?;
+        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
+        while self.controller.state_machine.high_watermark().0 <= offset {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Invalid(format!("the change to {name} was not applied here in time")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match self.metadata().topics.get(name) {
+            Some(topic) if topic.partitions.len() == total as usize => Ok(topic.clone()),
+            Some(topic) => Err(ClusterError::Invalid(format!(
+                "topic {name} has {} partitions: it changed while {total} were asked for; ask again",
+                topic.partitions.len()
+            ))),
+            None => Err(ClusterError::Invalid(format!("topic {name} was deleted"))),
+        }
+    }
+
     /// Deletes a topic; every replica then closes its partitions and removes
     /// their data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterError> {

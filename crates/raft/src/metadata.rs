@@ -40,6 +40,18 @@ pub enum MetadataCommand {
         /// Topic configuration, key = value.
         configs: BTreeMap<String, String>,
     },
+    /// Partitions are added to a topic, with their replicas assigned by
+    /// the proposer. Applied only while the topic has `from` partitions, so
+    /// a proposal sent twice adds them once.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The partition count the proposer saw: the new partitions are
+        /// numbered from it.
+        from: u32,
+        /// Replicas of each new partition, leader-preferred first.
+        assignment: Vec<Vec<u64>>,
+    },
     /// A topic is deleted.
     DeleteTopic {
         /// Topic name.
@@ -222,16 +234,20 @@ impl ClusterMetadata {
                 if self.topics.contains_key(name) {
                     return;
                 }
-                let partitions = assignment
-                    .iter()
-                    .map(|replicas| {
-                        let group = self.next_group;
-                        self.next_group += 1;
-                        PartitionInfo { group, replicas: replicas.clone(), initial_replicas: replicas.clone() }
-                    })
-                    .collect();
+                let partitions = self.new_partitions(assignment);
                 self.topics
                     .insert(name.clone(), TopicInfo { name: name.clone(), partitions, configs: configs.clone() });
+            }
+            MetadataCommand::AddPartitions { name, from, assignment } => {
+                let current = self.topics.get(name).map(|t| t.partitions.len());
+                let known = assignment.iter().flatten().all(|r| self.brokers.contains_key(r));
+                if current != Some(*from as usize) || !known || assignment.iter().any(Vec::is_empty) {
+                    return;
+                }
+                let added = self.new_partitions(assignment);
+                if let Some(topic) = self.topics.get_mut(name) {
+                    topic.partitions.extend(added);
+                }
             }
             MetadataCommand::DeleteTopic { name } => {
                 if let Some(topic) = self.topics.remove(name) {
@@ -296,6 +312,18 @@ impl ClusterMetadata {
                 }
             }
         }
+    }
+
+    /// Partitions with these replicas, each with the next group id.
+    fn new_partitions(&mut self, assignment: &[Vec<u64>]) -> Vec<PartitionInfo> {
+        assignment
+            .iter()
+            .map(|replicas| {
+                let group = self.next_group;
+                self.next_group += 1;
+                PartitionInfo { group, replicas: replicas.clone(), initial_replicas: replicas.clone() }
+            })
+            .collect()
     }
 
     /// The partition served by Raft group `group`, with its topic's name.
@@ -397,9 +425,18 @@ mod tests {
         md.apply(2, &create); // a second create changes nothing
         assert_eq!(md.topics["orders"].partitions.iter().map(|p| p.group).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(md.next_group, 3);
+        let add = MetadataCommand::AddPartitions { name: "orders".into(), from: 2, assignment: vec![vec![1]] };
+        md.apply(2, &add);
+        md.apply(2, &add); // sent twice: the topic no longer has 2 partitions
+        assert_eq!(md.topics["orders"].partitions.iter().map(|p| p.group).collect::<Vec<_>>(), vec![1, 2, 3]);
+        md.apply(2, &MetadataCommand::AddPartitions { name: "orders".into(), from: 3, assignment: vec![vec![9]] });
+        md.apply(2, &MetadataCommand::AddPartitions { name: "orders".into(), from: 3, assignment: vec![vec![]] });
+        md.apply(2, &MetadataCommand::AddPartitions { name: "none".into(), from: 0, assignment: vec![vec![1]] });
+        assert_eq!(md.topics["orders"].partitions.len(), 3, "unknown brokers, no replica, no topic: refused");
+        assert_eq!((md.next_group, md.partition_of_group(3)), (4, Some(("orders", 2))));
         md.apply(3, &MetadataCommand::AllocateProducerId);
         assert_eq!(md.last_producer_id, Some(3));
-        assert_eq!(md.partitions_of(1).len(), 2);
+        assert_eq!(md.partitions_of(1).len(), 3);
         md.apply(4, &MetadataCommand::ReassignPartition { topic: "orders".into(), partition: 0, replicas: vec![9] });
         assert_eq!(md.topics["orders"].partitions[0].replicas, vec![1], "unknown brokers are refused");
         let damaged = MetadataCommand::ReplicaDamaged { group: 1, node: 1, nonce: 7 };
