@@ -3,7 +3,8 @@
 //! metadata predates them starts using them at its next refresh, a record
 //! sent to one of them by number is not refused, a consumer group is given
 //! them without being restarted, and counts that would shrink the topic or
-//! move the groups' placement are refused.
+//! move the groups' placement are refused. And partitions made (created or
+//! added) while a broker is down all get a leader at once.
 
 mod common;
 
@@ -156,5 +157,72 @@ async fn a_topic_grows_and_its_producers_and_groups_use_the_new_partitions() {
     reader.await.expect("reader");
     producer.close().await;
     stale.close().await;
+    cluster.shutdown().await;
+}
+
+/// Waits until every partition of `topic` has a leader, within `within`.
+async fn leaders_within(admin: &Admin, topic: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let described = admin.describe_topic(topic).await;
+        if described.as_ref().is_ok_and(|t| t.partitions.iter().all(|p| p.leader.is_some())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions of {topic} without a leader: {described:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_made_while_a_broker_is_down_all_get_leaders() {
+    let mut cluster = cluster(3, |b| b).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    // A broker other than the one asked (node 1) and the controller's
+    // leader goes down, long enough for the others' pings to tell.
+    let controller = admin.describe_cluster().await.expect("cluster").controller;
+    let down = (2..=3).find(|id| Some(*id) != controller).expect("a broker to stop");
+    cluster.servers[(down - 1) as usize].halt().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // RF=3 on three brokers must use the one down, but never first: the
+    // first replica starts the group, and the two up elect a leader.
+    admin.create_topic(NewTopic::new(TOPIC, 3).replication_factor(3)).await.expect("create");
+    leaders_within(&admin, TOPIC, Duration::from_secs(15)).await;
+    admin.create_partitions(TOPIC, 6).await.expect("grow");
+    leaders_within(&admin, TOPIC, Duration::from_secs(15)).await;
+    for p in admin.describe_topic(TOPIC).await.expect("describe").partitions {
+        assert_ne!(p.replicas[0], down, "partition {} is led first by the broker down: {:?}", p.partition, p.replicas);
+        assert_eq!(p.replicas.len(), 3);
+    }
+    // RF=2 has brokers enough without it.
+    admin.create_topic(NewTopic::new("narrow", 4).replication_factor(2)).await.expect("create");
+    leaders_within(&admin, "narrow", Duration::from_secs(15)).await;
+    for p in admin.describe_topic("narrow").await.expect("describe").partitions {
+        assert!(!p.replicas.contains(&down), "partition {} on the broker down: {:?}", p.partition, p.replicas);
+    }
+
+    // Every partition takes writes; the broker, back, catches up on all.
+    let producer = Producer::new(&client);
+    let sent = send_keyed(&producer, 0, 120).await;
+    producer.close().await;
+    let mut ends = [0u64; 6];
+    for (_, m) in &sent {
+        ends[m.partition as usize] = ends[m.partition as usize].max(m.offset as u64 + 1);
+    }
+    assert!(ends.iter().all(|e| *e > 0), "every partition written: {ends:?}");
+    cluster.restart(down).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replicas = admin.describe_replicas(TOPIC).await.unwrap_or_default();
+        let caught_up = (0..6).all(|p| {
+            replicas.iter().any(|r| r.broker == down && r.partition == p && r.log_end_offset == ends[p as usize])
+        });
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker {down} did not catch up: {replicas:?}, ends {ends:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cluster.shutdown().await;
 }

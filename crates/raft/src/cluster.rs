@@ -19,7 +19,7 @@ use openraft::BasicNode;
 use strata_batch::{BatchBuilder, Compression};
 use tokio::task::JoinHandle;
 
-use crate::metadata::{CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas};
+use crate::metadata::{CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas_live};
 use crate::node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig};
 use crate::partition::{ProduceError, produce};
 
@@ -181,8 +181,9 @@ impl ClusterNode {
         self.controller.state_machine.metadata().unwrap_or_default()
     }
 
-    /// Creates a topic, assigning replicas over the registered brokers, and
-    /// returns it as applied here. Any node may be asked: the command goes
+    /// Creates a topic, assigning replicas over the registered brokers (the
+    /// live ones first, see [`assign_replicas_live`]), and returns it as
+    /// applied here. Any node may be asked: the command goes
     /// to the controller's leader.
     pub async fn create_topic(
         &self,
@@ -198,7 +199,8 @@ impl ClusterNode {
         let brokers: Vec<u64> = metadata.brokers.keys().copied().collect();
         let start = metadata.topics.len();
         let assignment =
-            assign_replicas(&brokers, n_partitions, replication_factor, start).map_err(ClusterError::Invalid)?;
+            assign_replicas_live(&brokers, &self.live_brokers(&metadata), n_partitions, replication_factor, |_| start)
+                .map_err(ClusterError::Invalid)?;
         self.propose(MetadataCommand::CreateTopic { name: name.to_string(), assignment, configs }).await?;
         // The command was applied on the controller's leader; wait until this
         // node has applied it too, so the caller sees its own write.
@@ -214,11 +216,19 @@ impl ClusterNode {
         }
     }
 
+    /// The registered brokers not known to be down (each answers this
+    /// node's pings, see `quiesce.rs`): where new partitions go first (see
+    /// [`assign_replicas_live`]).
+    fn live_brokers(&self, metadata: &ClusterMetadata) -> std::collections::BTreeSet<u64> {
+        let quiescence = self.node.quiescence();
+        metadata.brokers.keys().copied().filter(|b| quiescence.answering(*b)).collect()
+    }
+
     /// Grows topic `name` to `total` partitions and returns it as applied
     /// here. The new partitions have as many replicas as partition 0 has
-    /// now, spread over the registered brokers from the one after the last
-    /// partition's preferred leader, as if the topic had been created with
-    /// them. A partition cannot be removed: `total` must be larger than the
+    /// now, spread over the brokers from the one after the last partition's
+    /// preferred leader, as if the topic had been created with them (the
+    /// live brokers first, see [`assign_replicas_live`]). A partition cannot be removed: `total` must be larger than the
     /// current count.
     pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, ClusterError> {
         let metadata = self.sync_metadata().await?;
@@ -232,11 +242,12 @@ impl ClusterNode {
         }
         let brokers: Vec<u64> = metadata.brokers.keys().copied().collect();
         let replication_factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as u32;
-        // `brokers` is sorted (a map's keys): start after the last leader.
+        // Start after the last partition's preferred leader.
         let last_leader = topic.partitions.last().and_then(|p| p.replicas.first());
-        let start = last_leader.and_then(|l| brokers.iter().position(|b| b == l)).map_or(0, |i| i + 1);
-        let assignment =
-            assign_replicas(&brokers, total - from, replication_factor, start).map_err(ClusterError::Invalid)?;
+        let start = |list: &[u64]| last_leader.and_then(|l| list.iter().position(|b| b == l)).map_or(0, |i| i + 1);
+        let live = self.live_brokers(&metadata);
+        let assignment = assign_replicas_live(&brokers, &live, total - from, replication_factor, start)
+            .map_err(ClusterError::Invalid)?;
         let offset = self.propose(MetadataCommand::AddPartitions { name: name.to_string(), from, assignment }).await?;
         let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
         while self.controller.state_machine.high_watermark().0 <= offset {

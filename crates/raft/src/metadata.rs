@@ -381,6 +381,42 @@ pub fn assign_replicas(
         .collect())
 }
 
+/// As [`assign_replicas`], over the brokers that can take a new partition
+/// now: the `live` ones when there are at least `replication_factor` of
+/// them, so that nothing starts under-replicated. Else each partition has
+/// every live broker first (its first replica, the preferred leader,
+/// turning over them), then brokers that are down: the first replica
+/// initializes the group, so a partition whose first replica were down
+/// would have no leader until it came back, though a majority of its
+/// replicas could elect one. `start` picks the first broker from the list
+/// used.
+pub fn assign_replicas_live(
+    brokers: &[u64],
+    live: &std::collections::BTreeSet<u64>,
+    n_partitions: u32,
+    replication_factor: u32,
+    start: impl Fn(&[u64]) -> usize,
+) -> Result<Vec<Vec<u64>>, String> {
+    let mut all = brokers.to_vec();
+    all.sort_unstable();
+    let (up, down): (Vec<u64>, Vec<u64>) = all.iter().partition(|b| live.contains(b));
+    if up.len() >= replication_factor as usize {
+        return assign_replicas(&up, n_partitions, replication_factor, start(&up));
+    }
+    let assignment = assign_replicas(&all, n_partitions, replication_factor, start(&all))?;
+    if up.is_empty() {
+        return Ok(assignment);
+    }
+    let (first, rf) = (start(&up), replication_factor as usize);
+    Ok((0..n_partitions as usize)
+        .map(|p| {
+            let mut replicas: Vec<u64> = (0..up.len()).map(|i| up[(first + p + i) % up.len()]).collect();
+            replicas.extend((0..rf - up.len()).map(|i| down[(first + p + i) % down.len()]));
+            replicas
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +441,26 @@ mod tests {
         assert_eq!(replicas.values().copied().collect::<Vec<_>>(), vec![6, 6, 6]);
         assert!(assign_replicas(&[1, 2], 3, 3, 0).is_err());
         assert!(assign_replicas(&[1, 2], 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn new_partitions_go_to_live_brokers_first() {
+        let live = |ids: &[u64]| ids.iter().copied().collect::<std::collections::BTreeSet<u64>>();
+        // Enough live brokers: the down one gets nothing.
+        let a = assign_replicas_live(&[1, 2, 3, 4], &live(&[1, 2, 4]), 6, 3, |_| 0).expect("assign");
+        assert!(a.iter().all(|r| !r.contains(&3) && r.len() == 3), "{a:?}");
+        assert_eq!(a, assign_replicas(&[1, 2, 4], 6, 3, 0).expect("assign"));
+        // Too few: every broker, the live ones first, leading in turn.
+        let a = assign_replicas_live(&[1, 2, 3], &live(&[1, 2]), 6, 3, |_| 0).expect("assign");
+        assert!(a.iter().all(|r| r.len() == 3 && r[2] == 3), "{a:?}");
+        let led_by_1 = a.iter().filter(|r| r[0] == 1).count();
+        assert_eq!(led_by_1, 3, "{a:?}");
+        let a = assign_replicas_live(&[1, 2, 3, 4, 5], &live(&[4]), 4, 3, |_| 0).expect("assign");
+        assert!(a.iter().all(|r| r[0] == 4 && !r[1..].contains(&4) && r[1] != r[2]), "{a:?}");
+        // All live: as before; and `start` is taken over the list used.
+        let a = assign_replicas_live(&[3, 1, 2], &live(&[1, 2, 3]), 3, 2, |l| l.len() - 1).expect("assign");
+        assert_eq!(a, assign_replicas(&[1, 2, 3], 3, 2, 2).expect("assign"));
+        assert!(assign_replicas_live(&[1, 2], &live(&[1]), 1, 3, |_| 0).is_err());
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct Quiescence {
     quiet: Mutex<HashMap<u64, Quiet>>,
     /// Leader groups' last log index, and since when it has not moved.
     idle: Mutex<HashMap<u64, (Option<u64>, Instant)>>,
+    /// When this node started pinging.
+    started: Instant,
 }
 
 impl Quiescence {
@@ -141,6 +143,7 @@ impl Quiescence {
             contacts: Mutex::default(),
             quiet: Mutex::default(),
             idle: Mutex::default(),
+            started: Instant::now(),
         }
     }
 
@@ -157,6 +160,15 @@ impl Quiescence {
     /// How long since `node` last answered a ping (`None`: never).
     pub fn since_contact(&self, node: u64) -> Option<Duration> {
         lock(&self.contacts).get(&node).map(|c| c.last_pong.elapsed())
+    }
+
+    /// Whether `node` is not known to be down: it answered a ping within
+    /// `dead_after`, or it is this node, or this node has not been up long
+    /// enough to know.
+    pub fn answering(&self, node: u64) -> bool {
+        node == self.node_id
+            || self.started.elapsed() < 2 * self.timing.dead_after
+            || self.live_generation(node).is_some()
     }
 
     /// `node`'s contact generation if it answered a ping within `dead_after`.
