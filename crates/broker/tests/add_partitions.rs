@@ -183,7 +183,7 @@ async fn partitions_made_while_a_broker_is_down_all_get_leaders() {
     let controller = admin.describe_cluster().await.expect("cluster").controller;
     let down = (2..=3).find(|id| Some(*id) != controller).expect("a broker to stop");
     cluster.servers[(down - 1) as usize].halt().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
 
     // RF=3 on three brokers must use the one down, but never first: the
     // first replica starts the group, and the two up elect a leader.

@@ -39,6 +39,11 @@ const RECONCILE_AFTER_VOTE: Duration = Duration::from_secs(5);
 /// membership change) may take before the pass moves on; it is retried on
 /// a later pass, so one unreachable broker never stalls the others.
 const RECONCILE_STEP_MAX: Duration = Duration::from_secs(5);
+/// A broker that answered no ping for this long takes no new replica while
+/// enough others can (see `live_brokers`). Longer than an election timeout
+/// (a broker that slow is not one to count on), so that a busy machine's
+/// late answers do not make a live broker look down.
+const PLACEMENT_SILENCE_MAX: Duration = Duration::from_secs(5);
 /// How long a replica moved off a broker that was then removed from the
 /// cluster may stay a silent learner before the leader drops it anyway.
 const GONE_LEARNER_GRACE: Duration = Duration::from_secs(30);
@@ -216,12 +221,12 @@ impl ClusterNode {
         }
     }
 
-    /// The registered brokers not known to be down (each answers this
-    /// node's pings, see `quiesce.rs`): where new partitions go first (see
-    /// [`assign_replicas_live`]).
+    /// The registered brokers not known to be down: each answered one of
+    /// this node's pings (see `quiesce.rs`) within [`PLACEMENT_SILENCE_MAX`].
+    /// New replicas go to them first (see [`assign_replicas_live`]).
     fn live_brokers(&self, metadata: &ClusterMetadata) -> std::collections::BTreeSet<u64> {
         let quiescence = self.node.quiescence();
-        metadata.brokers.keys().copied().filter(|b| quiescence.answering(*b)).collect()
+        metadata.brokers.keys().copied().filter(|b| quiescence.answered_within(*b, PLACEMENT_SILENCE_MAX)).collect()
     }
 
     /// Grows topic `name` to `total` partitions and returns it as applied
@@ -335,10 +340,10 @@ impl ClusterNode {
     }
 
     /// Removes broker `id` from the cluster for good: moves each of its
-    /// replicas to the least loaded broker not already holding the
-    /// partition (keeping its place in the replica order), then records the
-    /// removal. The partitions' leaders carry the moves out as membership
-    /// changes; the broker deletes each replica once the move committed,
+    /// replicas to the least loaded broker up (else one down) not already
+    /// holding the partition (keeping its place in the replica order), then
+    /// records the removal. The partitions' leaders carry the moves out as
+    /// membership changes; the broker deletes each replica once the move committed,
     /// and the controller drops it from its own group. Returns the number
     /// of partitions moved.
     pub async fn remove_broker(&self, id: u64) -> Result<usize, ClusterError> {
@@ -352,13 +357,19 @@ impl ClusterNode {
                 load.entry(*replica).and_modify(|n| *n += 1);
             }
         }
+        // A broker that is down takes a replica only when no other can: it
+        // could not catch up until it came back.
+        let live = self.live_brokers(&metadata);
         let mut moves = Vec::new();
         for topic in metadata.topics.values() {
             for (i, partition) in topic.partitions.iter().enumerate() {
                 if !partition.replicas.contains(&id) {
                     continue;
                 }
-                let free = load.iter().filter(|(b, _)| !partition.replicas.contains(b)).min_by_key(|(b, n)| (**n, **b));
+                let free = load
+                    .iter()
+                    .filter(|(b, _)| !partition.replicas.contains(b))
+                    .min_by_key(|(b, n)| (!live.contains(b), **n, **b));
                 let Some((&target, _)) = free else {
                     return Err(ClusterError::Invalid(format!(
                         "cannot move {}/{i} off broker {id}: each of the other {} brokers already holds it",

@@ -162,13 +162,13 @@ impl Quiescence {
         lock(&self.contacts).get(&node).map(|c| c.last_pong.elapsed())
     }
 
-    /// Whether `node` is not known to be down: it answered a ping within
-    /// `dead_after`, or it is this node, or this node has not been up long
-    /// enough to know.
-    pub fn answering(&self, node: u64) -> bool {
+    /// Whether `node` is not known to have been silent for `silent`: it
+    /// answered a ping within it, or it is this node, or this node has not
+    /// been up that long.
+    pub fn answered_within(&self, node: u64, silent: Duration) -> bool {
         node == self.node_id
-            || self.started.elapsed() < 2 * self.timing.dead_after
-            || self.live_generation(node).is_some()
+            || self.started.elapsed() < silent
+            || self.since_contact(node).is_some_and(|since| since <= silent)
     }
 
     /// `node`'s contact generation if it answered a ping within `dead_after`.

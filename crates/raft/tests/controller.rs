@@ -418,6 +418,39 @@ async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_brokers_replicas_go_to_brokers_that_are_up() {
+    let root = Root::new("controller-remove-down");
+    let (_peers, mut nodes) = static_cluster(5, &root.0).await;
+    let topic = create_topic(&nodes[0], "orders", 5, 3).await;
+    // Neither node 1 (asked) nor the controller's leader goes down or away;
+    // the broker down has the lowest id, so it would win a tie on load.
+    let controller = nodes[0].controller_leader();
+    let mut others = (2..=5).filter(|id| Some(*id) != controller);
+    let (down, removed) = (others.next().expect("a broker"), others.next().expect("another"));
+    let stopped = nodes.remove(nodes.iter().position(|n| n.raft_node().id() == down).expect("node"));
+    stopped.shutdown().await;
+    drop(stopped);
+    // Long enough for node 1's pings to tell that it is down.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let moved = nodes[0].remove_broker(removed).await.expect("remove broker");
+    assert_eq!(moved, 3, "5 partitions of RF 3 on 5 brokers: each broker holds 3");
+    let after = nodes[0].sync_metadata().await.expect("metadata");
+    for (before, now) in topic.partitions.iter().zip(&after.topics["orders"].partitions) {
+        assert!(!now.replicas.contains(&removed), "{:?} still on {removed}", now.replicas);
+        assert_eq!(
+            before.replicas.contains(&down),
+            now.replicas.contains(&down),
+            "broker {down} is down but was given a replica: {:?} -> {:?}",
+            before.replicas,
+            now.replicas
+        );
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_broker_hands_over_its_replicas_and_leaves() {
     use openraft::async_runtime::WatchReceiver;
     let root = Root::new("controller-remove");
