@@ -222,7 +222,8 @@ impl ClusterNode {
     }
 
     /// The registered brokers not known to be down: each answered one of
-    /// this node's pings (see `quiesce.rs`) within [`PLACEMENT_SILENCE_MAX`].
+    /// this node's pings (see `quiesce.rs`) within [`PLACEMENT_SILENCE_MAX`]
+    /// (or was not pinged long enough yet to tell).
     /// New replicas go to them first (see [`assign_replicas_live`]).
     fn live_brokers(&self, metadata: &ClusterMetadata) -> std::collections::BTreeSet<u64> {
         let quiescence = self.node.quiescence();

@@ -162,13 +162,16 @@ impl Quiescence {
         lock(&self.contacts).get(&node).map(|c| c.last_pong.elapsed())
     }
 
-    /// Whether `node` is not known to have been silent for `silent`: it
-    /// answered a ping within it, or it is this node, or this node has not
-    /// been up that long.
+    /// Whether `node` is not known to have been silent for `silent`: it is
+    /// this node, or it answered a ping within `silent`, or it never
+    /// answered but this node has pinged it for less than two `dead_after`
+    /// (a peer up answers the first pings).
     pub fn answered_within(&self, node: u64, silent: Duration) -> bool {
         node == self.node_id
-            || self.started.elapsed() < silent
-            || self.since_contact(node).is_some_and(|since| since <= silent)
+            || match self.since_contact(node) {
+                Some(since) => since <= silent,
+                None => self.started.elapsed() < 2 * self.timing.dead_after,
+            }
     }
 
     /// `node`'s contact generation if it answered a ping within `dead_after`.
