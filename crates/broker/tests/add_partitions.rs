@@ -182,6 +182,12 @@ async fn partitions_made_while_a_broker_is_down_all_get_leaders() {
     // leader goes down, long enough for the others' pings to tell.
     let controller = admin.describe_cluster().await.expect("cluster").controller;
     let down = (2..=3).find(|id| Some(*id) != controller).expect("a broker to stop");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let quiescence = cluster.servers[0].cluster().raft_node().quiescence();
+    while (2..=3).any(|id| quiescence.since_contact(id).is_none()) {
+        assert!(Instant::now() < deadline, "node 1 never heard from the others");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.servers[(down - 1) as usize].halt().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
 

@@ -44,6 +44,13 @@ const RECONCILE_STEP_MAX: Duration = Duration::from_secs(5);
 /// (a broker that slow is not one to count on), so that a busy machine's
 /// late answers do not make a live broker look down.
 const PLACEMENT_SILENCE_MAX: Duration = Duration::from_secs(5);
+/// A broker that never answered a ping counts as down only once this node
+/// has been up this long: while a cluster starts on a busy machine, peers
+/// up and registered went unanswered for seconds (a node's first pings to
+/// a peer not yet listening), and placement then left them out. Until
+/// then a broker down since before this node started may still be given a
+/// partition first, which waits for it.
+const PLACEMENT_UNHEARD_MAX: Duration = Duration::from_secs(30);
 /// How long a replica moved off a broker that was then removed from the
 /// cluster may stay a silent learner before the leader drops it anyway.
 const GONE_LEARNER_GRACE: Duration = Duration::from_secs(30);
@@ -222,12 +229,14 @@ impl ClusterNode {
     }
 
     /// The registered brokers not known to be down: each answered one of
-    /// this node's pings (see `quiesce.rs`) within [`PLACEMENT_SILENCE_MAX`]
-    /// (or was not pinged long enough yet to tell).
-    /// New replicas go to them first (see [`assign_replicas_live`]).
+    /// this node's pings (see `quiesce.rs`) within [`PLACEMENT_SILENCE_MAX`],
+    /// or never did while this node has been up for less than
+    /// [`PLACEMENT_UNHEARD_MAX`]. New replicas go to them first (see
+    /// [`assign_replicas_live`]).
     fn live_brokers(&self, metadata: &ClusterMetadata) -> std::collections::BTreeSet<u64> {
         let quiescence = self.node.quiescence();
-        metadata.brokers.keys().copied().filter(|b| quiescence.answered_within(*b, PLACEMENT_SILENCE_MAX)).collect()
+        let live = |b: &u64| quiescence.answered_within(*b, PLACEMENT_SILENCE_MAX, PLACEMENT_UNHEARD_MAX);
+        metadata.brokers.keys().copied().filter(live).collect()
     }
 
     /// Grows topic `name` to `total` partitions and returns it as applied

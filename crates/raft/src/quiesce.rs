@@ -162,15 +162,15 @@ impl Quiescence {
         lock(&self.contacts).get(&node).map(|c| c.last_pong.elapsed())
     }
 
-    /// Whether `node` is not known to have been silent for `silent`: it is
-    /// this node, or it answered a ping within `silent`, or it never
-    /// answered but this node has pinged it for less than two `dead_after`
-    /// (a peer up answers the first pings).
-    pub fn answered_within(&self, node: u64, silent: Duration) -> bool {
+    /// Whether `node` is not known to be down: it is this node, or it
+    /// answered a ping within `silent`, or it never answered but this node
+    /// has been up for less than `unheard` (while a cluster starts, a peer
+    /// may take a while to answer a first time).
+    pub fn answered_within(&self, node: u64, silent: Duration, unheard: Duration) -> bool {
         node == self.node_id
             || match self.since_contact(node) {
                 Some(since) => since <= silent,
-                None => self.started.elapsed() < 2 * self.timing.dead_after,
+                None => self.started.elapsed() < unheard,
             }
     }
 

@@ -427,6 +427,10 @@ async fn a_removed_brokers_replicas_go_to_brokers_that_are_up() {
     let controller = nodes[0].controller_leader();
     let mut others = (2..=5).filter(|id| Some(*id) != controller);
     let (down, removed) = (others.next().expect("a broker"), others.next().expect("another"));
+    wait_until("node 1 to hear from every other node", || {
+        (2..=5).all(|id| nodes[0].raft_node().quiescence().since_contact(id).is_some())
+    })
+    .await;
     let stopped = nodes.remove(nodes.iter().position(|n| n.raft_node().id() == down).expect("node"));
     stopped.shutdown().await;
     drop(stopped);
