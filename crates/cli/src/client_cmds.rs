@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use strata_client::{
-    Acks, Admin, Client, Compression, Consumer, ConsumerConfig, NewTopic, OffsetReset, Producer, ProducerConfig,
-    Record, Seek, TopicPartition,
+    Acks, Admin, Client, Compression, Consumer, ConsumerConfig, ErrorCode, NewTopic, OffsetReset, Producer,
+    ProducerConfig, Record, Seek, TopicPartition,
 };
 
 use crate::Connection;
@@ -28,6 +28,9 @@ pub enum TopicCommand {
         /// Topic config as KEY=VALUE (retention.ms, max.message.bytes, ...).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
+        /// Succeed, changing nothing, when the topic already exists.
+        #[arg(long)]
+        if_not_exists: bool,
     },
     /// Lists topic names.
     List,
@@ -74,6 +77,9 @@ pub enum TopicCommand {
     Delete {
         /// Topic name.
         name: String,
+        /// Succeed, changing nothing, when the topic does not exist.
+        #[arg(long)]
+        if_exists: bool,
     },
 }
 
@@ -203,13 +209,19 @@ fn client(connection: &Connection) -> Result<Client> {
 pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()> {
     let admin = Admin::new(&client(connection)?);
     match command {
-        TopicCommand::Create { name, partitions, replication_factor, configs } => {
+        TopicCommand::Create { name, partitions, replication_factor, configs, if_not_exists } => {
             let mut topic = NewTopic::new(&name, partitions).replication_factor(replication_factor);
             for config in configs {
                 let Some((k, v)) = config.split_once('=') else { bail!("--config {config:?}: expected KEY=VALUE") };
                 topic = topic.config(k.trim(), v.trim());
             }
-            admin.create_topic(topic).await?;
+            match admin.create_topic(topic).await {
+                Err(err) if if_not_exists && err.code() == Some(ErrorCode::TopicAlreadyExists) => {
+                    outln!("Topic {name} already exists.");
+                    return Ok(());
+                }
+                result => result?,
+            }
             // Returning once the partitions have leaders spares the next
             // command (a producer, most often) its first refusals.
             match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
@@ -294,10 +306,15 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 }
             }
         }
-        TopicCommand::Delete { name } => {
-            admin.delete_topic(&name).await?;
-            outln!("Deleted topic {name}.");
-        }
+        TopicCommand::Delete { name, if_exists } => match admin.delete_topic(&name).await {
+            Err(err) if if_exists && err.code() == Some(ErrorCode::UnknownTopic) => {
+                outln!("Topic {name} does not exist.");
+            }
+            result => {
+                result?;
+                outln!("Deleted topic {name}.");
+            }
+        },
     }
     Ok(())
 }

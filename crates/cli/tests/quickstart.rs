@@ -123,6 +123,11 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     assert_eq!(described.matches("\tLeader: ").count(), 3, "{described}");
     assert!(!described.contains("Leader: none"), "{described}");
     assert!(strata(&["topic", "list"], &bootstrap, "").lines().any(|l| l == "demo"));
+    // For scripts that run again: no error for what is already so.
+    let again = strata(&["topic", "create", "demo", "--partitions", "3", "--if-not-exists"], &bootstrap, "");
+    assert!(again.contains("Topic demo already exists."), "{again}");
+    let absent = strata(&["topic", "delete", "absent", "--if-exists"], &bootstrap, "");
+    assert!(absent.contains("Topic absent does not exist."), "{absent}");
     strata(&["produce", "--topic", "demo", "--key-separator", ":"], &bootstrap, "hello\nk:world\n");
     let consume = ["consume", "--topic", "demo", "--from-beginning", "--max-messages", "2"];
     let mut values: Vec<String> = strata(&consume, &bootstrap, "").lines().map(String::from).collect();
