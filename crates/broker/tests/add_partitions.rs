@@ -59,11 +59,15 @@ async fn a_topic_grows_and_its_producers_and_groups_use_the_new_partitions() {
         let seen = seen.clone();
         tokio::spawn(async move {
             while !*stopped.borrow() {
-                if let Ok(records) = consumer.poll().await {
-                    let mut seen = seen.lock().expect("seen");
-                    for r in records {
-                        seen.insert(String::from_utf8(r.value.expect("value").to_vec()).expect("utf8"), r.partition);
+                match consumer.poll().await {
+                    Ok(records) => {
+                        let mut seen = seen.lock().expect("seen");
+                        for r in records {
+                            let value = String::from_utf8(r.value.expect("value").to_vec()).expect("utf8");
+                            seen.insert(value, r.partition);
+                        }
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
             let _ = consumer.close().await;

@@ -202,6 +202,20 @@ pub async fn group(connection: &Connection, command: GroupCommand) -> Result<()>
 /// How long `topic create` waits for the new partitions' leaders.
 const TOPIC_LEADERS_WAIT: Duration = Duration::from_secs(10);
 
+/// Waits for every partition of `name` to have a leader, so that the next
+/// command (a producer, most often) is not refused first, then prints
+/// `done` and what is still without a leader.
+async fn report_leaders(admin: &Admin, name: &str, done: &str, partitions: u32) -> Result<()> {
+    match admin.wait_for_leaders(name, TOPIC_LEADERS_WAIT).await {
+        Ok(0) => outln!("{done}."),
+        Ok(leaderless) => outln!(
+            "{done}; {leaderless} of its {partitions} partitions have no leader yet (their elections are still running)."
+        ),
+        Err(err) => outln!("{done}; its leaders could not be checked: {err}."),
+    }
+    Ok(())
+}
+
 fn client(connection: &Connection) -> Result<Client> {
     Client::new(&connection.bootstrap_server).context("connect")
 }
@@ -222,16 +236,7 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
                 }
                 result => result?,
             }
-            // Returning once the partitions have leaders spares the next
-            // command (a producer, most often) its first refusals.
-            match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
-                Ok(0) => outln!("Created topic {name}."),
-                Ok(leaderless) => outln!(
-                    "Created topic {name}; {leaderless} of its {partitions} partitions have no leader yet \
-                     (their elections are still running)."
-                ),
-                Err(err) => outln!("Created topic {name}; its leaders could not be checked: {err}."),
-            }
+            report_leaders(&admin, &name, &format!("Created topic {name}"), partitions).await?;
         }
         TopicCommand::List => {
             for name in admin.list_topics().await? {
@@ -242,30 +247,21 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             if partitions.is_none() && configs.is_empty() && delete.is_empty() {
                 bail!("nothing to change: give --partitions N, --config KEY=VALUE or --delete-config KEY");
             }
+            // The configuration first: a bad key then changes nothing.
+            if !configs.is_empty() || !delete.is_empty() {
+                let mut set = std::collections::BTreeMap::new();
+                for config in configs {
+                    let Some((k, v)) = config.split_once('=') else { bail!("--config {config:?}: expected KEY=VALUE") };
+                    set.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                let result = admin.alter_topic_config(&name, set, delete).await?;
+                let shown: Vec<String> = result.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                outln!("Altered topic {name}. Configs: {}", shown.join(","));
+            }
             if let Some(count) = partitions {
                 admin.create_partitions(&name, count).await?;
-                match admin.wait_for_leaders(&name, TOPIC_LEADERS_WAIT).await {
-                    Ok(0) => outln!("Topic {name} has {count} partitions."),
-                    Ok(leaderless) => outln!(
-                        "Topic {name} has {count} partitions; {leaderless} have no leader yet \
-                         (their elections are still running)."
-                    ),
-                    Err(err) => {
-                        outln!("Topic {name} has {count} partitions; their leaders could not be checked: {err}.")
-                    }
-                }
-                if configs.is_empty() && delete.is_empty() {
-                    return Ok(());
-                }
+                report_leaders(&admin, &name, &format!("Topic {name} has {count} partitions"), count).await?;
             }
-            let mut set = std::collections::BTreeMap::new();
-            for config in configs {
-                let Some((k, v)) = config.split_once('=') else { bail!("--config {config:?}: expected KEY=VALUE") };
-                set.insert(k.trim().to_string(), v.trim().to_string());
-            }
-            let result = admin.alter_topic_config(&name, set, delete).await?;
-            let shown: Vec<String> = result.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            outln!("Altered topic {name}. Configs: {}", shown.join(","));
         }
         TopicCommand::Reassign { name, partition, replicas } => {
             let shown: Vec<String> = replicas.iter().map(u64::to_string).collect();

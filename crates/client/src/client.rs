@@ -62,6 +62,8 @@ struct Inner {
 /// How old cached metadata may grow by default: Kafka's
 /// `metadata.max.age.ms` default, 5 minutes.
 const METADATA_MAX_AGE_DEFAULT: Duration = Duration::from_secs(300);
+/// The shortest max age: a refresh is a request to a broker.
+const METADATA_MAX_AGE_MIN: Duration = Duration::from_millis(100);
 /// How often the refresher looks whether the metadata is due.
 const REFRESHER_TICK: Duration = Duration::from_secs(1);
 
@@ -214,6 +216,9 @@ impl Client {
     }
 
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
+    /// The first call also starts, on the current runtime, the task that
+    /// refreshes the cached topics every max age while the client exists
+    /// (see [`Client::set_metadata_max_age`]).
     pub async fn refresh_metadata(&self, topics: &[String]) -> Result<()> {
         self.fetch_metadata(topics).await?;
         if !self.inner.refresher.swap(true, Ordering::AcqRel) {
@@ -258,7 +263,8 @@ impl Client {
     /// what only the periodic refresh brings is partitions added to a
     /// topic, which producers and consumers of this client then use.
     pub fn set_metadata_max_age(&self, age: Duration) {
-        self.inner.max_age_ms.store(age.as_millis().max(1) as u64, Ordering::Relaxed);
+        let age = age.max(METADATA_MAX_AGE_MIN);
+        self.inner.max_age_ms.store(age.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The partitions of `topic`, from the cache or the cluster.

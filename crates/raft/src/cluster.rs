@@ -176,6 +176,13 @@ impl ClusterNode {
     /// (A just-restarted node may otherwise still be replaying its copy.)
     pub async fn sync_metadata(&self) -> Result<Arc<ClusterMetadata>, ClusterError> {
         let offset = self.propose(MetadataCommand::Barrier).await?;
+        self.wait_applied(offset).await?;
+        Ok(self.metadata())
+    }
+
+    /// Waits (at most [`RECONCILE_STEP_MAX`]) until this node's copy of the
+    /// metadata has applied the controller record at `offset`.
+    async fn wait_applied(&self, offset: u64) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
         while self.controller.state_machine.high_watermark().0 <= offset {
             if tokio::time::Instant::now() >= deadline {
@@ -185,7 +192,7 @@ impl ClusterNode {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(self.metadata())
+        Ok(())
     }
 
     /// This node's copy of the cluster metadata.
@@ -263,14 +270,10 @@ impl ClusterNode {
         let live = self.live_brokers(&metadata);
         let assignment = assign_replicas_live(&brokers, &live, total - from, replication_factor, start)
             .map_err(ClusterError::Invalid)?;
-        let offset = self.propose(MetadataCommand::AddPartitions { name: name.to_string(), from, assignment }).await?;
-        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
-        while self.controller.state_machine.high_watermark().0 <= offset {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::Invalid(format!("the change to {name} was not applied here in time")));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let first_group = topic.partitions.first().map_or(0, |p| p.group);
+        let command = MetadataCommand::AddPartitions { name: name.to_string(), from, first_group, assignment };
+        let offset = self.propose(command).await?;
+        self.wait_applied(offset).await?;
         match self.metadata().topics.get(name) {
             Some(topic) if topic.partitions.len() == total as usize => Ok(topic.clone()),
             Some(topic) => Err(ClusterError::Invalid(format!(
@@ -311,13 +314,7 @@ impl ClusterNode {
             self.propose(MetadataCommand::AlterTopicConfig { name: name.to_string(), configs, delete }).await?;
         // Applied on the controller's leader at `offset`; wait for this
         // node's copy to pass it.
-        let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
-        while self.controller.state_machine.high_watermark().0 <= offset {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::Invalid(format!("the change to {name} was not applied here in time")));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.wait_applied(offset).await?;
         let topic = self.metadata().topics.get(name).cloned();
         topic.map(|t| t.configs).ok_or_else(|| ClusterError::Invalid(format!("topic {name} was deleted")))
     }
@@ -400,7 +397,14 @@ impl ClusterNode {
         for command in moves {
             self.propose(command).await?;
         }
-        self.propose(MetadataCommand::RemoveBroker { id }).await?;
+        let offset = self.propose(MetadataCommand::RemoveBroker { id }).await?;
+        self.wait_applied(offset).await?;
+        if !self.metadata().removed_brokers.contains(&id) {
+            // A topic made or grown meanwhile put a replica on it.
+            return Err(ClusterError::Invalid(format!(
+                "broker {id} was given a replica while its own were being moved; remove it again"
+            )));
+        }
         Ok(moved)
     }
 

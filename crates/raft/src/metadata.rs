@@ -41,14 +41,17 @@ pub enum MetadataCommand {
         configs: BTreeMap<String, String>,
     },
     /// Partitions are added to a topic, with their replicas assigned by
-    /// the proposer. Applied only while the topic has `from` partitions, so
-    /// a proposal sent twice adds them once.
+    /// the proposer. Applied only while the topic has `from` partitions (and
+    /// the same partition 0), so a proposal sent twice adds them once.
     AddPartitions {
         /// Topic name.
         name: String,
         /// The partition count the proposer saw: the new partitions are
         /// numbered from it.
         from: u32,
+        /// The group of the topic's partition 0 the proposer saw, so that a
+        /// topic deleted and made again meanwhile is not grown instead.
+        first_group: u64,
         /// Replicas of each new partition, leader-preferred first.
         assignment: Vec<Vec<u64>>,
     },
@@ -238,10 +241,12 @@ impl ClusterMetadata {
                 self.topics
                     .insert(name.clone(), TopicInfo { name: name.clone(), partitions, configs: configs.clone() });
             }
-            MetadataCommand::AddPartitions { name, from, assignment } => {
-                let current = self.topics.get(name).map(|t| t.partitions.len());
+            MetadataCommand::AddPartitions { name, from, first_group, assignment } => {
+                let current =
+                    self.topics.get(name).map(|t| (t.partitions.len(), t.partitions.first().map(|p| p.group)));
                 let known = assignment.iter().flatten().all(|r| self.brokers.contains_key(r));
-                if current != Some(*from as usize) || !known || assignment.iter().any(Vec::is_empty) {
+                let same = current == Some((*from as usize, Some(*first_group)));
+                if !same || !known || assignment.iter().any(Vec::is_empty) {
                     return;
                 }
                 let added = self.new_partitions(assignment);
@@ -481,14 +486,20 @@ mod tests {
         md.apply(2, &create); // a second create changes nothing
         assert_eq!(md.topics["orders"].partitions.iter().map(|p| p.group).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(md.next_group, 3);
-        let add = MetadataCommand::AddPartitions { name: "orders".into(), from: 2, assignment: vec![vec![1]] };
-        md.apply(2, &add);
-        md.apply(2, &add); // sent twice: the topic no longer has 2 partitions
+        let add = |name: &str, from: u32, first_group: u64, replicas: Vec<u64>| MetadataCommand::AddPartitions {
+            name: name.into(),
+            from,
+            first_group,
+            assignment: vec![replicas],
+        };
+        md.apply(2, &add("orders", 2, 1, vec![1]));
+        md.apply(2, &add("orders", 2, 1, vec![1])); // sent twice: the topic no longer has 2 partitions
         assert_eq!(md.topics["orders"].partitions.iter().map(|p| p.group).collect::<Vec<_>>(), vec![1, 2, 3]);
-        md.apply(2, &MetadataCommand::AddPartitions { name: "orders".into(), from: 3, assignment: vec![vec![9]] });
-        md.apply(2, &MetadataCommand::AddPartitions { name: "orders".into(), from: 3, assignment: vec![vec![]] });
-        md.apply(2, &MetadataCommand::AddPartitions { name: "none".into(), from: 0, assignment: vec![vec![1]] });
-        assert_eq!(md.topics["orders"].partitions.len(), 3, "unknown brokers, no replica, no topic: refused");
+        md.apply(2, &add("orders", 3, 1, vec![9]));
+        md.apply(2, &add("orders", 3, 1, vec![]));
+        md.apply(2, &add("orders", 3, 7, vec![1]));
+        md.apply(2, &add("none", 0, 0, vec![1]));
+        assert_eq!(md.topics["orders"].partitions.len(), 3, "unknown brokers, no replica, another topic: refused");
         assert_eq!((md.next_group, md.partition_of_group(3)), (4, Some(("orders", 2))));
         md.apply(3, &MetadataCommand::AllocateProducerId);
         assert_eq!(md.last_producer_id, Some(3));
