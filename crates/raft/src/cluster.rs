@@ -202,8 +202,8 @@ impl ClusterNode {
 
     /// Creates a topic, assigning replicas over the registered brokers (the
     /// live ones first, see [`assign_replicas_live`]), and returns it as
-    /// applied here. Any node may be asked: the command goes
-    /// to the controller's leader.
+    /// applied here. Any node may be asked: the command goes to the
+    /// controller's leader.
     pub async fn create_topic(
         &self,
         name: &str,
@@ -250,8 +250,8 @@ impl ClusterNode {
     /// here. The new partitions have as many replicas as partition 0 has
     /// now, spread over the brokers from the one after the last partition's
     /// preferred leader, as if the topic had been created with them (the
-    /// live brokers first, see [`assign_replicas_live`]). A partition cannot be removed: `total` must be larger than the
-    /// current count.
+    /// live brokers first, see [`assign_replicas_live`]). A partition
+    /// cannot be removed: `total` must be larger than the current count.
     pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, ClusterError> {
         let metadata = self.sync_metadata().await?;
         let topic =
