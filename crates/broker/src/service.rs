@@ -447,18 +447,20 @@ impl Broker {
         }
     }
 
+    /// A topic just made or changed, as the admin answers carry it.
+    fn topic_pb(&self, info: TopicInfo) -> pb::TopicMetadata {
+        pb::TopicMetadata {
+            name: info.name.clone(),
+            error: None,
+            partitions: self.partitions_pb(&self.cluster.metadata(), &info),
+            configs: info.configs.into_iter().collect(),
+        }
+    }
+
     /// CreateTopic, checked here before it goes to the controller.
     pub async fn create_topic(&self, request: pb::CreateTopicRequest) -> pb::CreateTopicResponse {
         match self.try_create_topic(request).await {
-            Ok(info) => pb::CreateTopicResponse {
-                error: None,
-                topic: Some(pb::TopicMetadata {
-                    name: info.name.clone(),
-                    error: None,
-                    partitions: self.partitions_pb(&self.cluster.metadata(), &info),
-                    configs: info.configs.into_iter().collect(),
-                }),
-            },
+            Ok(info) => pb::CreateTopicResponse { error: None, topic: Some(self.topic_pb(info)) },
             Err(e) => pb::CreateTopicResponse { error: Some(error_to_pb(&e)), topic: None },
         }
     }
@@ -545,15 +547,7 @@ impl Broker {
     /// refuses a count not above the current one).
     pub async fn create_partitions(&self, request: pb::CreatePartitionsRequest) -> pb::CreatePartitionsResponse {
         match self.try_create_partitions(request).await {
-            Ok(info) => pb::CreatePartitionsResponse {
-                error: None,
-                topic: Some(pb::TopicMetadata {
-                    name: info.name.clone(),
-                    error: None,
-                    partitions: self.partitions_pb(&self.cluster.metadata(), &info),
-                    configs: info.configs.into_iter().collect(),
-                }),
-            },
+            Ok(info) => pb::CreatePartitionsResponse { error: None, topic: Some(self.topic_pb(info)) },
             Err(e) => pb::CreatePartitionsResponse { error: Some(error_to_pb(&e)), topic: None },
         }
     }

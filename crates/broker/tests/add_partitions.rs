@@ -164,19 +164,6 @@ async fn a_topic_grows_and_its_producers_and_groups_use_the_new_partitions() {
     cluster.shutdown().await;
 }
 
-/// Waits until every partition of `topic` has a leader, within `within`.
-async fn leaders_within(admin: &Admin, topic: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let described = admin.describe_topic(topic).await;
-        if described.as_ref().is_ok_and(|t| t.partitions.iter().all(|p| p.leader.is_some())) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "partitions of {topic} without a leader: {described:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_made_while_a_broker_is_down_all_get_leaders() {
     let mut cluster = cluster(3, |b| b).await;
@@ -198,16 +185,16 @@ async fn partitions_made_while_a_broker_is_down_all_get_leaders() {
     // RF=3 on three brokers must use the one down, but never first: the
     // first replica starts the group, and the two up elect a leader.
     admin.create_topic(NewTopic::new(TOPIC, 3).replication_factor(3)).await.expect("create");
-    leaders_within(&admin, TOPIC, Duration::from_secs(15)).await;
+    wait_for_leaders(&admin, TOPIC).await;
     admin.create_partitions(TOPIC, 6).await.expect("grow");
-    leaders_within(&admin, TOPIC, Duration::from_secs(15)).await;
+    wait_for_leaders(&admin, TOPIC).await;
     for p in admin.describe_topic(TOPIC).await.expect("describe").partitions {
         assert_ne!(p.replicas[0], down, "partition {} is led first by the broker down: {:?}", p.partition, p.replicas);
         assert_eq!(p.replicas.len(), 3);
     }
     // RF=2 has brokers enough without it.
     admin.create_topic(NewTopic::new("narrow", 4).replication_factor(2)).await.expect("create");
-    leaders_within(&admin, "narrow", Duration::from_secs(15)).await;
+    wait_for_leaders(&admin, "narrow").await;
     for p in admin.describe_topic("narrow").await.expect("describe").partitions {
         assert!(!p.replicas.contains(&down), "partition {} on the broker down: {:?}", p.partition, p.replicas);
     }
