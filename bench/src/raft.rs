@@ -197,6 +197,7 @@ impl Cluster {
                 data_dir: dir.join(format!("node-{id}")),
                 raft: raft.clone(),
                 log: log.clone(),
+                tls: None,
             };
             nodes.push(Arc::new(RaftNode::start(config).await.with_context(|| format!("start node {id}"))?));
         }

@@ -91,6 +91,10 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("runtime.worker_threads", Some("auto")),
     ("runtime.keep_cpus_awake", Some("false")),
     ("groups.offsets_partitions", Some("12")),
+    ("tls.cert_file", None),
+    ("tls.key_file", None),
+    ("tls.client_ca_file", None),
+    ("tls.peer_ca_file", None),
     ("testing.ack_before_quorum", Some("false")),
     ("testing.journal_unsynced", Some("false")),
 ];
@@ -172,6 +176,42 @@ pub struct ServerConfig {
     /// lose what was not synced, as a power loss would. Every byte written
     /// is written twice. Default false.
     pub testing_journal_unsynced: bool,
+    /// TLS on the client port, and on the peer port too when
+    /// `tls.peer_ca_file` is set (`tls.*`; `None`: plain TCP).
+    pub tls: Option<TlsConfig>,
+}
+
+/// The node's TLS settings, with the PEM files as read when the
+/// configuration was built.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// The node's certificate (chain), for clients and peers.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
+    pub key_pem: Vec<u8>,
+    /// Set: clients must present a certificate this authority signed.
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// Set: the peer port speaks mutual TLS, peers checked against this
+    /// authority.
+    pub peer_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsConfig")
+            .field("client_auth", &self.client_ca_pem.is_some())
+            .field("peer_tls", &self.peer_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// The peer transport's share of it, when the peer port uses TLS.
+    pub fn peer(&self) -> Option<strata_raft::PeerTls> {
+        let ca_pem = self.peer_ca_pem.clone()?;
+        Some(strata_raft::PeerTls { cert_pem: self.cert_pem.clone(), key_pem: self.key_pem.clone(), ca_pem })
+    }
 }
 
 /// Where a value came from, for error messages.
@@ -348,7 +388,45 @@ impl ConfigBuilder {
             })?,
             testing_ack_before_quorum: self.required("testing.ack_before_quorum", parse_bool)?,
             testing_journal_unsynced: self.required("testing.journal_unsynced", parse_bool)?,
+            tls: self.tls()?,
         })
+    }
+
+    /// Reads the `tls.*` files, each checked to hold PEM of the right kind
+    /// (their contents are parsed when the node starts).
+    fn tls(&self) -> Result<Option<TlsConfig>, ConfigError> {
+        const CERT: &str = "-----BEGIN CERTIFICATE-----";
+        const KEY: &str = "PRIVATE KEY-----";
+        let read = |key: &str, marker: &'static str| {
+            self.parse(key, |path| {
+                if path.is_empty() {
+                    return Ok(None);
+                }
+                let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+                if !String::from_utf8_lossy(&bytes).contains(marker) {
+                    return Err(format!("the file holds no PEM \"{}\"", marker.trim_matches('-')));
+                }
+                Ok(Some(bytes))
+            })
+            .map(Option::flatten)
+        };
+        let cert = read("tls.cert_file", CERT)?;
+        let key = read("tls.key_file", KEY)?;
+        let client_ca = read("tls.client_ca_file", CERT)?;
+        let peer_ca = read("tls.peer_ca_file", CERT)?;
+        match (cert, key) {
+            (Some(cert_pem), Some(key_pem)) => {
+                Ok(Some(TlsConfig { cert_pem, key_pem, client_ca_pem: client_ca, peer_ca_pem: peer_ca }))
+            }
+            (None, None) if client_ca.is_none() && peer_ca.is_none() => Ok(None),
+            (None, None) => Err(ConfigError::Inconsistent(
+                "tls.client_ca_file and tls.peer_ca_file need tls.cert_file and tls.key_file \
+                 (this node's certificate and its key)"
+                    .into(),
+            )),
+            (Some(_), None) => Err(ConfigError::Inconsistent("tls.cert_file is set but not tls.key_file".into())),
+            (None, Some(_)) => Err(ConfigError::Inconsistent("tls.key_file is set but not tls.cert_file".into())),
+        }
     }
 
     /// The cluster-wide topic defaults, as Kafka topic keys, each checked

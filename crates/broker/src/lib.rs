@@ -29,7 +29,7 @@ mod server;
 pub mod service;
 pub mod topic_config;
 
-pub use config::{ConfigBuilder, ConfigError, ServerConfig};
+pub use config::{ConfigBuilder, ConfigError, ServerConfig, TlsConfig};
 pub use error::{ApiError, Code};
 pub use http::readiness;
 pub use server::{Listeners, Server, ServerError, wait_for_signal};

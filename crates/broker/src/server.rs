@@ -86,6 +86,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS files (`tls.*`) hold no usable certificate or key.
+    #[error("TLS on the client port (tls.cert_file, tls.key_file, tls.client_ca_file): {0}")]
+    Tls(String),
     /// The cluster node could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -199,6 +202,8 @@ impl Server {
         let client_addr = addr_of(&listeners.client, "clients", config.listen_client)?;
         let peer_addr = addr_of(&listeners.peer, "peers", config.listen_peer)?;
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
+        // Before anything starts: a bad certificate stops the node here.
+        let api_server = api_server_builder(&config)?;
         raise_open_files_limit();
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let cpus_awake = if config.keep_cpus_awake {
@@ -224,6 +229,7 @@ impl Server {
             data_dir: config.data_dir.clone(),
             raft: config.raft_config(),
             log: config.log.clone(),
+            tls: config.tls.as_ref().and_then(|tls| tls.peer()),
         };
         let starting = ClusterNode::start_on(raft, listeners.peer, config.peers.clone());
         let cluster = Arc::new(crate::http::answer_while(&listeners.http, starting).await?);
@@ -250,7 +256,7 @@ impl Server {
         let (stop_api, stopped) = oneshot::channel::<()>();
         let rpc_parent = node_span.clone();
         let api = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = api_server
                 // HTTP/2's defaults (16 KiB frames, 1 MiB windows) cut a
                 // producer's megabytes into many small frames and make it
                 // wait for window updates: see `limits::H2_*`.
@@ -446,6 +452,20 @@ impl Connected for LimitedStream {
     fn connect_info(&self) -> TcpConnectInfo {
         self.stream.connect_info()
     }
+}
+
+/// The client API's server, speaking TLS when `tls.*` is set.
+fn api_server_builder(config: &ServerConfig) -> Result<tonic::transport::Server, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let server = tonic::transport::Server::builder();
+    let Some(tls) = &config.tls else { return Ok(server) };
+    let mut tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .timeout(strata_raft::limits::TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &tls.client_ca_pem {
+        tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+    }
+    server.tls_config(tls_config).map_err(|e| ServerError::Tls(strata_proto::error_chain(&e)))
 }
 
 /// Accepts a connection only while a slot is free: beyond the limit,

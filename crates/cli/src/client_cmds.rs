@@ -217,7 +217,7 @@ async fn report_leaders(admin: &Admin, name: &str, done: &str, partitions: u32) 
 }
 
 fn client(connection: &Connection) -> Result<Client> {
-    Client::new(&connection.bootstrap_server).context("connect")
+    connection.client().context("connect")
 }
 
 pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()> {

@@ -71,12 +71,38 @@ enum Command {
     },
 }
 
-/// Where the cluster is.
+/// Where the cluster is, and how to reach it.
 #[derive(Args, Clone)]
 pub struct Connection {
     /// A broker's client address (several separated by commas).
     #[arg(long, global = true, default_value = "127.0.0.1:7070", env = "STRATA_BOOTSTRAP_SERVER")]
     bootstrap_server: String,
+    /// Speak TLS to the brokers, trusting the authority in this PEM file
+    /// (for brokers with tls.cert_file set).
+    #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Present this certificate (PEM) to the brokers, for those with
+    /// tls.client_ca_file set; needs --tls-key and --tls-ca.
+    #[arg(long, global = true, env = "STRATA_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "STRATA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl Connection {
+    /// A client for the cluster, over TLS when --tls-ca is given.
+    pub fn client(&self) -> Result<strata_client::Client> {
+        let client = match &self.tls_ca {
+            Some(ca) => {
+                let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+                let tls = strata_client::Tls::from_files(ca, identity)?;
+                strata_client::Client::with_tls(&self.bootstrap_server, tls)?
+            }
+            None => strata_client::Client::new(&self.bootstrap_server)?,
+        };
+        Ok(client)
+    }
 }
 
 #[derive(Args)]

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use strata_client::{
-    Acks, Client, Compression, Consumer, ConsumerConfig, DeliveredBatch, OffsetReset, Producer, ProducerConfig, Record,
-    Seek,
+    Acks, Compression, Consumer, ConsumerConfig, DeliveredBatch, OffsetReset, Producer, ProducerConfig, Record, Seek,
 };
 use tokio::time::Instant;
 
@@ -61,7 +60,7 @@ async fn e2e(args: E2eArgs) -> Result<()> {
     if args.record_size < 8 || args.throughput == 0 {
         bail!("--record-size must be at least 8 and --throughput above 0");
     }
-    let client = Client::new(&args.connection.bootstrap_server)?;
+    let client = args.connection.client()?;
     let mut consumer = Consumer::new(&client);
     let partitions = consumer.partitions_of(&args.topic).await?;
     consumer.assign(partitions.clone());
@@ -405,7 +404,7 @@ pub async fn run(command: PerfCommand) -> Result<()> {
 }
 
 async fn produce(args: ProduceArgs) -> Result<()> {
-    let client = Client::new(&args.connection.bootstrap_server)?;
+    let client = args.connection.client()?;
     client.partitions(&args.topic).await.with_context(|| format!("topic {}", args.topic))?;
     // One value for every record, leaked once: a static `Bytes` is cloned
     // and dropped without touching a reference count, which the sending
@@ -617,7 +616,7 @@ pub struct ConsumeArgs {
 }
 
 async fn consume(args: ConsumeArgs) -> Result<()> {
-    let client = Client::new(&args.connection.bootstrap_server)?;
+    let client = args.connection.client()?;
     let config = ConsumerConfig {
         group_id: args.group.clone(),
         auto_offset_reset: OffsetReset::Earliest,

@@ -47,6 +47,8 @@ struct Cache {
 
 struct Inner {
     bootstrap: Vec<String>,
+    /// TLS to every broker, when the cluster's client port speaks it.
+    tls: Option<crate::Tls>,
     channels: Mutex<HashMap<String, Channel>>,
     cache: Mutex<Cache>,
     /// Bumped whenever the cache's topics change (see
@@ -106,6 +108,17 @@ impl Client {
     /// several separated by commas). Connects lazily; the first request
     /// tells whether the cluster is there.
     pub fn new(bootstrap: &str) -> Result<Client> {
+        Client::build(bootstrap, None)
+    }
+
+    /// As [`Client::new`], for a cluster whose client port speaks TLS
+    /// (`tls.*` in the server's configuration).
+    pub fn with_tls(bootstrap: &str, tls: crate::Tls) -> Result<Client> {
+        tls.check()?;
+        Client::build(bootstrap, Some(tls))
+    }
+
+    fn build(bootstrap: &str, tls: Option<crate::Tls>) -> Result<Client> {
         let bootstrap: Vec<String> =
             bootstrap.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         if bootstrap.is_empty() {
@@ -113,6 +126,7 @@ impl Client {
         }
         let inner = Inner {
             bootstrap,
+            tls,
             channels: Mutex::default(),
             cache: Mutex::default(),
             generation: AtomicU64::new(0),
@@ -144,8 +158,15 @@ impl Client {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Error::Invalid(format!("bad broker address {addr}: {e}")))?
+                let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(|e| Error::Invalid(format!("bad broker address {addr}: {e}")))?;
+                if let Some(tls) = &self.inner.tls {
+                    endpoint = endpoint
+                        .tls_config(tls.config())
+                        .map_err(|e| Error::Invalid(format!("TLS to {addr}: {}", strata_proto::error_chain(&e))))?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     // Large frames and windows for megabyte fetch answers,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use strata_proto::api as pb;
+use strata_proto::error_chain;
 
 /// A broker's error code (see `ErrorCode` in `proto/api.proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +112,20 @@ impl Error {
                 Error::api(ErrorCode::RequestTooLarge, status.message())
             }
             tonic::Code::InvalidArgument => Error::api(ErrorCode::InvalidRequest, status.message()),
-            _ => Error::Transport(format!("{}: {}", status.code(), status.message())),
+            // A connection that failed says why in its sources (refused,
+            // a certificate not trusted, no certificate given).
+            _ => {
+                let mut text = status.message().to_string();
+                if let Some(source) = std::error::Error::source(&status) {
+                    let why = error_chain(source);
+                    if why.contains(&text) {
+                        text = why;
+                    } else if !text.contains(&why) {
+                        text = format!("{text}: {why}");
+                    }
+                }
+                Error::Transport(format!("{}: {text}", status.code()))
+            }
         }
     }
 

@@ -96,6 +96,7 @@ mod group;
 mod linger;
 mod metrics;
 mod producer;
+mod tls;
 
 pub use admin::{
     Admin, BrokerDescription, ClusterDescription, GroupDescription, MemberDescription, NewTopic, PartitionDescription,
@@ -114,3 +115,4 @@ pub use producer::{
     RecordMetadata, TaggedRecord, murmur2, partition_for_key,
 };
 pub use strata_batch::Header;
+pub use tls::Tls;

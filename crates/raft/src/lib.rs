@@ -35,6 +35,7 @@ pub use codec::{entry_to_batch, stored_to_entry};
 pub use log_store::LogStore;
 pub use network::faults::{FaultAction, FaultRates, TransportFaults};
 pub use network::server::GroupRaft;
+pub use network::tls::PeerTls;
 pub use node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig, RebuildStatus, default_raft_config};
 pub use partition::{ProduceError, ProduceGate, Produced, Submission, produce, submit};
 pub use producer::{ProducerStates, SequenceCheck, SequencedBatch};

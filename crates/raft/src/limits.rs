@@ -35,6 +35,9 @@ pub const GROUP_QUEUE_MAX: usize = 64;
 pub const COMMIT_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a TLS handshake may take, on the peer transport and on the
+/// client API: a connection that stalls in it is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often an idle peer connection is pinged.
 pub const PEER_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

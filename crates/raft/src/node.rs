@@ -50,6 +50,9 @@ pub enum NodeError {
     /// openraft refused the configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The peer transport's TLS material is unusable.
+    #[error("{0}")]
+    Tls(String),
     /// The group's stored data is damaged (a checksum mismatch, a cut-off
     /// sealed segment, an unreadable snapshot): this replica cannot be
     /// trusted and must be rebuilt from the others (see `quarantine_group`).
@@ -92,6 +95,8 @@ pub struct RaftNodeConfig {
     pub raft: openraft::Config,
     /// Settings of each group's log.
     pub log: LogConfig,
+    /// Mutual TLS between nodes (`None`: plain TCP).
+    pub tls: Option<crate::PeerTls>,
 }
 
 /// Raft timing for a LAN: heartbeats every 100 ms, elections after 1–2 s of
@@ -205,14 +210,21 @@ impl RaftNode {
         let quiescence = Arc::new(Quiescence::new(config.node_id, QuiesceTiming::from_raft(&raft_config)));
         let router = Arc::new(Router::new(quiescence.clone()));
         let (stopping_tx, stopping_rx) = watch::channel(false);
-        let peers: Arc<Peers> = Arc::default();
+        if let Some(tls) = &config.tls {
+            tls.check().map_err(NodeError::Tls)?;
+        }
+        let peers = Arc::new(Peers::new(config.tls.clone()));
         let faults: Arc<TransportFaults> = Arc::default();
         tokio::spawn(quiescence.clone().run(router.clone(), peers.clone(), faults.clone(), stopping_rx.clone()));
         let service = TransportService::new(config.node_id, router.clone(), stopping_rx);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls.server()).map_err(|e| NodeError::Tls(strata_proto::error_chain(&e)))?;
+        }
         let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .max_frame_size(crate::limits::H2_FRAME_BYTES)
                 .initial_stream_window_size(crate::limits::H2_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(crate::limits::H2_CONNECTION_WINDOW_BYTES)

@@ -40,6 +40,7 @@ fn config(id: u64, peers: &BTreeMap<u64, String>, root: &std::path::Path) -> Raf
         data_dir: root.join(format!("node-{id}")),
         raft: fast_raft(),
         log: LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() },
+        tls: None,
     }
 }
 

@@ -28,6 +28,30 @@ impl Drop for TempDir {
     }
 }
 
+/// A file of the test certificates (`tests/tls`, made by
+/// `deploy/tls/make-certs.sh`).
+pub fn tls_file(name: &str) -> String {
+    format!("{}/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The settings of a node with TLS on both ports: clients must present a
+/// certificate of the test authority, and so must peers.
+pub fn with_tls(builder: ConfigBuilder) -> ConfigBuilder {
+    builder
+        .set("tls.cert_file", tls_file("node.crt"))
+        .and_then(|b| b.set("tls.key_file", tls_file("node.key")))
+        .and_then(|b| b.set("tls.client_ca_file", tls_file("ca.crt")))
+        .and_then(|b| b.set("tls.peer_ca_file", tls_file("ca.crt")))
+        .expect("tls settings")
+}
+
+/// What a client of a [`with_tls`] cluster uses: the test authority, and
+/// the test client certificate.
+pub fn client_tls() -> strata_client::Tls {
+    let read = |name: &str| std::fs::read(tls_file(name)).expect("read test certificate");
+    strata_client::Tls::new(read("ca.crt")).identity(read("client.crt"), read("client.key"))
+}
+
 pub struct TestCluster {
     pub servers: Vec<Server>,
     pub configs: Vec<ServerConfig>,
@@ -105,7 +129,11 @@ pub async fn cluster_each(n: u64, tweak: impl Fn(u64, ConfigBuilder) -> ConfigBu
         servers.push(Server::start_on(config, listeners).await.expect("start"));
     }
     let bootstrap = servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",");
-    let admin = strata_client::Admin::new(&strata_client::Client::new(&bootstrap).expect("client"));
+    let client = match configs[0].tls {
+        Some(_) => strata_client::Client::with_tls(&bootstrap, client_tls()),
+        None => strata_client::Client::new(&bootstrap),
+    };
+    let admin = strata_client::Admin::new(&client.expect("client"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(c) = admin.describe_cluster().await {

@@ -6,10 +6,12 @@
 //! - `server`: the receiving side, routing requests to the group's Raft;
 //! - `client`: openraft's `RaftNetworkV2` for one group over a peer;
 //! - `convert`: protobuf ↔ openraft types, one function per type;
-//! - `faults`: seeded fault injection on the sending side, for tests.
+//! - `faults`: seeded fault injection on the sending side, for tests;
+//! - `tls`: mutual TLS between nodes, when configured.
 
 pub(crate) mod client;
 pub(crate) mod convert;
 pub mod faults;
 pub(crate) mod peer;
 pub(crate) mod server;
+pub mod tls;

@@ -11,14 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use strata_proto::chained;
 use strata_proto::raft as pb;
+use strata_proto::{chained, error_chain};
 use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::http::{HeaderMap, HeaderValue};
 
 use crate::limits::{
     PEER_CONNECT_TIMEOUT, PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT, PEER_QUEUE_MAX, TRANSPORT_MESSAGE_BYTES_MAX,
 };
+use crate::network::tls::PeerTls;
 
 /// The gRPC metadata key naming the node a stream is meant for.
 pub(crate) const TO_NODE_HEADER: &str = "strata-to-node";
@@ -48,13 +49,15 @@ pub struct Peer {
     /// different node now listening at the address refuses it.
     node: u64,
     addr: String,
+    /// Mutual TLS to the peer, when the cluster uses it.
+    tls: Option<Arc<PeerTls>>,
     next_id: AtomicU64,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
 impl Peer {
-    pub fn new(node: u64, addr: String) -> Peer {
-        Peer { node, addr, next_id: AtomicU64::new(1), connection: tokio::sync::Mutex::new(None) }
+    pub fn new(node: u64, addr: String, tls: Option<Arc<PeerTls>>) -> Peer {
+        Peer { node, addr, tls, next_id: AtomicU64::new(1), connection: tokio::sync::Mutex::new(None) }
     }
 
     pub fn addr(&self) -> &str {
@@ -72,8 +75,14 @@ impl Peer {
     }
 
     async fn connect(&self) -> Result<Connection, String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| format!("bad peer address {}: {e}", self.addr))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+            .map_err(|e| format!("bad peer address {}: {e}", self.addr))?;
+        if let Some(tls) = &self.tls {
+            endpoint =
+                endpoint.tls_config(tls.client()).map_err(|e| format!("TLS to {}: {}", self.addr, error_chain(&e)))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .max_frame_size(crate::limits::H2_FRAME_BYTES)
@@ -84,7 +93,8 @@ impl Peer {
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let mut channel = endpoint.connect().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
+        let mut channel =
+            endpoint.connect().await.map_err(|e| format!("connect to {}: {}", self.addr, error_chain(&e)))?;
         let (tx, rx) = mpsc::channel::<pb::RaftRequest>(PEER_QUEUE_MAX);
         let outbound = Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) }));
         let mut headers = HeaderMap::new();
@@ -164,19 +174,24 @@ impl Peer {
 }
 
 /// The peers of a node, by node id.
-#[derive(Default)]
 pub struct Peers {
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
+    /// No connection yet; each will use `tls` when given.
+    pub fn new(tls: Option<PeerTls>) -> Peers {
+        Peers { peers: Mutex::default(), tls: tls.map(Arc::new) }
+    }
+
     /// The connection to `node` at `addr` (replaced if the address changed).
     pub fn get(&self, node: u64, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         match peers.get(&node) {
             Some(peer) if peer.addr() == addr => peer.clone(),
             _ => {
-                let peer = Arc::new(Peer::new(node, addr.to_string()));
+                let peer = Arc::new(Peer::new(node, addr.to_string(), self.tls.clone()));
                 peers.insert(node, peer.clone());
                 peer
             }

@@ -58,6 +58,7 @@ pub async fn start(id: u64, listen: SocketAddr, root: &Path) -> Arc<RaftNode> {
         data_dir: root.join(format!("node-{id}")),
         raft: fast_raft(),
         log: LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() },
+        tls: None,
     };
     let node = Arc::new(RaftNode::start(config).await.expect("start node"));
     node.open_group(GROUP).await.expect("open group");
