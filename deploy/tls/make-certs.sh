@@ -10,6 +10,10 @@
 #                             a client: tls.cert_file / tls.key_file
 # OUT_DIR/client.crt, .key    a client's certificate, for --tls-cert and
 #                             --tls-key when tls.client_ca_file is set
+#                             (its CN, strata-client, names the principal
+#                             User:strata-client for authorization.*)
+# OUT_DIR/NAME.crt, NAME.key  with CLIENTS="alice bob", one more client
+#                             certificate per name, CN=NAME (User:NAME)
 #
 # Keys are ECDSA P-256; certificates are valid for DAYS days (default 825);
 # the authority is named CA_NAME (default "Strata CA").
@@ -66,5 +70,8 @@ sign() {
 
 sign node "/CN=strata-node" "serverAuth,clientAuth" "$san"
 sign client "/CN=strata-client" "clientAuth"
+for name in ${CLIENTS:-}; do
+    sign "$name" "/CN=$name" "clientAuth"
+done
 rm -f ca.srl
-echo "wrote $(pwd)/{ca,node,client}.{crt,key}"
+echo "wrote $(pwd)/{ca,node,client${CLIENTS:+,${CLIENTS// /,}}}.{crt,key}"

@@ -95,6 +95,8 @@ pub const KEYS: &[(&str, Option<&str>)] = &[
     ("tls.key_file", None),
     ("tls.client_ca_file", None),
     ("tls.peer_ca_file", None),
+    ("authorization.enabled", Some("false")),
+    ("authorization.super_users", None),
     ("testing.ack_before_quorum", Some("false")),
     ("testing.journal_unsynced", Some("false")),
 ];
@@ -179,6 +181,9 @@ pub struct ServerConfig {
     /// TLS on the client port, and on the peer port too when
     /// `tls.peer_ca_file` is set (`tls.*`; `None`: plain TCP).
     pub tls: Option<TlsConfig>,
+    /// Whether requests are checked against the access control bindings,
+    /// and who is exempt (`authorization.*`).
+    pub authorization: crate::auth::Authorizer,
 }
 
 /// The node's TLS settings, with the PEM files as read when the
@@ -389,7 +394,35 @@ impl ConfigBuilder {
             testing_ack_before_quorum: self.required("testing.ack_before_quorum", parse_bool)?,
             testing_journal_unsynced: self.required("testing.journal_unsynced", parse_bool)?,
             tls: self.tls()?,
+            authorization: self.authorization()?,
         })
+    }
+
+    /// `authorization.*`: only with client certificates, which name the
+    /// principals.
+    fn authorization(&self) -> Result<crate::auth::Authorizer, ConfigError> {
+        let enabled = self.required("authorization.enabled", parse_bool)?;
+        let super_users = self
+            .parse("authorization.super_users", |v| {
+                v.split([';', ','])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| match p.split_once(':') {
+                        Some(("User", name)) if !name.is_empty() => Ok(p.to_string()),
+                        _ => Err(format!("{p:?} is not of the form User:NAME")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+            .unwrap_or_default();
+        let client_certificates = self.get("tls.client_ca_file").is_some_and(|s| !s.value.trim().is_empty());
+        if enabled && !client_certificates {
+            return Err(ConfigError::Inconsistent(
+                "authorization.enabled needs tls.client_ca_file: principals are the names in client certificates \
+                 (without them every client would be User:ANONYMOUS)"
+                    .into(),
+            ));
+        }
+        Ok(crate::auth::Authorizer { enabled, super_users })
     }
 
     /// Reads the `tls.*` files, each checked to hold PEM of the right kind

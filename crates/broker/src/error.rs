@@ -53,6 +53,8 @@ pub enum Code {
     GroupNotEmpty,
     /// No such group.
     UnknownGroup,
+    /// The client's principal may not do this (`authorization.enabled`).
+    NotAuthorized,
 }
 
 impl Code {

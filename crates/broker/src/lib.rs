@@ -14,6 +14,7 @@
 //! routes and answers. Protobuf types are converted in `service.rs` and
 //! `convert.rs` only.
 
+pub mod auth;
 pub mod config;
 mod convert;
 mod cpus_awake;

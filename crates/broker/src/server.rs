@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use futures::{FutureExt, StreamExt};
 use strata_proto::api as pb;
 use strata_proto::{api_paths, chained};
+use strata_raft::acl::{Operation, ResourceType};
 use strata_raft::{ClusterError, ClusterNode, RaftNodeConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,13 +20,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::{Access, Authorizer};
 use crate::config::ServerConfig;
 use crate::cpus_awake::{CPU_LATENCY_FILE, CpusAwake};
 use crate::disk::DiskGuard;
+use crate::error::{ApiError, Code};
 use crate::limits::HANDOVER_MAX;
 use crate::metrics::Metrics;
 use crate::service::Broker;
@@ -245,7 +248,7 @@ impl Server {
         let broker =
             Arc::new(Broker::new(cluster.clone(), coordinator.clone(), metrics.clone(), disk.clone(), &config));
 
-        let service = ApiService::new(broker, config.request_bytes as usize);
+        let service = ApiService::new(broker, Arc::new(config.authorization.clone()), config.request_bytes as usize);
         let cut = Arc::new(AtomicBool::new(false));
         let incoming = limited_incoming(
             listeners.client,
@@ -527,6 +530,9 @@ macro_rules! no_error {
 }
 
 top_level_error!(
+    pb::CreateAclsResponse,
+    pb::DeleteAclsResponse,
+    pb::DescribeAclsResponse,
     pb::CreateTopicResponse,
     pb::DeleteTopicResponse,
     pb::AlterTopicConfigResponse,
@@ -566,11 +572,35 @@ impl Codes for pb::ListOffsetsResponse {
     }
 }
 
-/// The tonic service: each RPC handed to the [`Broker`].
+/// The tonic service: each RPC checked against the client's rights
+/// (`auth.rs`), then handed to the [`Broker`].
 #[derive(Clone)]
-struct Api(Arc<Broker>);
+struct Api(Arc<Broker>, Arc<Authorizer>);
 
 impl Api {
+    /// The rights of the client that sent `request`.
+    fn access<T>(&self, request: &Request<T>) -> Access {
+        self.1.access(request.extensions(), || self.0.cluster().metadata())
+    }
+
+    /// Refuses the whole call (PERMISSION_DENIED) unless `access` may do
+    /// `operation` to the resource.
+    fn require(
+        &self,
+        rpc: &'static str,
+        access: &Access,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Result<(), Status> {
+        access.check(operation, resource_type, name).map_err(|e| self.refuse(rpc, e))
+    }
+
+    fn refuse(&self, rpc: &'static str, error: ApiError) -> Status {
+        self.0.metrics().answered(rpc, &["NOT_AUTHORIZED"]);
+        Status::permission_denied(error.message)
+    }
+
     /// Until this node's metadata caught up, every RPC is answered
     /// UNAVAILABLE at the gRPC level, which clients take as "try another
     /// broker".
@@ -607,8 +637,8 @@ struct ApiService {
 }
 
 impl ApiService {
-    fn new(broker: Arc<Broker>, request_bytes: usize) -> ApiService {
-        let api = Api(broker);
+    fn new(broker: Arc<Broker>, authorizer: Arc<Authorizer>, request_bytes: usize) -> ApiService {
+        let api = Api(broker, authorizer);
         let generated = pb::strata_server::StrataServer::new(api.clone())
             .max_decoding_message_size(request_bytes)
             .max_encoding_message_size(usize::MAX);
@@ -622,9 +652,17 @@ async fn request_message<M: prost::Message + Default + 'static>(
     request: http::Request<Body>,
     request_bytes: usize,
 ) -> Result<Request<M>, Status> {
+    // The TLS connection's certificates name the client (`auth.rs`).
+    let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().cloned();
     let mut messages = chained::Messages::<_, M>::new(request.into_body(), request_bytes);
     match messages.next().await {
-        Some(Ok(message)) => Ok(Request::new(message)),
+        Some(Ok(message)) => {
+            let mut request = Request::new(message);
+            if let Some(tls) = tls {
+                request.extensions_mut().insert(tls);
+            }
+            Ok(request)
+        }
         Some(Err(status)) => Err(status),
         None => Err(Status::invalid_argument("a unary call without a request message")),
     }
@@ -680,31 +718,95 @@ impl tonic::codegen::Service<http::Request<Body>> for ApiService {
 impl pb::strata_server::Strata for Api {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Answer<pb::ProduceResponse> {
         self.ready()?;
-        self.answer("produce", self.0.produce(request.into_inner()).await)
+        let access = self.access(&request);
+        let mut request = request.into_inner();
+        let denied = take_denied(&access, Operation::Write, &mut request.partitions, |p| (&p.topic, p.partition));
+        let mut response = match (request.partitions.is_empty(), denied.is_empty()) {
+            (true, false) => pb::ProduceResponse::default(),
+            _ => self.0.produce(request).await,
+        };
+        response.partitions.extend(denied.into_iter().map(|(topic, partition, error)| pb::PartitionProduceResult {
+            topic,
+            partition,
+            error: Some(error),
+            base_offset: -1,
+            duplicate: false,
+            log_start_offset: -1,
+        }));
+        self.answer("produce", response)
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Answer<pb::FetchResponse> {
         self.ready()?;
-        self.answer("fetch", self.0.fetch(request.into_inner()).await)
+        let access = self.access(&request);
+        let mut request = request.into_inner();
+        let denied = take_denied(&access, Operation::Read, &mut request.partitions, |p| (&p.topic, p.partition));
+        let mut response = match (request.partitions.is_empty(), denied.is_empty()) {
+            (true, false) => pb::FetchResponse::default(),
+            _ => self.0.fetch(request).await,
+        };
+        response.partitions.extend(denied.into_iter().map(|(topic, partition, error)| pb::PartitionFetchResult {
+            topic,
+            partition,
+            error: Some(error),
+            ..Default::default()
+        }));
+        self.answer("fetch", response)
     }
 
     async fn list_offsets(&self, request: Request<pb::ListOffsetsRequest>) -> Answer<pb::ListOffsetsResponse> {
         self.ready()?;
-        self.answer("list_offsets", self.0.list_offsets(request.into_inner()).await)
+        let access = self.access(&request);
+        let mut request = request.into_inner();
+        let denied = take_denied(&access, Operation::Describe, &mut request.partitions, |p| (&p.topic, p.partition));
+        let mut response = match (request.partitions.is_empty(), denied.is_empty()) {
+            (true, false) => pb::ListOffsetsResponse::default(),
+            _ => self.0.list_offsets(request).await,
+        };
+        response.partitions.extend(denied.into_iter().map(|(topic, partition, error)| pb::PartitionOffset {
+            topic,
+            partition,
+            error: Some(error),
+            offset: -1,
+        }));
+        self.answer("list_offsets", response)
     }
 
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Answer<pb::MetadataResponse> {
         self.ready()?;
-        self.answer("metadata", self.0.metadata(request.into_inner()).await)
+        let access = self.access(&request);
+        let request = request.into_inner();
+        // Topics the client may not see are left out of a listing, and
+        // named as refused when it asked for them.
+        let asked = !request.topics.is_empty();
+        let mut response = self.0.metadata(request).await;
+        response.topics.retain_mut(|topic| match access.check(Operation::Describe, ResourceType::Topic, &topic.name) {
+            Ok(()) => true,
+            Err(error) => {
+                *topic = pb::TopicMetadata {
+                    name: std::mem::take(&mut topic.name),
+                    error: Some(crate::convert::error_to_pb(&error)),
+                    ..Default::default()
+                };
+                asked
+            }
+        });
+        self.answer("metadata", response)
     }
 
     async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Answer<pb::CreateTopicResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        if !access.allows(Operation::Create, ResourceType::Cluster, "") {
+            self.require("create_topic", &access, Operation::Create, ResourceType::Topic, &request.get_ref().name)?;
+        }
         self.answer("create_topic", self.0.create_topic(request.into_inner()).await)
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Answer<pb::DeleteTopicResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("delete_topic", &access, Operation::Delete, ResourceType::Topic, &request.get_ref().name)?;
         self.answer("delete_topic", self.0.delete_topic(request.into_inner()).await)
     }
 
@@ -713,6 +815,8 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Answer<pb::AlterTopicConfigResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("alter_topic_config", &access, Operation::Alter, ResourceType::Topic, &request.get_ref().name)?;
         self.answer("alter_topic_config", self.0.alter_topic_config(request.into_inner()).await)
     }
 
@@ -721,6 +825,8 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Answer<pb::CreatePartitionsResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("create_partitions", &access, Operation::Alter, ResourceType::Topic, &request.get_ref().topic)?;
         self.answer("create_partitions", self.0.create_partitions(request.into_inner()).await)
     }
 
@@ -729,21 +835,28 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::ReassignPartitionRequest>,
     ) -> Answer<pb::ReassignPartitionResponse> {
         self.ready()?;
+        self.require("reassign_partition", &self.access(&request), Operation::Alter, ResourceType::Cluster, "")?;
         self.answer("reassign_partition", self.0.reassign_partition(request.into_inner()).await)
     }
 
     async fn remove_broker(&self, request: Request<pb::RemoveBrokerRequest>) -> Answer<pb::RemoveBrokerResponse> {
         self.ready()?;
+        self.require("remove_broker", &self.access(&request), Operation::Alter, ResourceType::Cluster, "")?;
         self.answer("remove_broker", self.0.remove_broker(request.into_inner()).await)
     }
 
-    async fn list_topics(&self, _request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
+    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Answer<pb::ListTopicsResponse> {
         self.ready()?;
-        self.answer("list_topics", self.0.list_topics().await)
+        let access = self.access(&request);
+        let mut response = self.0.list_topics().await;
+        response.names.retain(|name| access.allows(Operation::Describe, ResourceType::Topic, name));
+        self.answer("list_topics", response)
     }
 
     async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Answer<pb::DescribeTopicResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("describe_topic", &access, Operation::Describe, ResourceType::Topic, &request.get_ref().name)?;
         self.answer("describe_topic", self.0.describe_topic(request.into_inner()).await)
     }
 
@@ -757,9 +870,16 @@ impl pb::strata_server::Strata for Api {
 
     async fn init_producer_id(
         &self,
-        _request: Request<pb::InitProducerIdRequest>,
+        request: Request<pb::InitProducerIdRequest>,
     ) -> Answer<pb::InitProducerIdResponse> {
         self.ready()?;
+        // An idempotent producer's id: for whoever may write some topic
+        // (Kafka asks the same since 3.0).
+        let access = self.access(&request);
+        if !access.allows_some(Operation::Write, ResourceType::Topic) {
+            let message = format!("{} may not write any topic, so gets no producer id", access.principal);
+            return Err(self.refuse("init_producer_id", ApiError::new(Code::NotAuthorized, message)));
+        }
         self.answer("init_producer_id", self.0.init_producer_id().await)
     }
 
@@ -768,6 +888,8 @@ impl pb::strata_server::Strata for Api {
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Answer<pb::FindCoordinatorResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("find_coordinator", &access, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("find_coordinator", self.0.find_coordinator(request).instrument(span).await)
@@ -775,6 +897,8 @@ impl pb::strata_server::Strata for Api {
 
     async fn group_heartbeat(&self, request: Request<pb::GroupHeartbeatRequest>) -> Answer<pb::GroupHeartbeatResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("group_heartbeat", &access, Operation::Read, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("group_heartbeat", self.0.group_heartbeat(request).instrument(span).await)
@@ -782,6 +906,11 @@ impl pb::strata_server::Strata for Api {
 
     async fn offset_commit(&self, request: Request<pb::OffsetCommitRequest>) -> Answer<pb::OffsetCommitResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("offset_commit", &access, Operation::Read, ResourceType::Group, &request.get_ref().group)?;
+        for offset in &request.get_ref().offsets {
+            self.require("offset_commit", &access, Operation::Read, ResourceType::Topic, &offset.topic)?;
+        }
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("offset_commit", self.0.offset_commit(request).instrument(span).await)
@@ -789,18 +918,25 @@ impl pb::strata_server::Strata for Api {
 
     async fn offset_fetch(&self, request: Request<pb::OffsetFetchRequest>) -> Answer<pb::OffsetFetchResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("offset_fetch", &access, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("offset_fetch", self.0.offset_fetch(request).instrument(span).await)
     }
 
-    async fn list_groups(&self, _request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
+    async fn list_groups(&self, request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {
         self.ready()?;
-        self.answer("list_groups", self.0.list_groups().await)
+        let access = self.access(&request);
+        let mut response = self.0.list_groups().await;
+        response.groups.retain(|group| access.allows(Operation::Describe, ResourceType::Group, group));
+        self.answer("list_groups", response)
     }
 
     async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("describe_group", &access, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("describe_group", self.0.describe_group(request).instrument(span).await)
@@ -808,8 +944,53 @@ impl pb::strata_server::Strata for Api {
 
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
         self.ready()?;
+        let access = self.access(&request);
+        self.require("delete_group", &access, Operation::Delete, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("delete_group", self.0.delete_group(request).instrument(span).await)
     }
+
+    async fn create_acls(&self, request: Request<pb::CreateAclsRequest>) -> Answer<pb::CreateAclsResponse> {
+        self.ready()?;
+        self.require("create_acls", &self.access(&request), Operation::Alter, ResourceType::Cluster, "")?;
+        self.answer("create_acls", self.0.create_acls(request.into_inner()).await)
+    }
+
+    async fn delete_acls(&self, request: Request<pb::DeleteAclsRequest>) -> Answer<pb::DeleteAclsResponse> {
+        self.ready()?;
+        self.require("delete_acls", &self.access(&request), Operation::Alter, ResourceType::Cluster, "")?;
+        self.answer("delete_acls", self.0.delete_acls(request.into_inner()).await)
+    }
+
+    async fn describe_acls(&self, request: Request<pb::DescribeAclsRequest>) -> Answer<pb::DescribeAclsResponse> {
+        self.ready()?;
+        self.require("describe_acls", &self.access(&request), Operation::Describe, ResourceType::Cluster, "")?;
+        self.answer("describe_acls", self.0.describe_acls(request.into_inner()).await)
+    }
+}
+
+/// Takes out of `parts` those of topics `access` may not do `operation`
+/// to, and returns each as (topic, partition, NOT_AUTHORIZED).
+fn take_denied<P>(
+    access: &Access,
+    operation: Operation,
+    parts: &mut Vec<P>,
+    key: impl Fn(&P) -> (&String, u32),
+) -> Vec<(String, u32, pb::Error)> {
+    let mut denied = Vec::new();
+    if access.unchecked() {
+        return denied;
+    }
+    parts.retain(|part| {
+        let (topic, partition) = key(part);
+        match access.check(operation, ResourceType::Topic, topic) {
+            Ok(()) => true,
+            Err(error) => {
+                denied.push((topic.clone(), partition, crate::convert::error_to_pb(&error)));
+                false
+            }
+        }
+    });
+    denied
 }

@@ -689,6 +689,48 @@ impl Broker {
 }
 
 impl Broker {
+    /// CreateAcls: every binding is checked, then all go to the controller
+    /// in one change.
+    pub async fn create_acls(&self, request: pb::CreateAclsRequest) -> pb::CreateAclsResponse {
+        let bindings: Result<Vec<_>, ApiError> = request.acls.iter().map(crate::convert::acl_from_pb).collect();
+        let result = match bindings {
+            Err(e) => Err(e),
+            Ok(acls) => {
+                admin_bounded(self.cluster.create_acls(acls)).await.and_then(|r| r.map_err(ApiError::from_cluster))
+            }
+        };
+        pb::CreateAclsResponse { error: ok_or_error(result) }
+    }
+
+    /// DeleteAcls: removes the bindings the filter selects.
+    pub async fn delete_acls(&self, request: pb::DeleteAclsRequest) -> pb::DeleteAclsResponse {
+        let result = match crate::convert::acl_filter_from_pb(request.filter) {
+            Err(e) => Err(e),
+            Ok(filter) => {
+                admin_bounded(self.cluster.delete_acls(filter)).await.and_then(|r| r.map_err(ApiError::from_cluster))
+            }
+        };
+        match result {
+            Ok(deleted) => {
+                pb::DeleteAclsResponse { error: None, deleted: deleted.iter().map(crate::convert::acl_to_pb).collect() }
+            }
+            Err(e) => pb::DeleteAclsResponse { error: Some(error_to_pb(&e)), deleted: Vec::new() },
+        }
+    }
+
+    /// DescribeAcls: the bindings the filter selects, from this node's
+    /// copy of the metadata.
+    pub async fn describe_acls(&self, request: pb::DescribeAclsRequest) -> pb::DescribeAclsResponse {
+        match crate::convert::acl_filter_from_pb(request.filter) {
+            Ok(filter) => {
+                let metadata = self.cluster.metadata();
+                let acls = metadata.acls.iter().filter(|acl| filter.matches(acl)).map(crate::convert::acl_to_pb);
+                pb::DescribeAclsResponse { error: None, acls: acls.collect() }
+            }
+            Err(e) => pb::DescribeAclsResponse { error: Some(error_to_pb(&e)), acls: Vec::new() },
+        }
+    }
+
     /// FindCoordinator.
     pub async fn find_coordinator(&self, request: pb::FindCoordinatorRequest) -> pb::FindCoordinatorResponse {
         match self.coordinator.find(&request.group) {

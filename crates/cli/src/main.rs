@@ -17,6 +17,7 @@ macro_rules! outln {
     }};
 }
 
+mod acl_cmds;
 mod client_cmds;
 mod dev;
 #[cfg(feature = "otlp")]
@@ -51,6 +52,14 @@ enum Command {
         connection: Connection,
         #[command(subcommand)]
         command: client_cmds::GroupCommand,
+    },
+    /// Adds, lists and removes access control bindings (for brokers with
+    /// authorization.enabled).
+    Acl {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: acl_cmds::AclCommand,
     },
     /// Shows the brokers and the controller; removes a broker.
     Cluster {
@@ -181,6 +190,7 @@ fn main() -> Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Topic { connection, command } => client_cmds::topic(&connection, command).await,
             Command::Cluster { connection, command } => client_cmds::cluster(&connection, command).await,
+            Command::Acl { connection, command } => acl_cmds::acl(&connection, command).await,
             Command::Group { connection, command } => client_cmds::group(&connection, command).await,
             Command::Produce(args) => client_cmds::produce(args).await,
             Command::Consume(args) => client_cmds::consume(args).await,

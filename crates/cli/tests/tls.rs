@@ -1,7 +1,9 @@
 //! `strata server` with `tls.*` set speaks TLS on its client port, and the
 //! client commands reach it with `--tls-ca`, `--tls-cert` and `--tls-key`
 //! (or their `STRATA_TLS_*` variables); without them they fail, saying so
-//! on stderr. The certificates are the broker tests' (`deploy/tls/make-certs.sh`).
+//! on stderr. With `authorization.enabled`, `strata acl` makes the bindings
+//! that decide what another certificate's holder may do. The certificates
+//! are the broker tests' (`deploy/tls/make-certs.sh`).
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -59,6 +61,8 @@ fn client_commands_reach_a_tls_server_with_the_tls_flags_only() {
             .args(["--set", &format!("tls.key_file={}", cert("node.key"))])
             .args(["--set", &format!("tls.client_ca_file={}", cert("ca.crt"))])
             .args(["--set", &format!("tls.peer_ca_file={}", cert("ca.crt"))])
+            .args(["--set", "authorization.enabled=true"])
+            .args(["--set", "authorization.super_users=User:strata-client"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,5 +110,32 @@ fn client_commands_reach_a_tls_server_with_the_tls_flags_only() {
         strata(&["topic", "list", "--tls-ca", &cert("ca.crt"), "--tls-cert", &cert("client.crt")], &bootstrap, &[], "");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"), "names the missing flag");
+
+    // Authorization: the test client is a super user; alice gets what the
+    // bindings made with `strata acl` give her.
+    let acl = |args: &[&'static str]| strata(&with_flags(&[&["acl"][..], args].concat()), &bootstrap, &[], "");
+    let out = acl(&["add", "--principal", "User:alice", "--operation", "read", "--topic", "secure"]);
+    assert!(out.status.success(), "acl add: {}", String::from_utf8_lossy(&out.stderr));
+    let out = acl(&["add", "--principal", "User:alice", "--operation", "read", "--group", "g", "--deny"]);
+    assert!(out.status.success(), "acl add --deny: {}", String::from_utf8_lossy(&out.stderr));
+    let listed = String::from_utf8_lossy(&acl(&["list", "--principal", "User:alice"]).stdout).to_string();
+    assert!(listed.contains("User:alice\tallow read\ttopic secure"), "{listed}");
+    assert!(listed.contains("User:alice\tdeny read\tgroup g"), "{listed}");
+    let (alice_cert, alice_key) = (cert("alice.crt"), cert("alice.key"));
+    let as_alice = |args: &[&str], stdin: &str| {
+        let flags = ["--tls-ca", ca.as_str(), "--tls-cert", alice_cert.as_str(), "--tls-key", alice_key.as_str()];
+        strata(&[args, &flags[..]].concat(), &bootstrap, &[], stdin)
+    };
+    let out = as_alice(&["consume", "--topic", "secure", "--from-beginning", "--max-messages", "2"], "");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_alice(&["produce", "--topic", "secure"], "three\n");
+    assert!(!out.status.success(), "alice wrote without a binding");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NotAuthorized") && stderr.contains("User:alice"), "{stderr}");
+    let out = acl(&["remove"]);
+    assert!(!out.status.success(), "removing every binding needs --all");
+    let out = acl(&["remove", "--principal", "User:alice"]);
+    let removed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(removed.lines().filter(|l| l.starts_with("Removed")).count(), 2, "{removed}");
     let _ = std::fs::remove_dir_all(&dir);
 }

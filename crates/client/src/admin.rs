@@ -387,6 +387,49 @@ impl Admin {
         Ok(response.partitions_moved)
     }
 
+    /// Adds access control bindings (checked on every request by brokers
+    /// with `authorization.enabled`). Needs ALTER on the cluster.
+    pub async fn create_acls(&self, acls: Vec<AclBinding>) -> Result<()> {
+        let request = pb::CreateAclsRequest { acls: acls.iter().map(AclBinding::to_pb).collect() };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.create_acls(request).await }
+            })
+            .await?;
+        check(response.error)
+    }
+
+    /// Removes the bindings `filter` selects, and returns them. Needs
+    /// ALTER on the cluster.
+    pub async fn delete_acls(&self, filter: AclFilter) -> Result<Vec<AclBinding>> {
+        let request = pb::DeleteAclsRequest { filter: Some(filter.to_pb()) };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.delete_acls(request).await }
+            })
+            .await?;
+        check(response.error)?;
+        Ok(response.deleted.into_iter().map(AclBinding::from_pb).collect())
+    }
+
+    /// The bindings `filter` selects. Needs DESCRIBE on the cluster.
+    pub async fn describe_acls(&self, filter: AclFilter) -> Result<Vec<AclBinding>> {
+        let request = pb::DescribeAclsRequest { filter: Some(filter.to_pb()) };
+        let response = self
+            .client
+            .call_any(|mut stub| {
+                let request = request.clone();
+                async move { stub.describe_acls(request).await }
+            })
+            .await?;
+        check(response.error)?;
+        Ok(response.acls.into_iter().map(AclBinding::from_pb).collect())
+    }
+
     /// The brokers and the controller.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
         let response = self
@@ -528,5 +571,100 @@ impl Admin {
     /// by-timestamp offset.
     pub async fn list_offset(&self, tp: &TopicPartition, timestamp: i64) -> Result<u64> {
         self.client.list_offset(&tp.topic, tp.partition, timestamp).await
+    }
+}
+
+/// An access control binding, in Kafka's words (any case): who
+/// (`User:NAME`, `User:*` for everyone), which resource (`topic`, `group`
+/// or `cluster`; a name, `*` for every name, or a prefix with
+/// `pattern_type` `prefixed`), which operation (`all`, `read`, `write`,
+/// `create`, `delete`, `alter`, `describe`), and `allow` or `deny`. The
+/// broker checks the words and says which are not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclBinding {
+    /// `User:NAME`: a client's certificate CN.
+    pub principal: String,
+    /// `topic`, `group` or `cluster`.
+    pub resource_type: String,
+    /// The name, `*`, or a prefix (ignored for the cluster).
+    pub resource_name: String,
+    /// `literal` or `prefixed`.
+    pub pattern_type: String,
+    /// The operation.
+    pub operation: String,
+    /// `allow` or `deny`.
+    pub permission: String,
+}
+
+impl AclBinding {
+    /// Allows `principal` to do `operation` to the resource named
+    /// `name` (literal) of `resource_type`.
+    pub fn allow(principal: &str, operation: &str, resource_type: &str, name: &str) -> AclBinding {
+        AclBinding {
+            principal: principal.to_string(),
+            resource_type: resource_type.to_string(),
+            resource_name: name.to_string(),
+            pattern_type: "literal".to_string(),
+            operation: operation.to_string(),
+            permission: "allow".to_string(),
+        }
+    }
+
+    /// The same binding with a prefix instead of a literal name.
+    pub fn prefixed(self) -> AclBinding {
+        AclBinding { pattern_type: "prefixed".to_string(), ..self }
+    }
+
+    /// The same binding denying instead of allowing.
+    pub fn deny(self) -> AclBinding {
+        AclBinding { permission: "deny".to_string(), ..self }
+    }
+
+    fn to_pb(&self) -> pb::Acl {
+        pb::Acl {
+            principal: self.principal.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_name: self.resource_name.clone(),
+            pattern_type: self.pattern_type.clone(),
+            operation: self.operation.clone(),
+            permission: self.permission.clone(),
+        }
+    }
+
+    fn from_pb(acl: pb::Acl) -> AclBinding {
+        AclBinding {
+            principal: acl.principal,
+            resource_type: acl.resource_type,
+            resource_name: acl.resource_name,
+            pattern_type: acl.pattern_type,
+            operation: acl.operation,
+            permission: acl.permission,
+        }
+    }
+}
+
+/// Selects bindings: each field set must equal the binding's (words in any
+/// case), each unset one matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct AclFilter {
+    pub principal: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_name: Option<String>,
+    pub pattern_type: Option<String>,
+    pub operation: Option<String>,
+    pub permission: Option<String>,
+}
+
+impl AclFilter {
+    fn to_pb(&self) -> pb::AclFilter {
+        pb::AclFilter {
+            principal: self.principal.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_name: self.resource_name.clone(),
+            pattern_type: self.pattern_type.clone(),
+            operation: self.operation.clone(),
+            permission: self.permission.clone(),
+        }
     }
 }

@@ -262,8 +262,15 @@ impl Client {
                 cache.brokers.insert(broker.id, broker.address);
             }
         }
+        // A topic this client may not see fails the call (after the other
+        // topics are cached), as Kafka's TOPIC_AUTHORIZATION_FAILED does:
+        // waiting for it to appear would be in vain.
+        let mut refused = None;
         for topic in response.topics {
-            if topic.error.is_some_and(|e| e.code != pb::ErrorCode::None as i32) {
+            if let Some(error) = topic.error.filter(|e| e.code != pb::ErrorCode::None as i32) {
+                if error.code == pb::ErrorCode::NotAuthorized as i32 {
+                    refused = Error::from_pb(Some(error));
+                }
                 cache.topics.remove(&topic.name);
                 continue;
             }
@@ -275,7 +282,7 @@ impl Client {
             cache.topics.insert(topic.name, partitions);
         }
         self.inner.generation.fetch_add(1, Ordering::Release);
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// How old the cached metadata of the topics in use may grow before it

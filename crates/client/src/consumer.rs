@@ -536,6 +536,9 @@ impl Consumer {
         let Some(membership) = &self.membership else { return Ok(()) };
         let (lost, target, owned) = {
             let mut s = membership.lock();
+            if let Some(error) = s.refused.clone() {
+                return Err(error);
+            }
             let lost = std::mem::take(&mut s.lost);
             if lost {
                 s.owned.clear();

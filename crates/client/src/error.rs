@@ -32,6 +32,7 @@ pub enum ErrorCode {
     FencedMemberEpoch,
     GroupNotEmpty,
     UnknownGroup,
+    NotAuthorized,
 }
 
 /// Errors of the client.
@@ -112,6 +113,8 @@ impl Error {
                 Error::api(ErrorCode::RequestTooLarge, status.message())
             }
             tonic::Code::InvalidArgument => Error::api(ErrorCode::InvalidRequest, status.message()),
+            // A broker with authorization.enabled refusing the whole call.
+            tonic::Code::PermissionDenied => Error::api(ErrorCode::NotAuthorized, status.message()),
             // A connection that failed says why in its sources (refused,
             // a certificate not trusted, no certificate given).
             _ => {
@@ -156,6 +159,7 @@ impl Error {
             pb::ErrorCode::FencedMemberEpoch => ErrorCode::FencedMemberEpoch,
             pb::ErrorCode::GroupNotEmpty => ErrorCode::GroupNotEmpty,
             pb::ErrorCode::UnknownGroup => ErrorCode::UnknownGroup,
+            pb::ErrorCode::NotAuthorized => ErrorCode::NotAuthorized,
         };
         let leader = e.leader_id.filter(|_| !e.leader_address.is_empty()).map(|id| (id, e.leader_address.clone()));
         Some(Error::Api {

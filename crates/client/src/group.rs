@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub owned: BTreeSet<TopicPartition>,
     /// Membership lost (fenced or expired): drop everything, rejoin.
     pub lost: bool,
+    /// The group refused the member for good (NOT_AUTHORIZED): the
+    /// heartbeat stopped, and the consumer's next poll returns this.
+    pub refused: Option<Error>,
     coordinator: Option<String>,
     leaving: bool,
 }
@@ -247,6 +250,13 @@ async fn run(client: Client, config: MemberConfig, shared: Arc<Mutex<Shared>>, w
                             s.member_id.clear();
                             s.epoch = 0;
                             s.target = None;
+                        }
+                        // No binding lets this client into the group:
+                        // retrying would not change that.
+                        Some(ErrorCode::NotAuthorized) => {
+                            tracing::warn!(group = %config.group, %error, "the group refused this member");
+                            s.refused = Some(error);
+                            return;
                         }
                         _ => {
                             tracing::debug!(group = %config.group, %error, "heartbeat failed; retrying");

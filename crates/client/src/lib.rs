@@ -99,8 +99,8 @@ mod producer;
 mod tls;
 
 pub use admin::{
-    Admin, BrokerDescription, ClusterDescription, GroupDescription, MemberDescription, NewTopic, PartitionDescription,
-    ReplicaDescription, TopicDescription,
+    AclBinding, AclFilter, Admin, BrokerDescription, ClusterDescription, GroupDescription, MemberDescription, NewTopic,
+    PartitionDescription, ReplicaDescription, TopicDescription,
 };
 pub use client::{Client, PartitionInfo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, RebalanceEvent, Seek, TopicPartition};

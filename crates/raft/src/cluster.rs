@@ -319,6 +319,34 @@ impl ClusterNode {
         topic.map(|t| t.configs).ok_or_else(|| ClusterError::Invalid(format!("topic {name} was deleted")))
     }
 
+    /// Adds access control bindings (each validated first) and waits until
+    /// this node's copy of the metadata has them.
+    pub async fn create_acls(&self, acls: Vec<crate::acl::AclBinding>) -> Result<(), ClusterError> {
+        if acls.is_empty() {
+            return Err(ClusterError::Invalid("no binding given".into()));
+        }
+        for acl in &acls {
+            acl.validate().map_err(ClusterError::Invalid)?;
+        }
+        let offset = self.propose(MetadataCommand::CreateAcls { acls }).await?;
+        self.wait_applied(offset).await
+    }
+
+    /// Removes the bindings `filter` selects; returns those it removed.
+    pub async fn delete_acls(
+        &self,
+        filter: crate::acl::AclFilter,
+    ) -> Result<Vec<crate::acl::AclBinding>, ClusterError> {
+        let metadata = self.sync_metadata().await?;
+        let doomed: Vec<_> = metadata.acls.iter().filter(|acl| filter.matches(acl)).cloned().collect();
+        if doomed.is_empty() {
+            return Ok(doomed);
+        }
+        let offset = self.propose(MetadataCommand::DeleteAcls { filter }).await?;
+        self.wait_applied(offset).await?;
+        Ok(doomed)
+    }
+
     /// Registers a broker joining a running cluster (on the controller's
     /// leader); the controller then adds it as a learner so it follows the
     /// metadata.

@@ -15,6 +15,7 @@
 //! surface; the storage engine below knows nothing of them, and a bump of
 //! the pinned openraft version touches only this crate.
 
+pub mod acl;
 mod cluster;
 mod codec;
 pub mod limits;

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclBinding, AclFilter};
+
 /// The controller's group id.
 pub const CONTROLLER_GROUP: u64 = 0;
 
@@ -132,6 +134,17 @@ pub enum MetadataCommand {
         /// The quarantine's nonce.
         nonce: u64,
     },
+    /// Access control bindings are added (those already there are kept
+    /// once).
+    CreateAcls {
+        /// The bindings, each validated by the proposer.
+        acls: Vec<AclBinding>,
+    },
+    /// The bindings `filter` selects are removed.
+    DeleteAcls {
+        /// Which.
+        filter: AclFilter,
+    },
 }
 
 /// Who last reported leading a group, and in which term.
@@ -217,6 +230,9 @@ pub struct ClusterMetadata {
     /// start it again empty when this nonce matches its marker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<ReplicaRebuild>,
+    /// Access control bindings, sorted, each once (see `acl.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<AclBinding>,
 }
 
 impl ClusterMetadata {
@@ -316,6 +332,12 @@ impl ClusterMetadata {
                     self.removed.push(this);
                 }
             }
+            MetadataCommand::CreateAcls { acls } => {
+                self.acls.extend(acls.iter().cloned());
+                self.acls.sort();
+                self.acls.dedup();
+            }
+            MetadataCommand::DeleteAcls { filter } => self.acls.retain(|acl| !filter.matches(acl)),
         }
     }
 
@@ -425,6 +447,30 @@ pub fn assign_replicas_live(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acls_are_added_once_and_removed_by_filter_and_survive_a_snapshot() {
+        use crate::acl::{Operation, PatternType, Permission, ResourceType};
+        let binding = |principal: &str, operation| AclBinding {
+            principal: principal.into(),
+            resource_type: ResourceType::Topic,
+            resource_name: "orders".into(),
+            pattern: PatternType::Literal,
+            operation,
+            permission: Permission::Allow,
+        };
+        let mut md = ClusterMetadata::default();
+        let acls = vec![binding("User:b", Operation::Read), binding("User:a", Operation::Write)];
+        md.apply(1, &MetadataCommand::CreateAcls { acls: acls.clone() });
+        md.apply(2, &MetadataCommand::CreateAcls { acls: vec![acls[0].clone()] });
+        assert_eq!(md.acls, vec![acls[1].clone(), acls[0].clone()], "sorted, each once");
+        let json = serde_json::to_string(&md).expect("serialize");
+        let back: ClusterMetadata = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back.acls, md.acls);
+        let filter = AclFilter { principal: Some("User:a".into()), ..AclFilter::default() };
+        md.apply(3, &MetadataCommand::DeleteAcls { filter });
+        assert_eq!(md.acls, vec![acls[0].clone()]);
+    }
 
     #[test]
     fn assignment_balances_replicas_and_leaders() {

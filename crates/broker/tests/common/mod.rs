@@ -48,8 +48,15 @@ pub fn with_tls(builder: ConfigBuilder) -> ConfigBuilder {
 /// What a client of a [`with_tls`] cluster uses: the test authority, and
 /// the test client certificate.
 pub fn client_tls() -> strata_client::Tls {
-    let read = |name: &str| std::fs::read(tls_file(name)).expect("read test certificate");
-    strata_client::Tls::new(read("ca.crt")).identity(read("client.crt"), read("client.key"))
+    tls_as("client")
+}
+
+/// The test authority and the certificate `NAME.crt` (CN `NAME`, so the
+/// principal `User:NAME`, except `client`: `User:strata-client`, and
+/// `node`: `User:strata-node`).
+pub fn tls_as(name: &str) -> strata_client::Tls {
+    let read = |file: &str| std::fs::read(tls_file(file)).expect("read test certificate");
+    strata_client::Tls::new(read("ca.crt")).identity(read(&format!("{name}.crt")), read(&format!("{name}.key")))
 }
 
 pub struct TestCluster {

@@ -1,0 +1,168 @@
+//! `authorization.enabled`: every request is checked against the cluster's
+//! access control bindings, the principal being `User:` and the CN of the
+//! client's certificate. A client is refused what no binding allows (and
+//! what a binding denies), sees only the topics it may describe, and gets
+//! what it was allowed as soon as the binding is made, on every broker;
+//! super users may do everything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster, tls_as, wait_for_leaders, with_tls};
+use strata_client::{
+    AclBinding, AclFilter, Admin, Client, Consumer, ConsumerConfig, ErrorCode, NewTopic, OffsetReset, Producer, Record,
+    Seek, TopicPartition,
+};
+
+fn refused<T: std::fmt::Debug>(result: strata_client::Result<T>, what: &str) {
+    match result {
+        Err(err) => assert_eq!(err.code(), Some(ErrorCode::NotAuthorized), "{what}: {err}"),
+        Ok(value) => panic!("{what} was allowed: {value:?}"),
+    }
+}
+
+/// Sends one record and waits for its acknowledgement.
+async fn send(client: &Client, topic: &str, value: &str) -> strata_client::Result<i64> {
+    let producer = Producer::new(client);
+    let result = match producer.send(Record::new(topic, value.to_string()).partition(0)).await {
+        Ok(delivery) => delivery.await.map(|meta| meta.offset),
+        Err(err) => Err(err),
+    };
+    producer.close().await;
+    result
+}
+
+/// Polls `topic`'s partition 0 from the start until a record or an error.
+async fn read_first(client: &Client, topic: &str) -> strata_client::Result<String> {
+    let mut consumer = Consumer::new(client);
+    let tp = TopicPartition::new(topic, 0);
+    consumer.assign(vec![tp.clone()]);
+    consumer.seek(&tp, Seek::Beginning).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(record) = consumer.poll().await?.into_iter().next() {
+            return Ok(String::from_utf8(record.value.expect("value").to_vec()).expect("utf8"));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing to read in {topic}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_allowed_only_as_the_bindings_say_on_every_broker() {
+    let cluster = cluster(3, |b| {
+        with_tls(b)
+            .set("authorization.enabled", "true")
+            .and_then(|b| b.set("authorization.super_users", "User:strata-node"))
+            .expect("authorization")
+    })
+    .await;
+    let connect = |name: &str| Client::with_tls(&cluster.bootstrap, tls_as(name)).expect("client");
+    let admin = Admin::new(&connect("node"));
+    for topic in ["orders", "secret"] {
+        admin.create_topic(NewTopic::new(topic, 1).replication_factor(3)).await.expect("a super user creates");
+        wait_for_leaders(&admin, topic).await;
+    }
+    assert_eq!(send(&connect("node"), "secret", "s0").await.expect("a super user writes"), 0);
+
+    // No binding: alice may do nothing, and sees no topic.
+    let alice = connect("alice");
+    let alice_admin = Admin::new(&alice);
+    refused(send(&alice, "orders", "o0").await, "a write without a binding");
+    refused(read_first(&alice, "secret").await, "a read without a binding");
+    assert_eq!(alice_admin.list_topics().await.expect("list"), Vec::<String>::new());
+    refused(alice_admin.create_topic(NewTopic::new("mine", 1).replication_factor(1)).await, "create");
+    refused(alice_admin.delete_topic("orders").await, "delete");
+    refused(alice_admin.create_acls(vec![AclBinding::allow("User:alice", "all", "topic", "*")]).await, "self-grant");
+
+    // Bindings made through one broker hold on every broker.
+    admin
+        .create_acls(vec![
+            AclBinding::allow("User:alice", "write", "topic", "orders"),
+            AclBinding::allow("User:alice", "read", "topic", "ord").prefixed(),
+            AclBinding::allow("User:alice", "read", "group", "billing"),
+        ])
+        .await
+        .expect("a super user makes bindings");
+    for id in 1..=3 {
+        let via = Client::with_tls(&cluster.addr(id), tls_as("alice")).expect("client");
+        assert_eq!(Admin::new(&via).list_topics().await.expect("list"), vec!["orders"], "on broker {id}");
+    }
+    let offset = send(&alice, "orders", "o1").await.expect("allowed to write orders");
+    assert_eq!(offset, 0);
+    assert_eq!(read_first(&alice, "orders").await.expect("allowed to read orders by prefix"), "o1");
+    refused(send(&alice, "secret", "s1").await, "a write to another topic");
+    refused(read_first(&alice, "secret").await, "a read of another topic");
+    refused(alice_admin.describe_topic("secret").await, "describing another topic");
+    alice_admin.describe_topic("orders").await.expect("read implies describe");
+
+    // A group she may read: she joins, reads and commits.
+    let config = ConsumerConfig {
+        group_id: Some("billing".into()),
+        auto_offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut member = Consumer::with_config(&alice, config.clone());
+    member.subscribe(vec!["orders".into()]).expect("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the group member read nothing");
+        got = member.poll().await.expect("poll as a group member");
+    }
+    member.commit().await.expect("commit");
+    member.close().await.expect("leave the group");
+    // A group she may not read.
+    let mut other = Consumer::with_config(&alice, ConsumerConfig { group_id: Some("audit".into()), ..config });
+    other.subscribe(vec!["orders".into()]).expect("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        match other.poll().await {
+            Ok(records) => assert!(records.is_empty(), "read as a member of a group it may not join"),
+            Err(err) => break err,
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the member was never told it may not join");
+    };
+    assert_eq!(refusal.code(), Some(ErrorCode::NotAuthorized), "{refusal}");
+
+    // Bob may read everything but one topic: a deny wins.
+    admin
+        .create_acls(vec![
+            AclBinding::allow("User:bob", "read", "topic", "*"),
+            AclBinding::allow("User:bob", "read", "topic", "secret").deny(),
+        ])
+        .await
+        .expect("bindings");
+    let bob = connect("bob");
+    assert_eq!(read_first(&bob, "orders").await.expect("bob reads orders"), "o1");
+    refused(read_first(&bob, "secret").await, "a denied read");
+
+    let listed = admin.describe_acls(AclFilter::default()).await.expect("describe");
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(listed.iter().all(|a| a.principal == "User:alice" || a.principal == "User:bob"));
+    refused(alice_admin.describe_acls(AclFilter::default()).await, "describing the bindings");
+    let bad = admin.create_acls(vec![AclBinding::allow("alice", "reed", "topic", "orders")]).await;
+    assert_eq!(bad.expect_err("bad words").code(), Some(ErrorCode::InvalidRequest));
+
+    // Removed: refused again.
+    let filter = AclFilter { principal: Some("User:alice".into()), ..AclFilter::default() };
+    assert_eq!(admin.delete_acls(filter).await.expect("delete").len(), 3);
+    refused(send(&alice, "orders", "o2").await, "a write after the binding was removed");
+    cluster.shutdown().await;
+}
+
+#[test]
+fn authorization_needs_client_certificates() {
+    let err = strata_broker::ConfigBuilder::new()
+        .set("authorization.enabled", "true")
+        .expect("set")
+        .build()
+        .expect_err("no client certificates");
+    assert!(err.to_string().contains("tls.client_ca_file"), "{err}");
+    let err = strata_broker::ConfigBuilder::new()
+        .set("authorization.super_users", "admin")
+        .expect("set")
+        .build()
+        .expect_err("not User:NAME");
+    assert!(err.to_string().contains("User:NAME"), "{err}");
+}
