@@ -99,14 +99,15 @@ impl Access {
     }
 }
 
-/// `User:CN` of the client certificate on the connection, else
-/// [`ANONYMOUS`].
+/// `User:CN` of the client certificate on the connection; [`ANONYMOUS`]
+/// without one; `User:` (which only `User:*` bindings match) for a
+/// certificate without a common name this can read.
 fn principal_of(extensions: &tonic::Extensions) -> String {
     let certs = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
-    certs
-        .and_then(|certs| certs.first().and_then(|cert| common_name(cert.as_ref())))
-        .map(|cn| format!("User:{cn}"))
-        .unwrap_or_else(|| ANONYMOUS.to_string())
+    match certs.as_ref().and_then(|certs| certs.first()) {
+        None => ANONYMOUS.to_string(),
+        Some(cert) => format!("User:{}", common_name(cert.as_ref()).unwrap_or_default()),
+    }
 }
 
 /// One DER element at the start of `input`: its tag, its contents, and
@@ -176,9 +177,9 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// A minimal certificate-shaped DER: the parts before the subject are
-    /// empty elements.
-    fn cert_with_subject(subject: &[u8]) -> Vec<u8> {
+    /// A minimal certificate-shaped DER: the issuer is `issuer`, the other
+    /// parts before the subject are empty elements.
+    fn cert_with(issuer: &[u8], subject: &[u8]) -> Vec<u8> {
         let wrap = |tag: u8, body: &[u8]| {
             let mut out = vec![tag];
             if body.len() < 0x80 {
@@ -191,9 +192,10 @@ mod tests {
             out
         };
         let mut tbs = wrap(0xa0, &[0x02, 0x01, 0x02]);
-        for _ in 0..4 {
-            tbs.extend(wrap(0x30, &[]));
-        }
+        tbs.extend(wrap(0x02, &[0x01]));
+        tbs.extend(wrap(0x30, &[]));
+        tbs.extend(wrap(0x30, issuer));
+        tbs.extend(wrap(0x30, &[]));
         tbs.extend(wrap(0x30, subject));
         wrap(0x30, &wrap(0x30, &tbs))
     }
@@ -213,16 +215,17 @@ mod tests {
 
     #[test]
     fn the_common_name_is_found_among_the_subjects_attributes() {
+        let issuer = attribute(&[0x55, 0x04, 0x03], 0x0c, "Acme CA");
         let mut subject = attribute(&[0x55, 0x04, 0x0a], 0x0c, "Acme"); // O
         subject.extend(attribute(&[0x55, 0x04, 0x03], 0x13, "alice")); // CN
-        assert_eq!(common_name(&cert_with_subject(&subject)).as_deref(), Some("alice"));
+        assert_eq!(common_name(&cert_with(&issuer, &subject)).as_deref(), Some("alice"), "the subject's CN");
         let only_org = attribute(&[0x55, 0x04, 0x0a], 0x0c, "Acme");
-        assert_eq!(common_name(&cert_with_subject(&only_org)), None);
+        assert_eq!(common_name(&cert_with(&issuer, &only_org)), None, "not the issuer's");
     }
 
     #[test]
     fn malformed_input_reads_as_no_name() {
-        let good = cert_with_subject(&attribute(&[0x55, 0x04, 0x03], 0x0c, "bob"));
+        let good = cert_with(&[], &attribute(&[0x55, 0x04, 0x03], 0x0c, "bob"));
         for cut in 0..good.len() {
             assert_eq!(common_name(&good[..cut]), None, "cut at {cut}");
         }

@@ -408,17 +408,25 @@ impl ConfigBuilder {
                     .map(str::trim)
                     .filter(|p| !p.is_empty())
                     .map(|p| match p.split_once(':') {
+                        Some(("User", "*")) => Err("User:* would make everyone a super user".to_string()),
                         Some(("User", name)) if !name.is_empty() => Ok(p.to_string()),
                         _ => Err(format!("{p:?} is not of the form User:NAME")),
                     })
                     .collect::<Result<Vec<_>, _>>()
             })?
             .unwrap_or_default();
-        let client_certificates = self.get("tls.client_ca_file").is_some_and(|s| !s.value.trim().is_empty());
-        if enabled && !client_certificates {
+        let set = |key: &str| self.get(key).is_some_and(|s| !s.value.trim().is_empty());
+        if enabled && !set("tls.client_ca_file") {
             return Err(ConfigError::Inconsistent(
                 "authorization.enabled needs tls.client_ca_file: principals are the names in client certificates \
                  (without them every client would be User:ANONYMOUS)"
+                    .into(),
+            ));
+        }
+        if enabled && !set("tls.peer_ca_file") {
+            return Err(ConfigError::Inconsistent(
+                "authorization.enabled needs tls.peer_ca_file: on a plain peer port anyone who reaches it could \
+                 pass for a node, replicate, and change the bindings through the controller"
                     .into(),
             ));
         }
@@ -447,6 +455,13 @@ impl ConfigBuilder {
         let key = read("tls.key_file", KEY)?;
         let client_ca = read("tls.client_ca_file", CERT)?;
         let peer_ca = read("tls.peer_ca_file", CERT)?;
+        if client_ca.is_some() && client_ca == peer_ca {
+            return Err(ConfigError::Inconsistent(
+                "tls.client_ca_file and tls.peer_ca_file are the same authority: every client certificate would \
+                 pass for a node on the peer port; sign clients' certificates with an authority of their own"
+                    .into(),
+            ));
+        }
         match (cert, key) {
             (Some(cert_pem), Some(key_pem)) => {
                 Ok(Some(TlsConfig { cert_pem, key_pem, client_ca_pem: client_ca, peer_ca_pem: peer_ca }))

@@ -207,6 +207,12 @@ impl Server {
         let http_addr = addr_of(&listeners.http, "HTTP", config.listen_http)?;
         // Before anything starts: a bad certificate stops the node here.
         let api_server = api_server_builder(&config)?;
+        if config.authorization.enabled && config.authorization.super_users.is_empty() {
+            tracing::warn!(
+                "authorization.enabled without authorization.super_users: only existing bindings let anyone in, \
+                 and none can be made unless one allows ALTER on the cluster"
+            );
+        }
         raise_open_files_limit();
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let cpus_awake = if config.keep_cpus_awake {
@@ -899,6 +905,12 @@ impl pb::strata_server::Strata for Api {
         self.ready()?;
         let access = self.access(&request);
         self.require("group_heartbeat", &access, Operation::Read, ResourceType::Group, &request.get_ref().group)?;
+        // A member is given partitions of what it subscribes to: only
+        // topics it may see (Kafka leaves the others out; here the member
+        // is told which one).
+        for topic in &request.get_ref().topics {
+            self.require("group_heartbeat", &access, Operation::Describe, ResourceType::Topic, topic)?;
+        }
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
         self.answer("group_heartbeat", self.0.group_heartbeat(request).instrument(span).await)
@@ -922,7 +934,10 @@ impl pb::strata_server::Strata for Api {
         self.require("offset_fetch", &access, Operation::Describe, ResourceType::Group, &request.get_ref().group)?;
         let request = request.into_inner();
         let span = tracing::info_span!("group", group = %request.group);
-        self.answer("offset_fetch", self.0.offset_fetch(request).instrument(span).await)
+        let mut response = self.0.offset_fetch(request).instrument(span).await;
+        // The group's offsets of topics the client may not see stay hidden.
+        response.offsets.retain(|o| access.allows(Operation::Describe, ResourceType::Topic, &o.topic));
+        self.answer("offset_fetch", response)
     }
 
     async fn list_groups(&self, request: Request<pb::ListGroupsRequest>) -> Answer<pb::ListGroupsResponse> {

@@ -53,17 +53,17 @@ async fn requests_are_allowed_only_as_the_bindings_say_on_every_broker() {
     let cluster = cluster(3, |b| {
         with_tls(b)
             .set("authorization.enabled", "true")
-            .and_then(|b| b.set("authorization.super_users", "User:strata-node"))
+            .and_then(|b| b.set("authorization.super_users", "User:strata-client"))
             .expect("authorization")
     })
     .await;
     let connect = |name: &str| Client::with_tls(&cluster.bootstrap, tls_as(name)).expect("client");
-    let admin = Admin::new(&connect("node"));
+    let admin = Admin::new(&connect("client"));
     for topic in ["orders", "secret"] {
         admin.create_topic(NewTopic::new(topic, 1).replication_factor(3)).await.expect("a super user creates");
         wait_for_leaders(&admin, topic).await;
     }
-    assert_eq!(send(&connect("node"), "secret", "s0").await.expect("a super user writes"), 0);
+    assert_eq!(send(&connect("client"), "secret", "s0").await.expect("a super user writes"), 0);
 
     // No binding: alice may do nothing, and sees no topic.
     let alice = connect("alice");
@@ -84,9 +84,15 @@ async fn requests_are_allowed_only_as_the_bindings_say_on_every_broker() {
         ])
         .await
         .expect("a super user makes bindings");
+    // Each broker applies the change from the controller's log, a moment
+    // after the one that took it.
     for id in 1..=3 {
-        let via = Client::with_tls(&cluster.addr(id), tls_as("alice")).expect("client");
-        assert_eq!(Admin::new(&via).list_topics().await.expect("list"), vec!["orders"], "on broker {id}");
+        let via = Admin::new(&Client::with_tls(&cluster.addr(id), tls_as("alice")).expect("client"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while via.list_topics().await.expect("list") != vec!["orders"] {
+            assert!(tokio::time::Instant::now() < deadline, "broker {id} never applied the bindings");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let offset = send(&alice, "orders", "o1").await.expect("allowed to write orders");
     assert_eq!(offset, 0);
@@ -112,18 +118,23 @@ async fn requests_are_allowed_only_as_the_bindings_say_on_every_broker() {
     }
     member.commit().await.expect("commit");
     member.close().await.expect("leave the group");
-    // A group she may not read.
-    let mut other = Consumer::with_config(&alice, ConsumerConfig { group_id: Some("audit".into()), ..config });
-    other.subscribe(vec!["orders".into()]).expect("subscribe");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let refusal = loop {
-        match other.poll().await {
-            Ok(records) => assert!(records.is_empty(), "read as a member of a group it may not join"),
-            Err(err) => break err,
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the member was never told it may not join");
-    };
-    assert_eq!(refusal.code(), Some(ErrorCode::NotAuthorized), "{refusal}");
+    // A group she may not read, and a topic she may not see in hers.
+    for (group, topic, refused_resource) in [("audit", "orders", "group audit"), ("billing", "secret", "topic secret")]
+    {
+        let config = ConsumerConfig { group_id: Some(group.into()), ..config.clone() };
+        let mut member = Consumer::with_config(&alice, config);
+        member.subscribe(vec![topic.into()]).expect("subscribe");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let refusal = loop {
+            match member.poll().await {
+                Ok(records) => assert!(records.is_empty(), "{group}/{topic}: read what it may not"),
+                Err(err) => break err,
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{group}/{topic}: never told it may not join");
+        };
+        assert_eq!(refusal.code(), Some(ErrorCode::NotAuthorized), "{refusal}");
+        assert!(refusal.to_string().contains(refused_resource), "names what was refused: {refusal}");
+    }
 
     // Bob may read everything but one topic: a deny wins.
     admin
@@ -147,12 +158,19 @@ async fn requests_are_allowed_only_as_the_bindings_say_on_every_broker() {
     // Removed: refused again.
     let filter = AclFilter { principal: Some("User:alice".into()), ..AclFilter::default() };
     assert_eq!(admin.delete_acls(filter).await.expect("delete").len(), 3);
-    refused(send(&alice, "orders", "o2").await, "a write after the binding was removed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match send(&alice, "orders", "o2").await {
+            Err(err) if err.code() == Some(ErrorCode::NotAuthorized) => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "still allowed after removal: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.shutdown().await;
 }
 
 #[test]
-fn authorization_needs_client_certificates() {
+fn authorization_needs_client_certificates_and_a_tls_peer_port() {
     let err = strata_broker::ConfigBuilder::new()
         .set("authorization.enabled", "true")
         .expect("set")
@@ -165,4 +183,28 @@ fn authorization_needs_client_certificates() {
         .build()
         .expect_err("not User:NAME");
     assert!(err.to_string().contains("User:NAME"), "{err}");
+    let err = strata_broker::ConfigBuilder::new()
+        .set("authorization.super_users", "User:*")
+        .expect("set")
+        .build()
+        .expect_err("everyone a super user");
+    assert!(err.to_string().contains("everyone"), "{err}");
+    let client_tls_only = |b: strata_broker::ConfigBuilder| {
+        b.set("tls.cert_file", common::tls_file("node.crt"))
+            .and_then(|b| b.set("tls.key_file", common::tls_file("node.key")))
+            .and_then(|b| b.set("tls.client_ca_file", common::tls_file("client-ca.crt")))
+            .expect("set")
+    };
+    let err = client_tls_only(strata_broker::ConfigBuilder::new())
+        .set("authorization.enabled", "true")
+        .expect("set")
+        .build()
+        .expect_err("a plain peer port");
+    assert!(err.to_string().contains("tls.peer_ca_file"), "{err}");
+    let err = client_tls_only(strata_broker::ConfigBuilder::new())
+        .set("tls.peer_ca_file", common::tls_file("client-ca.crt"))
+        .expect("set")
+        .build()
+        .expect_err("one authority for clients and nodes");
+    assert!(err.to_string().contains("same authority"), "{err}");
 }

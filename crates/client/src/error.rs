@@ -127,6 +127,11 @@ impl Error {
                         text = format!("{text}: {why}");
                     }
                 }
+                // A TLS handshake refused by either side (a certificate
+                // not trusted, none given) fails the same way every time.
+                if text.contains("invalid peer certificate") || text.contains("received fatal alert") {
+                    return Error::Invalid(format!("TLS handshake refused: {text}"));
+                }
                 Error::Transport(format!("{}: {text}", status.code()))
             }
         }

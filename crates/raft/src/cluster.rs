@@ -342,7 +342,7 @@ impl ClusterNode {
         if doomed.is_empty() {
             return Ok(doomed);
         }
-        let offset = self.propose(MetadataCommand::DeleteAcls { filter }).await?;
+        let offset = self.propose(MetadataCommand::DeleteAcls { acls: doomed.clone() }).await?;
         self.wait_applied(offset).await?;
         Ok(doomed)
     }

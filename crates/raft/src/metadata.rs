@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{AclBinding, AclFilter};
+use crate::acl::AclBinding;
 
 /// The controller's group id.
 pub const CONTROLLER_GROUP: u64 = 0;
@@ -140,10 +140,11 @@ pub enum MetadataCommand {
         /// The bindings, each validated by the proposer.
         acls: Vec<AclBinding>,
     },
-    /// The bindings `filter` selects are removed.
+    /// These access control bindings are removed (the proposer chose them
+    /// with a filter, so it can report exactly what was removed).
     DeleteAcls {
-        /// Which.
-        filter: AclFilter,
+        /// The bindings.
+        acls: Vec<AclBinding>,
     },
 }
 
@@ -337,7 +338,7 @@ impl ClusterMetadata {
                 self.acls.sort();
                 self.acls.dedup();
             }
-            MetadataCommand::DeleteAcls { filter } => self.acls.retain(|acl| !filter.matches(acl)),
+            MetadataCommand::DeleteAcls { acls } => self.acls.retain(|acl| !acls.contains(acl)),
         }
     }
 
@@ -467,8 +468,7 @@ mod tests {
         let json = serde_json::to_string(&md).expect("serialize");
         let back: ClusterMetadata = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back.acls, md.acls);
-        let filter = AclFilter { principal: Some("User:a".into()), ..AclFilter::default() };
-        md.apply(3, &MetadataCommand::DeleteAcls { filter });
+        md.apply(3, &MetadataCommand::DeleteAcls { acls: vec![acls[1].clone()] });
         assert_eq!(md.acls, vec![acls[0].clone()]);
     }
 

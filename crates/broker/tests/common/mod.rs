@@ -35,25 +35,25 @@ pub fn tls_file(name: &str) -> String {
 }
 
 /// The settings of a node with TLS on both ports: clients must present a
-/// certificate of the test authority, and so must peers.
+/// certificate of the test clients' authority, peers one of the nodes'.
 pub fn with_tls(builder: ConfigBuilder) -> ConfigBuilder {
     builder
         .set("tls.cert_file", tls_file("node.crt"))
         .and_then(|b| b.set("tls.key_file", tls_file("node.key")))
-        .and_then(|b| b.set("tls.client_ca_file", tls_file("ca.crt")))
+        .and_then(|b| b.set("tls.client_ca_file", tls_file("client-ca.crt")))
         .and_then(|b| b.set("tls.peer_ca_file", tls_file("ca.crt")))
         .expect("tls settings")
 }
 
-/// What a client of a [`with_tls`] cluster uses: the test authority, and
-/// the test client certificate.
+/// What a client of a [`with_tls`] cluster uses: the nodes' test
+/// authority, and the test client certificate.
 pub fn client_tls() -> strata_client::Tls {
     tls_as("client")
 }
 
-/// The test authority and the certificate `NAME.crt` (CN `NAME`, so the
-/// principal `User:NAME`, except `client`: `User:strata-client`, and
-/// `node`: `User:strata-node`).
+/// The nodes' test authority and the certificate `NAME.crt` (CN `NAME`,
+/// so the principal `User:NAME`, except `client`: `User:strata-client`,
+/// and `node`, a node's: `User:strata-node`).
 pub fn tls_as(name: &str) -> strata_client::Tls {
     let read = |file: &str| std::fs::read(tls_file(file)).expect("read test certificate");
     strata_client::Tls::new(read("ca.crt")).identity(read(&format!("{name}.crt")), read(&format!("{name}.key")))

@@ -51,10 +51,10 @@ impl PeerTls {
     pub(crate) fn check(&self) -> Result<(), String> {
         Server::builder()
             .tls_config(self.server())
-            .map_err(|e| format!("peer TLS (server side): {}", error_chain(&e)))?;
+            .map_err(|e| format!("peer TLS (tls.cert_file, tls.key_file, tls.peer_ca_file): {}", error_chain(&e)))?;
         Endpoint::from_static("https://localhost")
             .tls_config(self.client())
-            .map_err(|e| format!("peer TLS (client side): {}", error_chain(&e)))?;
+            .map_err(|e| format!("peer TLS (tls.cert_file, tls.key_file, tls.peer_ca_file): {}", error_chain(&e)))?;
         Ok(())
     }
 }
