@@ -22,6 +22,7 @@ mod node;
 mod png;
 mod report;
 mod rng;
+mod tls;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -114,6 +115,11 @@ struct RunArgs {
     /// Keep the nodes' data directories even after a valid run.
     #[arg(long)]
     keep_data: bool,
+    /// Mutual TLS on the client and peer ports and authorization on, the
+    /// workload's client the super user (certificates by
+    /// deploy/tls/make-certs.sh; needs openssl).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -237,6 +243,9 @@ async fn run_in_network(
         // that only in this UNSAFE test mode.
         settings.push("testing.journal_unsynced=true".to_string());
     }
+    if args.tls {
+        settings.extend(tls::setup(out_dir, args.nodes).context("make the run's certificates")?);
+    }
     if kinds.contains(&Kind::Full) {
         // A floor below the nodes' small disks, so that a filled disk
         // makes its node refuse produce as a leader (and its followers run
@@ -352,6 +361,7 @@ async fn run_in_network(
         "valid": verdict.valid,
         "passed": passed,
         "control": args.control,
+        "tls": args.tls,
         "seed": seed,
         "nodes": args.nodes,
         "time_limit_s": args.time_limit,

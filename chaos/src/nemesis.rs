@@ -626,7 +626,7 @@ impl Nemesis {
             let others: Vec<String> = (1..=n).filter(|x| *x != node).map(Cluster::client_addr).collect();
             (cluster.broker_id(node), others.join(","))
         };
-        let admin = strata_client::Admin::new(&strata_client::Client::new(&others).context("client")?);
+        let admin = strata_client::Admin::new(&crate::tls::client(&others).context("client")?);
         let moved = tokio::time::timeout(ADMIN_MAX, admin.remove_broker(u64::from(broker)))
             .await
             .context("remove broker: no answer")?
@@ -668,8 +668,7 @@ impl Nemesis {
             }
             (cluster.replace(node)?, cluster.n_nodes())
         };
-        let admin =
-            strata_client::Admin::new(&strata_client::Client::new(&Cluster::client_addr(node)).context("client")?);
+        let admin = strata_client::Admin::new(&crate::tls::client(&Cluster::client_addr(node)).context("client")?);
         let joined_by = tokio::time::Instant::now() + ADMIN_MAX;
         loop {
             let cluster = tokio::time::timeout(Duration::from_secs(2), admin.describe_cluster()).await;

@@ -76,7 +76,7 @@ impl Shared {
 
 /// Creates the topic, retrying until the cluster answers (or 90 s).
 pub async fn create_topic(bootstrap: &str, n_keys: u32, replication: u32) -> anyhow::Result<()> {
-    let client = Client::new(bootstrap).context("client")?;
+    let client = crate::tls::client(bootstrap).context("client")?;
     let admin = Admin::new(&client);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -110,8 +110,10 @@ pub async fn create_topic(bootstrap: &str, n_keys: u32, replication: u32) -> any
 /// partitions still without one.
 pub async fn wait_for_leaders(n_nodes: u32, n_keys: u32, wait: Duration) -> Vec<u32> {
     let deadline = Instant::now() + wait;
-    let admins: Vec<Admin> =
-        (1..=n_nodes).filter_map(|n| Client::new(&Cluster::client_addr(n)).ok()).map(|c| Admin::new(&c)).collect();
+    let admins: Vec<Admin> = (1..=n_nodes)
+        .filter_map(|n| crate::tls::client(&Cluster::client_addr(n)).ok())
+        .map(|c| Admin::new(&c))
+        .collect();
     loop {
         let mut led = BTreeSet::new();
         for admin in &admins {
@@ -135,7 +137,7 @@ pub async fn current_leaders(cluster: &Arc<Mutex<Cluster>>) -> anyhow::Result<BT
     let mut leaders = BTreeSet::new();
     let mut last_error = None;
     for node in 1..=n_nodes {
-        let admin = Admin::new(&Client::new(&Cluster::client_addr(node)).context("client")?);
+        let admin = Admin::new(&crate::tls::client(&Cluster::client_addr(node)).context("client")?);
         match timeout(Duration::from_secs(2), admin.describe_topic(TOPIC)).await {
             Ok(Ok(topic)) => leaders.extend(topic.partitions.iter().filter_map(|p| p.leader).map(|l| l as u32)),
             Ok(Err(e)) => last_error = Some(e.to_string()),
@@ -174,7 +176,7 @@ struct Reader {
 
 /// One worker: sends and polls until the deadline.
 pub async fn worker(shared: Arc<Shared>, node: u32, subscribe: bool, mut rng: Rng) {
-    let client = match Client::new(&Cluster::client_addr(node)) {
+    let client = match crate::tls::client(&Cluster::client_addr(node)) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("[worker] node {node}: {e}");
@@ -423,7 +425,7 @@ async fn commit(shared: &Shared, reader: &mut Reader, process: i64, node: u32) {
 
 /// Describes the group about every second until the deadline.
 pub async fn describer(shared: Arc<Shared>, bootstrap: String) {
-    let Ok(client) = Client::new(&bootstrap) else { return };
+    let Ok(client) = crate::tls::client(&bootstrap) else { return };
     let admin = Admin::new(&client);
     while Instant::now() < shared.deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -518,7 +520,7 @@ pub async fn final_read(shared: &Shared, n_nodes: u32, ends: &BTreeMap<u32, u64>
             rotated.rotate_left(attempt % addrs.len());
             attempt += 1;
             let bootstrap = rotated.join(",");
-            let Ok(client) = Client::new(&bootstrap) else { break };
+            let Ok(client) = crate::tls::client(&bootstrap) else { break };
             let mut consumer = Consumer::with_config(
                 &client,
                 ConsumerConfig {
