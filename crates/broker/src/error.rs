@@ -132,6 +132,8 @@ impl ApiError {
             }
             ClusterError::Produce(e) => ApiError::from_produce(e, "the controller", |_| None),
             ClusterError::Invalid(message) => ApiError::new(Code::InvalidRequest, message),
+            // As Kafka's REQUEST_TIMED_OUT after a change: it may be done.
+            ClusterError::NotAppliedYet(message) => ApiError::new(Code::Timeout, message),
             ClusterError::Node(e) => ApiError::new(Code::Unavailable, e.to_string()),
         }
     }
@@ -140,5 +142,18 @@ impl ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_change_not_yet_applied_is_a_timeout_not_a_bad_request() {
+        let err = ApiError::from_cluster(ClusterError::NotAppliedYet("later".into()));
+        assert_eq!(err.code, Code::Timeout);
+        assert!(err.code.retriable());
+        assert_eq!(ApiError::from_cluster(ClusterError::Invalid("no".into())).code, Code::InvalidRequest);
     }
 }

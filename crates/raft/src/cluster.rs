@@ -70,6 +70,10 @@ pub enum ClusterError {
     /// The request is invalid (bad replication factor, topic exists, ...).
     #[error("{0}")]
     Invalid(String),
+    /// The change is in the controller's log, but this node did not apply
+    /// it in time: it takes effect, the answer could not wait for it.
+    #[error("{0}")]
+    NotAppliedYet(String),
 }
 
 /// A node of a statically configured cluster.
@@ -186,8 +190,9 @@ impl ClusterNode {
         let deadline = tokio::time::Instant::now() + RECONCILE_STEP_MAX;
         while self.controller.state_machine.high_watermark().0 <= offset {
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::Invalid(format!(
-                    "this node's copy of the metadata did not catch up within {RECONCILE_STEP_MAX:?}"
+                return Err(ClusterError::NotAppliedYet(format!(
+                    "the change is committed, but this node's copy of the metadata did not apply it within \
+                     {RECONCILE_STEP_MAX:?}; it takes effect as the copy catches up"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
