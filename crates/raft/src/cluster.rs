@@ -7,8 +7,10 @@
 //! already is). The controller's leader registers the peers as brokers. A
 //! reconciler then
 //! opens, on each node, the groups of the partitions assigned to it, and the
-//! first replica of each initializes its group with the replicas. A node
-//! restarted on its data directory recovers its groups and rejoins.
+//! first replica of each initializes its group with the replicas (the
+//! others do, with the same replicas, when it has not within a few
+//! seconds). A node restarted on its data directory recovers its groups
+//! and rejoins.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use openraft::BasicNode;
 use strata_batch::{BatchBuilder, Compression};
 use tokio::task::JoinHandle;
 
-use crate::metadata::{CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, TopicInfo, assign_replicas_live};
+use crate::metadata::{
+    CONTROLLER_GROUP, ClusterMetadata, MetadataCommand, PartitionInfo, TopicInfo, assign_replicas_live,
+};
 use crate::node::{Group, GroupRole, NodeError, RaftNode, RaftNodeConfig};
 use crate::partition::{ProduceError, produce};
 
@@ -31,6 +35,14 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 /// progress and nothing changed: a floor for what no trigger reports (a
 /// replica found damaged on a read, say).
 const RECONCILE_SETTLED_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a partition's other initial replicas wait for its first one to
+/// start the group before one of them starts it instead: the first replica
+/// may have gone down between the topic's creation and its start, and
+/// without this the partition would have no leader until it came back,
+/// though a majority of its replicas could elect one. Well past the first
+/// replica's own wait and its election, whose vote makes the others'
+/// start a no-op.
+const INITIALIZE_IN_PLACE_OF_FIRST_AFTER: Duration = Duration::from_secs(5);
 /// How long after any group saved a vote the reconciler keeps looking at
 /// every replica on each wake, so that a leader elected in that time
 /// reports itself at once. Longer than an election with a retry.
@@ -709,6 +721,24 @@ impl Passes {
     }
 }
 
+/// Whether `group`, this node's replica of `partition`, belongs to a group
+/// never started: no leader reported, nothing received or voted here. Only
+/// then does a replica initialize it: the first one, or another in its
+/// place ([`INITIALIZE_IN_PLACE_OF_FIRST_AFTER`]) while the replicas are
+/// still those it was created with. Every replica that starts it starts it
+/// with the same membership, which Raft's vote keeps to one leader; a
+/// first replica back after another started the group does not campaign
+/// against its leader.
+fn never_led(group: &Group, partition: &PartitionInfo, metadata: &ClusterMetadata) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let pristine = {
+        let watch = group.raft.metrics();
+        let metrics = watch.borrow_watched();
+        metrics.current_term == 0 && metrics.last_log_index.is_none()
+    };
+    pristine && !metadata.leaders.contains_key(&partition.group)
+}
+
 /// Keeps this node in line with the metadata: registers peers (controller
 /// leader), adds brokers to the controller as learners (controller leader),
 /// announces this node's client address, opens assigned groups, initializes
@@ -762,17 +792,37 @@ impl Reconciler {
                     settled = false;
                     continue;
                 };
-                if partition.initial_replicas.first() == Some(&node.id()) && !initialized.contains(&partition.group) {
-                    let seen = *first_seen.entry(partition.group).or_insert_with(tokio::time::Instant::now);
-                    let members = nodes_of(&partition.initial_replicas, &metadata, peers);
-                    let others_opened =
-                        seen.elapsed() >= RECONCILE_INTERVAL * 3 || partition.initial_replicas.len() == 1;
-                    if members.len() == partition.initial_replicas.len() && others_opened {
-                        // NotAllowed means "already initialized" (a restart).
-                        let _ = bounded(group.raft.initialize(members)).await;
+                if partition.initial_replicas.contains(&node.id()) && !initialized.contains(&partition.group) {
+                    let first = partition.initial_replicas.first() == Some(&node.id());
+                    let as_created = partition.replicas == partition.initial_replicas;
+                    if !never_led(&group, partition, &metadata) || (!first && !as_created) {
+                        // Started already, or (for a stand-in) no longer
+                        // as created: this replica only follows.
                         initialized.insert(partition.group);
                     } else {
-                        settled = false;
+                        let seen = *first_seen.entry(partition.group).or_insert_with(tokio::time::Instant::now);
+                        let members = nodes_of(&partition.initial_replicas, &metadata, peers);
+                        let wait = match (first, partition.initial_replicas.len()) {
+                            (true, 1) => Duration::ZERO,
+                            (true, _) => RECONCILE_INTERVAL * 3,
+                            (false, _) => INITIALIZE_IN_PLACE_OF_FIRST_AFTER,
+                        };
+                        if members.len() == partition.initial_replicas.len() && seen.elapsed() >= wait {
+                            if !first {
+                                tracing::info!(
+                                    group = partition.group,
+                                    first = ?partition.initial_replicas.first(),
+                                    "the partition's first replica has not started its group; starting it here"
+                                );
+                            }
+                            // NotAllowed means "already initialized" (a
+                            // restart) or, on another replica, that this
+                            // one has voted or received entries already.
+                            let _ = bounded(group.raft.initialize(members)).await;
+                            initialized.insert(partition.group);
+                        } else {
+                            settled = false;
+                        }
                     }
                 }
                 if group.raft.is_leader() {

@@ -187,8 +187,9 @@ pub struct PartitionInfo {
     pub group: u64,
     /// Replica node ids, leader-preferred first.
     pub replicas: Vec<u64>,
-    /// The replicas it was created with; the first of them, and only it,
-    /// initializes the group (never a replica added later).
+    /// The replicas it was created with; the first of them initializes the
+    /// group, or another of them when the first has not within a few
+    /// seconds (never a replica added later).
     pub initial_replicas: Vec<u64>,
 }
 
@@ -415,9 +416,8 @@ pub fn assign_replicas(
 /// every live broker first (its first replica, the preferred leader,
 /// turning over them), then brokers that are down: the first replica
 /// initializes the group, so a partition whose first replica were down
-/// would have no leader until it came back, though a majority of its
-/// replicas could elect one. `start` picks the first broker from the list
-/// used.
+/// would wait seconds for another replica to do it in its place. `start`
+/// picks the first broker from the list used.
 pub fn assign_replicas_live(
     brokers: &[u64],
     live: &std::collections::BTreeSet<u64>,

@@ -418,6 +418,82 @@ async fn a_damaged_controller_replica_is_rebuilt_from_the_other_nodes() {
     }
 }
 
+/// Produces one batch to `group` through whichever of `nodes` leads it,
+/// waiting up to `T` for a leader; returns the leader's id.
+async fn produce_somewhere(nodes: &[ClusterNode], group: u64, what: &str) -> u64 {
+    use openraft::async_runtime::WatchReceiver;
+    let deadline = Instant::now() + T;
+    loop {
+        let leading = nodes.iter().filter_map(|n| n.raft_node().group(group)).find(|g| g.raft.is_leader());
+        if let Some(leader) = leading {
+            match produce(&leader, batch(group)).await {
+                Ok(_) => return leader.raft.metrics().borrow_watched().id,
+                Err(strata_raft::ProduceError::NotLeader { .. }) => {}
+                Err(other) => panic!("produce to {what}: {other}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} has no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_whose_first_replica_died_before_starting_it_still_gets_a_leader() {
+    use openraft::async_runtime::WatchReceiver;
+    let root = Root::new("controller-first-down");
+    let (peers, mut nodes) = static_cluster(3, &root.0).await;
+    wait_until("a controller leader", || nodes[0].controller_leader().is_some()).await;
+    let controller = nodes[0].controller_leader().expect("controller leader");
+    let down = (2..=3).find(|id| *id != controller).expect("a broker");
+    wait_until("node 1 to hear from every other node", || {
+        (2..=3).all(|id| nodes[0].raft_node().quiescence().since_contact(id).is_some())
+    })
+    .await;
+    // Stopped just before the topic is created: it answered a ping moments
+    // ago, so placement still counts it up and makes it the first replica
+    // of a partition, which it never starts.
+    let stopped = nodes.remove(nodes.iter().position(|n| n.raft_node().id() == down).expect("node"));
+    stopped.shutdown().await;
+    drop(stopped);
+    let topic = create_topic(&nodes[0], "early", 3, 3).await;
+    let orphan =
+        topic.partitions.iter().find(|p| p.initial_replicas[0] == down).expect("a partition led by the down broker");
+    // Every partition, the orphan included, gets a leader among the two
+    // brokers up and takes writes.
+    for partition in &topic.partitions {
+        let leader = produce_somewhere(&nodes, partition.group, &format!("group {}", partition.group)).await;
+        assert_ne!(leader, down);
+    }
+    // The first replica back follows the group started in its place; it
+    // does not campaign against its leader.
+    let before = nodes
+        .iter()
+        .filter_map(|n| n.raft_node().group(orphan.group))
+        .find(|g| g.raft.is_leader())
+        .map(|g| g.raft.metrics().borrow_watched().current_term)
+        .expect("a leader");
+    nodes.push(start(down, &peers, &root.0).await);
+    wait_until("the first replica to catch up", || {
+        let last = |n: &ClusterNode| {
+            n.raft_node()
+                .group(orphan.group)
+                .and_then(|g| g.raft.metrics().borrow_watched().last_applied)
+                .map(|l| l.index)
+        };
+        let leader_last = nodes.iter().filter(|n| n.raft_node().id() != down).filter_map(last).max();
+        let back = nodes.iter().find(|n| n.raft_node().id() == down).and_then(last);
+        back.is_some() && back == leader_last
+    })
+    .await;
+    let leader = produce_somewhere(&nodes, orphan.group, "the orphan after the first replica came back").await;
+    let group = nodes.iter().find(|n| n.raft_node().id() == leader).and_then(|n| n.raft_node().group(orphan.group));
+    let after = group.map(|g| g.raft.metrics().borrow_watched().current_term).expect("leader's replica");
+    assert_eq!(after, before, "the returning first replica forced an election");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_brokers_replicas_go_to_brokers_that_are_up() {
     let root = Root::new("controller-remove-down");
