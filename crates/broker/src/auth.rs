@@ -85,16 +85,11 @@ impl Access {
     }
 
     /// Whether the client may do `operation` to some resource of this type
-    /// (an allowing binding for its principal, or for everyone, exists).
+    /// (see [`acl::authorized_for_some`]).
     pub fn allows_some(&self, operation: Operation, resource_type: ResourceType) -> bool {
         match &self.acls {
             None => true,
-            Some(metadata) => metadata.acls.iter().any(|acl| {
-                acl.resource_type == resource_type
-                    && acl.permission == acl::Permission::Allow
-                    && (acl.operation == operation || acl.operation == Operation::All)
-                    && (acl.principal == acl::ANY_PRINCIPAL || acl.principal == self.principal)
-            }),
+            Some(metadata) => acl::authorized_for_some(&metadata.acls, &self.principal, operation, resource_type),
         }
     }
 }

@@ -200,6 +200,44 @@ pub fn authorized(
     allowed
 }
 
+/// Whether `principal` may do `operation` to at least one resource of
+/// `resource_type` by `acls`, as Kafka decides it for a producer id: some
+/// binding allows it on a set of names that no deny binding covers whole.
+/// (A deny on a prefix covers an allow on a longer prefix or a name it
+/// starts; a deny on `*` covers every allow; an allow on `*` is covered by
+/// nothing narrower, since some name escapes it.)
+pub fn authorized_for_some(
+    acls: &[AclBinding],
+    principal: &str,
+    operation: Operation,
+    resource_type: ResourceType,
+) -> bool {
+    let applies = |acl: &&AclBinding| {
+        acl.resource_type == resource_type && acl.matches_principal(principal) && acl.covers(operation)
+    };
+    let denies: Vec<&AclBinding> = acls.iter().filter(applies).filter(|a| a.permission == Permission::Deny).collect();
+    acls.iter()
+        .filter(applies)
+        .filter(|a| a.permission == Permission::Allow)
+        .any(|allow| !denies.iter().any(|deny| deny.covers_names_of(allow)))
+}
+
+impl AclBinding {
+    /// Whether every name `other` matches is one this binding matches.
+    fn covers_names_of(&self, other: &AclBinding) -> bool {
+        if self.resource_type == ResourceType::Cluster {
+            return true;
+        }
+        let any = |acl: &AclBinding| acl.pattern == PatternType::Literal && acl.resource_name == ANY_NAME;
+        match self.pattern {
+            _ if any(self) => true,
+            _ if any(other) => false,
+            PatternType::Literal => other.pattern == PatternType::Literal && other.resource_name == self.resource_name,
+            PatternType::Prefixed => other.resource_name.starts_with(&self.resource_name),
+        }
+    }
+}
+
 /// Selects bindings to describe or delete: each field set must equal the
 /// binding's, each unset one matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +333,33 @@ mod tests {
         assert!(!authorized(&acls, "User:a", Describe, Group, "g"), "create does not");
         let acls = vec![acl("User:a", Cluster, "", Literal, Alter, Allow)];
         assert!(authorized(&acls, "User:a", Alter, Cluster, "kafka-cluster"));
+    }
+
+    #[test]
+    fn some_resource_is_allowed_unless_denies_cover_every_allowed_name() {
+        let some = |acls: &[AclBinding]| authorized_for_some(acls, "User:a", Write, Topic);
+        let allow_prefix = acl("User:a", Topic, "orders.", Prefixed, Write, Allow);
+        assert!(!some(&[]));
+        assert!(some(std::slice::from_ref(&allow_prefix)));
+        assert!(!some(&[acl("User:a", Topic, "t", Literal, Read, Allow)]), "read is not write");
+        assert!(!some(&[allow_prefix.clone(), acl("User:*", Topic, "*", Literal, Write, Deny)]), "denied everywhere");
+        assert!(
+            !some(&[allow_prefix.clone(), acl("User:a", Topic, "orders", Prefixed, All, Deny)]),
+            "a shorter prefix"
+        );
+        assert!(
+            some(&[allow_prefix.clone(), acl("User:a", Topic, "orders.eu", Prefixed, Write, Deny)]),
+            "a longer one"
+        );
+        assert!(some(&[allow_prefix.clone(), acl("User:b", Topic, "*", Literal, Write, Deny)]), "another's deny");
+        assert!(some(&[allow_prefix.clone(), acl("User:a", Topic, "*", Literal, Read, Deny)]), "a denied read");
+        let allow_one = acl("User:a", Topic, "t", Literal, Write, Allow);
+        assert!(!some(&[allow_one.clone(), acl("User:a", Topic, "t", Literal, Write, Deny)]));
+        assert!(!some(&[allow_one.clone(), acl("User:a", Topic, "t", Prefixed, Write, Deny)]), "a prefix of it");
+        assert!(some(&[allow_one.clone(), acl("User:a", Topic, "u", Literal, Write, Deny)]));
+        let allow_all = acl("User:*", Topic, "*", Literal, Write, Allow);
+        assert!(some(&[allow_all.clone(), acl("User:a", Topic, "t", Prefixed, Write, Deny)]), "names outside t");
+        assert!(some(&[allow_one, allow_all.clone(), acl("User:a", Topic, "t", Literal, Write, Deny)]));
     }
 
     #[test]
