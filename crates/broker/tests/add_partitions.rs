@@ -1,9 +1,10 @@
 //! Growing a topic (what `strata topic alter --partitions` calls): the new
 //! partitions are replicated and led like the first ones, a producer whose
 //! metadata predates them starts using them at its next refresh, a record
-//! sent to one of them by number is not refused, a consumer group is given
-//! them without being restarted, and counts that would shrink the topic or
-//! move the groups' placement are refused. And partitions made (created or
+//! sent to one of them by number is not refused (records to a partition
+//! that does not exist are, without a metadata request each), a consumer
+//! group is given them without being restarted, and counts that would
+//! shrink the topic or move the groups' placement are refused. And partitions made (created or
 //! added) while a broker is down all get a leader at once.
 
 mod common;
@@ -116,6 +117,25 @@ async fn a_topic_grows_and_its_producers_and_groups_use_the_new_partitions() {
         Err(err) => err,
     };
     assert_eq!(err.code(), Some(ErrorCode::UnknownPartition), "{err}");
+    // More records to it are refused without a metadata request each.
+    let metadata_requests = || async {
+        let mut sum = 0.0;
+        for server in &cluster.servers {
+            let text = common::http_get(server.http_addr(), "/metrics").await;
+            sum += common::metric_sum(&text, "strata_requests_total", &["rpc=\"metadata\""]);
+        }
+        sum
+    };
+    let before = metadata_requests().await;
+    for i in 0..200 {
+        let err = match stale.send(Record::new(TOPIC, format!("nowhere {i}")).partition(9)).await {
+            Ok(delivery) => delivery.await.expect_err("no partition 9"),
+            Err(err) => err,
+        };
+        assert_eq!(err.code(), Some(ErrorCode::UnknownPartition), "{err}");
+    }
+    let asked = metadata_requests().await - before;
+    assert!(asked < 20.0, "200 records to a missing partition made {asked} metadata requests");
 
     // Keyed records spread over all five once the producer refreshed.
     let deadline = Instant::now() + Duration::from_secs(20);

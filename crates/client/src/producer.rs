@@ -501,6 +501,19 @@ struct TopicState {
     /// it was read at: while that is current, a send needs no second
     /// lookup in the client's cache.
     partitions: Option<(u32, u64)>,
+    /// When fresh metadata last showed that a record's partition is beyond
+    /// the topic's count: for [`UNKNOWN_PARTITION_RECHECK`] after it such
+    /// records are refused without asking the cluster again, so a producer
+    /// sending to a partition that does not exist makes one metadata
+    /// request a second, not one a record.
+    missing_checked: Option<Instant>,
+}
+
+/// See [`TopicState::missing_checked`].
+const UNKNOWN_PARTITION_RECHECK: Duration = Duration::from_secs(1);
+
+fn no_partition(topic: &str, n: u32, p: u32) -> Error {
+    Error::api(ErrorCode::UnknownPartition, format!("topic {topic} has {n} partitions; there is no partition {p}"))
 }
 
 struct Shared {
@@ -707,6 +720,9 @@ impl Producer {
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < n => Some(p),
             (Some(p), _) => {
+                if state.missing_checked.is_some_and(|at| at.elapsed() < UNKNOWN_PARTITION_RECHECK) {
+                    return Err(no_partition(&record.topic, n, p));
+                }
                 // Perhaps a partition added since the metadata was fetched:
                 // fetch it again once before refusing the record.
                 drop(topics);
@@ -715,10 +731,11 @@ impl Producer {
                     producer.shared.client.refresh_metadata(&[record.topic.to_string()]).await?;
                     let n = producer.shared.client.cached_partition_count(&record.topic).unwrap_or(0);
                     if p >= n {
-                        return Err(Error::api(
-                            ErrorCode::UnknownPartition,
-                            format!("topic {} has {n} partitions; there is no partition {p}", record.topic),
-                        ));
+                        let mut topics = producer.shared.topics.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(state) = topics.get_mut(&*record.topic) {
+                            state.missing_checked = Some(Instant::now());
+                        }
+                        return Err(no_partition(&record.topic, n, p));
                     }
                     producer.enqueue(record, done)?.wait().await
                 })));
