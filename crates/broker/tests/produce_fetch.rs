@@ -220,6 +220,16 @@ async fn polls_are_bounded_positions_follow_what_was_handed_out_and_a_seek_drops
     let replayed_from = seen[0].len();
     poll_until(&mut consumer, &mut seen, deadline, |seen| seen[0].len() >= replayed_from + 201).await;
     assert_eq!(seen[0][replayed_from..], (300..501).collect::<Vec<u64>>()[..], "partition 0 after the second seek");
+
+    // Assigning again leaves a partition that stays assigned where it was,
+    // as Kafka's assign does; one assigned anew starts over.
+    assert_eq!(consumer.position(&tp0), Some(501));
+    consumer.assign(vec![tp0.clone()]);
+    assert_eq!(consumer.assignment(), vec![tp0.clone()]);
+    assert_eq!(consumer.position(&tp0), Some(501));
+    consumer.assign(vec![tp0.clone(), tp1.clone()]);
+    assert_eq!(consumer.position(&tp0), Some(501), "kept through a second assign");
+    assert_eq!(consumer.position(&tp1), None, "dropped, then assigned anew: from auto_offset_reset");
     cluster.shutdown().await;
 }
 

@@ -552,6 +552,11 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         };
         consumer.seek(tp, seek).await?;
     }
+    // Without a group or a partition, every partition of the topic is read,
+    // those added while this runs too (a group's member is given them by
+    // its group).
+    let follow_growth = args.group.is_none() && args.partition.is_none();
+    let mut growth_checked = tokio::time::Instant::now();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut n = 0u64;
     let mut last_record = tokio::time::Instant::now();
@@ -567,6 +572,10 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         }
         if args.timeout_ms.is_some_and(|t| last_record.elapsed() >= Duration::from_millis(t)) {
             break;
+        }
+        if follow_growth && growth_checked.elapsed() >= PARTITION_CHECK_INTERVAL {
+            growth_checked = tokio::time::Instant::now();
+            add_new_partitions(&client, &mut consumer, &args).await?;
         }
         let records = tokio::select! {
             records = consumer.poll() => records?,
@@ -590,6 +599,34 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     drop(out);
     if args.group.is_some() {
         consumer.close().await?;
+    }
+    Ok(())
+}
+
+/// How often a console consumer without a group looks for partitions
+/// added to its topic.
+const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Assigns `consumer` the partitions added to the topic since it was
+/// assigned, each read from its beginning (everything in it came after the
+/// consumer started), or from --from-time.
+async fn add_new_partitions(client: &Client, consumer: &mut Consumer, args: &ConsumeArgs) -> Result<()> {
+    match client.refresh_metadata(std::slice::from_ref(&args.topic)).await {
+        Ok(()) => {}
+        // A broker down or a leader moving: the next check.
+        Err(err) if err.is_retriable() => return Ok(()),
+        Err(err) => return Err(err.into()),
+    }
+    let assigned = consumer.assignment();
+    let all = consumer.partitions_of(&args.topic).await?;
+    let added: Vec<TopicPartition> = all.iter().filter(|tp| !assigned.contains(tp)).cloned().collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(all);
+    for tp in &added {
+        let seek = args.from_time.map_or(Seek::Beginning, Seek::Timestamp);
+        consumer.seek(tp, seek).await?;
     }
     Ok(())
 }

@@ -26,7 +26,8 @@ fn free_base_port() -> u16 {
 }
 
 /// `strata dev`, killed if the test fails (its nodes then stop too: their
-/// stdin closes).
+/// stdin closes); also a console consumer, killed when the test is done
+/// with it.
 struct Dev(Option<Child>);
 
 impl Drop for Dev {
@@ -147,12 +148,42 @@ fn the_readme_quick_start_works_and_the_cluster_restarts_on_its_data() {
     let verbose = strata(&["topic", "describe", "demo", "--verbose"], &bootstrap, "");
     let replica_lines = verbose.lines().filter(|l| l.contains("Broker:") && l.contains("LogEnd:")).count();
     assert_eq!(replica_lines, 9, "3 partitions x 3 replicas: {verbose}");
+    // A console consumer without a group reads from the partitions added
+    // while it runs; it has started once it printed an old record.
+    let mut follower = Command::new(STRATA)
+        .args(["consume", "--topic", "demo", "--from-beginning", "--bootstrap-server", &bootstrap])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a consumer");
+    let (lines_tx, followed) = std::sync::mpsc::channel::<String>();
+    let follower_out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let follower = Dev(Some(follower));
+    std::thread::spawn(move || {
+        for line in follower_out.lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    followed.recv_timeout(Duration::from_secs(30)).expect("the consumer printed an old record");
     // A topic grows, and returns once its new partitions have leaders.
     let grown = strata(&["topic", "alter", "demo", "--partitions", "6"], &bootstrap, "");
     assert!(grown.contains("Topic demo has 6 partitions"), "{grown}");
     let described = strata(&["topic", "describe", "demo"], &bootstrap, "");
     assert_eq!(described.matches("\tLeader: ").count(), 6, "{described}");
     assert!(!described.contains("Leader: none"), "{described}");
+    strata(&["produce", "--topic", "demo", "--partition", "5"], &bootstrap, "in a new partition\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match followed.recv_timeout(left) {
+            Ok(line) if line == "in a new partition" => break,
+            Ok(_) => {}
+            Err(err) => panic!("the consumer never read the new partition: {err}"),
+        }
+    }
+    drop(follower);
     // A group reads one record and commits it: lag = log end - committed.
     let one = strata(
         &["consume", "--topic", "demo", "--group", "readers", "--from-beginning", "--max-messages", "1"],

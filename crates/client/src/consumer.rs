@@ -220,11 +220,16 @@ impl Consumer {
         }
     }
 
-    /// Reads these partitions (replacing any earlier assignment), each from
+    /// Reads these partitions (replacing any earlier assignment). A
+    /// partition assigned before keeps its position (and what is buffered
+    /// of it), as Kafka's `assign` does; a new one reads from
     /// `auto_offset_reset` until sought.
     pub fn assign(&mut self, partitions: Vec<TopicPartition>) {
-        self.buffered.clear();
-        self.positions = partitions.into_iter().map(|tp| (tp, None)).collect();
+        let wanted: BTreeSet<TopicPartition> = partitions.into_iter().collect();
+        self.buffered.retain(|tp, _| wanted.contains(tp));
+        self.paused.retain(|tp| wanted.contains(tp));
+        let mut before = std::mem::take(&mut self.positions);
+        self.positions = wanted.into_iter().map(|tp| (tp.clone(), before.remove(&tp).flatten())).collect();
     }
 
     /// Every partition of `topic`.
