@@ -572,11 +572,17 @@ macro_rules! top_level_and_partition_errors {
 
 top_level_and_partition_errors!(pb::ProduceResponse, pb::FetchResponse);
 
-impl Codes for pb::ListOffsetsResponse {
-    fn codes(&self) -> Vec<i32> {
-        self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)).collect()
-    }
+macro_rules! partition_errors {
+    ($($t:ty),*) => {$(
+        impl Codes for $t {
+            fn codes(&self) -> Vec<i32> {
+                self.partitions.iter().filter_map(|p| p.error.as_ref().map(|e| e.code)).collect()
+            }
+        }
+    )*};
 }
+
+partition_errors!(pb::ListOffsetsResponse, pb::DeleteRecordsResponse);
 
 /// The tonic service: each RPC checked against the client's rights
 /// (`auth.rs`), then handed to the [`Broker`].
@@ -776,6 +782,21 @@ impl pb::strata_server::Strata for Api {
             offset: -1,
         }));
         self.answer("list_offsets", response)
+    }
+
+    async fn delete_records(&self, request: Request<pb::DeleteRecordsRequest>) -> Answer<pb::DeleteRecordsResponse> {
+        self.ready()?;
+        let access = self.access(&request);
+        let mut request = request.into_inner();
+        let denied = take_denied(&access, Operation::Delete, &mut request.partitions, |p| (&p.topic, p.partition));
+        let mut response = self.0.delete_records(request).await;
+        response.partitions.extend(denied.into_iter().map(|(topic, partition, error)| pb::PartitionOffset {
+            topic,
+            partition,
+            error: Some(error),
+            offset: -1,
+        }));
+        self.answer("delete_records", response)
     }
 
     async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Answer<pb::MetadataResponse> {

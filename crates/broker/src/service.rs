@@ -389,6 +389,46 @@ impl Broker {
         pb::ListOffsetsResponse { partitions }
     }
 
+    /// DeleteRecords: per partition, on its leader, deletes the records
+    /// before the offset asked (at most the high watermark; -1 for it) and
+    /// answers the log start offset after it.
+    pub async fn delete_records(&self, request: pb::DeleteRecordsRequest) -> pb::DeleteRecordsResponse {
+        let metadata = self.cluster.metadata();
+        let deletes = request.partitions.into_iter().map(|q| {
+            let metadata = &metadata;
+            async move {
+                let result = async {
+                    let group = self.leader_replica(metadata, &q.topic, q.partition)?;
+                    let high_watermark = group.state_machine.high_watermark().0;
+                    let offset = match q.offset {
+                        -1 => high_watermark,
+                        o if o >= 0 && o as u64 <= high_watermark => o as u64,
+                        o => {
+                            return Err(ApiError::new(
+                                Code::OffsetOutOfRange,
+                                format!(
+                                    "cannot delete {}/{} before offset {o}: only committed records can be deleted, and its high watermark is {high_watermark}",
+                                    q.topic, q.partition
+                                ),
+                            ));
+                        }
+                    };
+                    let what = format!("{}/{}", q.topic, q.partition);
+                    strata_raft::retention::delete_records(&group, offset, crate::retention::now_ms()).await.map_err(
+                        |e| ApiError::from_produce(e, &what, |id| Self::client_addr(metadata, id)),
+                    )
+                }
+                .await;
+                let (offset, error) = match result {
+                    Ok(start) => (start as i64, None),
+                    Err(e) => (-1, Some(error_to_pb(&e))),
+                };
+                pb::PartitionOffset { topic: q.topic, partition: q.partition, error, offset }
+            }
+        });
+        pb::DeleteRecordsResponse { partitions: futures::future::join_all(deletes).await }
+    }
+
     /// The leader of a partition's group: as this node's replica sees it,
     /// or else the last leader reported to the controller (a hint).
     fn leader_of(&self, metadata: &ClusterMetadata, group: u64) -> Option<u64> {

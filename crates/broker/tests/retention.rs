@@ -4,8 +4,10 @@
 //! a consumer below the log start gets OFFSET_OUT_OF_RANGE or is reset, topic
 //! configs change at runtime through the controller (bad values refused),
 //! a compacted topic keeps the latest value of every live key, and a topic's
-//! compression.type and flush.policy reach every replica, and a topic created
-//! with its own segment.bytes rolls by it from its first record.
+//! compression.type and flush.policy reach every replica, a topic created
+//! with its own segment.bytes rolls by it from its first record, and
+//! records deleted before an offset (DeleteRecords) are gone for every
+//! reader and every replica, through a leader's restart.
 
 mod common;
 
@@ -129,6 +131,72 @@ async fn size_retention_deletes_the_same_segments_on_every_replica_and_a_restart
     .await;
     assert!(replicas[0].log_start_offset > follower_end, "{replicas:#?}");
     assert_eq!(replicas[0].log_end_offset, 2000, "{replicas:#?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_before_an_offset_are_gone_for_every_reader_and_replica() {
+    let mut cluster = cluster(3, fast_retention).await;
+    let client = Client::new(&cluster.bootstrap).expect("client");
+    let admin = Admin::new(&client);
+    let topic = NewTopic::new("ledger", 1).replication_factor(3).config("segment.bytes", SEGMENT.to_string());
+    admin.create_topic(topic).await.expect("create");
+    wait_for_leaders(&admin, "ledger").await;
+    produce(&client, "ledger", 1000, 1000, "a").await;
+    let tp = TopicPartition::new("ledger", 0);
+
+    // Offset 333 is inside a batch (batches hold many records here): the
+    // log still starts exactly there.
+    assert_eq!(admin.delete_records(&tp, Some(333)).await.expect("delete"), 333);
+    assert_eq!(admin.list_offset(&tp, -2).await.expect("earliest"), 333);
+    let replicas = wait_replicas(&admin, "ledger", "every replica to start at 333", |rs| {
+        rs.len() == 3 && rs.iter().all(|r| r.log_start_offset == 333)
+    })
+    .await;
+    let segments_before = replicas.iter().map(|r| r.segments).max().expect("replicas");
+    // A reader from the start gets 333 first; below it, OFFSET_OUT_OF_RANGE.
+    let earliest = ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
+    let mut consumer = Consumer::with_config(&client, earliest);
+    consumer.assign(vec![tp.clone()]);
+    consumer.seek(&tp, Seek::Beginning).await.expect("seek");
+    let first = loop {
+        if let Some(record) = consumer.poll().await.expect("poll").into_iter().next() {
+            break record;
+        }
+    };
+    assert_eq!(first.offset, 333);
+    assert!(first.value.as_deref().is_some_and(|v| v.starts_with(b"a-333-")), "{first:?}");
+    let strict = ConsumerConfig { auto_offset_reset: OffsetReset::Error, ..ConsumerConfig::default() };
+    let mut consumer = Consumer::with_config(&client, strict);
+    consumer.assign(vec![tp.clone()]);
+    consumer.seek(&tp, Seek::Offset(100)).await.expect("seek");
+    let err = consumer.poll().await.expect_err("offset 100 was deleted");
+    assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange), "{err}");
+    // Lower than the start: nothing changes. Past the high watermark: refused.
+    assert_eq!(admin.delete_records(&tp, Some(10)).await.expect("no-op"), 333);
+    let err = admin.delete_records(&tp, Some(1001)).await.expect_err("past the end");
+    assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange), "{err}");
+
+    // The start holds on a new leader, after the old one restarted.
+    let leader = replicas.iter().find(|r| r.is_leader).expect("a leader").broker;
+    cluster.servers[(leader - 1) as usize].halt().await;
+    cluster.restart(leader).await;
+    wait_replicas(&admin, "ledger", "every replica still starting at 333 after a restart", |rs| {
+        rs.len() == 3 && rs.iter().all(|r| r.log_start_offset == 333)
+    })
+    .await;
+    assert_eq!(admin.list_offset(&tp, -2).await.expect("earliest"), 333);
+
+    // Everything: the log starts at the high watermark, and the segments
+    // below it go from every replica.
+    assert_eq!(admin.delete_records(&tp, None).await.expect("delete all"), 1000);
+    wait_replicas(&admin, "ledger", "every replica to drop its old segments", |rs| {
+        rs.len() == 3 && rs.iter().all(|r| r.log_start_offset == 1000 && r.segments < segments_before.min(3))
+    })
+    .await;
+    produce(&client, "ledger", 10, 100, "b").await;
+    assert_eq!(admin.list_offset(&tp, -2).await.expect("earliest"), 1000);
+    assert_eq!(admin.list_offset(&tp, -1).await.expect("latest"), 1010);
     cluster.shutdown().await;
 }
 

@@ -73,6 +73,23 @@ pub enum TopicCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         replicas: Vec<u64>,
     },
+    /// Deletes a partition's records before an offset (Kafka's
+    /// kafka-delete-records): readers then start at that offset, and
+    /// segments wholly below it are removed from every replica.
+    #[command(group(clap::ArgGroup::new("upto").required(true).args(["before", "all"])))]
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// Only this partition (default: every partition).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Delete the records before this offset (at most the high watermark).
+        #[arg(long)]
+        before: Option<u64>,
+        /// Delete every committed record.
+        #[arg(long)]
+        all: bool,
+    },
     /// Deletes a topic and its data.
     Delete {
         /// Topic name.
@@ -261,6 +278,18 @@ pub async fn topic(connection: &Connection, command: TopicCommand) -> Result<()>
             if let Some(count) = partitions {
                 admin.create_partitions(&name, count).await?;
                 report_leaders(&admin, &name, &format!("Topic {name} has {count} partitions"), count).await?;
+            }
+        }
+        TopicCommand::DeleteRecords { name, partition, before, all: _ } => {
+            let partitions = match partition {
+                Some(p) => vec![TopicPartition::new(&name, p)],
+                None => (0..admin.describe_topic(&name).await?.partitions.len() as u32)
+                    .map(|p| TopicPartition::new(&name, p))
+                    .collect(),
+            };
+            for tp in partitions {
+                let start = admin.delete_records(&tp, before).await?;
+                outln!("{name}/{}: records before offset {start} deleted; the log starts at {start}.", tp.partition);
             }
         }
         TopicCommand::Reassign { name, partition, replicas } => {

@@ -567,6 +567,21 @@ impl Admin {
         .await
     }
 
+    /// Deletes the records of `tp` before `offset` (Kafka's DeleteRecords;
+    /// `None`: every committed record, up to the high watermark) and
+    /// returns the partition's log start offset after it. The records are
+    /// gone for every reader at once (a fetch below the new start answers
+    /// OFFSET_OUT_OF_RANGE), and the segments wholly below it are removed
+    /// from every replica. An offset past the high watermark is refused;
+    /// one at or below the current start changes nothing.
+    pub async fn delete_records(&self, tp: &TopicPartition, offset: Option<u64>) -> Result<u64> {
+        let offset = match offset {
+            None => -1,
+            Some(o) => i64::try_from(o).map_err(|_| Error::Invalid(format!("offset {o} is too large")))?,
+        };
+        self.client.delete_records(&tp.topic, tp.partition, offset).await
+    }
+
     /// A partition's earliest (`-2`), latest (`-1`, the log end) or
     /// by-timestamp offset.
     pub async fn list_offset(&self, tp: &TopicPartition, timestamp: i64) -> Result<u64> {

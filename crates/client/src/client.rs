@@ -375,9 +375,40 @@ impl Client {
     /// The offset for a ListOffsets query (-2 earliest, -1 latest, else a
     /// timestamp), from the partition's leader.
     pub(crate) async fn list_offset(&self, topic: &str, partition: u32, timestamp: i64) -> Result<u64> {
+        let query = pb::PartitionOffsetQuery { topic: topic.to_string(), partition, timestamp };
+        let offset = self
+            .ask_leader(topic, partition, |mut stub| {
+                let request = pb::ListOffsetsRequest { partitions: vec![query.clone()] };
+                async move { stub.list_offsets(request).await.map(|r| r.into_inner().partitions.into_iter().next()) }
+            })
+            .await?;
+        u64::try_from(offset).map_err(|_| Error::Invalid(format!("no record at or after timestamp {timestamp}")))
+    }
+
+    /// Deletes the records of `topic`/`partition` before `offset` (-1: the
+    /// high watermark) on its leader; returns the partition's log start
+    /// offset after it.
+    pub(crate) async fn delete_records(&self, topic: &str, partition: u32, offset: i64) -> Result<u64> {
+        let target = pb::PartitionOffset { topic: topic.to_string(), partition, error: None, offset };
+        let start = self
+            .ask_leader(topic, partition, |mut stub| {
+                let request = pb::DeleteRecordsRequest { partitions: vec![target.clone()] };
+                async move { stub.delete_records(request).await.map(|r| r.into_inner().partitions.into_iter().next()) }
+            })
+            .await?;
+        u64::try_from(start).map_err(|_| Error::Invalid(format!("no log start offset for {topic}/{partition}")))
+    }
+
+    /// Sends `call` to the leader of `topic`/`partition` and returns the
+    /// offset its one result carries. A partition just created or whose
+    /// leader just failed has none for an election timeout or two: retriable
+    /// failures are asked again, with backoff, for a while.
+    async fn ask_leader<F, Fut>(&self, topic: &str, partition: u32, call: F) -> Result<i64>
+    where
+        F: Fn(StrataClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Option<pb::PartitionOffset>, tonic::Status>>,
+    {
         let mut last = Error::Transport("no attempt".into());
-        // A partition just created or whose leader just failed has none for
-        // an election timeout or two: keep asking, with backoff, for a while.
         let deadline = tokio::time::Instant::now() + crate::consumer::LEADER_WAIT_MAX;
         let mut backoff = Duration::from_millis(50);
         for attempt in 0.. {
@@ -389,11 +420,8 @@ impl Client {
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
             let addr = self.leader_addr(topic, partition, attempt).await?;
-            let request = pb::ListOffsetsRequest {
-                partitions: vec![pb::PartitionOffsetQuery { topic: topic.to_string(), partition, timestamp }],
-            };
-            let result = match self.stub(&addr)?.list_offsets(request).await {
-                Ok(response) => response.into_inner().partitions.into_iter().next(),
+            let result = match call(self.stub(&addr)?).await {
+                Ok(result) => result,
                 Err(status) => {
                     last = Error::from_status(status);
                     self.note_error(topic, partition, &last);
@@ -402,8 +430,7 @@ impl Client {
             };
             let Some(result) = result else { return Err(Error::Transport(format!("{addr} sent no offset"))) };
             match Error::from_pb(result.error) {
-                None if result.offset >= 0 => return Ok(result.offset as u64),
-                None => return Err(Error::Invalid(format!("no record at or after timestamp {timestamp}"))),
+                None => return Ok(result.offset),
                 Some(e) if e.is_retriable() => {
                     self.note_error(topic, partition, &e);
                     last = e;

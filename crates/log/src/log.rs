@@ -52,6 +52,10 @@ struct Inner {
     /// Never empty; the last one is the active segment.
     segments: Vec<Segment>,
     meta: Meta,
+    /// The first offset readable, as the owner last raised it (records
+    /// deleted below it, Kafka's DeleteRecords); kept in the owner's
+    /// replicated state, not here, and set again on each open.
+    start_floor: Offset,
 }
 
 impl Inner {
@@ -106,10 +110,11 @@ impl Inner {
     }
 
     fn log_start_offset(&self) -> Offset {
-        match self.entry_at(self.first_index()) {
+        let stored = match self.entry_at(self.first_index()) {
             Some((_, _, e)) => e.base_offset,
             None => self.active().next_offset,
-        }
+        };
+        stored.max(self.start_floor.min(self.active().next_offset))
     }
 }
 
@@ -122,7 +127,7 @@ impl Log {
         config.validate()?;
         let meta = Meta::load(dir.as_ref())?;
         let segments = recover_segments(dir.as_ref(), &meta)?;
-        let inner = Inner { segments, meta };
+        let inner = Inner { segments, meta, start_floor: Offset(0) };
         let appended = inner.last_entry_id().map(|id| id.index);
         let durability = Arc::new(Durability::new(dir.clone(), config.flush_policy, appended));
         let flusher = flusher.map_or_else(FlusherHandle::inline, Flusher::handle);
@@ -587,9 +592,42 @@ impl Log {
             let i = segment.entries.first_with_max_timestamp_at_least(timestamp_ms)?;
             let min_ordinal = first_index.0.saturating_sub(segment.base_index.0) as usize;
             let e = segment.entries.get(i.max(min_ordinal));
-            return Some(e.base_offset);
+            return Some(e.base_offset.max(inner.log_start_offset()));
         }
         None
+    }
+
+    /// Makes `offset` the first readable one (when it is past the current
+    /// start; capped at the next offset): records below it are no longer
+    /// read or counted, though the entries holding them stay until purged
+    /// ([`Log::index_of_offset`] tells up to where). Not stored: the owner
+    /// keeps it and sets it again after each open.
+    pub fn raise_log_start_offset(&self, offset: Offset) {
+        let mut inner = self.write();
+        inner.start_floor = inner.start_floor.max(offset);
+    }
+
+    /// The index of the first entry that holds `offset` or a later one (the
+    /// entries before it hold only lower offsets, and may be purged when
+    /// the records below `offset` are deleted); the end index when none is
+    /// stored.
+    pub fn index_of_offset(&self, offset: Offset) -> RaftIndex {
+        let inner = self.read();
+        let first_index = inner.first_index();
+        for segment in &inner.segments {
+            if segment.next_offset <= offset || segment.end_index() <= first_index || segment.n_entries() == 0 {
+                continue;
+            }
+            let min_ordinal = first_index.0.saturating_sub(segment.base_index.0) as usize;
+            let from = segment.entries.partition_point_le(offset.0, |e| e.base_offset.0).unwrap_or(0);
+            for i in from.max(min_ordinal)..segment.n_entries() {
+                let n_offsets = segment.entry_n_offsets(i);
+                if n_offsets > 0 && segment.entries.get(i).base_offset.0 + n_offsets > offset.0 {
+                    return RaftIndex(segment.base_index.0 + i as u64);
+                }
+            }
+        }
+        inner.end_index()
     }
 
     /// Removes every entry at or after `index` (Raft's conflict truncation).

@@ -28,27 +28,35 @@ use crate::types::BatchData;
 /// the purge to its next pass.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Serialize, Deserialize)]
-struct LogStartDecision {
+/// A decision to start a partition's log later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogStartDecision {
     /// Entries before this Raft index may be purged.
-    first_index: u64,
+    pub first_index: u64,
+    /// Records before this offset are deleted (Kafka's DeleteRecords),
+    /// though the entry at `first_index` may hold some of them; absent in
+    /// retention's decisions, which start the log at a whole entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_offset: Option<u64>,
 }
 
-/// The control batch carrying a decision to start the log at `first_index`.
-pub fn log_start_batch(first_index: u64, timestamp_ms: i64) -> Bytes {
-    let payload = serde_json::to_vec(&LogStartDecision { first_index }).expect("a plain struct serializes");
+/// The control batch carrying a decision to start the log at `first_index`
+/// (and, with `first_offset`, to read from that offset on).
+pub fn log_start_batch(first_index: u64, first_offset: Option<u64>, timestamp_ms: i64) -> Bytes {
+    let payload =
+        serde_json::to_vec(&LogStartDecision { first_index, first_offset }).expect("a plain struct serializes");
     build_control(ControlType::LogStart, timestamp_ms, &payload)
 }
 
-/// The first index a `LogStart` control batch carries, or `None` for any
+/// The decision a `LogStart` control batch carries, or `None` for any
 /// other batch (or a damaged one, which is then logged).
-pub(crate) fn decoded_log_start(batch: &Bytes) -> Option<u64> {
+pub(crate) fn decoded_log_start(batch: &Bytes) -> Option<LogStartDecision> {
     let record = strata_batch::decode_records(batch).ok()?.next()?.ok()?;
     if ControlType::from_key(record.key.as_deref()?) != Some(ControlType::LogStart) {
         return None;
     }
     match serde_json::from_slice::<LogStartDecision>(record.value.as_deref()?) {
-        Ok(decision) => Some(decision.first_index),
+        Ok(decision) => Some(decision),
         Err(err) => {
             tracing::error!(error = %err, "a log-start entry does not decode; ignored");
             None
@@ -62,10 +70,33 @@ pub async fn propose_log_start(group: &Group, first_index: u64, now_ms: i64) -> 
     group.ensure_awake().await;
     group
         .raft
-        .client_write(BatchData::checked(log_start_batch(first_index, now_ms)))
+        .client_write(BatchData::checked(log_start_batch(first_index, None, now_ms)))
         .await
         .map(|_| ())
         .map_err(|e| from_write_error(group, e))
+}
+
+/// On the leader: deletes the records before `offset` (Kafka's
+/// DeleteRecords; the caller refuses offsets past the high watermark, and
+/// any is taken as at most it): proposes a log start at the first entry
+/// holding `offset` or a later one, with `offset` as the first readable
+/// offset. Returns the partition's log start offset once the decision is
+/// committed and applied here (the current one, unchanged, when `offset`
+/// is not past it).
+pub async fn delete_records(group: &Group, offset: u64, now_ms: i64) -> Result<u64, ProduceError> {
+    group.ensure_awake().await;
+    let start = group.log.state().log_start_offset.0;
+    let offset = offset.min(group.state_machine.high_watermark().0);
+    if offset <= start {
+        return Ok(start);
+    }
+    let first_index = group.log.index_of_offset(strata_log::Offset(offset)).0;
+    group
+        .raft
+        .client_write(BatchData::checked(log_start_batch(first_index, Some(offset), now_ms)))
+        .await
+        .map_err(|e| from_write_error(group, e))?;
+    Ok(group.log.state().log_start_offset.0)
 }
 
 /// On the leader: the lowest Raft index some follower still needs (one past

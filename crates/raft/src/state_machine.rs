@@ -43,6 +43,10 @@ pub struct PartitionSnapshot {
     /// (see `retention.rs`); 0 before any.
     #[serde(default)]
     pub log_start_index: u64,
+    /// The first offset readable since the last DeleteRecords (see
+    /// `retention::delete_records`); 0 before any.
+    #[serde(default)]
+    pub log_start_offset: u64,
 }
 
 /// The first index to keep cached: `next` (the first not applied), or what
@@ -71,6 +75,8 @@ struct State {
     metadata: Option<Arc<ClusterMetadata>>,
     /// The first index the last applied retention decision keeps.
     log_start_index: u64,
+    /// The first offset readable after the last applied DeleteRecords.
+    log_start_offset: u64,
     snapshot: Option<StoredSnapshot>,
 }
 
@@ -113,6 +119,8 @@ impl PartitionStateMachine {
                 state.producers = stored.data.producers.clone();
                 state.metadata = stored.data.metadata.clone().map(Arc::new);
                 state.log_start_index = stored.data.log_start_index;
+                state.log_start_offset = stored.data.log_start_offset;
+                log.raise_log_start_offset(Offset(state.log_start_offset));
                 // A crash between saving an installed snapshot and resetting
                 // the log leaves the log ending before the snapshot: finish.
                 if let Some(last) = stored.meta.last_log_id {
@@ -271,8 +279,11 @@ fn apply_entry(state: &mut State, entry: &crate::types::RaftEntry) -> io::Result
             if header.is_control() {
                 // Only Strata's own control entries are proposed as Normal
                 // ones: the retention decision.
-                if let Some(first_index) = crate::retention::decoded_log_start(batch.bytes()) {
-                    state.log_start_index = state.log_start_index.max(first_index);
+                if let Some(decision) = crate::retention::decoded_log_start(batch.bytes()) {
+                    state.log_start_index = state.log_start_index.max(decision.first_index);
+                    if let Some(offset) = decision.first_offset {
+                        state.log_start_offset = state.log_start_offset.max(offset);
+                    }
                 }
                 return Ok(WriteResult { base_offset, n_offsets: 0 });
             }
@@ -307,6 +318,7 @@ impl State {
             producers: stored.data.producers.clone(),
             metadata: stored.data.metadata.clone().map(Arc::new),
             log_start_index: stored.data.log_start_index,
+            log_start_offset: stored.data.log_start_offset,
             snapshot: None,
         }
     }
@@ -319,6 +331,7 @@ impl State {
                 producers: self.producers.clone(),
                 metadata: self.metadata.as_deref().cloned(),
                 log_start_index: self.log_start_index,
+                log_start_offset: self.log_start_offset,
             },
         }
     }
@@ -373,6 +386,7 @@ impl PartitionStateMachine {
             return Err(io::Error::other(format!("replay to the log start stopped before index {upto}")));
         }
         scratch.log_start_index = scratch.log_start_index.max(start);
+        scratch.log_start_offset = scratch.log_start_offset.max(self.lock().log_start_offset);
         Ok(scratch.to_snapshot())
     }
 }
@@ -410,8 +424,11 @@ impl RaftStateMachine<C> for PartitionStateMachine {
             applied = Some(entry.log_id.index);
             let (result, high_watermark, log_start_moved) = {
                 let mut state = self.lock();
-                let log_start = state.log_start_index;
+                let (log_start, first_offset) = (state.log_start_index, state.log_start_offset);
                 let result = apply_entry(&mut state, &entry)?;
+                if state.log_start_offset != first_offset {
+                    self.log.raise_log_start_offset(Offset(state.log_start_offset));
+                }
                 (result, state.high_watermark, state.log_start_index != log_start)
             };
             if log_start_moved {
@@ -465,6 +482,8 @@ impl RaftStateMachine<C> for PartitionStateMachine {
         state.high_watermark = stored.data.next_offset;
         state.producers = stored.data.producers.clone();
         state.log_start_index = state.log_start_index.max(stored.data.log_start_index);
+        state.log_start_offset = state.log_start_offset.max(stored.data.log_start_offset);
+        self.log.raise_log_start_offset(Offset(state.log_start_offset));
         if state.metadata.is_some() {
             state.metadata = Some(Arc::new(stored.data.metadata.clone().unwrap_or_default()));
         }
