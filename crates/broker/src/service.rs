@@ -398,6 +398,7 @@ impl Broker {
             let metadata = &metadata;
             async move {
                 let result = async {
+                    self.check_delete_records(metadata, &q.topic)?;
                     let group = self.leader_replica(metadata, &q.topic, q.partition)?;
                     let high_watermark = group.state_machine.high_watermark().0;
                     let offset = match q.offset {
@@ -427,6 +428,27 @@ impl Broker {
             }
         });
         pb::DeleteRecordsResponse { partitions: futures::future::join_all(deletes).await }
+    }
+
+    /// Whether records of `topic` may be deleted before an offset: not of
+    /// the internal offsets topic (the groups' committed offsets), nor of a
+    /// topic whose cleanup.policy lacks `delete` (a compacted topic keeps
+    /// every key's latest value), as Kafka refuses both.
+    fn check_delete_records(&self, metadata: &ClusterMetadata, topic: &str) -> Result<(), ApiError> {
+        if topic == crate::groups::OFFSETS_TOPIC {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("{topic} is internal: its records are the consumer groups' committed offsets"),
+            ));
+        }
+        let info = find_topic(metadata, topic)?;
+        if !topic_config::TopicSettings::resolve(&self.topic_defaults, &info.configs).delete {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("{topic} has cleanup.policy=compact: records are deleted only with the delete policy"),
+            ));
+        }
+        Ok(())
     }
 
     /// The leader of a partition's group: as this node's replica sees it,

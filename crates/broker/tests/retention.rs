@@ -176,6 +176,15 @@ async fn records_deleted_before_an_offset_are_gone_for_every_reader_and_replica(
     assert_eq!(admin.delete_records(&tp, Some(10)).await.expect("no-op"), 333);
     let err = admin.delete_records(&tp, Some(1001)).await.expect_err("past the end");
     assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange), "{err}");
+    // Not the groups' offsets, nor a compacted topic's records, as in Kafka.
+    let offsets = TopicPartition::new("__consumer_offsets", 0);
+    let err = admin.delete_records(&offsets, None).await.expect_err("internal");
+    assert!(err.code() == Some(ErrorCode::InvalidRequest) && err.to_string().contains("internal"), "{err}");
+    let compacted = NewTopic::new("kv", 1).replication_factor(3).config("cleanup.policy", "compact");
+    admin.create_topic(compacted).await.expect("create");
+    wait_for_leaders(&admin, "kv").await;
+    let err = admin.delete_records(&TopicPartition::new("kv", 0), None).await.expect_err("compacted");
+    assert!(err.code() == Some(ErrorCode::InvalidRequest) && err.to_string().contains("compact"), "{err}");
 
     // The start holds on a new leader, after the old one restarted.
     let leader = replicas.iter().find(|r| r.is_leader).expect("a leader").broker;

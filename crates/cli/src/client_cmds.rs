@@ -80,11 +80,12 @@ pub enum TopicCommand {
     DeleteRecords {
         /// Topic name.
         name: String,
-        /// Only this partition (default: every partition).
+        /// Only this partition (default, with --all: every partition).
         #[arg(long)]
         partition: Option<u32>,
-        /// Delete the records before this offset (at most the high watermark).
-        #[arg(long)]
+        /// Delete the partition's records before this offset (at most its
+        /// high watermark).
+        #[arg(long, requires = "partition")]
         before: Option<u64>,
         /// Delete every committed record.
         #[arg(long)]
@@ -655,7 +656,16 @@ async fn add_new_partitions(client: &Client, consumer: &mut Consumer, args: &Con
     consumer.assign(all);
     for tp in &added {
         let seek = args.from_time.map_or(Seek::Beginning, Seek::Timestamp);
-        consumer.seek(tp, seek).await?;
+        match consumer.seek(tp, seek).await {
+            Ok(()) => {}
+            // No leader yet: left out until the next check, rather than
+            // read from wherever auto_offset_reset says.
+            Err(err) if err.is_retriable() => {
+                consumer.assign(assigned);
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(())
 }
