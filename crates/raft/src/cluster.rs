@@ -765,6 +765,7 @@ impl Reconciler {
         // The term in which this node last reported leading each group.
         let mut reported: std::collections::HashMap<u64, u64> = Default::default();
         let mut passes = Passes::default();
+        let mut preferred = PreferredLeaders::default();
         loop {
             // Read before the metadata, which is then at least as new: a
             // change applied in between brings another pass.
@@ -847,8 +848,10 @@ impl Reconciler {
                 if group.raft.is_leader() {
                     if remove_damaged(&self, &group, &metadata).await {
                         settled = false;
+                    } else if move_replicas(&group, &partition.replicas, &metadata, peers).await {
+                        preferred.check(node, &group, partition, &metadata).await;
                     } else {
-                        settled &= move_replicas(&group, &partition.replicas, &metadata, peers).await;
+                        settled = false;
                     }
                 }
             }
@@ -1218,6 +1221,83 @@ fn fresh_nonce() -> u64 {
         .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+/// Hands each partition's leadership back to its preferred replica (the
+/// first of its replicas, over which topic creation spreads the leaders),
+/// as Kafka's `auto.leader.rebalance.enable` does: after a broker restarts
+/// or comes back from a partition, the others would otherwise keep leading
+/// its partitions, and a rolling restart would leave every leader on the
+/// broker restarted first. The leader hands over once it has led for
+/// [`PREFERRED_LEADER_AFTER`] and the preferred replica has been up (it
+/// answers pings), a voter, and caught up to within
+/// [`PREFERRED_LEADER_LAG_MAX`] entries for as long; at most once per
+/// [`PREFERRED_LEADER_RETRY`] per partition. openraft's transfer stops new
+/// proposals on the old leader until the new one has its whole log and is
+/// elected.
+#[derive(Default)]
+struct PreferredLeaders {
+    /// Per group this node leads: the term and when it was first seen
+    /// leading in it.
+    leading: std::collections::HashMap<u64, (u64, tokio::time::Instant)>,
+    /// Per group: since when its preferred replica has been ready.
+    ready: std::collections::HashMap<u64, tokio::time::Instant>,
+    /// Per group: when its leadership was last handed to the preferred one.
+    handed: std::collections::HashMap<u64, tokio::time::Instant>,
+}
+
+/// See [`PreferredLeaders`]. Longer than a node's graceful stop, which
+/// hands its leaderships away first, so that they are not handed back to
+/// a node about to go.
+const PREFERRED_LEADER_AFTER: Duration = Duration::from_secs(15);
+/// See [`PreferredLeaders`].
+const PREFERRED_LEADER_LAG_MAX: u64 = 64;
+/// See [`PreferredLeaders`].
+const PREFERRED_LEADER_RETRY: Duration = Duration::from_secs(60);
+/// A preferred replica that answered no ping for this long is not handed
+/// a leadership.
+const PREFERRED_LEADER_SILENCE_MAX: Duration = Duration::from_secs(2);
+
+impl PreferredLeaders {
+    /// On the leader of `group`, whose members are `partition`'s replicas.
+    async fn check(&mut self, node: &RaftNode, group: &Group, partition: &PartitionInfo, metadata: &ClusterMetadata) {
+        use openraft::async_runtime::WatchReceiver;
+        let Some(&preferred) = partition.replicas.first() else { return };
+        if preferred == node.id() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let (term, last, matched) = {
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            let matched = metrics.replication.as_ref().and_then(|r| r.get(&preferred).cloned()).flatten();
+            (metrics.current_term, metrics.last_log_index.unwrap_or(0), matched.map(|m| m.index))
+        };
+        let leading = self.leading.entry(group.id).or_insert((term, now));
+        if leading.0 != term {
+            *leading = (term, now);
+        }
+        let leading_since = leading.1;
+        let ready = !metadata.removed_brokers.contains(&preferred)
+            && node.quiescence().answered_within(preferred, PREFERRED_LEADER_SILENCE_MAX, Duration::ZERO)
+            && matched.is_some_and(|m| m + PREFERRED_LEADER_LAG_MAX >= last);
+        if !ready {
+            self.ready.remove(&group.id);
+            return;
+        }
+        let ready_since = *self.ready.entry(group.id).or_insert(now);
+        let long_enough = |since: tokio::time::Instant| now.duration_since(since) >= PREFERRED_LEADER_AFTER;
+        let handed_lately =
+            self.handed.get(&group.id).is_some_and(|at| now.duration_since(*at) < PREFERRED_LEADER_RETRY);
+        if !long_enough(leading_since) || !long_enough(ready_since) || handed_lately {
+            return;
+        }
+        self.handed.insert(group.id, now);
+        tracing::info!(group = group.id, to = preferred, "handing the leadership back to the preferred replica");
+        group.ensure_awake().await;
+        if let Err(err) = group.raft.trigger().transfer_leader(preferred).await {
+            tracing::warn!(group = group.id, error = %err, "cannot hand the leadership to the preferred replica");
+        }
+    }
 }
 
 /// Errors the reconciler meets on every pass, logged at most once per

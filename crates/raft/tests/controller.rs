@@ -494,6 +494,52 @@ async fn a_partition_whose_first_replica_died_before_starting_it_still_gets_a_le
     }
 }
 
+/// The node leading `group` among `nodes`, if one does.
+fn leader_of(nodes: &[ClusterNode], group: u64) -> Option<u64> {
+    use openraft::async_runtime::WatchReceiver;
+    nodes
+        .iter()
+        .filter_map(|n| n.raft_node().group(group))
+        .find(|g| g.raft.is_leader())
+        .map(|g| g.raft.metrics().borrow_watched().id)
+}
+
+/// Waits (up to 90 s) until every partition of `topic` is led by its
+/// preferred replica, the first.
+async fn wait_preferred(nodes: &[ClusterNode], topic: &strata_raft::metadata::TopicInfo, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let leaders: Vec<_> = topic.partitions.iter().map(|p| (p.replicas[0], leader_of(nodes, p.group))).collect();
+        if leaders.iter().all(|(preferred, leader)| Some(*preferred) == *leader) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: (preferred, leader) {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaderships_return_to_the_preferred_replicas_after_a_broker_restarts() {
+    let root = Root::new("controller-preferred");
+    let (peers, mut nodes) = static_cluster(3, &root.0).await;
+    let topic = create_topic(&nodes[0], "spread", 3, 3).await;
+    wait_preferred(&nodes, &topic, "every partition led by its preferred replica").await;
+    // A broker restarts: its partitions are led elsewhere meanwhile, and
+    // handed back once it is up and caught up.
+    let down = topic.partitions[0].replicas[0];
+    let stopped = nodes.remove(nodes.iter().position(|n| n.raft_node().id() == down).expect("node"));
+    stopped.shutdown().await;
+    drop(stopped);
+    let elsewhere = produce_somewhere(&nodes, topic.partitions[0].group, "the stopped broker's partition").await;
+    assert_ne!(elsewhere, down);
+    nodes.push(start(down, &peers, &root.0).await);
+    wait_preferred(&nodes, &topic, "leaderships handed back after the restart").await;
+    produce_somewhere(&nodes, topic.partitions[0].group, "the partition back on its preferred replica").await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_brokers_replicas_go_to_brokers_that_are_up() {
     let root = Root::new("controller-remove-down");
